@@ -1,0 +1,263 @@
+"""Model aliases with the paper's steering settings, and loading of a model with its processor.
+
+Example:
+    >>> from moehooks.models import resolve, load
+    >>> spec = resolve("qwen3-vl")
+    >>> spec.source, spec.layers, spec.tau, spec.beta
+    ('Qwen/Qwen3-VL-30B-A3B-Instruct', (6, 42), 0.3, 0.5)
+    >>> model, processor = load("qwen3-vl", device_map="auto")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import moehooks
+
+LAB_MODEL_DIR: Path = Path(moehooks.__file__).parent / "lab" / "model"
+"""Where the embedded lab model is shipped (it may not exist until the lab model is trained)."""
+
+LAB_TAU: float = 0.1
+"""Placeholder domain-expert selection threshold for the lab model, until it is chosen on the trained model."""
+
+LAB_BETA: float = 1.0
+"""Placeholder steering strength for the lab model, until it is chosen on the trained model."""
+
+DEFAULT_TAU: float = 0.3
+DEFAULT_BETA: float = 0.5
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model is neither a local directory nor available from the Hugging Face hub or its cache."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Where a model comes from and the steering settings used with it.
+
+    Example:
+        >>> spec = ModelSpec(source="org/model", layers=(2, 5))
+        >>> list(spec.layer_indices(8))
+        [2, 3, 4, 5]
+
+    Attributes:
+        source: hub id or local directory passed to ``from_pretrained``.
+        alias: the alias this spec was resolved from, or ``None``.
+        layers: first and last decoder layer steered (inclusive), or ``None`` for all MoE layers.
+        tau: threshold selecting domain experts.
+        beta: steering strength.
+        generation_kwargs: extra keyword arguments for ``model.generate``.
+        trust_remote_code: whether loading runs code shipped with the checkpoint.
+    """
+
+    source: str
+    alias: str | None = None
+    layers: tuple[int, int] | None = None
+    tau: float = DEFAULT_TAU
+    beta: float = DEFAULT_BETA
+    generation_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "generation_kwargs", MappingProxyType(dict(self.generation_kwargs)))
+
+    def layer_indices(self, num_layers: int) -> range:
+        """Decoder layer indices to steer in a model with ``num_layers`` layers.
+
+        Example:
+            >>> ModelSpec(source="x/y").layer_indices(3)
+            range(0, 3)
+        """
+        if self.layers is None:
+            return range(num_layers)
+        first, last = self.layers
+        if not 0 <= first <= last < num_layers:
+            raise ValueError(
+                f"layers {self.layers} of {self.alias or self.source!r} do not fit a model with "
+                f"{num_layers} layers (allowed: 0 <= first <= last <= {num_layers - 1})"
+            )
+        return range(first, last + 1)
+
+
+ALIASES: dict[str, ModelSpec] = {
+    "qwen3-vl": ModelSpec(
+        source="Qwen/Qwen3-VL-30B-A3B-Instruct",
+        alias="qwen3-vl",
+        layers=(6, 42),
+        tau=0.3,
+        beta=0.5,
+        generation_kwargs={"repetition_penalty": 1.2},
+    ),
+    "kimi-vl": ModelSpec(
+        source="moonshotai/Kimi-VL-A3B-Instruct",
+        alias="kimi-vl",
+        layers=(0, 20),
+        tau=0.3,
+        beta=0.5,
+        trust_remote_code=True,
+    ),
+    "llama4-scout": ModelSpec(
+        source="meta-llama/Llama-4-Scout-17B-16E-Instruct",
+        alias="llama4-scout",
+        layers=(8, 40),
+        tau=0.3,
+        beta=0.2,
+    ),
+    "lab": ModelSpec(source=str(LAB_MODEL_DIR), alias="lab", layers=None, tau=LAB_TAU, beta=LAB_BETA),
+}
+
+
+def resolve(name_or_path: str | Path) -> ModelSpec:
+    """Turn an alias, a local directory or a hub id into a :class:`ModelSpec`.
+
+    A hub id or directory that belongs to an alias gets that alias's settings; anything else gets the defaults.
+
+    Example:
+        >>> resolve("llama4-scout").beta
+        0.2
+        >>> resolve("Qwen/Qwen3-VL-30B-A3B-Instruct").alias
+        'qwen3-vl'
+        >>> resolve("some-org/some-model").layers is None
+        True
+    """
+    name = str(name_or_path)
+    if name in ALIASES:
+        return ALIASES[name]
+    for spec in ALIASES.values():
+        if name == spec.source:
+            return spec
+    path = Path(name).expanduser()
+    if path.is_dir():
+        for spec in ALIASES.values():
+            if Path(spec.source).is_dir() and path.resolve() == Path(spec.source).resolve():
+                return spec
+        return ModelSpec(source=str(path))
+    if _HUB_ID.match(name):
+        return ModelSpec(source=name)
+    raise ValueError(
+        f"unknown model {name!r}: not an alias (known: {', '.join(sorted(ALIASES))}), "
+        f"not a directory (looked at {path.resolve()}), and not a hub id of the form 'org/name'"
+    )
+
+
+def default_attn_implementation() -> str:
+    """``"flash_attention_2"`` when CUDA and the ``flash_attn`` package are available, else ``"sdpa"``.
+
+    Example:
+        >>> default_attn_implementation() in {"flash_attention_2", "sdpa"}
+        True
+    """
+    import torch
+
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def _not_found(spec: ModelSpec, err: Exception) -> ModelNotFoundError:
+    from huggingface_hub import constants
+
+    where = f"no loadable model directory at {Path(spec.source).expanduser().resolve()}"
+    if _HUB_ID.match(spec.source):
+        where += (
+            f", and {spec.source!r} is not in the Hugging Face cache at {constants.HF_HUB_CACHE} "
+            f"(offline mode: {'on' if constants.is_offline_mode() else 'off'})"
+        )
+    if spec.alias == "lab":
+        hint = "the lab model is written there by the lab training script (see moehooks.lab)"
+    else:
+        hint = (
+            f"download it with `huggingface-cli download {spec.source}` on a machine with network access, "
+            "or pass a local directory"
+        )
+    return ModelNotFoundError(
+        f"model {spec.alias or spec.source!r} could not be loaded: {where}; {hint}. "
+        f"Cause: {type(err).__name__}: {err}"
+    )
+
+
+def load(
+    name_or_path: str | Path,
+    *,
+    device_map: str | dict[str, Any] | None = None,
+    dtype: Any = "auto",
+    attn_implementation: str | None = None,
+    trust_remote_code: bool | None = None,
+) -> tuple[Any, Any]:
+    """Load a model in eval mode and its processor (or tokenizer, for text-only checkpoints).
+
+    Models whose config has a vision config load with ``AutoModelForImageTextToText``, others with
+    ``AutoModelForCausalLM``. A saved lab processor (``LabProcessor``, no video support) is loaded as such;
+    otherwise ``AutoProcessor`` is used, falling back to ``AutoTokenizer``.
+
+    Example:
+        >>> model, processor = load("qwen3-vl", device_map="auto")  # doctest: +SKIP
+        >>> model, tokenizer = load("/path/to/saved/text-moe")  # doctest: +SKIP
+
+    Args:
+        name_or_path: alias, local directory or hub id (see :func:`resolve`).
+        device_map: passed to ``from_pretrained`` when given.
+        dtype: passed to ``from_pretrained`` (``"auto"`` keeps the checkpoint's dtype).
+        attn_implementation: attention kernel; default from :func:`default_attn_implementation`.
+        trust_remote_code: overrides the alias's setting.
+
+    Raises:
+        ModelNotFoundError: the model is not a local directory and not obtainable from the hub or its cache;
+            the message names the directory tried, the cache directory and the offline mode.
+    """
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+        AutoProcessor,
+        AutoTokenizer,
+    )
+
+    spec = resolve(name_or_path)
+    remote = spec.trust_remote_code if trust_remote_code is None else trust_remote_code
+    try:
+        config = AutoConfig.from_pretrained(spec.source, trust_remote_code=remote)
+    except OSError as err:
+        raise _not_found(spec, err) from err
+    auto_cls = AutoModelForImageTextToText if getattr(config, "vision_config", None) is not None else AutoModelForCausalLM
+    kwargs: dict[str, Any] = {
+        "dtype": dtype,
+        "attn_implementation": attn_implementation or default_attn_implementation(),
+        "trust_remote_code": remote,
+    }
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        model = auto_cls.from_pretrained(spec.source, config=config, **kwargs)
+    except OSError as err:
+        raise _not_found(spec, err) from err
+    model.eval()
+    if _saved_processor_class(spec.source) == "LabProcessor":
+        from moehooks.lab.processor import LabProcessor
+
+        return model, LabProcessor.from_pretrained(spec.source)
+    try:
+        processor = AutoProcessor.from_pretrained(spec.source, trust_remote_code=remote)
+    except (OSError, ValueError, TypeError, ImportError):
+        try:
+            processor = AutoTokenizer.from_pretrained(spec.source, trust_remote_code=remote)
+        except OSError as err:
+            raise _not_found(spec, err) from err
+    return model, processor
+
+
+def _saved_processor_class(source: str) -> str | None:
+    """The ``processor_class`` recorded in a local directory's ``processor_config.json``, if any."""
+    path = Path(source).expanduser() / "processor_config.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8")).get("processor_class")
