@@ -32,7 +32,7 @@ Unit = Literal["bits", "nats"]
 UNITS: tuple[str, ...] = ("bits", "nats")
 
 
-class Recorder(Protocol):
+class RecorderLike(Protocol):
     """What :func:`domain_experts` and :func:`layer_gini` read from ``moehooks.record``."""
 
     layers: list[int]
@@ -275,8 +275,8 @@ def identify(
 
 
 def domain_experts(
-    domain: Recorder,
-    general: Recorder,
+    domain: RecorderLike,
+    general: RecorderLike,
     tau: float,
     *,
     modality: str = "all",
@@ -309,8 +309,8 @@ def domain_experts(
 
 
 def visual_experts(
-    image: Recorder,
-    text: Recorder,
+    image: RecorderLike,
+    text: RecorderLike,
     tau: float,
     *,
     modality: str = "all",
@@ -331,7 +331,7 @@ def visual_experts(
     )
 
 
-def layer_gini(rec: Recorder, *, modality: str = "all", phase: str = "all") -> Tensor:
+def layer_gini(rec: RecorderLike, *, modality: str = "all", phase: str = "all") -> Tensor:
     """Gini coefficient of expert importance per MoE layer of a recording (Eq. 2).
 
     Example::

@@ -1,0 +1,359 @@
+"""Save and load routing statistics and expert sets as ``safetensors`` files with JSON metadata.
+
+Example::
+
+    art = Artefact(
+        model=describe(model),
+        dataset="mathverse-mini",
+        dataset_size=500,
+        params={"tau": 0.05, "modality": "image", "phase": "prefill"},
+        tensors={"counts.image": rec.counts(modality="image")},
+        expert_sets={"visual": visual_experts(image_rec, text_rec, tau=0.05)},
+    )
+    save("runs/visual.safetensors", art)
+    art = load("runs/visual.safetensors", model)   # refuses a model with other router weights
+
+File format: a safetensors file whose tensors are ``Artefact.tensors`` (stored on CPU) and
+whose metadata holds ``{"format": "pt", "moehooks": <JSON>}``; the JSON object has the keys
+``format_version``, ``moehooks_version``, ``model`` (:class:`ModelInfo` fields), ``dataset``
+(``{"name", "size"}``), ``params`` and ``expert_sets`` (``{name: {"<layer>": [experts]}}``,
+layer keys turned back into ``int`` on load).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+
+import moehooks
+
+FORMAT_VERSION = 1
+METADATA_KEY = "moehooks"
+MODALITIES = ("all", "image", "text")
+PHASES = ("all", "prefill", "decode")
+
+
+class RouterEntry(Protocol):
+    """One entry of ``moehooks.adapt(model).layers``."""
+
+    layer: int
+    router: nn.Module
+    num_experts: int
+    top_k: int
+
+
+class Routing(Protocol):
+    """What this module reads from ``moehooks.adapt(model)``."""
+
+    model_type: str
+
+    @property
+    def layers(self) -> tuple[RouterEntry, ...] | list[RouterEntry]: ...
+
+
+class FingerprintMismatchError(ValueError):
+    """The artefact was recorded on a model whose router weights differ from the one given."""
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    Example::
+
+        atomic_write("runs/table.csv", b"layer,value\\n0,1.5\\n")
+
+    Readers see either the old file or the complete new one, never a partial write.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def _routing(model: nn.Module, routing: Routing | None) -> Routing:
+    """``routing`` if given, else ``moehooks.adapt(model)``."""
+    if routing is not None:
+        return routing
+    from moehooks import adapt
+
+    return adapt(model)
+
+
+def _offloaded(model: nn.Module, qualified: str) -> torch.Tensor:
+    """The value of the meta-device tensor ``qualified`` from an accelerate hook's ``weights_map``.
+
+    Hooks may sit on the owning module or any ancestor (``place_submodules``), keyed by the
+    name relative to the hooked module; the nearest hook holding the name wins.
+    """
+    parts = qualified.split(".")
+    for cut in range(len(parts) - 1, -1, -1):
+        module = model.get_submodule(".".join(parts[:cut]))
+        for weights_map in _weights_maps(getattr(module, "_hf_hook", None)):
+            try:
+                return weights_map[".".join(parts[cut:])]
+            except KeyError:
+                continue
+    raise ValueError(
+        f"router tensor {qualified!r} is on the meta device and no accelerate hook weights_map holds it; "
+        "load the model without offloading (or with accelerate's offload hooks) to fingerprint it"
+    )
+
+
+def _weights_maps(hook: Any) -> Iterator[Mapping[str, torch.Tensor]]:
+    """The ``weights_map`` of an accelerate hook, descending into ``SequentialHook.hooks``."""
+    if hook is None:
+        return
+    for inner in getattr(hook, "hooks", ()):
+        yield from _weights_maps(inner)
+    weights_map = getattr(hook, "weights_map", None)
+    if weights_map is not None:
+        yield weights_map
+
+
+def fingerprint(model: nn.Module, routing: Routing | None = None) -> str:
+    """sha256 hex digest of every router's parameters and buffers.
+
+    Example::
+
+        fingerprint(model)  # 'a3f1...'; equal across loads of the same checkpoint
+
+    Order: routers as listed by the routing map (decoder-layer order); within a router, its
+    parameters and buffers (recursively) sorted by name. Each tensor contributes the line
+    ``"<layer>:<qualified name>:<dtype>:<shape>\\n"`` followed by its raw CPU bytes. Tensors
+    on the ``meta`` device (accelerate offload) are read from the accelerate hook's ``weights_map``.
+
+    Args:
+        routing: the routing map; default ``moehooks.adapt(model)``.
+
+    Raises:
+        ValueError: if a router is not a submodule of ``model``, or a meta tensor has no
+        offloaded copy.
+    """
+    routing = _routing(model, routing)
+    names = {id(module): name for name, module in model.named_modules(remove_duplicate=False)}
+    digest = hashlib.sha256()
+    for entry in routing.layers:
+        prefix = names.get(id(entry.router))
+        if prefix is None:
+            raise ValueError(f"the router of layer {entry.layer} is not a submodule of the given model")
+        own = dict(entry.router.named_parameters()) | dict(entry.router.named_buffers())
+        for name in sorted(own):
+            qualified = f"{prefix}.{name}" if prefix else name
+            tensor = own[name]
+            if tensor.device.type == "meta":
+                tensor = _offloaded(model, qualified)
+            flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+            digest.update(f"{entry.layer}:{qualified}:{tensor.dtype}:{tuple(tensor.shape)}\n".encode())
+            digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Identity of the model an artefact was recorded on.
+
+    Example::
+
+        info = describe(model)
+        info.model_id, info.layers, info.fingerprint
+
+    Attributes:
+        model_id: hub id or local path (``config._name_or_path``).
+        architecture: ``config.architectures[0]``, else the model class name.
+        model_type: ``routing.model_type``.
+        layers, num_experts, top_k: per router, in routing-map order.
+        fingerprint: :func:`fingerprint` of the routers.
+    """
+
+    model_id: str
+    architecture: str
+    model_type: str
+    layers: list[int]
+    num_experts: list[int]
+    top_k: list[int]
+    fingerprint: str
+
+
+def describe(model: nn.Module, routing: Routing | None = None, *, model_id: str | None = None) -> ModelInfo:
+    """The :class:`ModelInfo` of ``model`` (routing map default ``moehooks.adapt(model)``).
+
+    Example::
+
+        info = describe(model, model_id="Qwen/Qwen3-VL-30B-A3B-Instruct")
+    """
+    routing = _routing(model, routing)
+    config = getattr(model, "config", None)
+    architectures = getattr(config, "architectures", None) or [type(model).__name__]
+    return ModelInfo(
+        model_id=model_id or getattr(config, "_name_or_path", "") or "",
+        architecture=architectures[0],
+        model_type=routing.model_type,
+        layers=[int(e.layer) for e in routing.layers],
+        num_experts=[int(e.num_experts) for e in routing.layers],
+        top_k=[int(e.top_k) for e in routing.layers],
+        fingerprint=fingerprint(model, routing),
+    )
+
+
+@dataclass
+class Artefact:
+    """Recorded statistics and expert sets with the provenance needed to reuse them.
+
+    Example::
+
+        art = Artefact(model=describe(model), dataset="mathverse-mini", dataset_size=500,
+                       params={"tau": 0.05, "modality": "image", "phase": "prefill"},
+                       expert_sets={"visual": {12: [3, 17]}})
+
+    Attributes:
+        model: the model it was recorded on.
+        dataset, dataset_size: data set name and number of samples.
+        params: JSON-serialisable settings used (e.g. ``tau``, ``modality``, ``phase``).
+        tensors: named statistics, e.g. ``{"counts.image": [layers, experts]}``.
+        expert_sets: named ``{decoder_layer: [experts]}`` mappings.
+        version: moehooks version that wrote it.
+    """
+
+    model: ModelInfo
+    dataset: str
+    dataset_size: int
+    params: dict[str, Any] = field(default_factory=dict)
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    expert_sets: dict[str, dict[int, list[int]]] = field(default_factory=dict)
+    version: str = field(default_factory=lambda: moehooks.__version__)
+
+
+def _check_expert_set(name: str, experts: Mapping[Any, Any]) -> dict[str, list[int]]:
+    """``experts`` with string layer keys for JSON, after checking it holds only ints."""
+    out: dict[str, list[int]] = {}
+    for layer, chosen in experts.items():
+        if not isinstance(layer, int) or isinstance(layer, bool):
+            raise TypeError(f"expert set {name!r}: layer keys must be int, got {layer!r} ({type(layer).__name__})")
+        values = list(chosen)
+        bad = [e for e in values if not isinstance(e, int) or isinstance(e, bool) or e < 0]
+        if bad:
+            raise TypeError(f"expert set {name!r}, layer {layer}: experts must be non-negative ints, got {bad}")
+        out[str(layer)] = values
+    return out
+
+
+def _check_params(params: Mapping[str, Any]) -> None:
+    """Refuse unknown ``modality``/``phase`` values and values JSON cannot hold."""
+    for key, allowed in (("modality", MODALITIES), ("phase", PHASES)):
+        if key in params and params[key] not in allowed:
+            raise ValueError(f"params[{key!r}] is {params[key]!r}; expected one of {allowed}")
+    try:
+        json.dumps(params, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"params must be JSON-serialisable with finite numbers: {err}") from err
+
+
+def save(path: str | os.PathLike[str], artefact: Artefact) -> Path:
+    """Write ``artefact`` to ``path`` (a ``.safetensors`` file) atomically; returns the path.
+
+    Example::
+
+        save("runs/visual.safetensors", art)
+
+    Raises:
+        TypeError: if an expert set has non-int layers or experts.
+        ValueError: on a non-tensor entry in ``tensors``, a negative ``dataset_size``, or bad ``params``.
+    """
+    if artefact.dataset_size < 0:
+        raise ValueError(f"dataset_size must be >= 0, got {artefact.dataset_size}")
+    _check_params(artefact.params)
+    for name, tensor in artefact.tensors.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"tensors[{name!r}] is a {type(tensor).__name__}, expected a torch.Tensor")
+    header = {
+        "format_version": FORMAT_VERSION,
+        "moehooks_version": artefact.version,
+        "model": asdict(artefact.model),
+        "dataset": {"name": artefact.dataset, "size": artefact.dataset_size},
+        "params": artefact.params,
+        "expert_sets": {name: _check_expert_set(name, s) for name, s in artefact.expert_sets.items()},
+    }
+    tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in artefact.tensors.items()}
+    data = safetensors_bytes(tensors, metadata={"format": "pt", METADATA_KEY: json.dumps(header, allow_nan=False)})
+    return atomic_write(path, data)
+
+
+def load(
+    path: str | os.PathLike[str],
+    model: nn.Module | None = None,
+    *,
+    routing: Routing | None = None,
+    allow_mismatch: bool = False,
+) -> Artefact:
+    """Read an artefact; with ``model``, check it was recorded on the same router weights.
+
+    Example::
+
+        art = load("runs/visual.safetensors", model)
+        moehooks.steer(model, art.expert_sets["visual"], ...)
+
+    Args:
+        model: the model the artefact will be used with; ``None`` skips the check.
+        routing: its routing map (default ``moehooks.adapt(model)``).
+        allow_mismatch: load despite a different fingerprint (a warning is issued instead).
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: if the file is not a moehooks artefact or has an unknown format version.
+        FingerprintMismatchError: if the model's router fingerprint differs and
+        ``allow_mismatch`` is False.
+    """
+    with safe_open(str(path), framework="pt") as fh:
+        metadata = fh.metadata() or {}
+        tensors = {name: fh.get_tensor(name) for name in fh.keys()}
+    if METADATA_KEY not in metadata:
+        raise ValueError(f"{path} is a safetensors file without moehooks metadata; not a moehooks artefact")
+    header = json.loads(metadata[METADATA_KEY])
+    if header.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has artefact format_version {header.get('format_version')!r}; this moehooks reads {FORMAT_VERSION}"
+        )
+    artefact = Artefact(
+        model=ModelInfo(**header["model"]),
+        dataset=header["dataset"]["name"],
+        dataset_size=header["dataset"]["size"],
+        params=header["params"],
+        tensors=tensors,
+        expert_sets={
+            name: {int(layer): experts for layer, experts in s.items()} for name, s in header["expert_sets"].items()
+        },
+        version=header["moehooks_version"],
+    )
+    if model is not None:
+        current = fingerprint(model, routing)
+        if current != artefact.model.fingerprint:
+            message = (
+                f"{path} was recorded on {artefact.model.model_id!r} with router fingerprint "
+                f"{artefact.model.fingerprint[:16]}..., but the given model's routers hash to {current[:16]}...; "
+                "pass allow_mismatch=True to load it anyway"
+            )
+            if not allow_mismatch:
+                raise FingerprintMismatchError(message)
+            warnings.warn(message, stacklevel=2)
+    return artefact
