@@ -1,0 +1,15 @@
+"""Router adapters and their registry; importing this package registers every family."""
+
+from . import deepseek, ernie, gpt_oss, jamba, llama4, mixtral, olmoe, qwen  # noqa: F401  (registration)
+from .base import MoELayer, RouterAdapter, RoutingMap, UnsupportedModelError, adapt, families, register, supported_architectures
+
+__all__ = [
+    "MoELayer",
+    "RouterAdapter",
+    "RoutingMap",
+    "UnsupportedModelError",
+    "adapt",
+    "families",
+    "register",
+    "supported_architectures",
+]

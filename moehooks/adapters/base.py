@@ -1,0 +1,314 @@
+"""Router adapters: where a model's routers are and the exact rule each uses to pick experts.
+
+    routing = moehooks.adapt(model)
+    for entry in routing.layers:
+        print(entry.layer, entry.num_experts, entry.top_k, entry.adapter.name)
+
+An adapter owns one family's routing rule as pure tensor functions:
+
+* ``logits(router, x)``   router logits from the router input, ``[tokens, experts]``;
+* ``select(logits)``      ``(weights, indices)`` exactly as the model computes them from those logits;
+* ``probs(logits)``       per-expert routing probabilities (softmax or sigmoid), used for "importance";
+* ``unpack(output)`` / ``pack(...)`` convert between the router module's own output and
+  ``(logits, weights, indices)``, so hooks can read and replace what the MoE block consumes.
+
+Selection is split into a *choice score* (what top-k runs on) and a *gate score* (what the weights are
+gathered from). ``select(logits, force=mask)`` adds a margin to the choice scores of the masked experts that
+puts them above every other expert and group; that is how hard steering guarantees selection even with
+correction biases, group-limited top-k or saturated sigmoids.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterator, Sequence
+
+import torch
+from torch import nn
+
+Routed = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # logits [T, E], weights [T, k], indices [T, k]
+
+
+class UnsupportedModelError(ValueError):
+    """The model (or a module of it) has no registered routing rule."""
+
+
+def module_tensor(module: nn.Module, name: str) -> torch.Tensor:
+    """A parameter/buffer of ``module`` with real data, also when accelerate offloaded it to ``meta``.
+
+    Offloaded modules only hold their weights inside their own ``forward``; hooks and adapters read small
+    tensors (correction biases) once, here, from accelerate's weights map instead.
+    """
+    tensor = getattr(module, name)
+    if tensor.device.type != "meta":
+        return tensor.detach()
+    hook = getattr(module, "_hf_hook", None)
+    weights_map = getattr(hook, "weights_map", None)
+    if weights_map is not None and name in weights_map:
+        return weights_map[name].detach()
+    raise RuntimeError(f"{type(module).__name__}.{name} is on the meta device and no accelerate weights map holds it")
+
+
+class RouterAdapter:
+    """Base class of a routing rule bound to one router module's hyper-parameters.
+
+    Subclasses declare ``name``, ``model_types`` (config ``model_type`` values they serve) and
+    ``router_classes`` (class names of the router modules), and implement the rule.
+    """
+
+    name: ClassVar[str]
+    model_types: ClassVar[tuple[str, ...]]
+    router_classes: ClassVar[tuple[str, ...]]
+    #: names of the MoE-block attributes that hold shared (always-on) experts
+    shared_attrs: ClassVar[tuple[str, ...]] = ("shared_expert", "shared_experts", "shared_mlp")
+    #: tensors read from the router once at adapt time (e.g. correction biases)
+    tensor_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, router: nn.Module) -> None:
+        self.top_k: int = int(router.top_k)
+        self.num_experts: int = int(self.read_num_experts(router))
+        self._tensors: dict[str, torch.Tensor] = {n: module_tensor(router, n) for n in self.tensor_names}
+        self._on_device: dict[tuple[str, torch.device], torch.Tensor] = {}
+
+    # ---- construction helpers -------------------------------------------------------------------
+    @staticmethod
+    def read_num_experts(router: nn.Module) -> int:
+        for attr in ("num_experts", "n_routed_experts", "num_local_experts"):
+            if hasattr(router, attr):
+                return getattr(router, attr)
+        return router.weight.shape[0]
+
+    def tensor(self, name: str, device: torch.device) -> torch.Tensor:
+        """A rule tensor on ``device``; copied there once, then cached."""
+        key = (name, device)
+        if key not in self._on_device:
+            self._on_device[key] = self._tensors[name].to(device)
+        return self._on_device[key]
+
+    # ---- the rule ---------------------------------------------------------------------------------
+    def logits(self, router: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Router logits ``[tokens, experts]`` from the router input (reads the router's weight)."""
+        x = x.reshape(-1, x.shape[-1])
+        return nn.functional.linear(x, router.weight)
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-expert routing probabilities ``[tokens, experts]`` (float32)."""
+        return torch.softmax(logits, dim=-1, dtype=torch.float32)
+
+    def scores(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(choice, gate)``: top-k runs on ``choice``, weights are gathered from ``gate``."""
+        raise NotImplementedError
+
+    def choose(self, choice: torch.Tensor) -> torch.Tensor:
+        """Top-k indices ``[tokens, k]`` from the choice scores (group-limited where the family is)."""
+        return torch.topk(choice, self.top_k, dim=-1)[1]
+
+    def finish(self, gate_topk: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Gate weights ``[tokens, k]`` from the gathered gate scores (renorm, scaling, dtype)."""
+        return gate_topk
+
+    def select(self, logits: torch.Tensor, force: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(weights [T, k], indices [T, k])`` exactly as the model computes them from ``logits``.
+
+        ``force`` (0/1 float, broadcastable to ``[T, E]``) lifts the masked experts' choice scores by a
+        margin larger than twice the spread of all choice scores, so they win every per-group and per-expert
+        comparison; among themselves their original order decides.
+        """
+        choice, gate = self.scores(logits)
+        if force is not None:
+            choice = choice + force * margin(choice)
+        indices = self.choose(choice)
+        return self.finish(gate.gather(-1, indices), logits), indices
+
+    # ---- the router module's own output -----------------------------------------------------------
+    def unpack(self, output: Any, x: torch.Tensor | None = None) -> Routed:
+        """``(logits, weights, indices)`` read from the router module's forward output (``x``: its input,
+        needed only by routers that do not return their logits)."""
+        logits, weights, indices = output[:3]
+        return logits, weights, indices
+
+    def pack(self, output: Any, logits: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> Any:
+        """The router output with ``logits/weights/indices`` replaced, in the module's own format/dtypes."""
+        old_logits, old_weights, _ = self.unpack(output)
+        return (logits.to(old_logits.dtype), weights.to(old_weights.dtype), indices, *tuple(output[3:]))
+
+
+def margin(choice: torch.Tensor) -> torch.Tensor:
+    """Per-token lift ``[T, 1]`` that puts any forced expert (and its group) above all unforced ones."""
+    finite = torch.nan_to_num(choice, neginf=0.0, posinf=0.0)
+    spread = finite.amax(dim=-1, keepdim=True) - finite.amin(dim=-1, keepdim=True)
+    return 2.0 * spread + 1.0
+
+
+# ---- routing map ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MoELayer:
+    """One router of the model.
+
+    ``layer`` is the decoder-layer index; ``branch`` names the router inside a layer where a layer has more
+    than one (``"text"`` / ``"vision"`` in Ernie-4.5-VL), else ``""``.
+    """
+
+    layer: int
+    name: str
+    router: nn.Module = field(repr=False)
+    num_experts: int
+    top_k: int
+    shared_experts: bool
+    adapter: RouterAdapter = field(repr=False)
+    branch: str = ""
+
+
+@dataclass(frozen=True)
+class RoutingMap:
+    """The routers of a model, in decoder-layer order."""
+
+    model_type: str
+    family: str
+    layers: tuple[MoELayer, ...]
+    decoder_layers: nn.ModuleList = field(repr=False)
+    image_token_id: int | None = None
+
+    def __iter__(self) -> Iterator[MoELayer]:
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    @property
+    def layer_ids(self) -> list[int]:
+        """Decoder-layer index of each router, in order."""
+        return [e.layer for e in self.layers]
+
+    @property
+    def num_experts(self) -> int:
+        return max(e.num_experts for e in self.layers)
+
+    def select_layers(self, layers: Sequence[int] | range | None) -> list[int]:
+        """Validate a decoder-layer selection against the MoE layers; ``None`` means all of them."""
+        moe = sorted(set(self.layer_ids))
+        if layers is None:
+            return moe
+        chosen = sorted(set(int(i) for i in layers))
+        bad = [i for i in chosen if i not in moe]
+        if bad:
+            raise ValueError(f"layers {bad} are not MoE layers of this {self.model_type} model; MoE layers: {_span(moe)}")
+        return chosen
+
+
+def _span(ids: Sequence[int]) -> str:
+    if ids and list(ids) == list(range(ids[0], ids[-1] + 1)):
+        return f"{ids[0]}-{ids[-1]}"
+    return ", ".join(map(str, ids))
+
+
+# ---- registry -------------------------------------------------------------------------------------
+_FAMILIES: dict[str, type[RouterAdapter]] = {}
+_BY_MODEL_TYPE: dict[str, type[RouterAdapter]] = {}
+_BY_ROUTER_CLASS: dict[str, type[RouterAdapter]] = {}
+
+
+def register(cls: type[RouterAdapter]) -> type[RouterAdapter]:
+    """Class decorator adding a family; a second registration of a name, model type or router class fails."""
+    if cls.name in _FAMILIES:
+        raise ValueError(f"routing family {cls.name!r} is already registered")
+    taken = [t for t in cls.model_types if t in _BY_MODEL_TYPE] + [c for c in cls.router_classes if c in _BY_ROUTER_CLASS]
+    if taken:
+        raise ValueError(f"family {cls.name!r} claims {taken}, already registered by another family")
+    _FAMILIES[cls.name] = cls
+    _BY_MODEL_TYPE.update(dict.fromkeys(cls.model_types, cls))
+    _BY_ROUTER_CLASS.update(dict.fromkeys(cls.router_classes, cls))
+    return cls
+
+
+def supported_architectures() -> list[str]:
+    """Model types (``config.model_type``) with a registered routing rule, sorted."""
+    return sorted(_BY_MODEL_TYPE)
+
+
+def families() -> dict[str, type[RouterAdapter]]:
+    """Registered adapter classes by family name."""
+    return dict(_FAMILIES)
+
+
+_LAYER_RE = re.compile(r"^(.*\.)?layers\.(\d+)\.")
+
+
+def adapt(model: nn.Module) -> RoutingMap:
+    """The routing map of ``model``: one entry per router, with its decoder-layer index and adapter.
+
+        routing = moehooks.adapt(model)
+        routing.layers[0].layer, routing.layers[0].top_k, routing.layers[0].adapter.select(logits)
+
+    Raises ``UnsupportedModelError`` naming the model type and listing the supported ones.
+    """
+    model_type = _model_type(model)
+    entries: list[MoELayer] = []
+    parents: set[str] = set()
+    for name, module in model.named_modules():
+        cls = _BY_ROUTER_CLASS.get(type(module).__name__)
+        if cls is None:
+            continue
+        found = _LAYER_RE.match(name)
+        if found is None:
+            continue
+        parent_name, block_name = name.rsplit(".", 1)[0], name
+        block = model.get_submodule(parent_name)
+        adapter = cls(module)
+        entries.append(
+            MoELayer(
+                layer=int(found.group(2)),
+                name=block_name,
+                router=module,
+                num_experts=adapter.num_experts,
+                top_k=adapter.top_k,
+                shared_experts=any(getattr(block, a, None) is not None for a in cls.shared_attrs)
+                or _has_shared_sibling(model, parent_name, cls),
+                adapter=adapter,
+                branch=_branch(parent_name),
+            )
+        )
+        parents.add((found.group(1) or "") + "layers")
+    if not entries:
+        raise UnsupportedModelError(
+            f"Unknown model type {model_type!r}: no MoE router found. Supported: {', '.join(supported_architectures())}."
+        )
+    if len(parents) != 1:
+        raise UnsupportedModelError(f"routers found under several decoder stacks {sorted(parents)}; expected one")
+    entries.sort(key=lambda e: (e.layer, e.branch))
+    families_found = sorted({e.adapter.name for e in entries})
+    return RoutingMap(
+        model_type=model_type,
+        family=families_found[0] if len(families_found) == 1 else "+".join(families_found),
+        layers=tuple(entries),
+        decoder_layers=model.get_submodule(parents.pop()),
+        image_token_id=_image_token_id(model),
+    )
+
+
+def _model_type(model: nn.Module) -> str:
+    config = getattr(model, "config", None)
+    return str(getattr(config, "model_type", type(model).__name__))
+
+
+def _branch(parent_name: str) -> str:
+    last = parent_name.rsplit(".", 1)[-1]
+    return {"text_moe": "text", "vision_moe": "vision"}.get(last, "")
+
+
+def _has_shared_sibling(model: nn.Module, block_name: str, cls: type[RouterAdapter]) -> bool:
+    """Ernie-4.5-VL keeps shared experts one level up from the per-modality blocks."""
+    if "." not in block_name or not _branch(block_name):
+        return False
+    outer = model.get_submodule(block_name.rsplit(".", 1)[0])
+    return any(getattr(outer, a, None) is not None for a in cls.shared_attrs)
+
+
+def _image_token_id(model: nn.Module) -> int | None:
+    config = getattr(model, "config", None)
+    for attr in ("image_token_id", "image_token_index", "media_placeholder_token_id"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int):
+            return value
+    return None

@@ -1,0 +1,12 @@
+"""Mixtral / MiniMax routers: softmax in float32 -> top-k -> renorm; weights stay float32."""
+
+from .base import register
+from .rules import SoftmaxTopK
+
+
+@register
+class Mixtral(SoftmaxTopK):
+    name = "mixtral"
+    model_types = ("mixtral", "minimax")
+    router_classes = ("MixtralTopKRouter", "MiniMaxTopKRouter")
+    cast_weights = False

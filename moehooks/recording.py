@@ -1,0 +1,180 @@
+"""Record which experts every token really chose, read from the routers' own outputs.
+
+    with moehooks.record(model, per_sample=True) as rec:
+        model.generate(**inputs, max_new_tokens=32)
+    rec.counts(modality="image", phase="prefill")   # LongTensor [moe_layers, experts]
+    rec.tokens(modality="image", phase="prefill")   # LongTensor [moe_layers]
+    rec.sample_counts(modality="text")              # LongTensor [samples, moe_layers, experts]
+
+Each router keeps on its own device a small table per (phase, modality) cell — counts, summed gate weights,
+summed routing probabilities and token totals — filled with ``index_add_`` using 0/1 row weights (padding
+rows weigh 0), so recording never synchronises with the device. Memory is O(layers x experts), plus
+O(samples x layers x experts) with ``per_sample=True`` (prompt tokens only).
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .adapters import MoELayer
+from .hooks import MODALITIES, PHASES, Batch, HookContext, check_choice
+
+_CELLS = len(PHASES) * len(MODALITIES)
+
+
+@dataclass
+class _Tables:
+    """One router's accumulators; the first axis is the cell ``phase * 2 + modality``."""
+
+    counts: torch.Tensor  # [cells, experts] long
+    gates: torch.Tensor  # [cells, experts] float32
+    probs: torch.Tensor  # [cells, experts] float32
+    tokens: torch.Tensor  # [cells] long
+
+    @classmethod
+    def zeros(cls, cells: int, experts: int, device: torch.device) -> "_Tables":
+        return cls(
+            torch.zeros(cells, experts, dtype=torch.long, device=device),
+            torch.zeros(cells, experts, dtype=torch.float32, device=device),
+            torch.zeros(cells, experts, dtype=torch.float32, device=device),
+            torch.zeros(cells, dtype=torch.long, device=device),
+        )
+
+
+class Recorder(HookContext):
+    """Context manager recording routing decisions; see the module docstring. Use ``moehooks.record``."""
+
+    def __init__(self, model: nn.Module, *, per_sample: bool = False) -> None:
+        super().__init__(model)
+        self.per_sample = per_sample
+        self.layers: list[int] = []
+        self.num_experts = 0
+        self._tables: list[_Tables | None] = []
+        self._samples: list[list[tuple[int, _Tables]]] = []
+
+    # ---- hooks ------------------------------------------------------------------------------------
+    def _attach(self, stack: ExitStack) -> None:
+        routing = self.routing
+        self.layers = routing.layer_ids
+        self.num_experts = routing.num_experts
+        self._tables = [None] * len(routing.layers)
+        self._samples = [[] for _ in routing.layers]
+        for i, entry in enumerate(routing.layers):
+            self.hook_router(stack, entry.router, self._hook(i, entry))
+
+    def _hook(self, i: int, entry: MoELayer):
+        adapter, tracker, branch, experts = entry.adapter, self.tracker, entry.branch, self.num_experts
+
+        def record_hook(module: nn.Module, args: tuple, output: object) -> None:
+            logits, weights, indices = adapter.unpack(output, args[0] if args else None)
+            batch = tracker.batch
+            if batch is None:
+                raise RuntimeError("a router ran outside a forward call of the model the recorder was opened on")
+            rows, device = indices.shape[0], indices.device
+            valid = batch.get("valid", device, rows, branch)  # [rows] 0/1
+            cell = batch.get("cell", device, rows, branch)  # [rows] phase*2 + modality
+            tables = self._tables[i]
+            if tables is None:
+                tables = self._tables[i] = _Tables.zeros(_CELLS, experts, device)
+            _accumulate(tables, cell, valid, logits, weights, indices, adapter.probs, experts)
+            if self.per_sample and batch.phase == 0:
+                sample_tables = self._sample_tables(i, batch, device)
+                sample = batch.get("sample", device, rows, branch) * len(MODALITIES) + batch.get("image", device, rows, branch)
+                _accumulate(sample_tables, sample, valid, logits, weights, indices, adapter.probs, experts)
+
+        return record_hook
+
+    def _sample_tables(self, i: int, batch: Batch, device: torch.device) -> _Tables:
+        chunks = self._samples[i]
+        if not chunks or chunks[-1][0] != batch.first_sample:
+            chunks.append((batch.first_sample, _Tables.zeros(batch.batch * len(MODALITIES), self.num_experts, device)))
+        return chunks[-1][1]
+
+    # ---- reading ----------------------------------------------------------------------------------
+    def counts(self, modality: str = "all", phase: str = "all") -> torch.Tensor:
+        """Tokens that had each expert in their top-k: LongTensor ``[moe_layers, experts]``."""
+        return self._read("counts", modality, phase)
+
+    def tokens(self, modality: str = "all", phase: str = "all") -> torch.Tensor:
+        """Tokens routed by each MoE layer: LongTensor ``[moe_layers]``."""
+        return self._read("tokens", modality, phase)
+
+    def gates(self, modality: str = "all", phase: str = "all") -> torch.Tensor:
+        """Summed gate weights the MoE blocks applied: float32 ``[moe_layers, experts]``."""
+        return self._read("gates", modality, phase)
+
+    def probs(self, modality: str = "all", phase: str = "all") -> torch.Tensor:
+        """Summed routing probabilities (softmax/sigmoid of the logits, the "importance"):
+        float32 ``[moe_layers, experts]``."""
+        return self._read("probs", modality, phase)
+
+    def sample_counts(self, modality: str = "all") -> torch.Tensor:
+        """Per prompt (prefill tokens only): LongTensor ``[samples, moe_layers, experts]``."""
+        return self._read_samples("counts", modality)
+
+    def sample_tokens(self, modality: str = "all") -> torch.Tensor:
+        """Per prompt (prefill tokens only): LongTensor ``[samples, moe_layers]``."""
+        return self._read_samples("tokens", modality)
+
+    def _read(self, what: str, modality: str, phase: str) -> torch.Tensor:
+        cells = _cells(modality, phase)
+        tables = self._require_tables()
+        device = tables[0].counts.device
+        return torch.stack([getattr(t, what)[cells].sum(0).to(device) for t in tables])
+
+    def _read_samples(self, what: str, modality: str) -> torch.Tensor:
+        if not self.per_sample:
+            raise RuntimeError("per-sample counts were not recorded; open the recorder with record(model, per_sample=True)")
+        mods = _modalities(modality)
+        self._require_tables()
+        device = self._tables[0].counts.device
+        per_layer = []
+        for chunks in self._samples:
+            parts = [getattr(t, what).to(device).unflatten(0, (-1, len(MODALITIES)))[:, mods].sum(1) for _, t in chunks]
+            per_layer.append(torch.cat(parts) if parts else torch.zeros(0, device=device))
+        return torch.stack(per_layer, dim=1)
+
+    def _require_tables(self) -> list[_Tables]:
+        if not self._tables or any(t is None for t in self._tables):
+            raise RuntimeError("nothing recorded yet: run the model (forward or generate) inside the record() block first")
+        return self._tables  # type: ignore[return-value]
+
+
+def _accumulate(tables: _Tables, cell: torch.Tensor, valid: torch.Tensor, logits: torch.Tensor,
+                weights: torch.Tensor, indices: torch.Tensor, probs_fn, experts: int) -> None:
+    """Add one router call to ``tables`` (rows weighted 0/1 by ``valid``); no host synchronisation."""
+    k = indices.shape[1]
+    flat = (cell * experts).unsqueeze(1) + indices  # [rows, k] index into tables.counts.view(-1)
+    tables.counts.view(-1).index_add_(0, flat.reshape(-1), valid.unsqueeze(1).expand(-1, k).reshape(-1))
+    tables.gates.view(-1).index_add_(0, flat.reshape(-1), (weights.float() * valid.unsqueeze(1)).reshape(-1))
+    tables.probs.index_add_(0, cell, probs_fn(logits) * valid.unsqueeze(1))
+    tables.tokens.index_add_(0, cell, valid)
+
+
+def _modalities(modality: str) -> list[int]:
+    check_choice("modality", modality, ("all", *MODALITIES))
+    return [0, 1] if modality == "all" else [MODALITIES.index(modality)]
+
+
+def _cells(modality: str, phase: str) -> list[int]:
+    mods = _modalities(modality)
+    check_choice("phase", phase, ("all", *PHASES))
+    phases = [0, 1] if phase == "all" else [PHASES.index(phase)]
+    return [p * len(MODALITIES) + m for p in phases for m in mods]
+
+
+def record(model: nn.Module, *, per_sample: bool = False) -> Recorder:
+    """Record the routing of ``model`` inside a ``with`` block (forward or ``generate``).
+
+        with moehooks.record(model) as rec:
+            model.generate(**inputs)
+        rec.counts(modality="text", phase="decode")
+
+    ``per_sample=True`` also keeps ``[samples, layers, experts]`` counts over prompt tokens; samples are
+    numbered in the order their prompts were seen.
+    """
+    return Recorder(model, per_sample=per_sample)
