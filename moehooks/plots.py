@@ -1,0 +1,210 @@
+"""Figures of routing statistics; each writes a PNG and, beside it, the plotted numbers as CSV.
+
+Example::
+
+    files = plot_gini(layer_gini(image_rec), layer_gini(text_rec), "runs/gini.png", layer_ids=image_rec.layers)
+    files.png, files.csv   # runs/gini.png, runs/gini.csv
+
+Figures are drawn on matplotlib's Agg canvas without pyplot, so no global backend or
+figure state is touched. NaN values (undefined layers) are left as gaps in the figure and
+written as ``nan`` in the CSV. Both files are written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, PercentFormatter
+from torch import Tensor
+
+from moehooks.artefacts import atomic_write
+from moehooks.stats import Divergence, ExpertSet
+
+Values = Tensor | Sequence[float]
+IMAGE_COLOR, TEXT_COLOR = "#d95f02", "#1b9e77"
+
+
+class PlotFiles(NamedTuple):
+    """Paths written by a plot function."""
+
+    png: Path
+    csv: Path
+
+
+def _floats(name: str, values: Values, expected: int | None = None) -> list[float]:
+    """``values`` as a flat list of floats, checking its length against ``expected``."""
+    out = torch.as_tensor(values, dtype=torch.float64).cpu().flatten().tolist()
+    if expected is not None and len(out) != expected:
+        raise ValueError(f"{name} has {len(out)} values, expected {expected} (one per layer)")
+    return out
+
+
+def _layer_ids(layer_ids: Sequence[int] | None, n: int) -> list[int]:
+    """Decoder-layer indices of ``n`` rows, default ``0..n-1``."""
+    ids = list(range(n)) if layer_ids is None else [int(i) for i in layer_ids]
+    if len(ids) != n:
+        raise ValueError(f"layer_ids has {len(ids)} entries but there are {n} layers of values")
+    return ids
+
+
+def _figure(title: str, xlabel: str, ylabel: str, width: float = 7.0, height: float = 4.0) -> tuple[Figure, Axes]:
+    """A titled Agg figure with one labelled axes, integer ticks on x."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig, ax
+
+
+def _write(fig: Figure, header: Sequence[str], rows: Sequence[Sequence[object]], path: str | os.PathLike[str]) -> PlotFiles:
+    """Save ``fig`` as ``<path>.png`` and ``rows`` under ``header`` as ``<path>.csv``."""
+    png = Path(path).with_suffix(".png")
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=120)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return PlotFiles(atomic_write(png, image.getvalue()), atomic_write(png.with_suffix(".csv"), text.getvalue().encode()))
+
+
+def plot_gini(
+    image: Values, text: Values, path: str | os.PathLike[str], *, layer_ids: Sequence[int] | None = None
+) -> PlotFiles:
+    """Gini coefficient of expert importance per layer, image version vs text version.
+
+    Example::
+
+        plot_gini(layer_gini(image_rec), layer_gini(text_rec), "runs/gini.png", layer_ids=image_rec.layers)
+
+    CSV columns: ``layer, gini_image, gini_text``.
+    """
+    gini_image = _floats("image", image)
+    gini_text = _floats("text", text, len(gini_image))
+    ids = _layer_ids(layer_ids, len(gini_image))
+    fig, ax = _figure(
+        "Routing concentration per layer (0 = uniform, 1 = one expert)", "decoder layer", "Gini of expert importance"
+    )
+    ax.plot(ids, gini_image, marker="o", color=IMAGE_COLOR, label="image version")
+    ax.plot(ids, gini_text, marker="s", color=TEXT_COLOR, label="text version")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    return _write(fig, ("layer", "gini_image", "gini_text"), list(zip(ids, gini_image, gini_text)), path)
+
+
+def plot_delta(experts: ExpertSet, path: str | os.PathLike[str]) -> PlotFiles:
+    """Heatmap of Delta = f_domain - f_general [layers x experts], identified experts circled.
+
+    Example::
+
+        plot_delta(visual_experts(image_rec, text_rec, tau=0.05), "runs/delta.png")
+
+    CSV columns: ``layer, expert, delta, identified`` (one row per cell; identified is 0/1).
+
+    Raises:
+        ValueError: if the set names a layer or expert outside ``experts.delta``.
+    """
+    delta = experts.delta.to(torch.float64).cpu()  # [layers, experts]
+    ids = _layer_ids(experts.layer_ids, delta.shape[0])
+    marked = {(layer, e) for layer, chosen in experts.items() for e in chosen}
+    stray = sorted((layer, e) for layer, e in marked if layer not in ids or not 0 <= e < delta.shape[1])
+    if stray:
+        raise ValueError(f"(layer, expert) pairs {stray} are outside delta: layers {ids}, experts 0..{delta.shape[1] - 1}")
+    fig, ax = _figure(
+        f"Activation-frequency gap per expert (τ = {experts.tau:g})",
+        "expert",
+        "decoder layer",
+        width=max(6.0, 0.12 * delta.shape[1] + 3),
+        height=max(4.0, 0.2 * delta.shape[0] + 2),
+    )
+    finite = delta[torch.isfinite(delta)]
+    span = max(finite.abs().max().item() if finite.numel() else 0.0, 1e-6)
+    mesh = ax.imshow(delta.numpy(), cmap="RdBu_r", vmin=-span, vmax=span, aspect="auto", interpolation="nearest")
+    fig.colorbar(mesh, ax=ax, label="Δ activation frequency (domain − general, share of tokens)")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_formatter(lambda row, _: str(ids[int(row)]) if 0 <= int(row) < len(ids) else "")
+    rows = {layer: row for row, layer in enumerate(ids)}
+    points = sorted(marked)
+    ax.scatter(
+        [e for _, e in points],
+        [rows[layer] for layer, _ in points],
+        s=30,
+        facecolors="none",
+        edgecolors="black",
+        label=f"identified (Δ > {experts.tau:g}): {len(points)}",
+    )
+    fig.legend(loc="outside lower center")
+    table = [
+        (layer, e, delta[row, e].item(), int((layer, e) in marked))
+        for row, layer in enumerate(ids)
+        for e in range(delta.shape[1])
+    ]
+    return _write(fig, ("layer", "expert", "delta", "identified"), table, path)
+
+
+def plot_jsd(result: Divergence, path: str | os.PathLike[str], *, layer_ids: Sequence[int] | None = None) -> PlotFiles:
+    """Mean Jensen-Shannon divergence per layer with its confidence band.
+
+    Example::
+
+        plot_jsd(divergence(image_rec.sample_counts(), text_rec.sample_counts()), "runs/jsd.png",
+                 layer_ids=image_rec.layers)
+
+    CSV columns: ``layer, jsd_<unit>, ci_low, ci_high, n_pairs``.
+    """
+    mean = _floats("mean", result.mean)
+    low = _floats("low", result.low, len(mean))
+    high = _floats("high", result.high, len(mean))
+    n = [int(v) for v in result.n.tolist()]
+    ids = _layer_ids(layer_ids, len(mean))
+    fig, ax = _figure(
+        "Image vs text routing divergence per layer", "decoder layer", f"Jensen–Shannon divergence ({result.unit})"
+    )
+    ax.fill_between(
+        ids, low, high, color=IMAGE_COLOR, alpha=0.25, label=f"{result.confidence:.0%} bootstrap CI"
+    )
+    ax.plot(ids, mean, marker="o", color=IMAGE_COLOR, label="mean over samples")
+    ax.set_ylim(bottom=0)
+    ax.legend()
+    return _write(fig, ("layer", f"jsd_{result.unit}", "ci_low", "ci_high", "n_pairs"), list(zip(ids, mean, low, high, n)), path)
+
+
+def plot_swap(success: Mapping[int, float], path: str | os.PathLike[str]) -> PlotFiles:
+    """Concept-swap success rate per steered layer.
+
+    Example::
+
+        plot_swap({8: 0.12, 12: 0.55, 16: 0.31}, "runs/swap.png")
+
+    ``success`` maps a decoder-layer index to the share of successful swaps in [0, 1].
+    CSV columns: ``layer, success_rate``.
+
+    Raises:
+        ValueError: if ``success`` is empty or a rate is outside [0, 1] (or NaN).
+    """
+    if not success:
+        raise ValueError("success is empty; expected {layer: rate}")
+    bad = {layer: rate for layer, rate in success.items() if not 0 <= rate <= 1}
+    if bad:
+        raise ValueError(f"success rates must be in [0, 1], got {bad}")
+    layers = sorted(success)
+    rates = [float(success[layer]) for layer in layers]
+    fig, ax = _figure("Concept-swap success per steered layer", "decoder layer", "success rate (% of prompts)")
+    bars = ax.bar(layers, rates, color=TEXT_COLOR, label="swap succeeded")
+    ax.bar_label(bars, labels=[f"{rate:.0%}" for rate in rates])
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set_ylim(0, 1)
+    ax.legend()
+    return _write(fig, ("layer", "success_rate"), list(zip(layers, rates)), path)
