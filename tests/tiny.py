@@ -51,6 +51,9 @@ _MLA = dict(kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8, qk_nope_head_
 _LINEAR = dict(linear_conv_kernel_dim=4, linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2,
                linear_num_value_heads=4)
 _SPARSE3 = ["dense", "sparse", "sparse"]
+_MLA_Q = dict(_MLA, q_lora_rank=16)  # families whose config requires an int q_lora_rank
+_DSA = dict(_TEXT, **_GROUPED, **_MLA_Q, num_key_value_heads=4, mlp_layer_types=_SPARSE3, index_topk=8,
+            index_head_dim=8, index_n_heads=2)  # MLA + sparse ("indexed") attention
 
 # model_type -> (config class name, model class name, config kwargs)
 FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
@@ -137,16 +140,10 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
                    dict(_TEXT, **_GROUPED, moe_intermediate_size=16, moe_shared_expert_intermediate_size=16,
                         layers_block_type=["moe", "full_attention", "moe"], use_mamba_kernels=False,
                         ssm_state_size=8, mamba_num_heads=4, mamba_head_dim=8, n_groups=1, chunk_size=8)),
-    "axk1": ("AXK1Config", "AXK1ForCausalLM", dict(_TEXT, **_GROUPED, **dict(_MLA, q_lora_rank=16), num_key_value_heads=4)),
-    "deepseek_v32": ("DeepseekV32Config", "DeepseekV32ForCausalLM",
-                     dict(_TEXT, **_GROUPED, **dict(_MLA, q_lora_rank=16), num_key_value_heads=4, mlp_layer_types=_SPARSE3,
-                          index_topk=8, index_head_dim=8, index_n_heads=2)),
-    "glm_moe_dsa": ("GlmMoeDsaConfig", "GlmMoeDsaForCausalLM",
-                    dict(_TEXT, **_GROUPED, **dict(_MLA, q_lora_rank=16), num_key_value_heads=4, mlp_layer_types=_SPARSE3,
-                         index_topk=8, index_head_dim=8, index_n_heads=2)),
-    "hy_v4": ("HYV4Config", "HYV4ForCausalLM",
-              dict(_TEXT, **_GROUPED, **dict(_MLA, q_lora_rank=16), num_key_value_heads=4,
-                   mlp_layer_types=_SPARSE3, index_topk=8, index_head_dim=8, index_n_heads=2)),
+    "axk1": ("AXK1Config", "AXK1ForCausalLM", dict(_TEXT, **_GROUPED, **_MLA_Q, num_key_value_heads=4)),
+    "deepseek_v32": ("DeepseekV32Config", "DeepseekV32ForCausalLM", _DSA),
+    "glm_moe_dsa": ("GlmMoeDsaConfig", "GlmMoeDsaForCausalLM", _DSA),
+    "hy_v4": ("HYV4Config", "HYV4ForCausalLM", _DSA),
     "mimo_v2_flash": ("MiMoV2FlashConfig", "MiMoV2FlashForCausalLM",
                       dict(_TEXT, **_GROUPED, v_head_dim=8, sliding_window=16)),
     # --- softmax + group-limited top-k
