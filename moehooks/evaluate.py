@@ -1,0 +1,766 @@
+"""Evaluation harness: load items, prompt a model through its processor, grade answers, resume runs, summarise.
+
+Example:
+    >>> import moehooks
+    >>> from moehooks.evaluate import load_items, run_eval, summarize
+    >>> items = load_items("data/mathverse.jsonl")  # doctest: +SKIP
+    >>> run_eval(model, processor, items, "runs/results.jsonl", trials=3)  # doctest: +SKIP
+    >>> run_eval(model, processor, items, "runs/results.jsonl", method="steer", trials=3,
+    ...          context=lambda: moehooks.steer(model, experts, mode="soft"))  # doctest: +SKIP
+    >>> summarize("runs/results.jsonl")["steer"].delta  # doctest: +SKIP
+    0.042
+
+Item files (:func:`load_items`) are JSONL, CSV or Parquet with the fields ``id``, ``question``, ``answer``
+and optionally ``image`` (a path relative to the file), ``text_reference`` (the problem as text, used in place
+of the image with ``as_text=True``), ``choices`` (a list of option texts; a JSON list in CSV) and ``meta``
+(an object); any other field is kept in ``Item.meta``.
+
+Results files (:func:`run_eval`) are JSONL, one object per (method, trial, item) with the keys ``id``,
+``method``, ``trial``, ``prediction``, ``answer``, ``extracted`` (the final answer read from the prediction)
+and ``correct``. Rows are appended and fsync'd batch by batch; a rerun skips the rows already there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import json
+import math
+import os
+import re
+import string
+import tempfile
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ITEM_SUFFIXES: tuple[str, ...] = (".jsonl", ".csv", ".parquet")
+"""File types :func:`load_items` reads."""
+
+DEFAULT_INSTRUCTION_SEPARATOR = "\n\n"
+"""Joins an item's ``text_reference`` and its ``question`` in text prompts."""
+
+
+class MalformedRowsWarning(UserWarning):
+    """Some rows of an item file were skipped; the message lists them with their line (or row) numbers."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    """One evaluation item.
+
+    Example:
+        >>> Item(id="q1", question="What is 1/2 as a decimal?", answer="0.5").image is None
+        True
+
+    Attributes:
+        id: unique identifier (stored as a string).
+        question: text shown after the image (or after ``text_reference`` in text prompts).
+        answer: reference answer; for multiple choice a letter (``"A"``...) or the text of one choice.
+        image: path of the image showing the problem, or ``None`` for text-only items.
+        text_reference: the problem as text, shown in place of the image when prompting as text.
+        choices: option texts of a multiple-choice item (lettered A, B, ... in order), or ``None``.
+        meta: anything else (subject, level, source fields...).
+    """
+
+    id: str
+    question: str
+    answer: str
+    image: str | None = None
+    text_reference: str | None = None
+    choices: list[str] | None = None
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "id", str(self.id))
+        object.__setattr__(self, "answer", str(self.answer))
+        if self.image is not None:
+            object.__setattr__(self, "image", str(self.image))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Item files
+
+
+def _read_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    """Yield ``(location, row)`` per record; ``row`` is an exception for records that cannot be parsed."""
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        with path.open(encoding="utf-8") as fh:
+            for number, line in enumerate(fh, start=1):
+                if line.strip():
+                    try:
+                        yield f"line {number}", json.loads(line)
+                    except json.JSONDecodeError as err:
+                        yield f"line {number}", err
+    elif suffix == ".csv":
+        with path.open(encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(fh)
+            start = reader.line_num + 2
+            for row in reader:
+                yield f"line {start}", row
+                start = reader.line_num + 1
+    else:
+        import pyarrow.parquet as pq
+
+        for number, row in enumerate(pq.read_table(path).to_pylist(), start=1):
+            yield f"row {number}", row
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value.strip())
+
+
+def _text_field(row: Mapping[str, Any], key: str) -> str:
+    value = row.get(key)
+    if _blank(value):
+        raise ValueError(f"missing field {key!r}")
+    if isinstance(value, (dict, list)):
+        raise ValueError(f"field {key!r} must be a string or a number, got {type(value).__name__}")
+    return str(value)
+
+
+def _choices_field(value: Any) -> list[str] | None:
+    if _blank(value):
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"field 'choices' is not a JSON list: {err}") from err
+    if not isinstance(value, (list, tuple)) or len(value) < 2 or any(_blank(c) for c in value):
+        raise ValueError(f"field 'choices' must be a list of at least 2 non-empty options, got {value!r}")
+    return [str(c) for c in value]
+
+
+def _meta_field(value: Any) -> dict[str, Any]:
+    if _blank(value):
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"field 'meta' is not a JSON object: {err}") from err
+    if not isinstance(value, dict):
+        raise ValueError(f"field 'meta' must be an object, got {type(value).__name__}")
+    return dict(value)
+
+
+def item_from_row(row: Mapping[str, Any], base_dir: Path) -> Item:
+    """Build an :class:`Item` from one record of an item file; image paths are resolved against ``base_dir``.
+
+    Example:
+        >>> item_from_row({"id": 3, "question": "1+1?", "answer": 2, "level": 1}, Path("."))
+        Item(id='3', question='1+1?', answer='2', image=None, text_reference=None, choices=None, meta={'level': 1})
+
+    Raises:
+        ValueError: a required field is missing, a field has the wrong type, or the image file does not exist.
+    """
+    if not isinstance(row, Mapping):
+        raise ValueError(f"expected an object, got {type(row).__name__}")
+    image = None
+    if not _blank(row.get("image")):
+        image_path = base_dir / str(row["image"])
+        if not image_path.is_file():
+            raise ValueError(f"image not found: {image_path}")
+        image = str(image_path)
+    text_reference = row.get("text_reference")
+    known = {"id", "question", "answer", "image", "text_reference", "choices", "meta"}
+    meta = {k: v for k, v in row.items() if k not in known}
+    meta.update(_meta_field(row.get("meta")))
+    return Item(
+        id=_text_field(row, "id"),
+        question=_text_field(row, "question"),
+        answer=_text_field(row, "answer"),
+        image=image,
+        text_reference=None if _blank(text_reference) else str(text_reference),
+        choices=_choices_field(row.get("choices")),
+        meta=meta,
+    )
+
+
+def load_items(path: str | os.PathLike[str], *, strict: bool = False) -> list[Item]:
+    """Read items from a JSONL, CSV or Parquet file, skipping (and reporting) malformed rows.
+
+    Example:
+        >>> items = load_items("data/gsm8k-v/test.jsonl")  # doctest: +SKIP
+
+    Malformed rows (unparsable JSON, missing ``id``/``question``/``answer``, bad ``choices``, missing image file,
+    duplicate ``id``) are skipped and listed with their line numbers (row numbers for Parquet) in one
+    :class:`MalformedRowsWarning`; with ``strict=True`` they raise ``ValueError`` instead.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (the message names the absolute path).
+        ValueError: the suffix is not one of :data:`ITEM_SUFFIXES`.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in ITEM_SUFFIXES:
+        raise ValueError(f"unsupported item file {str(path)!r}: suffix must be one of {', '.join(ITEM_SUFFIXES)}")
+    if not path.is_file():
+        raise FileNotFoundError(f"item file not found: {path.resolve()}")
+    items: list[Item] = []
+    seen: dict[str, str] = {}
+    problems: list[str] = []
+    for location, row in _read_rows(path):
+        try:
+            if isinstance(row, Exception):
+                raise ValueError(f"invalid JSON: {row}")
+            item = item_from_row(row, path.parent)
+            if item.id in seen:
+                raise ValueError(f"duplicate id {item.id!r} (first at {seen[item.id]})")
+        except ValueError as err:
+            problems.append(f"{location}: {err}")
+            continue
+        seen[item.id] = location
+        items.append(item)
+    if problems:
+        message = f"{path}: skipped {len(problems)} malformed row(s):\n  " + "\n  ".join(problems)
+        if strict:
+            raise ValueError(message)
+        warnings.warn(message, MalformedRowsWarning, stacklevel=2)
+    return items
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Prompting and generation
+
+
+def _tokenizer(processor: Any) -> Any:
+    return getattr(processor, "tokenizer", None) or processor
+
+
+def _has_image_processor(processor: Any) -> bool:
+    return getattr(processor, "image_processor", None) is not None
+
+
+def _open_rgb(item: Item) -> Any:
+    from PIL import Image
+
+    path = Path(str(item.image))
+    if not path.is_file():
+        raise FileNotFoundError(f"image of item {item.id!r} not found: {path.resolve()}")
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def prompt_text(item: Item, *, as_text: bool = False) -> str:
+    """The text part of an item's prompt: ``question``, preceded by ``text_reference`` when no image is shown.
+
+    Example:
+        >>> prompt_text(Item(id="1", question="Solve it.", answer="2", image="p.png", text_reference="1+1"), as_text=True)
+        '1+1\\n\\nSolve it.'
+
+    Raises:
+        ValueError: ``as_text=True`` for an image item that has no ``text_reference``.
+    """
+    if item.image is not None and not as_text:
+        return item.question
+    if item.text_reference is None:
+        if item.image is not None:
+            raise ValueError(f"item {item.id!r} has an image but no text_reference: it cannot be prompted as text")
+        return item.question
+    return f"{item.text_reference}{DEFAULT_INSTRUCTION_SEPARATOR}{item.question}"
+
+
+def build_inputs(processor: Any, items: Sequence[Item], *, as_text: bool = False) -> Any:
+    """Encode items as one left-padded batch of single-turn chat prompts ending in the assistant turn.
+
+    Image items become ``[{"type": "image"}, {"type": "text", "text": question}]`` user messages (images loaded
+    with PIL, RGB); other items, and all items with ``as_text=True``, are text-only (``text_reference`` takes the
+    image's place). A plain tokenizer gets string contents. Whatever the processor returns is kept
+    (``mm_token_type_ids`` and ``image_grid_thw`` included).
+
+    Example:
+        >>> batch = build_inputs(processor, items[:4])  # doctest: +SKIP
+        >>> model.generate(**batch.to(model.device), max_new_tokens=64)  # doctest: +SKIP
+
+    Raises:
+        ValueError: an image item is given to a processor without an image processor (use ``as_text=True``),
+            or an image item without ``text_reference`` is prompted as text.
+        FileNotFoundError: an image file is missing.
+    """
+    if not items:
+        raise ValueError("build_inputs needs at least one item")
+    multimodal = _has_image_processor(processor)
+    prompts: list[str] = []
+    images: list[Any] = []
+    for item in items:
+        text = prompt_text(item, as_text=as_text)
+        with_image = item.image is not None and not as_text
+        if with_image and not multimodal:
+            raise ValueError(
+                f"item {item.id!r} has an image but the processor ({type(processor).__name__}) has no image "
+                "processor: pass a multimodal processor or as_text=True"
+            )
+        if multimodal:
+            content: Any = [{"type": "image"}] if with_image else []
+            content.append({"type": "text", "text": text})
+        else:
+            content = text
+        messages = [{"role": "user", "content": content}]
+        prompts.append(processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        if with_image:
+            images.append(_open_rgb(item))
+    tokenizer = _tokenizer(processor)
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        if multimodal:
+            return processor(text=prompts, images=images or None, padding=True, return_tensors="pt")
+        return tokenizer(prompts, padding=True, return_tensors="pt", add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = side
+
+
+def _batches(items: Sequence[Item], batch_size: int) -> Iterator[Sequence[Item]]:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, len(items), batch_size):
+        yield items[start : start + batch_size]
+
+
+def generate_answers(
+    model: Any,
+    processor: Any,
+    items: Sequence[Item],
+    *,
+    batch_size: int = 8,
+    max_new_tokens: int = 512,
+    trial_seed: int = 0,
+    generation_kwargs: Mapping[str, Any] | None = None,
+    context: Callable[[], AbstractContextManager[Any]] | None = None,
+    as_text: bool = False,
+) -> list[str]:
+    """Generate one answer per item (greedy unless ``generation_kwargs`` says otherwise), in item order.
+
+    Example:
+        >>> generate_answers(model, processor, items, max_new_tokens=256,
+        ...                  context=lambda: moehooks.steer(model, experts, mode="soft"))  # doctest: +SKIP
+
+    Args:
+        batch_size: prompts per ``model.generate`` call.
+        max_new_tokens: generation budget per answer.
+        trial_seed: ``torch.manual_seed`` applied at the start of the call (sampling reproducible per trial).
+        generation_kwargs: extra ``generate`` arguments, overriding ``do_sample=False``.
+        context: zero-argument callable returning a context manager entered around each ``generate`` call.
+        as_text: prompt image items with their ``text_reference`` instead of the image.
+    """
+    tokenizer = _tokenizer(processor)
+    kwargs: dict[str, Any] = {"do_sample": False, "max_new_tokens": max_new_tokens, **(generation_kwargs or {})}
+    if getattr(getattr(model, "generation_config", None), "pad_token_id", None) is None:
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        kwargs.setdefault("pad_token_id", pad)
+    device = getattr(model, "device", torch.device("cpu"))
+    torch.manual_seed(trial_seed)
+    answers: list[str] = []
+    for batch in _batches(items, batch_size):
+        inputs = build_inputs(processor, batch, as_text=as_text).to(device)
+        with context() if context is not None else contextlib.nullcontext():
+            output = model.generate(**inputs, **kwargs)
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        answers.extend(text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+    return answers
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Grading
+
+
+def _last_braced(text: str, commands: Sequence[str]) -> str | None:
+    r"""Content of the last ``\cmd{...}`` (balanced braces) for any of ``commands``."""
+    starts = [m.end() for m in re.finditer("|".join(re.escape(c) + r"\s*\{" for c in commands), text)]
+    for start in reversed(starts):
+        depth = 1
+        for pos in range(start, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[pos], 0)
+            if depth == 0:
+                return text[start:pos].strip()
+    return None
+
+
+_ANSWER_IS = re.compile(r"answer\s*(?:is|:)\s*:?\s*(.+)", re.IGNORECASE)
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
+_MATH_SEGMENT = re.compile(r"\$+([^$]+)\$+|\\\((.+?)\\\)|\\\[(.+?)\\\]")
+
+
+def _final_span(text: str) -> tuple[str, str] | None:
+    """``(span, source)``: the last boxed content (``"boxed"``), else what follows the last "answer is"
+    (``"answer_is"``), else the last non-empty line (``"line"``)."""
+    boxed = _last_braced(text, (r"\boxed", r"\fbox"))
+    if boxed is not None:
+        return boxed, "boxed"
+    matches = _ANSWER_IS.findall(text)
+    if matches:
+        return matches[-1].strip(), "answer_is"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[-1], "line") if lines else None
+
+
+def extract_answer(prediction: str) -> str | None:
+    r"""Read the final answer of a free-form prediction.
+
+    The last ``\boxed{}`` wins as is. Else the text after the last "answer is" (its last ``$...$`` segment if
+    any). Else the final line: its last math segment, the right-hand side of its last ``=``, and for plain
+    text (no LaTeX) the last number in it.
+
+    Example:
+        >>> extract_answer("so x = 3, hence \\boxed{\\frac{1}{2}}")
+        '\\frac{1}{2}'
+        >>> extract_answer("The answer is $7$.")
+        '7'
+        >>> extract_answer("She pays 3 * 6 = 18 dollars.")
+        '18'
+    """
+    found = _final_span(prediction)
+    if found is None:
+        return None
+    span, source = found
+    if source != "boxed":
+        segments = [next(g for g in m.groups() if g is not None) for m in _MATH_SEGMENT.finditer(span)]
+        span = segments[-1] if segments else span
+    if source == "line":
+        span = span.rsplit("=", 1)[-1]
+        numbers = _NUMBER.findall(span)
+        if numbers and "\\" not in span:
+            span = numbers[-1]
+    span = span.strip().rstrip(".").strip()
+    return span or None
+
+
+_LATEX_NOISE = re.compile(r"\\left|\\right|\\!|\\,|\\;|\\:|\\ |\^\{?\\circ\}?|\\%|%|\$")
+_TEXT_COMMAND = re.compile(r"\\(?:text|textbf|mathrm|mathbf|operatorname)\s*\{([^{}]*)\}")
+
+
+def normalize_answer(text: str) -> str:
+    r"""Normalise an answer for exact comparison (LaTeX spacing, ``\text{}``, ``$``, degrees, case, commas).
+
+    Example:
+        >>> normalize_answer("\\text{ Evelyn }.")
+        'evelyn'
+        >>> normalize_answer("1,000") == normalize_answer("1000")
+        True
+    """
+    text = _TEXT_COMMAND.sub(r"\1", text)
+    text = _LATEX_NOISE.sub("", text).replace(r"\dfrac", r"\frac").replace(r"\tfrac", r"\frac")
+    text = re.sub(r"(\d),(?=\d{3}\b)", r"\1", text)
+    return re.sub(r"\s+", "", text).rstrip(".").lower()
+
+
+def _math_equal(prediction: str, answer: str) -> bool:
+    """``math_verify`` equivalence of two answer strings; ``False`` when it cannot parse or raises."""
+    from math_verify import parse, verify
+
+    timeout = 5 if threading.current_thread() is threading.main_thread() else None
+    try:
+        gold = parse(f"${answer}$", parsing_timeout=timeout)
+        target = parse(f"${prediction}$", parsing_timeout=timeout)
+        return bool(gold and target and verify(gold, target, timeout_seconds=timeout))
+    except Exception:  # math_verify raises assorted sympy/timeout errors on odd inputs: fall back to exact match
+        return False
+
+
+_LETTER = re.compile(r"^\(?([A-Z])\)?(?=$|[\s.:)\],])")
+
+
+def _choice_letter(prediction: str, choices: Sequence[str] | None) -> str | None:
+    """The option letter a prediction commits to (by letter or by option text), or ``None``."""
+    found = _final_span(prediction)
+    if found is None:
+        return None
+    span = _TEXT_COMMAND.sub(r"\1", found[0]).replace("$", "").strip()
+    match = _LETTER.match(span)
+    allowed = string.ascii_uppercase[: len(choices)] if choices else string.ascii_uppercase
+    if match and match.group(1) in allowed:
+        return match.group(1)
+    if not choices:
+        return None
+    normalized = normalize_answer(span)
+    options = [normalize_answer(c) for c in choices]
+    if normalized in options:
+        return allowed[options.index(normalized)]
+    contained = [i for i, option in enumerate(options) if option and option in normalized]
+    return allowed[contained[0]] if len(contained) == 1 else None
+
+
+def _gold_letter(answer: str, choices: Sequence[str]) -> str:
+    letters = string.ascii_uppercase[: len(choices)]
+    stripped = answer.strip().strip("()")
+    if len(stripped) == 1 and stripped.upper() in letters:
+        return stripped.upper()
+    options = [normalize_answer(c) for c in choices]
+    if normalize_answer(answer) in options:
+        return letters[options.index(normalize_answer(answer))]
+    raise ValueError(f"answer {answer!r} is neither a letter in {letters} nor one of the choices {list(choices)!r}")
+
+
+def grade_detail(prediction: str, answer: str, choices: Sequence[str] | None = None) -> tuple[bool, str | None]:
+    """Grade a prediction and return ``(correct, extracted answer)``; see :func:`grade`.
+
+    Example:
+        >>> grade_detail("The answer is (B).", "B", ["1", "2", "3", "4"])
+        (True, 'B')
+    """
+    if choices:
+        letter = _choice_letter(prediction, choices)
+        return letter == _gold_letter(answer, choices), letter
+    if re.fullmatch(r"\(?[A-Z]\)?", answer.strip()):
+        letter = _choice_letter(prediction, None)
+        if letter is not None:
+            return letter == answer.strip().strip("()"), letter
+    extracted = extract_answer(prediction)
+    if extracted is None:
+        return False, None
+    correct = _math_equal(extracted, answer) or normalize_answer(extracted) == normalize_answer(answer)
+    return correct, extracted
+
+
+def grade(prediction: str, answer: str, choices: Sequence[str] | None = None) -> bool:
+    r"""Whether a free-form prediction reaches the reference answer.
+
+    The final answer is extracted (:func:`extract_answer`) and compared with ``math_verify`` (so ``\frac{1}{2}``
+    equals ``0.5``), falling back to normalised exact match. With ``choices`` (or a single-letter answer), the
+    prediction's option letter, or the option text it gives, must match the answer's letter.
+
+    Example:
+        >>> grade("so the result is \\boxed{0.5}", "\\frac{1}{2}")
+        True
+        >>> grade("The answer is C", "A", ["red", "green", "blue", "black"])
+        False
+
+    Raises:
+        ValueError: with ``choices``, the answer is neither a valid letter nor one of the choices.
+    """
+    return grade_detail(prediction, answer, choices)[0]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Results files
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _is_row(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+def read_results(path: str | os.PathLike[str], *, repair: bool = False) -> list[dict[str, Any]]:
+    """Read a results JSONL file, ignoring a truncated last line and (with a warning) unreadable lines.
+
+    Example:
+        >>> rows = read_results("runs/results.jsonl")  # doctest: +SKIP
+
+    With ``repair=True`` the file is rewritten atomically without the ignored lines, so appends start on a
+    fresh line. A missing file reads as no rows.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    tail = lines.pop()
+    if tail.strip() and _is_row(tail):
+        lines.append(tail)
+    rows: list[dict[str, Any]] = []
+    kept: list[bytes] = []
+    bad: list[int] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        if not _is_row(line):
+            bad.append(number)
+            continue
+        rows.append(json.loads(line))
+        kept.append(line)
+    if bad:
+        warnings.warn(f"{path}: ignored unreadable result line(s) {bad}", stacklevel=2)
+    if repair and (bad or tail):
+        _write_atomic(path, b"".join(line + b"\n" for line in kept))
+    return rows
+
+
+def _append_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    with path.open("a", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def run_eval(
+    model: Any,
+    processor: Any,
+    items: Sequence[Item],
+    out_path: str | os.PathLike[str],
+    *,
+    method: str = "baseline",
+    trials: int = 1,
+    seed: int = 0,
+    batch_size: int = 8,
+    max_new_tokens: int = 512,
+    generation_kwargs: Mapping[str, Any] | None = None,
+    context: Callable[[], AbstractContextManager[Any]] | None = None,
+    as_text: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Generate, grade and append one result row per (method, trial, item) to ``out_path``; resumable.
+
+    Rows already in ``out_path`` for the same (method, trial, id) are not redone; a truncated last line (a run
+    killed mid-write) is dropped and its item generated again. Trial ``t`` generates with seed ``seed + t``
+    (set before every batch, so a resumed run reproduces an uninterrupted one).
+
+    Example:
+        >>> rows = run_eval(model, processor, items, "runs/mathverse.jsonl", method="baseline", trials=3,
+        ...                 progress=lambda done, total: print(f"{done}/{total}"))  # doctest: +SKIP
+
+    Args:
+        method: label of this setting in the results (``"baseline"`` is the reference of :func:`summarize`).
+        trials: number of repeated runs over the items.
+        context: zero-argument callable returning a context manager entered around each ``generate`` call
+            (e.g. ``lambda: moehooks.steer(model, experts, mode="soft")``).
+        progress: called with ``(done, total)`` rows at the start and after each batch.
+
+    Returns:
+        All rows of ``method`` for these items, in trial then item order.
+    """
+    if trials < 1:
+        raise ValueError(f"trials must be >= 1, got {trials}")
+    if not method:
+        raise ValueError("method must be a non-empty string")
+    ids = [item.id for item in items]
+    if len(set(ids)) != len(ids):
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        raise ValueError(f"item ids must be unique; repeated: {duplicates}")
+    path = Path(out_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done = {(r.get("method"), r.get("trial"), str(r.get("id"))): r for r in read_results(path, repair=True)}
+    total = trials * len(items)
+    finished = sum((method, t, item.id) in done for t in range(trials) for item in items)
+    if progress is not None:
+        progress(finished, total)
+    for trial in range(trials):
+        pending = [item for item in items if (method, trial, item.id) not in done]
+        for batch in _batches(pending, batch_size):
+            predictions = generate_answers(
+                model,
+                processor,
+                batch,
+                batch_size=batch_size,
+                max_new_tokens=max_new_tokens,
+                trial_seed=seed + trial,
+                generation_kwargs=generation_kwargs,
+                context=context,
+                as_text=as_text,
+            )
+            rows = []
+            for item, prediction in zip(batch, predictions):
+                correct, extracted = grade_detail(prediction, item.answer, item.choices)
+                row = {
+                    "id": item.id,
+                    "method": method,
+                    "trial": trial,
+                    "prediction": prediction,
+                    "answer": item.answer,
+                    "extracted": extracted,
+                    "correct": correct,
+                }
+                rows.append(row)
+                done[(method, trial, item.id)] = row
+            _append_rows(path, rows)
+            finished += len(rows)
+            if progress is not None:
+                progress(finished, total)
+    return [done[(method, t, item.id)] for t in range(trials) for item in items]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Summary
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSummary:
+    """Accuracy of one method over its trials.
+
+    Example:
+        >>> MethodSummary("steer", accuracy=0.6, std=0.02, n_items=500, trials=3, delta=0.04).delta
+        0.04
+
+    Attributes:
+        accuracy: mean over trials of the per-trial accuracy.
+        std: sample standard deviation of the per-trial accuracies (0.0 for a single trial).
+        n_items: number of distinct items graded.
+        trials: number of trials.
+        delta: ``accuracy`` minus the baseline method's accuracy, or ``None`` without a baseline.
+    """
+
+    method: str
+    accuracy: float
+    std: float
+    n_items: int
+    trials: int
+    delta: float | None
+
+
+def summarize(
+    results: str | os.PathLike[str] | Iterable[Mapping[str, Any]], *, baseline: str = "baseline"
+) -> dict[str, MethodSummary]:
+    """Per-method accuracy, spread over trials, item count and difference to the baseline method.
+
+    Example:
+        >>> rows = [{"id": "a", "method": "baseline", "trial": 0, "correct": True},
+        ...         {"id": "a", "method": "steer", "trial": 0, "correct": True},
+        ...         {"id": "b", "method": "baseline", "trial": 0, "correct": False},
+        ...         {"id": "b", "method": "steer", "trial": 0, "correct": True}]
+        >>> summarize(rows)["steer"].delta
+        0.5
+
+    ``results`` is a results file (see :func:`run_eval`) or its rows; a repeated (method, trial, id) counts once
+    (the last row wins).
+    """
+    rows = read_results(results) if isinstance(results, (str, os.PathLike)) else list(results)
+    required = ("id", "method", "trial", "correct")
+    for row in rows:
+        if any(key not in row for key in required):
+            raise ValueError(f"result row {dict(row)!r} lacks one of the keys {required}")
+    latest = {(r["method"], int(r["trial"]), str(r["id"])): bool(r["correct"]) for r in rows}
+    per_trial: dict[str, dict[int, list[bool]]] = {}
+    items: dict[str, set[str]] = {}
+    for (method, trial, item_id), correct in latest.items():
+        per_trial.setdefault(method, {}).setdefault(trial, []).append(correct)
+        items.setdefault(method, set()).add(item_id)
+    accuracies = {
+        method: [sum(v) / len(v) for _, v in sorted(trials.items())] for method, trials in per_trial.items()
+    }
+    means = {method: sum(accs) / len(accs) for method, accs in accuracies.items()}
+    summaries = {}
+    for method, accs in accuracies.items():
+        mean = means[method]
+        std = math.sqrt(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) if len(accs) > 1 else 0.0
+        summaries[method] = MethodSummary(
+            method=method,
+            accuracy=mean,
+            std=std,
+            n_items=len(items[method]),
+            trials=len(accs),
+            delta=mean - means[baseline] if baseline in means else None,
+        )
+    return summaries
