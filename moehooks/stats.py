@@ -23,10 +23,11 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypedDict
 
 import torch
 from torch import Tensor
+from typing_extensions import Unpack
 
 Unit = Literal["bits", "nats"]
 UNITS: tuple[str, ...] = ("bits", "nats")
@@ -68,8 +69,8 @@ def _per_token(name: str, total: Tensor, tokens: Tensor) -> Tensor:
             f"empty selection: zero tokens recorded in every layer, so {name} per token is undefined "
             "(did the run contain tokens of the requested modality/phase?)"
         )
-    denom = tokens.to(torch.float64).unsqueeze(-1)  # [..., layers, 1]
-    out = total.to(torch.float64) / denom  # [..., layers, experts]
+    denom = tokens.detach().to(torch.float64).unsqueeze(-1)  # [..., layers, 1]
+    out = total.detach().to(torch.float64) / denom  # [..., layers, experts]
     return out.masked_fill(denom == 0, math.nan)
 
 
@@ -274,6 +275,15 @@ def identify(
     return ExpertSet({k: v for k, v in experts.items() if v}, delta, ids, tau)
 
 
+class SelectionOptions(TypedDict, total=False):
+    """Keyword options of :func:`domain_experts` and :func:`visual_experts`."""
+
+    modality: str
+    phase: str
+    layers: Collection[int] | None
+    min_tokens: int
+
+
 def domain_experts(
     domain: RecorderLike,
     general: RecorderLike,
@@ -308,27 +318,17 @@ def domain_experts(
     )
 
 
-def visual_experts(
-    image: RecorderLike,
-    text: RecorderLike,
-    tau: float,
-    *,
-    modality: str = "all",
-    phase: str = "all",
-    layers: Collection[int] | None = None,
-    min_tokens: int = 0,
-) -> ExpertSet:
+def visual_experts(image: RecorderLike, text: RecorderLike, tau: float, **options: Unpack[SelectionOptions]) -> ExpertSet:
     """Visual experts: domain experts with the image version of the problems as the domain.
 
     Example::
 
         experts = visual_experts(image_rec, text_rec, tau=0.05, phase="prefill", layers=range(4, 20))
 
-    ``image`` recorded the problems rendered as images, ``text`` the same problems as text.
+    ``image`` recorded the problems rendered as images, ``text`` the same problems as text;
+    ``options`` are those of :func:`domain_experts`.
     """
-    return domain_experts(
-        image, text, tau, modality=modality, phase=phase, layers=layers, min_tokens=min_tokens
-    )
+    return domain_experts(image, text, tau, **options)
 
 
 def layer_gini(rec: RecorderLike, *, modality: str = "all", phase: str = "all") -> Tensor:

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import transformers
 from accelerate import cpu_offload
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -179,3 +180,25 @@ def test_load_refuses_foreign_files(tmp_path: Path) -> None:
     save_file({"x": torch.zeros(2)}, str(future), metadata={"moehooks": json.dumps({"format_version": 99})})
     with pytest.raises(ValueError, match="format_version 99"):
         artefacts.load(future)
+
+
+def tiny_qwen3_moe(seed: int) -> transformers.PreTrainedModel:
+    """A 3-layer, 8-expert Qwen3-MoE with random weights."""
+    torch.manual_seed(seed)
+    config = transformers.Qwen3MoeConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, moe_intermediate_size=8, num_hidden_layers=3,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=8, num_experts=8, num_experts_per_tok=2,
+    )
+    return transformers.Qwen3MoeForCausalLM(config).eval()
+
+
+def test_real_model_uses_adapt_and_survives_offload(tmp_path: Path) -> None:
+    model = tiny_qwen3_moe(0)
+    info = artefacts.describe(model, model_id="tiny/qwen3-moe")
+    assert (info.model_type, info.layers, info.num_experts, info.top_k) == ("qwen3_moe", [0, 1, 2], [8] * 3, [2] * 3)
+    path = artefacts.save(tmp_path / "a.safetensors", Artefact(model=info, dataset="d", dataset_size=1))
+    cpu_offload(model, execution_device=torch.device("cpu"))
+    assert next(moehooks.adapt(model).layers[0].router.parameters()).device.type == "meta"
+    assert artefacts.load(path, model).model == info
+    with pytest.raises(FingerprintMismatchError):
+        artefacts.load(path, tiny_qwen3_moe(1))
