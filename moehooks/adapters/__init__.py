@@ -1,6 +1,6 @@
 """Router adapters and their registry; importing this package registers every family."""
 
-from . import deepseek, ernie, gpt_oss, jamba, llama4, mixtral, olmoe, qwen  # noqa: F401  (registration)
+from . import cohere, deepseek, ernie, gpt_oss, jamba, llama4, mixtral, olmoe, qwen, softmax_grouped  # noqa: F401
 from .base import MoELayer, RouterAdapter, RoutingMap, UnsupportedModelError, adapt, families, register, supported_architectures
 
 __all__ = [

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .base import RouterAdapter
+from .base import RouterAdapter, margin
 
 
 class SoftmaxTopK(RouterAdapter):
@@ -79,7 +79,7 @@ class SigmoidGrouped(RouterAdapter):
     def choose(self, choice: torch.Tensor) -> torch.Tensor:
         tokens = choice.shape[0]
         per_group = self.num_experts // self.n_group
-        group_scores = choice.view(tokens, self.n_group, per_group).topk(2, dim=-1)[0].sum(dim=-1)
+        group_scores = self.group_scores(choice.view(tokens, self.n_group, per_group))  # [T, groups]
         group_idx = torch.topk(group_scores, k=self.topk_group, dim=-1, sorted=False)[1]
         group_mask = torch.zeros_like(group_scores)
         group_mask.scatter_(1, group_idx, 1)
@@ -87,10 +87,33 @@ class SigmoidGrouped(RouterAdapter):
         choice = choice.masked_fill(~score_mask.bool(), self.group_fill)
         return torch.topk(choice, k=self.top_k, dim=-1, sorted=False)[1]
 
+    @staticmethod
+    def group_scores(grouped: torch.Tensor) -> torch.Tensor:
+        """A group's score from its experts' choice scores ``[T, groups, per_group]``: sum of the top two."""
+        return grouped.topk(2, dim=-1)[0].sum(dim=-1)
+
     def finish(self, gate_topk: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         if self.norm:
             gate_topk = gate_topk / (gate_topk.sum(dim=-1, keepdim=True) + 1e-20)
         return gate_topk * self.scale
+
+
+class SoftmaxGrouped(SigmoidGrouped):
+    """Group-limited top-k over softmax probabilities, no correction bias, masked groups filled with 0
+    (Mistral-4; DeepSeek-V2 with its own group score and no renorm)."""
+
+    tensor_names = ()
+    group_fill = 0.0
+
+    def logits(self, router: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return RouterAdapter.logits(self, router, x)
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits, dim=-1, dtype=torch.float32)
+
+    def scores(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        probs = logits.softmax(-1)
+        return probs, probs
 
 
 class TopKSigmoidDense(RouterAdapter):
@@ -100,14 +123,19 @@ class TopKSigmoidDense(RouterAdapter):
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.float().sigmoid()
 
-    def scores(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return logits, logits
-
     def choose(self, choice: torch.Tensor) -> torch.Tensor:
         return torch.topk(choice, self.top_k, dim=1)[1]
 
-    def finish(self, gate_topk: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(gate_topk.float()).to(logits.dtype)
+    def select(self, logits: torch.Tensor, force: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        choice = logits if force is None else logits + force * margin(logits)
+        indices = self.choose(choice)
+        return self.dense(logits, indices).gather(1, indices), indices
+
+    @staticmethod
+    def dense(logits: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """The router's dense scores ``[T, E]``, computed as the model does (sigmoid over a -inf-filled row)."""
+        scores = torch.full_like(logits, float("-inf")).scatter_(1, indices, logits.gather(1, indices))
+        return torch.sigmoid(scores.float()).to(scores.dtype)
 
     def unpack(self, output: Any, x: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         dense, logits = output
