@@ -2,13 +2,14 @@
 
 Example::
 
+    experts = visual_experts(image_rec, text_rec, tau=0.05)
     art = Artefact(
         model=describe(model),
         dataset="mathverse-mini",
         dataset_size=500,
         params={"tau": 0.05, "modality": "image", "phase": "prefill"},
-        tensors={"counts.image": rec.counts(modality="image")},
-        expert_sets={"visual": visual_experts(image_rec, text_rec, tau=0.05)},
+        tensors={"counts.image": image_rec.counts(modality="image"), "delta.visual": experts.delta},
+        expert_sets={"visual": experts},
     )
     save("runs/visual.safetensors", art)
     art = load("runs/visual.safetensors", model)   # refuses a model with other router weights

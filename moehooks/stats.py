@@ -237,8 +237,8 @@ def identify(
         expert to its sorted expert indices; ``.delta`` holds the full Delta matrix.
 
     Raises:
-        ValueError: on mismatched shapes, a ``tau`` outside [0, 1), missing token totals,
-        no considered layer, or NaN frequencies in a considered layer.
+        ValueError: on mismatched shapes, a ``tau`` outside [0, 1), frequencies outside [0, 1],
+        missing token totals, no considered layer, or NaN frequencies in a considered layer.
     """
     if f_domain.dim() != 2 or f_domain.shape != f_general.shape:
         raise ValueError(
@@ -246,6 +246,9 @@ def identify(
         )
     if not 0 <= tau < 1:
         raise ValueError(f"tau must be in [0, 1), got {tau}")
+    for name, f in (("f_domain", f_domain), ("f_general", f_general)):
+        if ((f < 0) | (f > 1)).any():
+            raise ValueError(f"{name} has values outside [0, 1]; pass activation frequencies (frequency()), not counts")
     n_layers = f_domain.shape[0]
     ids = list(range(n_layers)) if layer_ids is None else [int(i) for i in layer_ids]
     if len(ids) != n_layers:
@@ -390,7 +393,8 @@ def divergence(
     version of the same problem. Each sample's counts over experts are normalised into its
     activation-frequency distribution; the per-sample JSDs are averaged per layer. The
     interval is a percentile bootstrap over samples (pairs resampled with replacement,
-    ``resamples`` times, from ``torch.Generator().manual_seed(seed)``).
+    ``resamples`` times, from ``torch.Generator().manual_seed(seed)``); it takes
+    O(resamples x samples) memory.
 
     Args:
         image_counts, text_counts: integer ``[samples, layers, experts]`` (``rec.sample_counts()``).

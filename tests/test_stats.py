@@ -145,6 +145,10 @@ def test_identify_min_tokens_and_nan_layers() -> None:
     assert found == {1: [2]}
     with pytest.raises(ValueError, match="min_tokens"):
         stats.identify(f_domain, f_general, TAU, layer_ids=ids, min_tokens=5)
+    with pytest.raises(ValueError, match="outside"):
+        stats.identify(f_domain * 10, f_general, TAU, layer_ids=ids)
+    with pytest.raises(ValueError, match="tau must be in"):
+        stats.identify(f_general, f_general, 1.0)
 
 
 class FakeRecorder:
