@@ -92,3 +92,24 @@ def test_ernie_vl_routes_image_tokens_through_vision_moe() -> None:
     n_vision = int(batch["moe_mm_token_type_ids"].sum())
     assert n_vision == int(image_positions(model, batch).sum()) + 2 * batch["input_ids"].shape[0]
     assert seen == {"text": batch["input_ids"].numel() - n_vision, "vision": n_vision}
+
+
+@pytest.mark.parametrize("model_type", VL_FAMILIES)
+def test_vl_left_padding_is_transparent(model_type: str) -> None:
+    """Row 0 of a left-padded batch gives the same logits and greedy tokens as that row alone."""
+    model = build_vl(model_type)
+    batch = vl_batch(model, batch_size=2, left_pad=True)
+    n_pad = int((batch["attention_mask"][0] == 0).sum())
+    alone = {}
+    for k, v in batch.items():
+        if k == "pixel_values":
+            alone[k] = v[: v.shape[0] // 2]  # one image per row
+        elif k == "image_grid_thw":
+            alone[k] = v[:1]
+        else:
+            alone[k] = v[:1, n_pad:]
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits[0, n_pad:], model(**alone).logits[0], atol=1e-5, rtol=1e-4)
+        both = model.generate(**batch, max_new_tokens=3, do_sample=False)
+        one = model.generate(**alone, max_new_tokens=3, do_sample=False)
+    assert torch.equal(both[0, -3:], one[0, -3:])
