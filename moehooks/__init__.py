@@ -8,6 +8,8 @@
 
 from .adapters import MoELayer, RouterAdapter, RoutingMap, UnsupportedModelError, adapt, supported_architectures
 from .recording import Recorder, record
+from .steering import steer
+from .swap import Swap, SwapSweep, concept_vector, first_answer, swap, swap_sweep
 
 __version__ = "0.1.0"
 
@@ -16,8 +18,15 @@ __all__ = [
     "Recorder",
     "RouterAdapter",
     "RoutingMap",
+    "Swap",
+    "SwapSweep",
     "UnsupportedModelError",
     "adapt",
+    "concept_vector",
+    "first_answer",
     "record",
+    "steer",
     "supported_architectures",
+    "swap",
+    "swap_sweep",
 ]

@@ -174,7 +174,8 @@ class HookContext(AbstractContextManager):
     """Base of every moehooks context manager.
 
     Subclasses implement ``_attach(stack)`` (register hooks, push their removal on ``stack``) and may
-    implement ``_closed()`` to drop per-run state. A context is entered once; results stay readable after it
+    implement ``_check(routing)`` (validate against the routing map before anything is attached) and
+    ``_closed()`` to drop per-run state. A context is entered once; results stay readable after it
     closes, and it holds no reference to the model any more.
     """
 
@@ -193,6 +194,7 @@ class HookContext(AbstractContextManager):
         stack = ExitStack()
         try:
             self.routing = adapt(model)
+            self._check(self.routing)
             tracker = acquire_tracker(model, self.routing)
             stack.callback(release_tracker, model, tracker)
             self.tracker = tracker
@@ -214,6 +216,9 @@ class HookContext(AbstractContextManager):
             self._model = None
             self._closed()
         return False
+
+    def _check(self, routing: RoutingMap) -> None:
+        """Validate arguments that need the routing map; runs before any hook (the tracker's too) is attached."""
 
     def _attach(self, stack: ExitStack) -> None:
         raise NotImplementedError
