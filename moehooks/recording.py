@@ -147,7 +147,7 @@ class Recorder(HookContext):
 def _accumulate(tables: _Tables, cell: torch.Tensor, valid: torch.Tensor, logits: torch.Tensor,
                 weights: torch.Tensor, indices: torch.Tensor, probs_fn, experts: int) -> None:
     """Add one router call to ``tables`` (rows weighted 0/1 by ``valid``); no host synchronisation."""
-    k = indices.shape[1]
+    logits, weights, k = logits.detach(), weights.detach(), indices.shape[1]
     flat = (cell * experts).unsqueeze(1) + indices  # [rows, k] index into tables.counts.view(-1)
     tables.counts.view(-1).index_add_(0, flat.reshape(-1), valid.unsqueeze(1).expand(-1, k).reshape(-1))
     tables.gates.view(-1).index_add_(0, flat.reshape(-1), (weights.float() * valid.unsqueeze(1)).reshape(-1))
