@@ -1,0 +1,387 @@
+"""Steer the routers of a Mixture-of-Experts model towards chosen experts.
+
+    with moehooks.steer(model, {12: [3, 7], 13: [5]}, mode="soft", beta=0.5):
+        model.generate(**inputs)
+    with moehooks.steer(model, {12: [3]}, mode="hard", tokens="image", phase="prefill"):
+        model(**inputs)
+    with moehooks.steer(model, {12: [3, 7]}, mode="random", seed=0) as ctx:
+        model.generate(**inputs)
+    ctx.experts                                     # {12: [1, 6]}: the experts actually drawn
+    with moehooks.record(model) as rec, moehooks.steer(model, {12: [3]}, mode="hard"):
+        model(**inputs)                             # rec sees the steered choices
+
+Every steered router's output is rewritten by a forward hook registered *before* any other hook: the hook
+reads the router logits ``z`` ``[tokens, experts]``, boosts the listed experts' logits, and recomputes the
+top-k indices *and* the gate weights from the boosted logits with the family's own rule
+(``adapter.select``), so the MoE block runs the steered experts with the weights the model itself would give
+them. Modes (``w`` is 1 for a listed expert in a steered row, else 0):
+
+* ``soft``   ``z_i <- z_i + beta * sigma * w_i``; ``sigma="token"`` is each token's logit standard deviation
+  at that router; a calibrated value per router can be given instead (see ``calibrate_sigma``).
+* ``hard``   ``z_i <- max_j z_j + epsilon`` for the listed experts, and the listed experts are *forced* into
+  the top-k: ``adapter.select(boosted, force=...)`` lifts them in the space the family selects in (softmax
+  probabilities, sigmoid scores plus correction bias, per-group sums), so they are chosen in every family,
+  also with correction biases and group-limited top-k. Weights follow from the boosted logits by the
+  family's rule. When more than ``top_k`` experts are listed, each token gets the ``top_k`` of them with the
+  highest *unboosted* choice score. A group-limited router can only pick from ``topk_group`` groups, so the
+  listed experts of such a layer must lie within that many groups.
+* ``random`` the same number of experts per layer as listed, drawn from a ``torch.Generator`` seeded with
+  ``seed``, then soft-boosted; the drawn sets are ``ctx.experts``.
+
+``epsilon`` is raised per token to at least two units in the last place of ``|max_j z_j|`` in the logits'
+dtype (bf16 included), so ``max + epsilon`` is always strictly above ``max``.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import ExitStack
+from typing import Any, Callable, Mapping, Sequence, Union
+
+import torch
+from torch import nn
+
+from .adapters import MoELayer, RouterAdapter, RoutingMap, adapt
+from .adapters.base import margin
+from .hooks import MODALITIES, PHASES, Batch, HookContext, Tracker, check_choice
+
+MODES = ("soft", "hard", "random")
+TOKEN_SCOPES = ("all", *MODALITIES)
+PHASE_SCOPES = ("all", *PHASES)
+
+Layers = Union[range, Sequence[int], tuple[int, int], None]
+Sigma = Union[str, torch.Tensor, Sequence[float], Mapping[int, float]]
+# (logits [T, E], per-expert gain or mask [E], row scope [T, 1] or [1, 1]) -> (boosted, weights, indices)
+BoostSelect = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+# ---- the boosted selection (pure tensor functions, compiled per router when asked) ------------------------
+def soft_select(adapter: RouterAdapter, token_sigma: bool) -> BoostSelect:
+    """``z + gain * scope (* per-token std)`` then the family's selection; ``gain = beta * sigma * mask``."""
+
+    def select(logits: torch.Tensor, gain: torch.Tensor, scope: torch.Tensor):
+        z = logits.float()  # [T, E]
+        step = gain * scope  # [T or 1, E]
+        if token_sigma:
+            step = step * z.std(dim=-1, keepdim=True)  # [T, E]
+        boosted = (z + step).to(logits.dtype)
+        weights, indices = adapter.select(boosted)
+        return boosted, weights, indices
+
+    return select
+
+
+def hard_select(adapter: RouterAdapter, epsilon: float) -> BoostSelect:
+    """Listed experts' logits set to ``max + epsilon`` and the top-k of them (by unboosted choice score)
+    forced into the selection; ``mask`` is the 0/1 expert mask."""
+
+    def select(logits: torch.Tensor, mask: torch.Tensor, scope: torch.Tensor):
+        info = torch.finfo(logits.dtype)
+        weight = mask * scope  # [T or 1, E] 0/1
+        z = logits.float()  # [T, E]
+        top = z.amax(dim=-1, keepdim=True)  # [T, 1]
+        lift = torch.clamp(top.abs() * (2 * info.eps), min=max(epsilon, info.tiny))  # >= 2 ulps of |top|
+        boosted = torch.lerp(z, top + lift, weight).to(logits.dtype)  # exact z where weight 0, top+lift where 1
+        choice = adapter.scores(logits)[0].float()  # unboosted choice scores [T, E]
+        ranked = choice + weight * margin(choice)
+        first = torch.zeros_like(choice).scatter_(1, ranked.topk(adapter.top_k, dim=-1)[1], 1.0)  # [T, E]
+        weights, indices = adapter.select(boosted, force=first * weight)
+        return boosted, weights, indices
+
+    return select
+
+
+# ---- one steered router -------------------------------------------------------------------------------------
+class _RouterSteering:
+    """The constants of one steered router (kept per device) and its boosted-selection function."""
+
+    def __init__(self, entry: MoELayer, ids: list[int], mode: str, beta: float, epsilon: float,
+                 sigma: float | None, compiled: bool) -> None:
+        self.adapter = entry.adapter
+        self.branch = entry.branch
+        mask = torch.zeros(entry.num_experts)  # [E] 0/1
+        mask[ids] = 1.0
+        self._gain = mask if mode == "hard" else mask * (beta * (1.0 if sigma is None else sigma))  # [E]
+        fn = hard_select(self.adapter, epsilon) if mode == "hard" else soft_select(self.adapter, sigma is None)
+        self.fn: BoostSelect = torch.compile(fn, dynamic=True) if compiled else fn
+        self._on_device: dict[torch.device, torch.Tensor] = {}
+
+    def gain(self, device: torch.device) -> torch.Tensor:
+        """The per-expert gain (or 0/1 mask in hard mode) ``[E]`` on ``device``; copied there once."""
+        cached = self._on_device.get(device)
+        if cached is None:
+            cached = self._on_device[device] = self._gain.to(device)
+        return cached
+
+
+class Steering(HookContext):
+    """Context manager steering routers; see the module docstring. Use ``moehooks.steer``.
+
+    ``experts`` is the per-layer expert dict actually applied (the drawn one in ``random`` mode), restricted
+    to the steered layers.
+    """
+
+    def __init__(self, model: nn.Module, experts: Mapping[int, Sequence[int]], *, mode: str, beta: float,
+                 epsilon: float, sigma: Sigma, layers: Layers, tokens: str, phase: str, seed: int | None,
+                 compile: bool) -> None:
+        check_choice("mode", mode, MODES)
+        check_choice("tokens", tokens, TOKEN_SCOPES)
+        check_choice("phase", phase, PHASE_SCOPES)
+        beta, epsilon = _finite("beta", beta), _finite("epsilon", epsilon)
+        if epsilon <= 0:
+            raise ValueError(f"epsilon must be > 0 (got {epsilon})")
+        if mode == "random" and seed is None:
+            raise ValueError("mode='random' needs a seed (an int) so that the drawn experts are reproducible")
+        routing = adapt(model)
+        chosen = _expert_sets(routing, experts)
+        steered = set(_moe_layers(routing, "layers", _layer_list(layers)))
+        chosen = {layer: ids for layer, ids in chosen.items() if layer in steered and ids}
+        if mode == "random":
+            chosen = _draw(routing, chosen, int(seed))
+        if mode == "hard":
+            _check_groups(routing, chosen)
+        sigmas = _sigmas(routing, sigma, chosen)
+        super().__init__(model)
+        self.experts: dict[int, list[int]] = chosen
+        self.tokens = tokens
+        self._phases = [0, 1] if phase == "all" else [PHASES.index(phase)]
+        self._options = dict(mode=mode, beta=beta, epsilon=epsilon, compiled=compile)
+        self._sigmas = sigmas
+        self._ones: dict[torch.device, torch.Tensor] = {}
+
+    def _attach(self, stack: ExitStack) -> None:
+        for i, entry in enumerate(self.routing.layers):
+            if entry.layer in self.experts:
+                plan = _RouterSteering(entry, self.experts[entry.layer], sigma=self._sigmas[i], **self._options)
+                self.hook_router(stack, entry.router, self._hook(plan, self.tracker), first=True)
+
+    def _hook(self, plan: _RouterSteering, tracker: Tracker):
+        adapter = plan.adapter
+
+        def steer_hook(module: nn.Module, args: tuple, output: Any) -> Any:
+            batch = tracker.batch
+            if batch is None:
+                raise RuntimeError("a router ran outside a forward call of the model the steering was opened on")
+            if batch.phase not in self._phases:
+                return None
+            logits, _, _ = adapter.unpack(output, args[0] if args else None)
+            scope = self._scope(batch, logits.device, logits.shape[0], plan.branch)
+            boosted, weights, indices = plan.fn(logits, plan.gain(logits.device), scope)
+            return adapter.pack(output, boosted, weights, indices)
+
+        return steer_hook
+
+    def _scope(self, batch: Batch, device: torch.device, rows: int, branch: str) -> torch.Tensor:
+        """0/1 float row weights ``[rows, 1]`` (or ``[1, 1]`` ones when every row is steered)."""
+        if self.tokens == "all":
+            ones = self._ones.get(device)
+            if ones is None:
+                ones = self._ones[device] = torch.ones(1, 1, device=device)
+            return ones
+        image = batch.get("image", device, rows, branch).unsqueeze(1).float()  # [rows, 1]
+        return image if self.tokens == "image" else 1.0 - image
+
+    def _closed(self) -> None:
+        self._ones.clear()
+
+
+def steer(model: nn.Module, experts: Mapping[int, Sequence[int]], mode: str = "soft", beta: float = 0.5,
+          epsilon: float = 1e-3, sigma: Sigma = "token", layers: Layers = None, tokens: str = "all",
+          phase: str = "all", seed: int | None = None, compile: bool = False) -> Steering:
+    """Steer ``model``'s routers towards ``experts`` (decoder-layer index -> expert ids) inside a ``with``.
+
+        with moehooks.steer(model, {12: [3, 7]}, mode="hard", tokens="image") as ctx:
+            model.generate(**inputs)
+
+    ``mode``: ``"soft"`` (``z += beta * sigma``), ``"hard"`` (listed experts forced into the top-k, logits set
+    to ``max + epsilon``) or ``"random"`` (as many experts per layer as listed, drawn with ``seed``, then
+    soft-boosted; ``ctx.experts`` holds the draw). See the module docstring for the exact rules.
+
+    ``sigma``: ``"token"`` (each token's logit std at that router), a 1-D tensor/sequence with one value per
+    router in routing order (``moehooks.adapt(model).layers``), or a dict layer -> value;
+    ``calibrate_sigma`` measures one. ``layers``: a ``range`` or list of decoder-layer indices, or an inclusive
+    ``(start, end)`` tuple; every one must be a MoE layer; only layers both in ``experts`` and in ``layers``
+    are steered (``None``: all). ``tokens``: ``"all"``, ``"image"`` or ``"text"`` rows; ``phase``: ``"all"``,
+    ``"prefill"`` or ``"decode"`` forward calls. ``compile=True`` wraps each router's boost-and-select with
+    ``torch.compile(dynamic=True)``. Ernie-4.5-VL's text and vision routers of a layer are both steered.
+
+    Every argument is checked here, before any hook exists; bad values raise ``ValueError`` naming the value
+    and what is allowed.
+    """
+    return Steering(model, experts, mode=mode, beta=beta, epsilon=epsilon, sigma=sigma, layers=layers,
+                    tokens=tokens, phase=phase, seed=seed, compile=compile)
+
+
+# ---- calibrated sigma ------------------------------------------------------------------------------------
+class SigmaCalibration(HookContext):
+    """Mean per-token standard deviation of each router's logits over real (non-padding) tokens.
+
+    Use ``calibrate_sigma``; read ``sigma()`` after the block.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        self._sums: list[torch.Tensor | None] = []  # per router: float32 [2] = (sum of stds, tokens)
+
+    def _attach(self, stack: ExitStack) -> None:
+        self._sums = [None] * len(self.routing.layers)
+        for i, entry in enumerate(self.routing.layers):
+            self.hook_router(stack, entry.router, self._hook(i, entry, self.tracker))
+
+    def _hook(self, i: int, entry: MoELayer, tracker: Tracker):
+        adapter, branch = entry.adapter, entry.branch
+
+        def sigma_hook(module: nn.Module, args: tuple, output: Any) -> None:
+            logits, _, _ = adapter.unpack(output, args[0] if args else None)
+            batch = tracker.batch
+            if batch is None:
+                raise RuntimeError("a router ran outside a forward call of the model the calibration was opened on")
+            valid = batch.get("valid", logits.device, logits.shape[0], branch).float()  # [rows]
+            part = torch.stack([(logits.float().std(dim=-1) * valid).sum(), valid.sum()])  # [2]
+            total = self._sums[i]
+            self._sums[i] = part if total is None else total + part
+
+        return sigma_hook
+
+    def sigma(self) -> torch.Tensor:
+        """float32 ``[routers]`` in routing order, for ``steer(..., sigma=...)``."""
+        if not self._sums or any(s is None for s in self._sums):
+            raise RuntimeError("nothing measured yet: run the model inside the calibrate_sigma() block first")
+        device = self._sums[0].device
+        sums = torch.stack([s.to(device) for s in self._sums])  # [routers, 2]
+        return sums[:, 0] / sums[:, 1].clamp(min=1.0)
+
+
+def calibrate_sigma(model: nn.Module) -> SigmaCalibration:
+    """Measure a per-router sigma for ``steer`` (the mean logit std of real tokens) inside a ``with``.
+
+        with calibrate_sigma(model) as cal:
+            model(**calibration_batch)
+        with moehooks.steer(model, {12: [3]}, sigma=cal.sigma()):
+            model.generate(**inputs)
+    """
+    return SigmaCalibration(model)
+
+
+# ---- validation --------------------------------------------------------------------------------------------
+def _finite(name: str, value: float) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a finite number (got {value!r})") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number (got {value!r})")
+    return number
+
+
+def _integer(what: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be an int (got {value!r})")
+    try:
+        return int(value.__index__())
+    except (AttributeError, TypeError):
+        raise ValueError(f"{what} must be an int (got {value!r})") from None
+
+
+def _layer_list(layers: Layers) -> list[int] | None:
+    """``None`` / range / list / inclusive ``(start, end)`` tuple -> decoder-layer indices."""
+    if layers is None:
+        return None
+    if isinstance(layers, tuple):
+        if len(layers) != 2:
+            raise ValueError(f"a layers tuple is an inclusive (start, end) pair (got {layers!r}); "
+                             "pass a list or a range for other selections")
+        start, end = _integer("layers start", layers[0]), _integer("layers end", layers[1])
+        if start > end:
+            raise ValueError(f"layers (start, end) = {layers!r} has start > end")
+        return list(range(start, end + 1))
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, (range, Sequence)):
+        raise ValueError(f"layers must be None, a range, a list of ints or a (start, end) tuple (got {layers!r})")
+    return [_integer("a layer index", i) for i in layers]
+
+
+def _moe_layers(routing: RoutingMap, argument: str, layers: list[int] | None) -> list[int]:
+    """``routing.select_layers`` with the offending argument named in the error."""
+    try:
+        return routing.select_layers(layers)
+    except ValueError as error:
+        raise ValueError(f"{argument}: {error}") from None
+
+
+def _expert_sets(routing: RoutingMap, experts: Mapping[int, Sequence[int]]) -> dict[int, list[int]]:
+    """Validated ``{layer: sorted expert ids}``: MoE layers only, ids in range for every router of the layer,
+    no duplicates."""
+    if not isinstance(experts, Mapping):
+        raise ValueError(f"experts must be a dict layer -> list of expert ids (got {type(experts).__name__})")
+    layers = [_integer("an experts key (decoder-layer index)", k) for k in experts]
+    _moe_layers(routing, "experts", layers)
+    chosen: dict[int, list[int]] = {}
+    for key, layer in zip(experts, layers):
+        values = experts[key]
+        if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, torch.Tensor)):
+            raise ValueError(f"experts[{layer}] must be a list of expert ids (got {values!r})")
+        ids = [_integer(f"an expert id of layer {layer}", e) for e in values]
+        count = min(e.num_experts for e in routing.layers if e.layer == layer)
+        bad = [e for e in ids if not 0 <= e < count]
+        if bad:
+            raise ValueError(f"layer {layer}: expert ids {bad} out of range; allowed 0..{count - 1}")
+        duplicates = sorted({e for e in ids if ids.count(e) > 1})
+        if duplicates:
+            raise ValueError(f"layer {layer}: duplicate expert ids {duplicates}")
+        chosen[layer] = sorted(ids)
+    return dict(sorted(chosen.items()))
+
+
+def _draw(routing: RoutingMap, chosen: dict[int, list[int]], seed: int) -> dict[int, list[int]]:
+    """As many experts per layer as ``chosen`` lists, drawn without replacement in layer order."""
+    generator = torch.Generator().manual_seed(seed)
+    drawn = {}
+    for layer, ids in chosen.items():
+        count = min(e.num_experts for e in routing.layers if e.layer == layer)
+        drawn[layer] = sorted(torch.randperm(count, generator=generator)[: len(ids)].tolist())
+    return drawn
+
+
+def _check_groups(routing: RoutingMap, chosen: dict[int, list[int]]) -> None:
+    """Hard steering of a group-limited router: the listed experts must fit in ``topk_group`` groups."""
+    for entry in routing.layers:
+        ids = chosen.get(entry.layer)
+        n_group = int(getattr(entry.adapter, "n_group", 1))
+        limit = int(getattr(entry.adapter, "topk_group", n_group))
+        if not ids or limit >= n_group:
+            continue
+        groups = sorted({e // (entry.num_experts // n_group) for e in ids})
+        if len(groups) > limit:
+            raise ValueError(
+                f"layer {entry.layer}: experts {ids} lie in groups {groups}, but this router picks experts from "
+                f"at most {limit} of its {n_group} groups ({entry.num_experts // n_group} experts each); "
+                f"list experts from at most {limit} groups"
+            )
+
+
+def _sigmas(routing: RoutingMap, sigma: Sigma, chosen: dict[int, list[int]]) -> list[float | None]:
+    """Per router (routing order): a calibrated sigma, or ``None`` for the per-token std."""
+    n = len(routing.layers)
+    if isinstance(sigma, str):
+        check_choice("sigma", sigma, ("token",))
+        return [None] * n
+    if isinstance(sigma, Mapping):
+        keys = {_integer("a sigma key (decoder-layer index)", k): _finite(f"sigma[{k}]", v) for k, v in sigma.items()}
+        _moe_layers(routing, "sigma", list(keys))
+        missing = sorted(set(chosen) - set(keys))
+        if missing:
+            raise ValueError(f"sigma has no value for steered layers {missing}; give one per steered layer")
+        values = [keys.get(e.layer, 0.0) for e in routing.layers]
+    else:
+        try:
+            flat = torch.as_tensor(sigma, dtype=torch.float64).detach().cpu()
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"sigma must be 'token', a dict layer -> value, or 1-D numbers (got {sigma!r})") from None
+        if flat.dim() != 1 or flat.shape[0] != n:
+            raise ValueError(f"sigma must be 'token', a dict layer -> value, or 1-D with one value per router "
+                             f"({n}, in moehooks.adapt(model).layers order); got shape {tuple(flat.shape)}")
+        values = [_finite(f"sigma[{i}]", v) for i, v in enumerate(flat.tolist())]
+    negative = [v for v in values if v < 0]
+    if negative:
+        raise ValueError(f"sigma values must be >= 0 (got {negative})")
+    return values
