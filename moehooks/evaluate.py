@@ -30,7 +30,6 @@ import math
 import os
 import re
 import string
-import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -39,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from moehooks.artefacts import atomic_write
 
 ITEM_SUFFIXES: tuple[str, ...] = (".jsonl", ".csv", ".parquet")
 """File types :func:`load_items` reads."""
@@ -543,19 +544,6 @@ def grade(prediction: str, answer: str, choices: Sequence[str] | None = None) ->
 # Results files
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _is_row(line: bytes) -> bool:
     try:
         return isinstance(json.loads(line), dict)
@@ -594,7 +582,7 @@ def read_results(path: str | os.PathLike[str], *, repair: bool = False) -> list[
     if bad:
         warnings.warn(f"{path}: ignored unreadable result line(s) {bad}", stacklevel=2)
     if repair and (bad or tail):
-        _write_atomic(path, b"".join(line + b"\n" for line in kept))
+        atomic_write(path, b"".join(line + b"\n" for line in kept))
     return rows
 
 

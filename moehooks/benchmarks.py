@@ -1,0 +1,356 @@
+r"""The paper's benchmarks as lists of :class:`moehooks.evaluate.Item`, from the hub or from a local copy.
+
+Example:
+    >>> from moehooks.benchmarks import load_benchmark, render_images
+    >>> items = load_benchmark("gpqa-physics", limit=50)  # doctest: +SKIP
+    >>> math = load_benchmark("math500", data_dir="data/MATH-500")  # doctest: +SKIP
+    >>> math_v1 = render_images(math, "runs/math500-images", variant="v1")  # doctest: +SKIP
+
+A local copy is what ``huggingface-cli download <hub id> --repo-type dataset --local-dir DIR`` writes (or any
+directory holding the same files); pass ``data_dir=DIR``. Files looked for, relative to ``DIR`` (any depth):
+
+====================  ===================================  =================================================
+name                  hub id (config)                      files
+====================  ===================================  =================================================
+math500               HuggingFaceH4/MATH-500               ``{split}.jsonl`` / ``{split}[-*].parquet``
+gpqa-physics,         Idavidrein/gpqa (gpqa_diamond)       ``gpqa_diamond.csv`` / ``gpqa_diamond/*.parquet``
+gpqa-chemistry
+mathverse             AI4Math/MathVerse (testmini,         ``testmini.parquet`` and
+                      testmini_text_only)                  ``testmini_text_only.parquet`` (or ``.json[l]``)
+mathvision            MathLLMs/MathVision                  ``{split}[-*].parquet`` / ``{split}.jsonl``
+gsm8k-v               (local only)                         ``{split}.jsonl`` / ``.csv`` / ``.parquet``
+====================  ===================================  =================================================
+
+``gsm8k-v`` is read with :func:`moehooks.evaluate.load_items`: one record per problem with ``id``, ``question``
+(the instruction shown after the image), ``answer`` (the final number), ``image`` (path of the rendered
+problem, relative to the file) and ``text_reference`` (the original GSM8K problem text), e.g.
+``DIR/test.jsonl`` next to ``DIR/images/0001.png``.
+
+Images stored inside dataset files (bytes) are written once to ``image_dir`` (default
+``~/.cache/moehooks/images/<name>/<split>``) under a content-hashed name, since items refer to images by path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import random
+import re
+import string
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from moehooks.artefacts import atomic_write
+from moehooks.evaluate import Item, load_items
+
+INSTRUCTION = r"Solve the problem above. Reason step by step and put the final answer in \boxed{}."
+"""Question of items whose problem is shown as an image (or as ``text_reference`` when prompted as text)."""
+
+CHOICE_INSTRUCTION = r"Reason step by step and put the letter of the correct option in \boxed{}."
+"""Appended to multiple-choice questions."""
+
+GPQA_SHUFFLE_SEED = 0
+"""Seed of the per-question option shuffle of GPQA (seeded by this and the record id)."""
+
+
+class BenchmarkNotFoundError(FileNotFoundError):
+    """A benchmark's data is neither in ``data_dir`` nor obtainable from the hub or the datasets cache."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """How one benchmark is obtained and mapped to items.
+
+    Example:
+        >>> RECIPES["math500"].hub_id
+        'HuggingFaceH4/MATH-500'
+    """
+
+    name: str
+    hub_id: str | None
+    default_split: str
+    build: Callable[[Recipe, Path | None, str, Path], Iterator[Item]]
+    config: str | None = None
+    patterns: tuple[str, ...] = ()
+
+
+def default_image_dir(name: str, split: str) -> Path:
+    """Where images stored inside a benchmark's files are written by default.
+
+    Example:
+        >>> default_image_dir("mathvision", "testmini").parts[-3:]
+        ('images', 'mathvision', 'testmini')
+    """
+    return Path.home() / ".cache" / "moehooks" / "images" / name / split
+
+
+def _obtain_hint(recipe: Recipe) -> str:
+    if recipe.hub_id is None:
+        return "prepare the files described in moehooks.benchmarks and pass data_dir (--data-dir)"
+    return (
+        f"download it with `huggingface-cli download {recipe.hub_id} --repo-type dataset --local-dir DIR` "
+        "and pass data_dir=DIR (--data-dir DIR)"
+    )
+
+
+def _local_files(recipe: Recipe, data_dir: Path, split: str, config: str | None) -> list[Path]:
+    if not data_dir.is_dir():
+        raise BenchmarkNotFoundError(
+            f"benchmark {recipe.name!r}: data directory {data_dir.resolve()} does not exist; {_obtain_hint(recipe)}"
+        )
+    patterns = [p.format(split=split, config=config) for p in recipe.patterns]
+    for pattern in patterns:
+        files = sorted(f for f in data_dir.glob(f"**/{pattern}") if f.is_file())
+        if files:
+            return files
+    raise BenchmarkNotFoundError(
+        f"benchmark {recipe.name!r}: no file matching {', '.join(patterns)} under {data_dir.resolve()}; "
+        f"{_obtain_hint(recipe)}"
+    )
+
+
+def _load_rows(recipe: Recipe, data_dir: Path | None, split: str, config: str | None = None) -> Any:
+    """The benchmark's split as a ``datasets.Dataset``, from ``data_dir`` files or from the hub (cache)."""
+    import datasets
+
+    if data_dir is not None:
+        files = _local_files(recipe, data_dir, split, config)
+        builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}[files[0].suffix]
+        rows = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
+    else:
+        try:
+            rows = datasets.load_dataset(str(recipe.hub_id), config, split=split)
+        except (OSError, ValueError) as err:
+            raise BenchmarkNotFoundError(
+                f"benchmark {recipe.name!r}: {recipe.hub_id}{f' ({config})' if config else ''} split {split!r} "
+                f"could not be loaded from the hub or the datasets cache at {datasets.config.HF_DATASETS_CACHE} "
+                f"(offline: {datasets.config.HF_DATASETS_OFFLINE}); {_obtain_hint(recipe)}. "
+                f"Cause: {type(err).__name__}: {err}"
+            ) from err
+    for column, feature in rows.features.items():
+        if isinstance(feature, datasets.Image):
+            rows = rows.cast_column(column, datasets.Image(decode=False))
+    return rows
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", text).strip("_") or "item"
+
+
+def _image_path(value: Any, item_id: str, data_dir: Path | None, image_dir: Path) -> str | None:
+    """A path to the image in ``value`` (a path or an undecoded ``{"bytes", "path"}``), writing bytes out."""
+    if isinstance(value, Mapping):
+        data, value = value.get("bytes"), value.get("path")
+        if data:
+            suffix = Path(str(value or "")).suffix or ".png"
+            target = image_dir / f"{_safe_name(item_id)}-{hashlib.sha1(data).hexdigest()[:12]}{suffix}"
+            if not target.is_file():
+                atomic_write(target, data)
+            return str(target)
+    if not value:
+        return None
+    candidate = (data_dir or Path.cwd()) / str(value)
+    if not candidate.is_file():
+        raise FileNotFoundError(f"image {value!r} of item {item_id!r} not found: looked for {candidate.resolve()}")
+    return str(candidate)
+
+
+def _lettered(question: str, options: Sequence[str]) -> str:
+    lines = "\n".join(f"{letter}) {option}" for letter, option in zip(string.ascii_uppercase, options))
+    return f"{question}\n\n{lines}\n\n{CHOICE_INSTRUCTION}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Recipes
+
+
+def _math500(recipe: Recipe, data_dir: Path | None, split: str, image_dir: Path) -> Iterator[Item]:
+    for row in _load_rows(recipe, data_dir, split):
+        yield Item(
+            id=str(row["unique_id"]),
+            question=INSTRUCTION,
+            answer=str(row["answer"]),
+            text_reference=str(row["problem"]),
+            meta={"subject": row.get("subject"), "level": row.get("level")},
+        )
+
+
+def _gpqa(domain: str) -> Callable[[Recipe, Path | None, str, Path], Iterator[Item]]:
+    def build(recipe: Recipe, data_dir: Path | None, split: str, image_dir: Path) -> Iterator[Item]:
+        for index, row in enumerate(_load_rows(recipe, data_dir, split, recipe.config)):
+            if str(row["High-level domain"]).strip() != domain:
+                continue
+            item_id = str(row.get("Record ID") or f"gpqa-{index}")
+            correct = str(row["Correct Answer"]).strip()
+            options = [correct] + [str(row[f"Incorrect Answer {k}"]).strip() for k in (1, 2, 3)]
+            random.Random(f"{GPQA_SHUFFLE_SEED}:{item_id}").shuffle(options)
+            yield Item(
+                id=item_id,
+                question=_lettered(str(row["Question"]).strip(), options),
+                answer=string.ascii_uppercase[options.index(correct)],
+                choices=options,
+                meta={"domain": domain, "subdomain": row.get("Subdomain")},
+            )
+
+    return build
+
+
+def _mathverse(recipe: Recipe, data_dir: Path | None, split: str, image_dir: Path) -> Iterator[Item]:
+    text_only = _load_rows(recipe, data_dir, split, "testmini_text_only")
+    references = {str(row["problem_index"]): str(row["question"]) for row in text_only}
+    for row in _load_rows(recipe, data_dir, split, "testmini"):
+        if row["problem_version"] != "Vision Only":
+            continue
+        item_id = str(row["sample_index"])
+        multi_choice = str(row.get("question_type", "")).startswith("multi")
+        yield Item(
+            id=item_id,
+            question=f"Solve the problem above. {CHOICE_INSTRUCTION}" if multi_choice else INSTRUCTION,
+            answer=str(row["answer"]),
+            image=_image_path(row["image"], item_id, data_dir, image_dir),
+            text_reference=references.get(str(row["problem_index"])),
+            meta={"problem_index": str(row["problem_index"]), "question_type": row.get("question_type")},
+        )
+
+
+def _mathvision(recipe: Recipe, data_dir: Path | None, split: str, image_dir: Path) -> Iterator[Item]:
+    for row in _load_rows(recipe, data_dir, split):
+        item_id = str(row["id"])
+        question = re.sub(r"\s*<image\d*>\s*", " ", str(row["question"])).strip()
+        options = [str(o) for o in row.get("options") or []]
+        image = _image_path(row.get("decoded_image"), item_id, data_dir, image_dir)
+        yield Item(
+            id=item_id,
+            question=_lettered(question, options) if options else f"{question}\n\n{INSTRUCTION}",
+            answer=str(row["answer"]),
+            image=image or _image_path(row.get("image"), item_id, data_dir, image_dir),
+            choices=options or None,
+            meta={"subject": row.get("subject"), "level": row.get("level")},
+        )
+
+
+def _gsm8k_v(recipe: Recipe, data_dir: Path | None, split: str, image_dir: Path) -> Iterator[Item]:
+    if data_dir is None:
+        raise BenchmarkNotFoundError(
+            "benchmark 'gsm8k-v' is read from local files only: pass data_dir (--data-dir) holding "
+            f"{split}.jsonl (or .csv/.parquet) with id, question, answer, image, text_reference "
+            "(see moehooks.benchmarks)"
+        )
+    yield from load_items(_local_files(recipe, data_dir, split, None)[0])
+
+
+_GPQA_FILES = ("{config}.csv", "{config}/*.parquet", "{config}/*/*.parquet")
+
+RECIPES: dict[str, Recipe] = {
+    recipe.name: recipe
+    for recipe in (
+        Recipe(
+            name="math500",
+            hub_id="HuggingFaceH4/MATH-500",
+            default_split="test",
+            build=_math500,
+            patterns=("{split}.jsonl", "{split}-*.parquet", "{split}.parquet"),
+        ),
+        Recipe(
+            name="gpqa-physics",
+            hub_id="Idavidrein/gpqa",
+            default_split="train",
+            build=_gpqa("Physics"),
+            config="gpqa_diamond",
+            patterns=_GPQA_FILES,
+        ),
+        Recipe(
+            name="gpqa-chemistry",
+            hub_id="Idavidrein/gpqa",
+            default_split="train",
+            build=_gpqa("Chemistry"),
+            config="gpqa_diamond",
+            patterns=_GPQA_FILES,
+        ),
+        Recipe(
+            name="mathverse",
+            hub_id="AI4Math/MathVerse",
+            default_split="testmini",
+            build=_mathverse,
+            patterns=("{config}.parquet", "{config}-*.parquet", "{config}.jsonl", "{config}.json"),
+        ),
+        Recipe(
+            name="mathvision",
+            hub_id="MathLLMs/MathVision",
+            default_split="testmini",
+            build=_mathvision,
+            patterns=("{split}-*.parquet", "{split}.parquet", "{split}.jsonl"),
+        ),
+        Recipe(
+            name="gsm8k-v",
+            hub_id=None,
+            default_split="test",
+            build=_gsm8k_v,
+            patterns=("{split}.jsonl", "{split}.csv", "{split}.parquet"),
+        ),
+    )
+}
+"""Known benchmarks by name."""
+
+
+def load_benchmark(
+    name: str,
+    data_dir: str | Path | None = None,
+    split: str | None = None,
+    limit: int | None = None,
+    *,
+    image_dir: str | Path | None = None,
+) -> list[Item]:
+    """Load a benchmark as items (the first ``limit`` ones, in the dataset's order).
+
+    Example:
+        >>> items = load_benchmark("mathverse", data_dir="data/MathVerse", limit=100)  # doctest: +SKIP
+
+    Args:
+        name: one of :data:`RECIPES`.
+        data_dir: local copy of the dataset; ``None`` loads ``hub_id`` with ``datasets`` (hub or cache).
+        split: dataset split (default: the recipe's).
+        limit: keep at most this many items.
+        image_dir: where images stored inside the dataset files are written (see :func:`default_image_dir`).
+
+    Raises:
+        ValueError: unknown ``name`` (the message lists the known ones) or negative ``limit``.
+        BenchmarkNotFoundError: the data is missing; the message says where it was looked for and how to get it.
+    """
+    if name not in RECIPES:
+        raise ValueError(f"unknown benchmark {name!r}: expected one of {', '.join(RECIPES)}")
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0 or None, got {limit}")
+    recipe = RECIPES[name]
+    split = split or recipe.default_split
+    images = Path(image_dir) if image_dir is not None else default_image_dir(name, split)
+    items = recipe.build(recipe, Path(data_dir) if data_dir is not None else None, split, images)
+    return list(itertools.islice(items, limit))
+
+
+def render_images(items: Iterable[Item], out_dir: str | Path, variant: str = "v1") -> list[Item]:
+    """Render each item's ``text_reference`` to ``out_dir/<id>-<variant>.png`` and return items showing it.
+
+    Existing images are reused (they are written atomically, so a present file is complete). The returned
+    items keep ``text_reference`` (for the text setting) and record ``render_variant`` in ``meta``.
+
+    Example:
+        >>> images = render_images(load_benchmark("math500"), "runs/math500-v2", variant="v2")  # doctest: +SKIP
+
+    Raises:
+        ValueError: an item has no ``text_reference`` to render.
+    """
+    from moehooks.render import render, save_png
+
+    out = Path(out_dir)
+    rendered = []
+    for item in items:
+        if item.text_reference is None:
+            raise ValueError(f"item {item.id!r} has no text_reference to render")
+        path = out / f"{_safe_name(item.id)}-{variant}.png"
+        if not path.is_file():
+            save_png(render(item.text_reference, variant), path)
+        rendered.append(dataclasses.replace(item, image=str(path), meta={**item.meta, "render_variant": variant}))
+    return rendered
