@@ -44,7 +44,7 @@ from moehooks.artefacts import atomic_write
 ITEM_SUFFIXES: tuple[str, ...] = (".jsonl", ".csv", ".parquet")
 """File types :func:`load_items` reads."""
 
-DEFAULT_INSTRUCTION_SEPARATOR = "\n\n"
+REFERENCE_SEPARATOR = "\n\n"
 """Joins an item's ``text_reference`` and its ``question`` in text prompts."""
 
 
@@ -266,7 +266,7 @@ def prompt_text(item: Item, *, as_text: bool = False) -> str:
         if item.image is not None:
             raise ValueError(f"item {item.id!r} has an image but no text_reference: it cannot be prompted as text")
         return item.question
-    return f"{item.text_reference}{DEFAULT_INSTRUCTION_SEPARATOR}{item.question}"
+    return f"{item.text_reference}{REFERENCE_SEPARATOR}{item.question}"
 
 
 def build_inputs(processor: Any, items: Sequence[Item], *, as_text: bool = False) -> Any:
@@ -629,6 +629,10 @@ def run_eval(
 
     Returns:
         All rows of ``method`` for these items, in trial then item order.
+
+    Raises:
+        ValueError: ``trials < 1``, empty ``method``, repeated item ids, or a multiple-choice item whose answer
+            is not among its choices (checked before any generation).
     """
     if trials < 1:
         raise ValueError(f"trials must be >= 1, got {trials}")
@@ -638,6 +642,9 @@ def run_eval(
     if len(set(ids)) != len(ids):
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         raise ValueError(f"item ids must be unique; repeated: {duplicates}")
+    for item in items:
+        if item.choices:
+            _gold_letter(item.answer, item.choices)
     path = Path(out_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     done = {(r.get("method"), r.get("trial"), str(r.get("id"))): r for r in read_results(path, repair=True)}

@@ -355,6 +355,9 @@ def test_run_eval_rejects_bad_arguments(text_model, tokenizer, tmp_path: Path) -
         ev.run_eval(text_model, tokenizer, text_items(1), tmp_path / "r.jsonl", trials=0)
     with pytest.raises(ValueError, match="repeated: \\['q0'\\]"):
         ev.run_eval(text_model, tokenizer, text_items(1) * 2, tmp_path / "r.jsonl")
+    bad_choice = Item(id="mc", question="Pick.", answer="purple", choices=CHOICES)
+    with pytest.raises(ValueError, match="'purple' is neither a letter"):
+        ev.run_eval(text_model, tokenizer, [bad_choice], tmp_path / "r.jsonl")
     with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
         ev.run_eval(text_model, tokenizer, text_items(1), tmp_path / "r.jsonl", batch_size=0)
 
