@@ -1,0 +1,282 @@
+"""The study as library calls: identify domain experts, analyse routing, evaluate with and without steering.
+
+    from moehooks import pipeline
+    model, processor, spec = pipeline.load_model("lab")
+    result = pipeline.steer_study(model, processor, pipeline.lab_study(), out_dir="runs/lab", spec=spec)
+    print(pipeline.format_table(result.summary))
+
+Every command of ``cli.py`` is one function here; the CLI only parses options and draws progress bars.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import artefacts, evaluate, models, plots, stats
+from .evaluate import Item, MethodSummary
+from .recording import Recorder, record
+from .steering import steer
+
+Progress = Callable[[int, int], None] | None
+METHODS = ("baseline", "soft", "hard", "random")
+
+
+@dataclass(frozen=True)
+class StudyData:
+    """Datasets of one study: image tasks (with ``text_reference``), domain text references, general text."""
+
+    tasks: Path
+    references: Path | None
+    general: Path
+    swap: Path | None = None
+
+
+def lab_study() -> StudyData:
+    """The datasets shipped with the lab model (held-out renderings of its arithmetic task)."""
+    from .lab import DATA_DIR
+
+    return StudyData(tasks=DATA_DIR / "arith_image.jsonl", references=DATA_DIR / "arith_text.jsonl",
+                     general=DATA_DIR / "general_text.jsonl", swap=DATA_DIR / "swap.jsonl")
+
+
+def load_model(name: str = "lab", *, device_map: str | None = None, dtype: str = "auto",
+               attn_implementation: str | None = None) -> tuple[nn.Module, Any, models.ModelSpec]:
+    """``(model, processor, spec)`` for an alias, local directory or hub id (see ``moehooks.models``)."""
+    spec = models.resolve(name)
+    model, processor = models.load(name, device_map=device_map, dtype=dtype, attn_implementation=attn_implementation)
+    return model, processor, spec
+
+
+def text_versions(items: Sequence[Item]) -> list[Item]:
+    """The same problems as text prompts: ``text_reference`` as the question, no image."""
+    missing = [it.id for it in items if it.text_reference is None]
+    if missing:
+        raise ValueError(f"items {missing[:5]} have no text_reference: their text version is unknown")
+    return [replace(it, question=it.text_reference, image=None) for it in items]
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def record_items(model: nn.Module, processor: Any, items: Sequence[Item], *, batch_size: int = 32,
+                 per_sample: bool = False, progress: Progress = None) -> Recorder:
+    """Routing of the items' prompts (one forward per batch, no generation), as a closed ``Recorder``."""
+    batches = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+    with torch.no_grad(), record(model, per_sample=per_sample) as rec:
+        for done, batch in enumerate(batches, 1):
+            inputs = evaluate.build_inputs(processor, batch).to(_device(model))
+            model(**inputs)
+            if progress:
+                progress(done, len(batches))
+    return rec
+
+
+def identify_experts(model: nn.Module, processor: Any, domain: Sequence[Item], general: Sequence[Item], *,
+                     tau: float, layers: Sequence[int] | None = None, batch_size: int = 32,
+                     progress: Progress = None) -> stats.ExpertSet:
+    """Domain experts: ``f_domain - f_general > tau`` over prompt tokens (paper Eq. 3)."""
+    dom = record_items(model, processor, domain, batch_size=batch_size, progress=progress)
+    gen = record_items(model, processor, general, batch_size=batch_size, progress=progress)
+    return stats.domain_experts(dom, gen, tau, phase="prefill", layers=layers)
+
+
+@dataclass
+class Analysis:
+    """Image-vs-text routing of the same problems: Gini of expert importance and per-sample JSD, per layer."""
+
+    layer_ids: list[int]
+    gini_image: torch.Tensor  # [layers] over image-version prompt tokens
+    gini_text: torch.Tensor  # [layers] over text-version prompt tokens
+    divergence: stats.Divergence
+    visual: stats.ExpertSet
+    files: list[Path] = field(default_factory=list)
+
+
+def analyze(model: nn.Module, processor: Any, items: Sequence[Item], *, tau: float = 0.1,
+            out_dir: str | Path | None = None, batch_size: int = 32, progress: Progress = None) -> Analysis:
+    """Record the image and the text version of each item and compare their routing (paper Eqs. 2-4)."""
+    image = record_items(model, processor, items, batch_size=batch_size, per_sample=True, progress=progress)
+    text = record_items(model, processor, text_versions(items), batch_size=batch_size, per_sample=True,
+                        progress=progress)
+    result = Analysis(
+        layer_ids=image.layers,
+        gini_image=stats.layer_gini(image, phase="prefill"),
+        gini_text=stats.layer_gini(text, phase="prefill"),
+        divergence=stats.divergence(image.sample_counts(), text.sample_counts()),
+        visual=stats.visual_experts(image, text, tau, phase="prefill"),
+    )
+    if out_dir is not None:
+        out = Path(out_dir)
+        result.files = [
+            plots.plot_gini(result.gini_image, result.gini_text, out / "gini.png", layer_ids=result.layer_ids).png,
+            plots.plot_jsd(result.divergence, out / "jsd.png", layer_ids=result.layer_ids).png,
+            plots.plot_delta(result.visual, out / "visual_delta.png").png,
+        ]
+    return result
+
+
+@dataclass
+class SteerResult:
+    """Outcome of a steering evaluation: the expert sets used and the per-method accuracy."""
+
+    experts: dict[str, dict[int, list[int]]]
+    summary: dict[str, MethodSummary]
+    results: Path
+    files: list[Path] = field(default_factory=list)
+
+
+def steer_eval(model: nn.Module, processor: Any, items: Sequence[Item], experts: dict[int, list[int]],
+               out_dir: str | Path, *, methods: Sequence[str] = METHODS, beta: float = 0.5, epsilon: float = 1e-3,
+               layers: Sequence[int] | None = None, seed: int = 0, trials: int = 1, batch_size: int = 32,
+               max_new_tokens: int = 16, generation_kwargs: dict[str, Any] | None = None,
+               progress: Progress = None) -> SteerResult:
+    """Evaluate ``items`` without steering and with each steering method; resumable (results JSONL).
+
+    ``soft`` boosts ``experts`` by ``beta`` sigma, ``hard`` forces them, ``random`` soft-boosts as many random
+    experts per layer (seeded). Rows go to ``out_dir/results.jsonl`` as they complete.
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; allowed: {', '.join(METHODS)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.jsonl"
+    used: dict[str, dict[int, list[int]]] = {}
+    contexts: dict[str, Callable[[], Any] | None] = {"baseline": None}
+    for mode in ("soft", "hard", "random"):
+        options = dict(mode=mode, beta=beta, epsilon=epsilon, layers=layers, seed=seed if mode == "random" else None)
+        used[mode] = steer(model, experts, **options).experts
+        contexts[mode] = (lambda options=options: steer(model, experts, **options)) if experts else None
+    total = len(methods) * trials * len(items)
+    offset = 0
+    for method in methods:
+        def step(done: int, _total: int, offset: int = offset) -> None:
+            if progress:
+                progress(offset + done, total)
+        evaluate.run_eval(model, processor, items, results, method=method, trials=trials, seed=seed,
+                          batch_size=batch_size, max_new_tokens=max_new_tokens, generation_kwargs=generation_kwargs,
+                          context=contexts[method], progress=step)
+        offset += trials * len(items)
+    summary = evaluate.summarize(results)
+    return SteerResult(experts=used, summary={m: summary[m] for m in methods if m in summary}, results=results)
+
+
+def steer_study(model: nn.Module, processor: Any, data: StudyData, out_dir: str | Path, *,
+                spec: models.ModelSpec | None = None, tau: float | None = None, beta: float | None = None,
+                layers: Sequence[int] | None = None, limit: int | None = None, progress: Progress = None,
+                **eval_options: Any) -> SteerResult:
+    """The paper's pipeline: domain experts from the text references, then image tasks with and without steering.
+
+    ``tau``, ``beta`` and ``layers`` default to the model alias's settings (``spec``); results, the expert
+    artefact and the Delta heatmap go to ``out_dir``.
+    """
+    spec = spec or models.ModelSpec(source="model")
+    tau = spec.tau if tau is None else tau
+    beta = spec.beta if beta is None else beta
+    tasks = evaluate.load_items(data.tasks)[:limit]
+    references = evaluate.load_items(data.references) if data.references else text_versions(tasks)
+    general = evaluate.load_items(data.general)
+    if layers is None and spec.layers is not None:
+        layers = list(range(spec.layers[0], spec.layers[1] + 1))
+    experts = identify_experts(model, processor, references, general, tau=tau, layers=layers)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_experts(model, experts, out / "experts.safetensors", dataset=str(data.references or data.tasks),
+                 size=len(references), model_id=spec.source, tau=tau)
+    result = steer_eval(model, processor, tasks, dict(experts), out, beta=beta, layers=layers, progress=progress,
+                        generation_kwargs=dict(spec.generation_kwargs) or None, **eval_options)
+    result.files.append(plots.plot_delta(experts, out / "domain_delta.png").png)
+    write_json(out / "summary.json", {m: vars(s) for m, s in result.summary.items()} | {"experts": result.experts})
+    return result
+
+
+def save_experts(model: nn.Module, experts: stats.ExpertSet, path: Path, *, dataset: str, size: int,
+                 model_id: str, tau: float) -> Path:
+    """Save an expert set with its Delta matrix and provenance (see ``moehooks.artefacts``)."""
+    artefact = artefacts.Artefact(
+        model=artefacts.describe(model, model_id=model_id),
+        tensors={"delta": experts.delta},
+        expert_sets={"domain": dict(experts)},
+        dataset=dataset,
+        dataset_size=size,
+        params={"tau": tau, "phase": "prefill", "modality": "all"},
+    )
+    return artefacts.save(path, artefact)
+
+
+def write_json(path: Path, payload: Any) -> Path:
+    """Atomic, pretty JSON."""
+    return artefacts.atomic_write(path, (json.dumps(payload, indent=2, default=str) + "\n").encode())
+
+
+def format_table(summary: dict[str, MethodSummary]) -> list[tuple[str, str, str, str]]:
+    """Rows ``(method, accuracy %, std %, delta pp)`` for printing."""
+    rows = []
+    for method, s in summary.items():
+        delta = "" if s.delta is None or method == "baseline" else f"{100 * s.delta:+.1f}"
+        rows.append((method, f"{100 * s.accuracy:.1f}", f"{100 * s.std:.1f}", delta))
+    return rows
+
+
+def swap_study(model: nn.Module, processor: Any, items_path: str | Path | None, *, source: str, target: str,
+               alpha: float, layers: Sequence[int] | None = None, out_dir: str | Path | None = None,
+               batch_size: int = 32, progress: Progress = None):
+    """The paper's Fig. 2 on digit items: swap the ``source`` digit's concept for ``target``'s at image positions.
+
+    Items showing ``source`` (field ``digit``, or all items when absent) succeed when the answer follows the
+    target: ``answer - source + target``. Returns ``moehooks.swap.SwapSweep``; plots success per layer.
+    """
+    from .adapters import adapt
+    from .swap import swap_sweep
+
+    items = evaluate.load_items(items_path or lab_study().swap)
+    chosen = [it for it in items if str(it.meta.get("digit", source)) == source]
+    if not chosen:
+        raise ValueError(f"no swap item shows digit {source!r}; digits present: "
+                         f"{sorted({str(it.meta.get('digit')) for it in items})}")
+    expected = [str(int(it.answer) - int(source) + int(target)) for it in chosen]
+    sweep = swap_sweep(model, processor, chosen, layers if layers is not None else range(len(adapt(model).decoder_layers)),
+                       source_text=source, target_text=target, alpha=alpha, expected=expected,
+                       build_inputs=evaluate.build_inputs, batch_size=batch_size, progress=progress)
+    if out_dir is not None:
+        plots.plot_swap(dict(zip(sweep.layers, sweep.success)), Path(out_dir) / "swap_success.png")
+    return sweep
+
+
+def record_dataset(model: nn.Module, processor: Any, items_path: str | Path, out_path: str | Path, *,
+                   as_text: bool = False, model_id: str = "model", batch_size: int = 32,
+                   progress: Progress = None) -> Path:
+    """Record prompt routing of a dataset (image or text version) and save counts/tokens as an artefact."""
+    items = evaluate.load_items(items_path)
+    rec = record_items(model, processor, text_versions(items) if as_text else items, batch_size=batch_size,
+                       progress=progress)
+    tensors = {f"{what}.{modality}": getattr(rec, what)(modality=modality, phase="prefill").cpu()
+               for what in ("counts", "tokens", "probs") for modality in ("all", "image", "text")}
+    artefact = artefacts.Artefact(model=artefacts.describe(model, model_id=model_id), dataset=str(items_path),
+                                  dataset_size=len(items), params={"phase": "prefill", "as_text": as_text},
+                                  tensors=tensors)
+    return artefacts.save(out_path, artefact)
+
+
+def render_dataset(items_path: str | Path, out_dir: str | Path, variant: str = "v1") -> Path:
+    """Render each item's problem text (``text_reference``, else ``question``) and write ``out_dir/items.jsonl``
+    whose rows point at the PNGs (relative paths) and keep the text as ``text_reference``."""
+    from .benchmarks import render_images
+
+    out = Path(out_dir)
+    items = [it if it.text_reference else replace(it, text_reference=it.question)
+             for it in evaluate.load_items(items_path)]
+    rendered = render_images(items, out, variant)
+    rows = [{"id": it.id, "question": "Solve the problem in the image.", "answer": it.answer,
+             "image": str(Path(it.image).resolve().relative_to(out.resolve())), "text_reference": it.text_reference,
+             **({"choices": it.choices} if it.choices else {})} for it in rendered]
+    body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    return artefacts.atomic_write(out / "items.jsonl", body.encode())
