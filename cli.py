@@ -191,6 +191,7 @@ def swap(
 def render(
     items: Path = typer.Argument(..., help="JSONL/CSV/Parquet with id + question (text, LaTeX allowed)"),
     variant: str = typer.Option("v1", help="v1 printed, v2 handwriting, v3 handwriting on a grid"),
+    size: Optional[str] = typer.Option(None, help="fit every image into WIDTHxHEIGHT pixels, e.g. 64x32 (lab)"),
     out: Path = OUT,
 ) -> None:
     """Render text problems to same-size PNGs and write an image-task JSONL beside them.
@@ -200,7 +201,8 @@ def render(
     from moehooks import pipeline
 
     with console.status(f"rendering {items} ({variant})"):
-        path = pipeline.render_dataset(items, out, variant)
+        box = tuple(int(v) for v in size.lower().split("x")) if size else None
+        path = pipeline.render_dataset(items, out, variant, size=box)
     console.print(f"wrote {path}")
 
 

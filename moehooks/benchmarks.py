@@ -330,8 +330,11 @@ def load_benchmark(
     return list(itertools.islice(items, limit))
 
 
-def render_images(items: Iterable[Item], out_dir: str | Path, variant: str = "v1") -> list[Item]:
+def render_images(items: Iterable[Item], out_dir: str | Path, variant: str = "v1", *,
+                  size: tuple[int, int] | None = None) -> list[Item]:
     """Render each item's ``text_reference`` to ``out_dir/<id>-<variant>.png`` and return items showing it.
+
+    ``size=(width, height)`` fits every rendering into that box (e.g. the lab model's 64x32 images).
 
     Existing images are reused (they are written atomically, so a present file is complete). The returned
     items keep ``text_reference`` (for the text setting) and record ``render_variant`` in ``meta``.
@@ -351,6 +354,6 @@ def render_images(items: Iterable[Item], out_dir: str | Path, variant: str = "v1
             raise ValueError(f"item {item.id!r} has no text_reference to render")
         path = out / f"{_safe_name(item.id)}-{variant}.png"
         if not path.is_file():
-            save_png(render(item.text_reference, variant), path)
+            save_png(render(item.text_reference, variant, size=size), path)
         rendered.append(dataclasses.replace(item, image=str(path), meta={**item.meta, "render_variant": variant}))
     return rendered

@@ -266,7 +266,8 @@ def record_dataset(model: nn.Module, processor: Any, items_path: str | Path, out
     return artefacts.save(out_path, artefact)
 
 
-def render_dataset(items_path: str | Path, out_dir: str | Path, variant: str = "v1") -> Path:
+def render_dataset(items_path: str | Path, out_dir: str | Path, variant: str = "v1", *,
+                   size: tuple[int, int] | None = None) -> Path:
     """Render each item's problem text (``text_reference``, else ``question``) and write ``out_dir/items.jsonl``
     whose rows point at the PNGs (relative paths) and keep the text as ``text_reference``."""
     from .benchmarks import render_images
@@ -274,7 +275,7 @@ def render_dataset(items_path: str | Path, out_dir: str | Path, variant: str = "
     out = Path(out_dir)
     items = [it if it.text_reference else replace(it, text_reference=it.question)
              for it in evaluate.load_items(items_path)]
-    rendered = render_images(items, out, variant)
+    rendered = render_images(items, out, variant, size=size)
     rows = [{"id": it.id, "question": "Solve the problem in the image.", "answer": it.answer,
              "image": str(Path(it.image).resolve().relative_to(out.resolve())), "text_reference": it.text_reference,
              **({"choices": it.choices} if it.choices else {})} for it in rendered]
