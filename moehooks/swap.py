@@ -62,7 +62,10 @@ def _check_layer(layer: int, routing: RoutingMap) -> int:
 
 
 def _check_alpha(alpha: float) -> float:
-    value = float(alpha)
+    try:
+        value = float(alpha)
+    except (TypeError, ValueError):
+        raise TypeError(f"alpha must be a finite number, got {alpha!r:.80}") from None
     if not math.isfinite(value):
         raise ValueError(f"alpha must be a finite number, got {alpha!r}")
     return value
@@ -96,11 +99,24 @@ def _check_vector(name: str, vector: object, hidden: int) -> torch.Tensor:
 def _check_positions(positions: str | torch.Tensor) -> str | torch.Tensor:
     if isinstance(positions, str):
         return check_choice("positions", positions, POSITIONS)
-    if not isinstance(positions, torch.Tensor) or positions.dtype != torch.bool or positions.dim() != 2:
-        described = f"{positions.dtype} Tensor of shape {tuple(positions.shape)}" if isinstance(positions, torch.Tensor) \
-            else repr(positions)
-        raise TypeError(f"positions must be 'image' or a BoolTensor [batch, seq], got {described}")
+    if not isinstance(positions, torch.Tensor):
+        raise TypeError(f"positions must be 'image' or a BoolTensor [batch, seq], got {positions!r:.80}")
+    if positions.dtype != torch.bool or positions.dim() != 2:
+        raise TypeError(
+            f"positions must be 'image' or a BoolTensor [batch, seq], got a {positions.dtype} Tensor of shape "
+            f"{tuple(positions.shape)}"
+        )
     return positions.detach()
+
+
+def _cast_once(cache: dict[tuple[torch.device, torch.dtype], torch.Tensor], tensor: torch.Tensor,
+               like: torch.Tensor) -> torch.Tensor:
+    """``tensor`` on the device and in the dtype of ``like``, converted once per (device, dtype)."""
+    key = (like.device, like.dtype)
+    cast = cache.get(key)
+    if cast is None:
+        cast = cache[key] = tensor.to(device=like.device, dtype=like.dtype)
+    return cast
 
 
 class Swap(HookContext):
@@ -139,10 +155,7 @@ class Swap(HookContext):
         weights = self._position_weights(hidden)  # [batch, seq] 0/1 in hidden.dtype, None: nothing to edit
         if weights is None:
             return None
-        key = (hidden.device, hidden.dtype)
-        delta = self._deltas.get(key)
-        if delta is None:
-            delta = self._deltas[key] = self._delta.to(device=hidden.device, dtype=hidden.dtype)
+        delta = _cast_once(self._deltas, self._delta, hidden)  # [hidden]
         edited = hidden + delta * weights[..., None]
         if "hidden_states" in kwargs:
             return args, {**kwargs, "hidden_states": edited}
@@ -151,10 +164,13 @@ class Swap(HookContext):
     def _position_weights(self, hidden: torch.Tensor) -> torch.Tensor | None:
         batch = self.tracker.batch
         if batch is None:
-            raise RuntimeError(f"decoder layer {self.layer} ran outside a forward call of the model the swap was opened on")
+            raise RuntimeError(
+                f"decoder layer {self.layer} ran outside a forward call of the model the swap was opened on"
+            )
         if hidden.dim() != 3:
             raise RuntimeError(
-                f"decoder layer {self.layer} got hidden_states of shape {tuple(hidden.shape)}; expected [batch, seq, hidden]"
+                f"decoder layer {self.layer} got hidden_states of shape {tuple(hidden.shape)}; "
+                "expected [batch, seq, hidden]"
             )
         if isinstance(self.positions, str):
             rows = hidden.shape[0] * hidden.shape[1]
@@ -166,11 +182,7 @@ class Swap(HookContext):
                 f"positions mask has shape {tuple(self.positions.shape)} but the prefill call has "
                 f"{tuple(hidden.shape[:2])} [batch, seq] tokens; pass a mask shaped like input_ids"
             )
-        key = (hidden.device, hidden.dtype)
-        weights = self._weights.get(key)
-        if weights is None:
-            weights = self._weights[key] = self.positions.to(device=hidden.device, dtype=hidden.dtype)
-        return weights
+        return _cast_once(self._weights, self.positions, hidden)
 
 
 def swap(model: nn.Module, layer: int, source: torch.Tensor, target: torch.Tensor, alpha: float, *,
@@ -218,7 +230,9 @@ def concept_vector(model: nn.Module, processor_or_tokenizer: Any, text: str, lay
     ids = _tokenizer(processor_or_tokenizer)(text, return_tensors="pt")["input_ids"]  # [1, seq]
     count = ids.shape[1]
     if not -count <= position < count:
-        raise IndexError(f"position {position} is outside the {count} tokens of {text!r}; allowed: {-count}..{count - 1}")
+        raise IndexError(
+            f"position {position} is outside the {count} tokens of {text!r}; allowed: {-count}..{count - 1}"
+        )
     seen: list[torch.Tensor] = []
     handle = routing.decoder_layers[index].register_forward_pre_hook(
         lambda module, args, kwargs: seen.append(_layer_input(args, kwargs)), with_kwargs=True
@@ -308,9 +322,9 @@ def swap_sweep(
     wanted = [answer.strip() for answer in wanted]
 
     device = _model_device(model)
-    batches = [
-        {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in build_inputs(processor, items[i : i + batch_size]).items()}
-        for i in range(0, len(items), batch_size)
+    batches = [  # model inputs of each chunk of items, on the model's device
+        {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in build_inputs(processor, chunk).items()}
+        for chunk in (items[i : i + batch_size] for i in range(0, len(items), batch_size))
     ]
     tokenizer = _tokenizer(processor)
     total = (1 + len(layer_ids)) * len(batches)

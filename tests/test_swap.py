@@ -40,7 +40,8 @@ def tokenizer() -> PreTrainedTokenizerFast:
     core.decoder = decoders.Fuse()
     tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
                                   padding_side="left")
-    tok.chat_template = "{% for m in messages %}Q {{ m['content'] }}.{% endfor %}{% if add_generation_prompt %}A{% endif %}"
+    tok.chat_template = ("{% for m in messages %}Q {{ m['content'] }}.{% endfor %}"
+                         "{% if add_generation_prompt %}A{% endif %}")
     return tok
 
 
@@ -73,7 +74,8 @@ def _text_inputs() -> dict:
     return dict(input_ids=ids, attention_mask=mask)
 
 
-def _check_edit(before: torch.Tensor, after: torch.Tensor, where: torch.Tensor, s: torch.Tensor, t: torch.Tensor) -> None:
+def _check_edit(before: torch.Tensor, after: torch.Tensor, where: torch.Tensor, s: torch.Tensor,
+                t: torch.Tensor) -> None:
     manual = before - ALPHA * s + ALPHA * t
     torch.testing.assert_close(after[where], manual[where], rtol=0, atol=1e-5)
     assert torch.equal(after[~where], before[~where])
@@ -89,6 +91,19 @@ def test_swap_equals_manual_formula_at_masked_positions(text_model):
     with moehooks.swap(text_model, 1, s, t, ALPHA, positions=where):
         after = _layer_input(text_model, 1, inputs)
     _check_edit(before, after, where, s, t)
+
+
+def test_vectors_follow_the_model_dtype():
+    model = build("qwen3_moe").to(torch.bfloat16)
+    inputs = _text_inputs()
+    s, t = _vectors()
+    where = inputs["attention_mask"].bool()
+    before = _layer_input(model, 1, inputs)
+    with moehooks.swap(model, 1, s, t, ALPHA, positions=where):
+        after = _layer_input(model, 1, inputs)
+    assert after.dtype == torch.bfloat16
+    assert torch.equal(after[where], (before + (ALPHA * (t - s)).to(torch.bfloat16))[where])
+    assert torch.equal(after[~where], before[~where])
 
 
 def test_swap_image_positions_on_vl_model(vl_model):
@@ -134,7 +149,7 @@ def test_decode_steps_are_untouched(vl_model, positions):
     assert [h.shape[1] for h in steps[1:]] == [1, 1]
     for i, h in enumerate(steps[1:]):
         assert torch.equal(h[:, 0], embed(new[:, i]).detach())
-    assert not torch.equal(steps[0], embed(batch["input_ids"]).detach())
+    assert not torch.equal(steps[0], _layer_input(vl_model, 0, batch))  # the prompt itself was edited
 
 
 def test_alpha_zero_is_bit_identical_under_generate(text_model):
@@ -198,6 +213,7 @@ def test_composes_with_record(text_model):
     [
         (dict(alpha=float("nan")), ValueError, "alpha must be a finite number, got nan"),
         (dict(alpha=float("inf")), ValueError, "alpha must be a finite number, got inf"),
+        (dict(alpha="big"), TypeError, "alpha must be a finite number, got .big."),
         (dict(source=torch.zeros(16)), ValueError, r"source has shape \(16,\); expected \[32\]"),
         (dict(target=torch.zeros(1, 32)), ValueError, r"target has shape \(1, 32\); expected \[32\]"),
         (dict(target=torch.full((32,), float("nan"))), ValueError, "target contains NaN"),
@@ -206,7 +222,7 @@ def test_composes_with_record(text_model):
         (dict(layer=-1), ValueError, "layer -1 is not a decoder layer.*0-2"),
         (dict(positions="text"), ValueError, "unknown positions 'text'; allowed: image"),
         (dict(positions="image"), ValueError, "no image token id"),
-        (dict(positions=torch.ones(2, 6)), TypeError, r"BoolTensor \[batch, seq\], got torch.float32"),
+        (dict(positions=torch.ones(2, 6)), TypeError, r"got a torch.float32 Tensor of shape \(2, 6\)"),
         (dict(positions=torch.ones(6, dtype=torch.bool)), TypeError, r"shape \(6,\)"),
     ],
 )
