@@ -42,7 +42,6 @@ import torch
 from torch import nn
 
 from .adapters import MoELayer, RouterAdapter, RoutingMap, adapt
-from .adapters.base import margin
 from .hooks import MODALITIES, PHASES, Batch, HookContext, Tracker, check_choice
 
 MODES = ("soft", "hard", "random")
@@ -82,10 +81,9 @@ def hard_select(adapter: RouterAdapter, epsilon: float) -> BoostSelect:
         top = z.amax(dim=-1, keepdim=True)  # [T, 1]
         lift = torch.clamp(top.abs() * (2 * info.eps), min=max(epsilon, info.tiny))  # >= 2 ulps of |top|
         boosted = torch.lerp(z, top + lift, weight).to(logits.dtype)  # exact z where weight 0, top+lift where 1
-        choice = adapter.scores(logits)[0].float()  # unboosted choice scores [T, E]
-        ranked = choice + weight * margin(choice)
-        first = torch.zeros_like(choice).scatter_(1, ranked.topk(adapter.top_k, dim=-1)[1], 1.0)  # [T, E]
-        weights, indices = adapter.select(boosted, force=first * weight)
+        best = adapter.select(logits, force=weight)[1]  # the listed experts first, by unboosted choice [T, k]
+        first = torch.zeros_like(z).scatter_(1, best, 1.0) * weight  # [T, E] the top-k of the listed
+        weights, indices = adapter.select(boosted, force=first)
         return boosted, weights, indices
 
     return select
