@@ -398,9 +398,14 @@ def _final_span(text: str) -> tuple[str, str] | None:
         return boxed, "boxed"
     matches = _ANSWER_IS.findall(text)
     if matches:
-        return matches[-1].strip(), "answer_is"
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+        return _unbold(matches[-1]), "answer_is"
+    lines = [_unbold(line) for line in text.splitlines() if _unbold(line)]
     return (lines[-1], "line") if lines else None
+
+
+def _unbold(text: str) -> str:
+    """``text`` without surrounding whitespace and Markdown emphasis (``**B**`` -> ``B``)."""
+    return text.strip().strip("*_").strip()
 
 
 def extract_answer(prediction: str) -> str | None:

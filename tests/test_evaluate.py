@@ -109,6 +109,8 @@ def test_grade_rejects_wrong_answers(prediction: str, answer: str) -> None:
         (r"\boxed{C}", "blue", True),
         ("B) green", "green", True),
         ("After thinking, I choose green", "B", True),
+        ("**Answer: B**", "green", True),
+        ("The correct answer is **(C) blue**.", "C", True),
         (r"\boxed{A}", "B", False),
         ("The answer is blue", "B", False),
         ("no idea", "A", False),
@@ -142,6 +144,9 @@ def test_exact_match_fallback_when_math_verify_fails(monkeypatch: pytest.MonkeyP
         (r"\boxed{1} hmm, \boxed{\sqrt{2}}", r"\sqrt{2}"),
         ("So the answer is: $x^2 + 1$.", "x^2 + 1"),
         ("work\nShe pays 3 * 6 = 18 dollars.", "18"),
+        ("**Final answer:** $\\frac{3}{4}$", r"\frac{3}{4}"),
+        ("Thus the answer is \\(x = 2\\).", "x = 2"),
+        ("**42**", "42"),
         (r"work\nthus y = \frac{3}{4}", r"\frac{3}{4}"),
         ("   \n  ", None),
     ],
@@ -275,7 +280,7 @@ def test_generate_answers_greedy_batched_and_in_context(text_model, tokenizer, c
         entered.append(len(counted.calls))
         yield
 
-    items = text_items(3)
+    items = [Item(id="a", question="1+1=", answer="2"), Item(id="b", question="What is 12+30?", answer="42"), *text_items(1)]
     batched = ev.generate_answers(text_model, tokenizer, items, batch_size=2, max_new_tokens=5, context=marker)
     assert len(counted.calls) == 2 and entered == [0, 1]
     assert all(call["do_sample"] is False and call["max_new_tokens"] == 5 for call in counted.calls)
