@@ -42,6 +42,8 @@ class KimiMoEGate(SigmoidGrouped):
     model_types = ("kimi_vl", "deepseek_vl_v2")
     router_classes = ("MoEGate",)
     group_fill = 0.0
+    #: the gate's weight is read once (``module_tensor``): under accelerate offload it is on ``meta`` in hooks
+    tensor_names = (*SigmoidGrouped.tensor_names, "weight")
 
     def __init__(self, router: nn.Module) -> None:
         scoring, method = getattr(router, "scoring_func", None), getattr(router, "topk_method", None)
@@ -53,6 +55,11 @@ class KimiMoEGate(SigmoidGrouped):
         super().__init__(router)
         self.norm = self.norm and self.top_k > 1
         self._router = router
+
+    def logits(self, router: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The gate's float32 logits from its input, with the weight read at adapt time (offload-safe)."""
+        x = x.reshape(-1, x.shape[-1])
+        return nn.functional.linear(x.type(torch.float32), self.tensor("weight", x.device).type(torch.float32))
 
     def unpack(self, output: Any, x: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if x is None:
