@@ -115,7 +115,9 @@ def _read_rows(path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value.strip())
+    if isinstance(value, float):
+        return math.isnan(value)
+    return value is None or (isinstance(value, str) and not value.strip())
 
 
 def _text_field(row: Mapping[str, Any], key: str) -> str:
@@ -254,7 +256,8 @@ def prompt_text(item: Item, *, as_text: bool = False) -> str:
     """The text part of an item's prompt: ``question``, preceded by ``text_reference`` when no image is shown.
 
     Example:
-        >>> prompt_text(Item(id="1", question="Solve it.", answer="2", image="p.png", text_reference="1+1"), as_text=True)
+        >>> item = Item(id="1", question="Solve it.", answer="2", image="p.png", text_reference="1+1")
+        >>> prompt_text(item, as_text=True)
         '1+1\\n\\nSolve it.'
 
     Raises:

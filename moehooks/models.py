@@ -228,7 +228,8 @@ def load(
         config = AutoConfig.from_pretrained(spec.source, trust_remote_code=remote)
     except OSError as err:
         raise _not_found(spec, err) from err
-    auto_cls = AutoModelForImageTextToText if getattr(config, "vision_config", None) is not None else AutoModelForCausalLM
+    has_vision = getattr(config, "vision_config", None) is not None
+    auto_cls = AutoModelForImageTextToText if has_vision else AutoModelForCausalLM
     kwargs: dict[str, Any] = {
         "dtype": dtype,
         "attn_implementation": attn_implementation or default_attn_implementation(),

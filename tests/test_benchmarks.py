@@ -37,7 +37,13 @@ def write_parquet(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 MATH_ROWS = [
-    {"problem": f"What is ${i}+{i}$?", "answer": str(2 * i), "subject": "Algebra", "level": i, "unique_id": f"test/algebra/{i}.json"}
+    {
+        "problem": f"What is ${i}+{i}$?",
+        "answer": str(2 * i),
+        "subject": "Algebra",
+        "level": i,
+        "unique_id": f"test/algebra/{i}.json",
+    }
     for i in range(1, 4)
 ]
 
@@ -62,7 +68,9 @@ def test_math500_from_a_local_copy(math_dir: Path) -> None:
     assert len(bm.load_benchmark("math500", data_dir=math_dir, limit=2)) == 2
 
 
-def test_render_images_calls_the_renderer_once_per_item(math_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_render_images_calls_the_renderer_once_per_item(
+    math_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls: list[tuple[str, str]] = []
 
     def render(text: str, variant: str = "v1", *, size: Any = None) -> Image.Image:
@@ -122,7 +130,8 @@ def test_gpqa_options_are_shuffled_deterministically(tmp_path: Path) -> None:
     assert physics == bm.load_benchmark("gpqa-physics", data_dir=tmp_path)
     assert len({item.answer for item in physics}) > 1
     for index, item in enumerate(physics):
-        assert sorted(item.choices) == sorted(f"{kind} {index}{s}" for kind, s in [("right", ""), ("wrong", "a"), ("wrong", "b"), ("wrong", "c")])
+        expected = [f"right {index}", f"wrong {index}a", f"wrong {index}b", f"wrong {index}c"]
+        assert sorted(item.choices) == sorted(expected)
         assert item.choices["ABCD".index(item.answer)] == f"right {index}"
         assert f"{item.answer}) right {index}" in item.question
         assert grade(f"\\boxed{{{item.answer}}}", item.answer, item.choices)

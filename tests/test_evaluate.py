@@ -175,7 +175,8 @@ def test_load_items_jsonl_keeps_good_rows_and_reports_bad_lines(tmp_path: Path) 
     with pytest.warns(ev.MalformedRowsWarning) as record:
         items = ev.load_items(path)
     message = str(record[0].message)
-    for number, reason in [(3, "invalid JSON"), (5, "'answer'"), (6, "duplicate id 'a'"), (7, "missing.png"), (8, "choices")]:
+    expected = [(3, "invalid JSON"), (5, "'answer'"), (6, "duplicate id 'a'"), (7, "missing.png"), (8, "choices")]
+    for number, reason in expected:
         assert f"line {number}: " in message and reason in message
     assert "line 1:" not in message and "line 2:" not in message and "line 4:" not in message
     assert [item.id for item in items] == ["a", "2", "c"]
@@ -280,7 +281,8 @@ def test_generate_answers_greedy_batched_and_in_context(text_model, tokenizer, c
         entered.append(len(counted.calls))
         yield
 
-    items = [Item(id="a", question="1+1=", answer="2"), Item(id="b", question="What is 12+30?", answer="42"), *text_items(1)]
+    items = [Item(id="a", question="1+1=", answer="2"), Item(id="b", question="What is 12+30?", answer="42")]
+    items += text_items(1)
     batched = ev.generate_answers(text_model, tokenizer, items, batch_size=2, max_new_tokens=5, context=marker)
     assert len(counted.calls) == 2 and entered == [0, 1]
     assert all(call["do_sample"] is False and call["max_new_tokens"] == 5 for call in counted.calls)
