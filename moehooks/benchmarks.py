@@ -34,10 +34,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import random
 import re
 import string
-import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,15 @@ class Recipe:
     Example:
         >>> RECIPES["math500"].hub_id
         'HuggingFaceH4/MATH-500'
+
+    Attributes:
+        name: benchmark name used by :func:`load_benchmark`.
+        hub_id: dataset id on the hub, or ``None`` for local-only benchmarks.
+        default_split: split loaded when none is given.
+        build: yields the items from ``(recipe, data_dir, split, image_dir)``.
+        config: dataset config name, if the hub dataset has several.
+        patterns: glob patterns (formatted with ``split`` and ``config``) of the files in a local copy, tried in
+            order; the first that matches anything wins.
     """
 
     name: str
