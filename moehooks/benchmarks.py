@@ -339,17 +339,21 @@ def load_benchmark(
     return list(itertools.islice(items, limit))
 
 
-def render_images(items: Iterable[Item], out_dir: str | Path, variant: str = "v1", *,
-                  size: tuple[int, int] | None = None) -> list[Item]:
-    """Render each item's ``text_reference`` to ``out_dir/<id>-<variant>.png`` and return items showing it.
+def render_images(
+    items: Iterable[Item], out_dir: str | Path, variant: str = "v1", *, size: tuple[int, int] | None = None
+) -> list[Item]:
+    """Render each item's ``text_reference`` to a PNG in ``out_dir`` and return items showing it.
 
-    ``size=(width, height)`` fits every rendering into that box (e.g. the lab model's 64x32 images).
-
-    Existing images are reused (they are written atomically, so a present file is complete). The returned
-    items keep ``text_reference`` (for the text setting) and record ``render_variant`` in ``meta``.
+    Files are named ``<id>-<variant>.png`` (``<id>-<variant>-<width>x<height>.png`` with ``size``) and reused
+    when present (they are written atomically, so a present file is complete). The returned items keep
+    ``text_reference`` (for the text setting) and record ``render_variant`` in ``meta``.
 
     Example:
         >>> images = render_images(load_benchmark("math500"), "runs/math500-v2", variant="v2")  # doctest: +SKIP
+
+    Args:
+        variant: render variant of :func:`moehooks.render.render`.
+        size: fixed ``(width, height)`` of the images, or ``None`` for the renderer's default.
 
     Raises:
         ValueError: an item has no ``text_reference`` to render.
@@ -357,11 +361,12 @@ def render_images(items: Iterable[Item], out_dir: str | Path, variant: str = "v1
     from moehooks.render import render, save_png
 
     out = Path(out_dir)
+    suffix = f"-{size[0]}x{size[1]}" if size is not None else ""
     rendered = []
     for item in items:
         if item.text_reference is None:
             raise ValueError(f"item {item.id!r} has no text_reference to render")
-        path = out / f"{_safe_name(item.id)}-{variant}.png"
+        path = out / f"{_safe_name(item.id)}-{variant}{suffix}.png"
         if not path.is_file():
             save_png(render(item.text_reference, variant, size=size), path)
         rendered.append(dataclasses.replace(item, image=str(path), meta={**item.meta, "render_variant": variant}))

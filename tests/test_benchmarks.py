@@ -71,11 +71,11 @@ def test_math500_from_a_local_copy(math_dir: Path) -> None:
 def test_render_images_calls_the_renderer_once_per_item(
     math_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls: list[tuple[str, str]] = []
+    calls: list[tuple[str, str, Any]] = []
 
     def render(text: str, variant: str = "v1", *, size: Any = None) -> Image.Image:
-        calls.append((text, variant))
-        return Image.new("RGB", (32, 16), "white")
+        calls.append((text, variant, size))
+        return Image.new("RGB", size or (32, 16), "white")
 
     def save_png(image: Image.Image, path: Any) -> Path:
         image.save(path)
@@ -88,11 +88,16 @@ def test_render_images_calls_the_renderer_once_per_item(
     out = tmp_path / "images"
     out.mkdir()
     rendered = bm.render_images(items, out, variant="v2")
-    assert calls == [(row["problem"], "v2") for row in MATH_ROWS]
+    assert calls == [(row["problem"], "v2", None) for row in MATH_ROWS]
     assert [Path(item.image).name for item in rendered] == [f"test_algebra_{i}.json-v2.png" for i in range(1, 4)]
     assert all(Path(item.image).is_file() for item in rendered)
     assert rendered[0].text_reference == items[0].text_reference and rendered[0].meta["render_variant"] == "v2"
     assert bm.render_images(items, out, variant="v2") == rendered and len(calls) == 3
+    (sized,) = bm.render_images(items[:1], out, variant="v2", size=(64, 32))
+    assert calls[-1] == (MATH_ROWS[0]["problem"], "v2", (64, 32))
+    assert Path(sized.image).name == "test_algebra_1.json-v2-64x32.png"
+    with Image.open(sized.image) as picture:
+        assert picture.size == (64, 32)
     with pytest.raises(ValueError, match="no text_reference"):
         bm.render_images([bm.Item(id="x", question="q", answer="1")], out)
 
