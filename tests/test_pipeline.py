@@ -6,13 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration
 from typer.testing import CliRunner
 
 import cli
 from moehooks import evaluate, pipeline
 from moehooks.lab.processor import build_processor
+from test_models import tiny_vl_moe
 
 PROBLEMS = [("2+3=", "5"), ("4+4=", "8"), ("1+6=", "7"), ("9+0=", "9"), ("3+5=", "8")]
 
@@ -20,22 +19,7 @@ PROBLEMS = [("2+3=", "5"), ("4+4=", "8"), ("1+6=", "7"), ("9+0=", "9"), ("3+5=",
 def _tiny_vl(path: Path) -> Path:
     """A random Qwen3-VL-MoE sized for the lab processor (64x32 images), saved with that processor."""
     processor = build_processor()
-    tok = processor.tokenizer
-    ids = {name: tok.convert_tokens_to_ids(t) for name, t in
-           dict(image="<|image_pad|>", start="<|vision_start|>", end="<|vision_end|>").items()}
-    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=48, moe_intermediate_size=16,
-                num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_experts=8,
-                num_experts_per_tok=2, max_position_embeddings=128, pad_token_id=tok.pad_token_id,
-                eos_token_id=tok.eos_token_id,
-                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1],
-                                 "mrope_interleaved": True})
-    vision = dict(depth=1, hidden_size=32, intermediate_size=32, num_heads=2, patch_size=8, spatial_merge_size=2,
-                  temporal_patch_size=2, out_hidden_size=32, num_position_embeddings=64, deepstack_visual_indexes=[0])
-    config = Qwen3VLMoeConfig(text_config=text, vision_config=vision, image_token_id=ids["image"],
-                              vision_start_token_id=ids["start"], vision_end_token_id=ids["end"])
-    torch.manual_seed(0)
-    model = Qwen3VLMoeForConditionalGeneration(config).eval()
-    model.save_pretrained(path)
+    tiny_vl_moe(processor.tokenizer).save_pretrained(path)
     processor.save_pretrained(path)
     return path
 
