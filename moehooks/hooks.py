@@ -15,6 +15,7 @@ mask), which are image tokens, the phase (prefill or decode) and the sample numb
 
 from __future__ import annotations
 
+import math
 import weakref
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
@@ -34,6 +35,17 @@ def check_choice(kind: str, value: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ValueError(f"unknown {kind} {value!r}; allowed: {', '.join(allowed)}")
     return value
+
+
+def check_finite(name: str, value: object) -> float:
+    """``float(value)``; a non-number raises ``TypeError``, NaN/inf ``ValueError``, both naming ``name``."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a finite number, got {value!r:.80}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return number
 
 
 @dataclass

@@ -34,7 +34,6 @@ dtype (bf16 included), so ``max + epsilon`` is always strictly above ``max``.
 
 from __future__ import annotations
 
-import math
 from contextlib import ExitStack
 from typing import Any, Callable, Mapping, Sequence, Union
 
@@ -42,7 +41,7 @@ import torch
 from torch import nn
 
 from .adapters import MoELayer, RouterAdapter, RoutingMap, adapt
-from .hooks import MODALITIES, PHASES, Batch, HookContext, Tracker, check_choice
+from .hooks import MODALITIES, PHASES, Batch, HookContext, Tracker, check_choice, check_finite
 
 MODES = ("soft", "hard", "random")
 TOKEN_SCOPES = ("all", *MODALITIES)
@@ -125,7 +124,7 @@ class Steering(HookContext):
         check_choice("mode", mode, MODES)
         check_choice("tokens", tokens, TOKEN_SCOPES)
         check_choice("phase", phase, PHASE_SCOPES)
-        beta, epsilon = _finite("beta", beta), _finite("epsilon", epsilon)
+        beta, epsilon = check_finite("beta", beta), check_finite("epsilon", epsilon)
         if epsilon <= 0:
             raise ValueError(f"epsilon must be > 0 (got {epsilon})")
         if mode == "random" and seed is None:
@@ -153,7 +152,7 @@ class Steering(HookContext):
                 plan = _RouterSteering(entry, self.experts[entry.layer], sigma=self._sigmas[i], **self._options)
                 self.hook_router(stack, entry.router, self._hook(plan, self.tracker), first=True)
 
-    def _hook(self, plan: _RouterSteering, tracker: Tracker):
+    def _hook(self, plan: _RouterSteering, tracker: Tracker) -> Callable[[nn.Module, tuple, Any], Any]:
         adapter = plan.adapter
 
         def steer_hook(module: nn.Module, args: tuple, output: Any) -> Any:
@@ -201,7 +200,10 @@ def steer(model: nn.Module, experts: Mapping[int, Sequence[int]], mode: str = "s
     ``(start, end)`` tuple; every one must be a MoE layer; only layers both in ``experts`` and in ``layers``
     are steered (``None``: all). ``tokens``: ``"all"``, ``"image"`` or ``"text"`` rows; ``phase``: ``"all"``,
     ``"prefill"`` or ``"decode"`` forward calls. ``compile=True`` wraps each router's boost-and-select with
-    ``torch.compile(dynamic=True)``. Ernie-4.5-VL's text and vision routers of a layer are both steered.
+    ``torch.compile(dynamic=True)`` (routers share one graph; the first call compiles it); inductor's fused
+    softmax / std may round weights and boosted logits differently from eager in the last bit, which can
+    only change a selection between near-tied experts. Ernie-4.5-VL's text and vision routers of a layer
+    are both steered.
 
     Every argument is checked here, before any hook exists; bad values raise ``ValueError`` naming the value
     and what is allowed.
@@ -226,7 +228,7 @@ class SigmaCalibration(HookContext):
         for i, entry in enumerate(self.routing.layers):
             self.hook_router(stack, entry.router, self._hook(i, entry, self.tracker))
 
-    def _hook(self, i: int, entry: MoELayer, tracker: Tracker):
+    def _hook(self, i: int, entry: MoELayer, tracker: Tracker) -> Callable[[nn.Module, tuple, Any], None]:
         adapter, branch = entry.adapter, entry.branch
 
         def sigma_hook(module: nn.Module, args: tuple, output: Any) -> None:
@@ -235,7 +237,7 @@ class SigmaCalibration(HookContext):
             if batch is None:
                 raise RuntimeError("a router ran outside a forward call of the model the calibration was opened on")
             valid = batch.get("valid", logits.device, logits.shape[0], branch).float()  # [rows]
-            part = torch.stack([(logits.float().std(dim=-1) * valid).sum(), valid.sum()])  # [2]
+            part = torch.stack([(logits.detach().float().std(dim=-1) * valid).sum(), valid.sum()])  # [2]
             total = self._sums[i]
             self._sums[i] = part if total is None else total + part
 
@@ -262,16 +264,6 @@ def calibrate_sigma(model: nn.Module) -> SigmaCalibration:
 
 
 # ---- validation --------------------------------------------------------------------------------------------
-def _finite(name: str, value: float) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a finite number (got {value!r})") from None
-    if not math.isfinite(number):
-        raise ValueError(f"{name} must be a finite number (got {value!r})")
-    return number
-
-
 def _integer(what: str, value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError(f"{what} must be an int (got {value!r})")
@@ -364,7 +356,7 @@ def _sigmas(routing: RoutingMap, sigma: Sigma, chosen: dict[int, list[int]]) -> 
         check_choice("sigma", sigma, ("token",))
         return [None] * n
     if isinstance(sigma, Mapping):
-        keys = {_integer("a sigma key (decoder-layer index)", k): _finite(f"sigma[{k}]", v) for k, v in sigma.items()}
+        keys = {_integer("a sigma key (decoder-layer index)", k): check_finite(f"sigma[{k}]", v) for k, v in sigma.items()}
         _moe_layers(routing, "sigma", list(keys))
         missing = sorted(set(chosen) - set(keys))
         if missing:
@@ -378,7 +370,7 @@ def _sigmas(routing: RoutingMap, sigma: Sigma, chosen: dict[int, list[int]]) -> 
         if flat.dim() != 1 or flat.shape[0] != n:
             raise ValueError(f"sigma must be 'token', a dict layer -> value, or 1-D with one value per router "
                              f"({n}, in moehooks.adapt(model).layers order); got shape {tuple(flat.shape)}")
-        values = [_finite(f"sigma[{i}]", v) for i, v in enumerate(flat.tolist())]
+        values = [check_finite(f"sigma[{i}]", v) for i, v in enumerate(flat.tolist())]
     negative = [v for v in values if v < 0]
     if negative:
         raise ValueError(f"sigma values must be >= 0 (got {negative})")

@@ -28,7 +28,6 @@ layers outside the decoder layer itself (Qwen3-VL's deepstack adds visual featur
 
 from __future__ import annotations
 
-import math
 import operator
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -40,7 +39,7 @@ import torch
 from torch import nn
 
 from .adapters import RoutingMap, adapt
-from .hooks import HookContext, check_choice
+from .hooks import HookContext, check_choice, check_finite
 
 POSITIONS = ("image",)
 Item = TypeVar("Item")
@@ -59,16 +58,6 @@ def _check_layer(layer: int, routing: RoutingMap) -> int:
             f"layer {layer} is not a decoder layer of this {routing.model_type} model; valid layers: 0-{count - 1}"
         )
     return index
-
-
-def _check_alpha(alpha: float) -> float:
-    try:
-        value = float(alpha)
-    except (TypeError, ValueError):
-        raise TypeError(f"alpha must be a finite number, got {alpha!r:.80}") from None
-    if not math.isfinite(value):
-        raise ValueError(f"alpha must be a finite number, got {alpha!r}")
-    return value
 
 
 def _check_image_positions(positions: object, routing: RoutingMap) -> None:
@@ -129,7 +118,7 @@ class Swap(HookContext):
                  positions: str | torch.Tensor = "image") -> None:
         hidden = _hidden_size(model)
         self.layer = operator.index(layer)
-        self.alpha = _check_alpha(alpha)
+        self.alpha = check_finite("alpha", alpha)
         self.positions = _check_positions(positions)
         source = _check_vector("source", source, hidden)
         target = _check_vector("target", target, hidden)
@@ -308,7 +297,7 @@ def swap_sweep(
     """
     routing = adapt(model)
     layer_ids = [_check_layer(layer, routing) for layer in layers]
-    _check_alpha(alpha)
+    check_finite("alpha", alpha)
     if isinstance(positions, str):
         check_choice("positions", positions, POSITIONS)
         _check_image_positions(positions, routing)
