@@ -34,7 +34,6 @@ dtype (bf16 included), so ``max + epsilon`` is always strictly above ``max``.
 
 from __future__ import annotations
 
-import math
 from contextlib import ExitStack
 from typing import Any, Callable, Mapping, Sequence, Union
 
@@ -42,7 +41,7 @@ import torch
 from torch import nn
 
 from .adapters import MoELayer, RouterAdapter, RoutingMap, adapt
-from .hooks import MODALITIES, PHASES, Batch, HookContext, Tracker, check_choice
+from .hooks import MODALITIES, PHASES, Batch, HookContext, Tracker, check_choice, check_finite
 
 MODES = ("soft", "hard", "random")
 TOKEN_SCOPES = ("all", *MODALITIES)
@@ -125,7 +124,7 @@ class Steering(HookContext):
         check_choice("mode", mode, MODES)
         check_choice("tokens", tokens, TOKEN_SCOPES)
         check_choice("phase", phase, PHASE_SCOPES)
-        beta, epsilon = _finite("beta", beta), _finite("epsilon", epsilon)
+        beta, epsilon = check_finite("beta", beta), check_finite("epsilon", epsilon)
         if epsilon <= 0:
             raise ValueError(f"epsilon must be > 0 (got {epsilon})")
         if mode == "random" and seed is None:
@@ -265,16 +264,6 @@ def calibrate_sigma(model: nn.Module) -> SigmaCalibration:
 
 
 # ---- validation --------------------------------------------------------------------------------------------
-def _finite(name: str, value: float) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a finite number (got {value!r})") from None
-    if not math.isfinite(number):
-        raise ValueError(f"{name} must be a finite number (got {value!r})")
-    return number
-
-
 def _integer(what: str, value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError(f"{what} must be an int (got {value!r})")
@@ -367,7 +356,7 @@ def _sigmas(routing: RoutingMap, sigma: Sigma, chosen: dict[int, list[int]]) -> 
         check_choice("sigma", sigma, ("token",))
         return [None] * n
     if isinstance(sigma, Mapping):
-        keys = {_integer("a sigma key (decoder-layer index)", k): _finite(f"sigma[{k}]", v) for k, v in sigma.items()}
+        keys = {_integer("a sigma key (decoder-layer index)", k): check_finite(f"sigma[{k}]", v) for k, v in sigma.items()}
         _moe_layers(routing, "sigma", list(keys))
         missing = sorted(set(chosen) - set(keys))
         if missing:
@@ -381,7 +370,7 @@ def _sigmas(routing: RoutingMap, sigma: Sigma, chosen: dict[int, list[int]]) -> 
         if flat.dim() != 1 or flat.shape[0] != n:
             raise ValueError(f"sigma must be 'token', a dict layer -> value, or 1-D with one value per router "
                              f"({n}, in moehooks.adapt(model).layers order); got shape {tuple(flat.shape)}")
-        values = [_finite(f"sigma[{i}]", v) for i, v in enumerate(flat.tolist())]
+        values = [check_finite(f"sigma[{i}]", v) for i, v in enumerate(flat.tolist())]
     negative = [v for v in values if v < 0]
     if negative:
         raise ValueError(f"sigma values must be >= 0 (got {negative})")
