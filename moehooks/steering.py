@@ -205,8 +205,8 @@ def steer(model: nn.Module, experts: Mapping[int, Sequence[int]], mode: str = "s
     only change a selection between near-tied experts. Ernie-4.5-VL's text and vision routers of a layer
     are both steered.
 
-    Every argument is checked here, before any hook exists; bad values raise ``ValueError`` naming the value
-    and what is allowed.
+    Every argument is checked here, before any hook exists: a bad value raises ``ValueError``, a wrong type
+    ``TypeError``, each naming the value and what is allowed.
     """
     return Steering(model, experts, mode=mode, beta=beta, epsilon=epsilon, sigma=sigma, layers=layers,
                     tokens=tokens, phase=phase, seed=seed, compile=compile)
@@ -266,11 +266,11 @@ def calibrate_sigma(model: nn.Module) -> SigmaCalibration:
 # ---- validation --------------------------------------------------------------------------------------------
 def _integer(what: str, value: Any) -> int:
     if isinstance(value, bool):
-        raise ValueError(f"{what} must be an int (got {value!r})")
+        raise TypeError(f"{what} must be an int (got {value!r})")
     try:
         return int(value.__index__())
     except (AttributeError, TypeError):
-        raise ValueError(f"{what} must be an int (got {value!r})") from None
+        raise TypeError(f"{what} must be an int (got {value!r})") from None
 
 
 def _layer_list(layers: Layers) -> list[int] | None:
@@ -286,7 +286,7 @@ def _layer_list(layers: Layers) -> list[int] | None:
             raise ValueError(f"layers (start, end) = {layers!r} has start > end")
         return list(range(start, end + 1))
     if isinstance(layers, (str, bytes)) or not isinstance(layers, (range, Sequence)):
-        raise ValueError(f"layers must be None, a range, a list of ints or a (start, end) tuple (got {layers!r})")
+        raise TypeError(f"layers must be None, a range, a list of ints or a (start, end) tuple (got {layers!r})")
     return [_integer("a layer index", i) for i in layers]
 
 
@@ -302,14 +302,14 @@ def _expert_sets(routing: RoutingMap, experts: Mapping[int, Sequence[int]]) -> d
     """Validated ``{layer: sorted expert ids}``: MoE layers only, ids in range for every router of the layer,
     no duplicates."""
     if not isinstance(experts, Mapping):
-        raise ValueError(f"experts must be a dict layer -> list of expert ids (got {type(experts).__name__})")
+        raise TypeError(f"experts must be a dict layer -> list of expert ids (got {type(experts).__name__})")
     layers = [_integer("an experts key (decoder-layer index)", k) for k in experts]
     _moe_layers(routing, "experts", layers)
     chosen: dict[int, list[int]] = {}
     for key, layer in zip(experts, layers):
         values = experts[key]
         if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, torch.Tensor)):
-            raise ValueError(f"experts[{layer}] must be a list of expert ids (got {values!r})")
+            raise TypeError(f"experts[{layer}] must be a list of expert ids (got {values!r})")
         ids = [_integer(f"an expert id of layer {layer}", e) for e in values]
         count = min(e.num_experts for e in routing.layers if e.layer == layer)
         bad = [e for e in ids if not 0 <= e < count]
@@ -356,7 +356,8 @@ def _sigmas(routing: RoutingMap, sigma: Sigma, chosen: dict[int, list[int]]) -> 
         check_choice("sigma", sigma, ("token",))
         return [None] * n
     if isinstance(sigma, Mapping):
-        keys = {_integer("a sigma key (decoder-layer index)", k): check_finite(f"sigma[{k}]", v) for k, v in sigma.items()}
+        keys = {_integer("a sigma key (decoder-layer index)", k): check_finite(f"sigma[{k}]", v)
+                for k, v in sigma.items()}
         _moe_layers(routing, "sigma", list(keys))
         missing = sorted(set(chosen) - set(keys))
         if missing:
@@ -366,7 +367,7 @@ def _sigmas(routing: RoutingMap, sigma: Sigma, chosen: dict[int, list[int]]) -> 
         try:
             flat = torch.as_tensor(sigma, dtype=torch.float64).detach().cpu()
         except (TypeError, ValueError, RuntimeError):
-            raise ValueError(f"sigma must be 'token', a dict layer -> value, or 1-D numbers (got {sigma!r})") from None
+            raise TypeError(f"sigma must be 'token', a dict layer -> value, or 1-D numbers (got {sigma!r})") from None
         if flat.dim() != 1 or flat.shape[0] != n:
             raise ValueError(f"sigma must be 'token', a dict layer -> value, or 1-D with one value per router "
                              f"({n}, in moehooks.adapt(model).layers order); got shape {tuple(flat.shape)}")

@@ -142,7 +142,8 @@ def test_soft_matches_reference(model_type: str, sigma: str) -> None:
     listed, beta = [1, 6], 1.5
     z = _routed(model, _capture(model, lambda: model(**inputs)), 0)[0]
     scale = z.float().std(dim=-1, keepdim=True) if sigma == "token" else 0.7
-    with moehooks.steer(model, {entry.layer: listed}, beta=beta, sigma="token" if sigma == "token" else {entry.layer: 0.7}):
+    given_sigma = "token" if sigma == "token" else {entry.layer: 0.7}
+    with moehooks.steer(model, {entry.layer: listed}, beta=beta, sigma=given_sigma):
         boosted, weights, indices = _routed(model, _capture(model, lambda: model(**inputs)), 0)
     mask = torch.zeros(entry.num_experts)
     mask[listed] = 1.0
@@ -168,13 +169,11 @@ def test_hard_weights_follow_the_boosted_logits(model_type: str) -> None:
     assert torch.equal(boosted[:, others], z[:, others])
     torch.testing.assert_close(boosted[:, listed], (z.amax(dim=-1, keepdim=True) + 1e-3).expand(-1, 2))
     assert _has_all(indices, listed).all()
-    gathered = RULES[model_type](entry.router, boosted)[0] if model_type != "deepseek_v3" else None
-    if gathered is None:  # weights from the unbiased sigmoid of the boosted logits at the chosen experts
+    if model_type == "deepseek_v3":  # the unbiased sigmoid of the boosted logits at the chosen experts
         expected = boosted.sigmoid().gather(1, indices)
         expected = expected / (expected.sum(dim=-1, keepdim=True) + 1e-20) * entry.router.routed_scaling_factor
-    else:
-        expected = RULES[model_type](entry.router, boosted)
-        expected = _dense(*expected, entry.num_experts).gather(1, indices)
+    else:  # without a bias the family's rule on the boosted logits picks the listed experts by itself
+        expected = _dense(*RULES[model_type](entry.router, boosted), entry.num_experts).gather(1, indices)
     torch.testing.assert_close(weights.float(), expected.float(), rtol=0, atol=1e-6)
 
 
@@ -366,34 +365,39 @@ def test_hooks_are_removed_also_when_the_body_raises() -> None:
 
 # ---- validation ---------------------------------------------------------------------------------------------
 INVALID = [
-    ({0: [1]}, dict(beta=float("nan")), r"beta must be a finite number.*nan"),
-    ({0: [1]}, dict(beta=float("inf")), r"beta must be a finite number"),
-    ({0: [1]}, dict(epsilon=float("inf")), r"epsilon must be a finite number"),
-    ({0: [1]}, dict(epsilon=0.0), r"epsilon must be > 0"),
-    ({0: [8]}, {}, r"layer 0: expert ids \[8\] out of range; allowed 0\.\.7"),
-    ({1: [-1]}, {}, r"layer 1: expert ids \[-1\] out of range"),
-    ({0: [3, 3]}, {}, r"layer 0: duplicate expert ids \[3\]"),
-    ({5: [1]}, {}, r"experts: layers \[5\] are not MoE layers .* MoE layers: 0-2"),
-    ({0: [1]}, dict(layers=[0, 7]), r"layers: layers \[7\] are not MoE layers"),
-    ({0: [1]}, dict(layers=(2, 1)), r"start > end"),
-    ({0: [1]}, dict(layers=(0, 1, 2)), r"inclusive \(start, end\) pair"),
-    ({0: [1]}, dict(mode="sharp"), r"unknown mode 'sharp'; allowed: soft, hard, random"),
-    ({0: [1]}, dict(tokens="video"), r"unknown tokens 'video'; allowed: all, text, image"),
-    ({0: [1]}, dict(phase="train"), r"unknown phase 'train'; allowed: all, prefill, decode"),
-    ({0: [1]}, dict(mode="random"), r"mode='random' needs a seed"),
-    ({0: [1]}, dict(sigma="layer"), r"unknown sigma 'layer'; allowed: token"),
-    ({0: [1]}, dict(sigma=torch.ones(2)), r"one value per router \(3, .*got shape \(2,\)"),
-    ({0: [1]}, dict(sigma={1: 0.5}), r"sigma has no value for steered layers \[0\]"),
-    ({0: [1]}, dict(sigma=[1.0, -1.0, 1.0]), r"sigma values must be >= 0"),
-    ({0: [1.5]}, {}, r"an expert id of layer 0 must be an int"),
+    ({0: [1]}, dict(beta=float("nan")), ValueError, r"beta must be a finite number.*nan"),
+    ({0: [1]}, dict(beta=float("inf")), ValueError, r"beta must be a finite number"),
+    ({0: [1]}, dict(epsilon=float("inf")), ValueError, r"epsilon must be a finite number"),
+    ({0: [1]}, dict(epsilon=0.0), ValueError, r"epsilon must be > 0"),
+    ({0: [8]}, {}, ValueError, r"layer 0: expert ids \[8\] out of range; allowed 0\.\.7"),
+    ({1: [-1]}, {}, ValueError, r"layer 1: expert ids \[-1\] out of range"),
+    ({0: [3, 3]}, {}, ValueError, r"layer 0: duplicate expert ids \[3\]"),
+    ({5: [1]}, {}, ValueError, r"experts: layers \[5\] are not MoE layers .* MoE layers: 0-2"),
+    ({0: [1]}, dict(layers=[0, 7]), ValueError, r"layers: layers \[7\] are not MoE layers"),
+    ({0: [1]}, dict(layers=(2, 1)), ValueError, r"start > end"),
+    ({0: [1]}, dict(layers=(0, 1, 2)), ValueError, r"inclusive \(start, end\) pair"),
+    ({0: [1]}, dict(mode="sharp"), ValueError, r"unknown mode 'sharp'; allowed: soft, hard, random"),
+    ({0: [1]}, dict(tokens="video"), ValueError, r"unknown tokens 'video'; allowed: all, text, image"),
+    ({0: [1]}, dict(phase="train"), ValueError, r"unknown phase 'train'; allowed: all, prefill, decode"),
+    ({0: [1]}, dict(mode="random"), ValueError, r"mode='random' needs a seed"),
+    ({0: [1]}, dict(sigma="layer"), ValueError, r"unknown sigma 'layer'; allowed: token"),
+    ({0: [1]}, dict(sigma=torch.ones(2)), ValueError, r"one value per router \(3, .*got shape \(2,\)"),
+    ({0: [1]}, dict(sigma={1: 0.5}), ValueError, r"sigma has no value for steered layers \[0\]"),
+    ({0: [1]}, dict(sigma=[1.0, -1.0, 1.0]), ValueError, r"sigma values must be >= 0"),
+    ({0: [1.5]}, {}, TypeError, r"an expert id of layer 0 must be an int"),
+    ({"0": [1]}, {}, TypeError, r"an experts key \(decoder-layer index\) must be an int"),
+    ([1, 2], {}, TypeError, r"experts must be a dict layer -> list of expert ids \(got list\)"),
+    ({0: 1}, {}, TypeError, r"experts\[0\] must be a list of expert ids"),
+    ({0: [1]}, dict(layers="0-2"), TypeError, r"layers must be None, a range, a list of ints"),
+    ({0: [1]}, dict(sigma=["a", "b", "c"]), TypeError, r"sigma must be 'token', a dict layer -> value"),
 ]
 
 
-@pytest.mark.parametrize("experts, kwargs, message", INVALID)
-def test_invalid_arguments_raise_before_any_hook(experts: dict, kwargs: dict, message: str) -> None:
+@pytest.mark.parametrize("experts, kwargs, error, message", INVALID)
+def test_invalid_arguments_raise_before_any_hook(experts: Any, kwargs: dict, error: type, message: str) -> None:
     model = build("qwen3_moe")
     before = _hook_counts(model)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error, match=message):
         moehooks.steer(model, experts, **kwargs)
     assert _hook_counts(model) == before
 
