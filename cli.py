@@ -4,6 +4,7 @@
     python cli.py steer --model qwen3-vl --tasks mathverse.jsonl --general general.jsonl
     python cli.py analyze                    # Gini / JSD of image vs text routing, with plots
     python cli.py swap                       # concept-swap layer sweep on the lab model
+    accelerate launch --num_processes 4 cli.py eval items.jsonl --model qwen3-vl   # items split over 4 processes
 """
 
 from __future__ import annotations
@@ -43,8 +44,12 @@ def progress_bar(label: str) -> Iterator:
 
 
 def _load(model: str, device_map: Optional[str], dtype: str, attn: Optional[str]):
-    from moehooks import pipeline
+    """Load the model; launched as several processes without ``--device-map``, each on its own device."""
+    from moehooks import distributed, pipeline
 
+    state = distributed.launched_state()
+    if state is not None and device_map is None:
+        device_map = {"": str(state.device)}
     with console.status(f"loading {model}"):
         return pipeline.load_model(model, device_map=device_map, dtype=dtype, attn_implementation=attn)
 
@@ -106,7 +111,7 @@ def steer(
 
     Example: python cli.py steer --model qwen3-vl --tasks mathverse_vision.jsonl --general general.jsonl
     """
-    from moehooks import pipeline
+    from moehooks import distributed, pipeline
 
     data = _data(tasks, references, general, model)
     lm, processor, spec = _load(model, device_map, dtype, attn)
@@ -115,6 +120,8 @@ def steer(
                                       layers=_layers(layers), limit=limit, progress=update,
                                       methods=methods.split(","), trials=trials, seed=seed, batch_size=batch_size,
                                       max_new_tokens=max_new_tokens)
+    if not distributed.is_main(distributed.launched_state()):
+        return
     console.print("domain experts:", json.dumps({k: v for k, v in result.experts["soft"].items()}))
     console.print("random experts:", json.dumps({k: v for k, v in result.experts["random"].items()}))
     _print_summary(f"{model}: accuracy on {data.tasks.name}", pipeline.format_table(result.summary))
@@ -278,8 +285,11 @@ def eval_cmd(
     """Evaluate a dataset, optionally steered; results are appended as they complete (rerun resumes).
 
     Example: python cli.py eval mathverse_vision.jsonl --model qwen3-vl --experts runs/experts.safetensors --mode soft
+
+    Under `accelerate launch --num_processes N` each process evaluates its share of the items into
+    OUT.rank{r}.jsonl and the main process merges them into OUT.
     """
-    from moehooks import artefacts, evaluate, pipeline
+    from moehooks import artefacts, distributed, evaluate, pipeline
     from moehooks.steering import steer as steer_ctx
 
     lm, processor, spec = _load(model, device_map, dtype, attn)
@@ -289,11 +299,14 @@ def eval_cmd(
         strength = spec.beta if beta is None else beta
         context, method = (lambda: steer_ctx(lm, chosen, mode=mode, beta=strength, seed=seed)), mode
     loaded = evaluate.load_items(items)
+    state = distributed.launched_state()
     with progress_bar(f"eval {method}") as update:
-        evaluate.run_eval(lm, processor, loaded, out, method=method, trials=trials, seed=seed, batch_size=batch_size,
-                          max_new_tokens=max_new_tokens, generation_kwargs=dict(spec.generation_kwargs) or None,
-                          context=context, as_text=as_text, progress=update)
-    _print_summary(f"{model}: {items.name}", pipeline.format_table(evaluate.summarize(out)))
+        distributed.sharded_eval(lm, processor, loaded, out, state=state, method=method, trials=trials, seed=seed,
+                                 batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                 generation_kwargs=dict(spec.generation_kwargs) or None, context=context,
+                                 as_text=as_text, progress=update)
+    if distributed.is_main(state):
+        _print_summary(f"{model}: {items.name}", pipeline.format_table(evaluate.summarize(out)))
 
 
 @app.command()
@@ -311,4 +324,9 @@ def study(out: Path = OUT) -> None:
 
 
 if __name__ == "__main__":
-    app()
+    from moehooks import distributed
+
+    try:
+        app()
+    finally:
+        distributed.finish()

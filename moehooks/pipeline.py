@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import artefacts, evaluate, models, plots, stats
+from . import artefacts, distributed, evaluate, models, plots, stats
 from .evaluate import Item, MethodSummary
 from .recording import Recorder, record
 from .steering import steer
@@ -68,15 +68,21 @@ def _device(model: nn.Module) -> torch.device:
 
 def record_items(model: nn.Module, processor: Any, items: Sequence[Item], *, batch_size: int = 32,
                  per_sample: bool = False, progress: Progress = None) -> Recorder:
-    """Routing of the items' prompts (one forward per batch, no generation), as a closed ``Recorder``."""
-    batches = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+    """Routing of the items' prompts (one forward per batch, no generation), as a closed ``Recorder``.
+
+    Launched as several processes, each records its share of the items and every process gets the tables
+    summed over all of them (``moehooks.distributed``).
+    """
+    state = distributed.launched_state()
+    share = distributed.shard_items(items, state)
+    batches = [share[i:i + batch_size] for i in range(0, len(share), batch_size)]
     with torch.no_grad(), record(model, per_sample=per_sample) as rec:
         for done, batch in enumerate(batches, 1):
             inputs = evaluate.build_inputs(processor, batch).to(_device(model))
             model(**inputs)
             if progress:
                 progress(done, len(batches))
-    return rec
+    return distributed.reduce_recorder_tables(rec, state)
 
 
 def identify_experts(model: nn.Module, processor: Any, domain: Sequence[Item], general: Sequence[Item], *,
@@ -141,7 +147,9 @@ def steer_eval(model: nn.Module, processor: Any, items: Sequence[Item], experts:
     """Evaluate ``items`` without steering and with each steering method; resumable (results JSONL).
 
     ``soft`` boosts ``experts`` by ``beta`` sigma, ``hard`` forces them, ``random`` soft-boosts as many random
-    experts per layer (seeded). Rows go to ``out_dir/results.jsonl`` as they complete.
+    experts per layer (seeded). Rows go to ``out_dir/results.jsonl`` as they complete; launched as several
+    processes, each evaluates its share of the items into ``results.rank{r}.jsonl`` and the main process merges
+    them into ``results.jsonl`` (``moehooks.distributed.sharded_eval``).
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -155,16 +163,18 @@ def steer_eval(model: nn.Module, processor: Any, items: Sequence[Item], experts:
         options = dict(mode=mode, beta=beta, epsilon=epsilon, layers=layers, seed=seed if mode == "random" else None)
         used[mode] = steer(model, experts, **options).experts
         contexts[mode] = (lambda options=options: steer(model, experts, **options)) if experts else None
-    total = len(methods) * trials * len(items)
+    state = distributed.launched_state()
+    share = len(distributed.shard_items(items, state))
+    total = len(methods) * trials * share
     offset = 0
     for method in methods:
         def step(done: int, _total: int, offset: int = offset) -> None:
             if progress:
                 progress(offset + done, total)
-        evaluate.run_eval(model, processor, items, results, method=method, trials=trials, seed=seed,
-                          batch_size=batch_size, max_new_tokens=max_new_tokens, generation_kwargs=generation_kwargs,
-                          context=contexts[method], progress=step)
-        offset += trials * len(items)
+        distributed.sharded_eval(model, processor, items, results, state=state, method=method, trials=trials,
+                                 seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                 generation_kwargs=generation_kwargs, context=contexts[method], progress=step)
+        offset += trials * share
     summary = evaluate.summarize(results)
     return SteerResult(experts=used, summary={m: summary[m] for m in methods if m in summary}, results=results)
 
@@ -176,7 +186,7 @@ def steer_study(model: nn.Module, processor: Any, data: StudyData, out_dir: str 
     """The paper's pipeline: domain experts from the text references, then image tasks with and without steering.
 
     ``tau``, ``beta`` and ``layers`` default to the model alias's settings (``spec``); results, the expert
-    artefact and the Delta heatmap go to ``out_dir``.
+    artefact and the Delta heatmap go to ``out_dir`` (written by the main process when launched as several).
     """
     spec = spec or models.ModelSpec(source="model")
     tau = spec.tau if tau is None else tau
@@ -189,12 +199,15 @@ def steer_study(model: nn.Module, processor: Any, data: StudyData, out_dir: str 
     experts = identify_experts(model, processor, references, general, tau=tau, layers=layers)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_experts(model, experts, out / "experts.safetensors", dataset=str(data.references or data.tasks),
-                 size=len(references), model_id=spec.source, tau=tau)
+    main = distributed.is_main(distributed.launched_state())
+    if main:
+        save_experts(model, experts, out / "experts.safetensors", dataset=str(data.references or data.tasks),
+                     size=len(references), model_id=spec.source, tau=tau)
     result = steer_eval(model, processor, tasks, dict(experts), out, beta=beta, layers=layers, progress=progress,
                         generation_kwargs=dict(spec.generation_kwargs) or None, **eval_options)
-    result.files.append(plots.plot_delta(experts, out / "domain_delta.png").png)
-    write_json(out / "summary.json", {m: vars(s) for m, s in result.summary.items()} | {"experts": result.experts})
+    if main:
+        result.files.append(plots.plot_delta(experts, out / "domain_delta.png").png)
+        write_json(out / "summary.json", {m: vars(s) for m, s in result.summary.items()} | {"experts": result.experts})
     return result
 
 
