@@ -119,7 +119,7 @@ def analyze(model: nn.Module, processor: Any, items: Sequence[Item], *, tau: flo
         divergence=stats.divergence(image.sample_counts(), text.sample_counts()),
         visual=stats.visual_experts(image, text, tau, phase="prefill"),
     )
-    if out_dir is not None:
+    if out_dir is not None and distributed.is_main(distributed.launched_state()):
         out = Path(out_dir)
         result.files = [
             plots.plot_gini(result.gini_image, result.gini_text, out / "gini.png", layer_ids=result.layer_ids).png,
@@ -267,7 +267,8 @@ def swap_study(model: nn.Module, processor: Any, items_path: str | Path | None, 
 def record_dataset(model: nn.Module, processor: Any, items_path: str | Path, out_path: str | Path, *,
                    as_text: bool = False, model_id: str = "model", batch_size: int = 32,
                    progress: Progress = None) -> Path:
-    """Record prompt routing of a dataset (image or text version) and save counts/tokens as an artefact."""
+    """Record prompt routing of a dataset (image or text version) and save counts/tokens as an artefact
+    (the main process saves it when launched as several)."""
     items = evaluate.load_items(items_path)
     rec = record_items(model, processor, text_versions(items) if as_text else items, batch_size=batch_size,
                        progress=progress)
@@ -276,6 +277,8 @@ def record_dataset(model: nn.Module, processor: Any, items_path: str | Path, out
     artefact = artefacts.Artefact(model=artefacts.describe(model, model_id=model_id), dataset=str(items_path),
                                   dataset_size=len(items), params={"phase": "prefill", "as_text": as_text},
                                   tensors=tensors)
+    if not distributed.is_main(distributed.launched_state()):
+        return Path(out_path)
     return artefacts.save(out_path, artefact)
 
 

@@ -4,7 +4,7 @@
 
 Runs ``pipeline.steer_study`` (identify -> baseline/soft/hard/random) and ``pipeline.record_items`` on the
 tasks with the settings of ``STUDY`` below, sharded over the processes; the main process writes the summed
-routing counts to ``OUT_DIR/routing.json``.
+routing counts (totals and per sample) to ``OUT_DIR/routing.json``.
 """
 
 from __future__ import annotations
@@ -26,9 +26,11 @@ def run(model_dir: str, tasks: Path, general: Path, out: Path) -> None:
     model, tokenizer = models.load(model_dir, dtype=torch.float32)
     pipeline.steer_study(model, tokenizer, pipeline.StudyData(tasks=tasks, references=None, general=general), out,
                          **STUDY)
-    rec = pipeline.record_items(model, tokenizer, evaluate.load_items(tasks), batch_size=STUDY["batch_size"])
+    rec = pipeline.record_items(model, tokenizer, evaluate.load_items(tasks), batch_size=STUDY["batch_size"],
+                                per_sample=True)
     if distributed.is_main(distributed.launched_state()):
-        routing = {"counts": rec.counts().tolist(), "tokens": rec.tokens().tolist()}
+        routing = {"counts": rec.counts().tolist(), "tokens": rec.tokens().tolist(),
+                   "samples": rec.sample_counts().tolist()}
         (out / "routing.json").write_text(json.dumps(routing))
 
 

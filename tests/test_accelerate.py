@@ -249,7 +249,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.slow  # ~30 s: two processes import torch + transformers on shared cores
 def test_two_processes_write_what_one_process_writes(tmp_path: Path) -> None:
     model_dir, tasks, general = saved_study(tmp_path)
     one, two = tmp_path / "one", tmp_path / "two"
