@@ -2,11 +2,13 @@
 
     accelerate launch --num_processes 4 cli.py eval items.jsonl --model qwen3-vl --out runs/eval.jsonl
 
-    state = moehooks.distributed.launched_state()            # None in a single process
-    rows = moehooks.distributed.sharded_eval(model, processor, items, "runs/results.jsonl", state=state)
+    from moehooks import distributed
+    state = distributed.launched_state()                      # None in a single process
+    rows = distributed.sharded_eval(model, processor, items, "runs/results.jsonl", state=state)
     with moehooks.record(model) as rec:
-        ...                                                   # this process's share of the items
-    moehooks.distributed.reduce_recorder_tables(rec, state)   # every process now holds the summed tables
+        model(**inputs_of_this_process)                       # e.g. of distributed.shard_items(items, state)
+    distributed.reduce_recorder_tables(rec, state)            # every process now holds the summed tables
+    distributed.finish()                                      # before the program exits
 
 Items are split into contiguous shards in process order (``shard_items``); process ``r`` appends its rows to
 its own resumable ``results.rank{r}.jsonl`` and the main process merges the rank files into the results file a
@@ -52,6 +54,18 @@ def launched_state() -> PartialState | None:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     return PartialState(cpu=not torch.cuda.is_available())
+
+
+def finish() -> None:
+    """End a multi-process run: destroy the process group (launchers report an abort otherwise); else nothing.
+
+        try:
+            main()
+        finally:
+            distributed.finish()
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        PartialState().destroy_process_group()
 
 
 def is_main(state: PartialState | None) -> bool:
@@ -180,15 +194,3 @@ def _gather_samples(samples: list[list[tuple[int, _Tables]]],
                           for first, t in chunks]
         offset += sum(t["tokens"].shape[0] // len(MODALITIES) for _, t in per_router[0])
     return merged
-
-
-def finish() -> None:
-    """End a multi-process run: destroy the process group (launchers report an abort otherwise); else nothing.
-
-        try:
-            main()
-        finally:
-            moehooks.distributed.finish()
-    """
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        PartialState().destroy_process_group()

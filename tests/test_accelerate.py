@@ -119,16 +119,19 @@ def test_hooks_run_after_accelerate_has_offloaded_the_weights_again() -> None:
     hook.pre_forward, hook.post_forward = logged("accelerate pre", hook.pre_forward), logged("accelerate post",
                                                                                              hook.post_forward)
     chosen: list[torch.Tensor] = []
+
+    def probe_pre_hook(module: nn.Module, args: tuple) -> None:
+        events.append(("pre-hook", module.weight.device.type))
+
+    def probe_hook(module: nn.Module, args: tuple, output: tuple) -> None:
+        events.append(("hook", module.weight.device.type))
+        chosen.append(output[2])
+
     with torch.no_grad(), moehooks.record(model) as rec, moehooks.steer(model, STEERED, mode="hard"):
-        router.register_forward_pre_hook(lambda m, args: events.append(("pre-hook", m.weight.device.type)))
-
-        def probe_hook(module: nn.Module, args: tuple, output: tuple) -> None:
-            events.append(("hook", module.weight.device.type))
-            chosen.append(output[2])
-
-        probe = router.register_forward_hook(probe_hook)
+        probes = [router.register_forward_pre_hook(probe_pre_hook), router.register_forward_hook(probe_hook)]
         model(**prompts())
-        probe.remove()
+        for probe in probes:
+            probe.remove()
     assert events == [("pre-hook", "meta"), ("accelerate pre", "meta"), ("accelerate post", "cpu"), ("hook", "meta")]
     assert all(set(row) == {0, 1} for row in chosen[0].tolist())  # the steering hook ran before the probe
     assert torch.equal(rec.counts()[2, :2], rec.tokens()[2].repeat(2))  # ... and before the recorder
