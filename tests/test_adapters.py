@@ -118,9 +118,11 @@ SOFTMAX = ("qwen3_moe", "qwen2_moe", "mixtral", "jamba")
 
 
 def _logits(data, adapter, tokens=3):
-    values = data.draw(st.lists(st.floats(-8, 8, width=32), min_size=tokens * adapter.num_experts,
+    """Logits on a 0.1 grid in [-8, 8]: equal logits are exact ties, unequal ones stay apart after
+    softmax / sigmoid (values a denormal apart would tie in probability space)."""
+    values = data.draw(st.lists(st.integers(-80, 80), min_size=tokens * adapter.num_experts,
                                 max_size=tokens * adapter.num_experts))
-    return torch.tensor(values, dtype=torch.float32).view(tokens, adapter.num_experts)
+    return (torch.tensor(values, dtype=torch.float32) / 10).view(tokens, adapter.num_experts)
 
 
 def _within_group_permutation(adapter, data) -> torch.Tensor:
