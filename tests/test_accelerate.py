@@ -193,11 +193,14 @@ def test_kimi_moegate_recomputes_its_logits_under_offload() -> None:
 
 
 def test_shard_items_is_contiguous_balanced_and_complete() -> None:
+    def shards(items: list[int], processes: int) -> list[list[int]]:
+        return [distributed.shard_items(items, SimpleNamespace(num_processes=processes, process_index=r))
+                for r in range(processes)]
+
     items = list(range(7))
-    shards = [distributed.shard_items(items, SimpleNamespace(num_processes=3, process_index=r)) for r in range(3)]
-    assert shards == [[0, 1, 2], [3, 4], [5, 6]]
+    assert shards(items, 3) == [[0, 1, 2], [3, 4], [5, 6]]
+    assert shards([1], 2) == [[1], []]
     assert distributed.shard_items(items, None) is items
-    assert [distributed.shard_items([1], SimpleNamespace(num_processes=2, process_index=r)) for r in (0, 1)] == [[1], []]
 
 
 def test_merge_results_orders_like_one_process_and_keeps_the_last_repeat(tmp_path: Path) -> None:
