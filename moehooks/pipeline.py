@@ -46,7 +46,7 @@ def lab_study() -> StudyData:
                      general=DATA_DIR / "general_text.jsonl", swap=DATA_DIR / "swap.jsonl")
 
 
-def load_model(name: str = "lab", *, device_map: str | None = None, dtype: str = "auto",
+def load_model(name: str = "lab", *, device_map: str | dict[str, Any] | None = None, dtype: str = "auto",
                attn_implementation: str | None = None) -> tuple[nn.Module, Any, models.ModelSpec]:
     """``(model, processor, spec)`` for an alias, local directory or hub id (see ``moehooks.models``)."""
     spec = models.resolve(name)
