@@ -113,7 +113,9 @@ class Tracker:
         self.samples = 0
         self.listeners: list[Callable[[Batch], None]] = []
         self.users = 0
-        self._handle = model.register_forward_pre_hook(self._pre, with_kwargs=True)
+        # Always eager: the batch description is Python bookkeeping (the prompt counter changes every prefill), and
+        # tracing it would make dynamo guard on it and recompile every generate call.
+        self._handle = model.register_forward_pre_hook(torch.compiler.disable(self._pre), with_kwargs=True)
 
     def remove(self) -> None:
         self._handle.remove()
@@ -130,7 +132,9 @@ class Tracker:
         device = ref.device
         mask = kwargs.get("attention_mask")
         if isinstance(mask, torch.Tensor) and mask.dim() == 2:
-            valid = mask[:, -seq:].reshape(-1).to(device=device, dtype=torch.long)
+            # contiguous: a decode step's column of the mask is a strided view, and compiled code would guard on
+            # its stride (the mask length) and recompile
+            valid = mask[:, -seq:].reshape(-1).to(device=device, dtype=torch.long).contiguous()
         else:
             valid = torch.ones(batch * seq, dtype=torch.long, device=device)
         types = _last(kwargs.get("moe_mm_token_type_ids", kwargs.get("mm_token_type_ids")), seq)
@@ -162,6 +166,25 @@ def _is_prefill(cache: Any, seq: int) -> bool:
     if type(cache).__name__ in ("DynamicCache", "EncoderDecoderCache") and hasattr(cache, "get_seq_length"):
         return cache.get_seq_length() == 0
     return seq > 1
+
+
+def drop_stale_compiled_code(model: nn.Module) -> None:
+    """Discard dynamo's compiled code when ``model`` runs compiled, after hooks were added or removed.
+
+    Dynamo does not guard on module hooks (``torch._dynamo.config.skip_nnmodule_hook_guards``): code compiled
+    before a context opened would run without its hooks, and code compiled inside one would keep running them
+    after it closed. Compiled means a ``torch.compile``-d ``forward`` attribute, ``module.compile()`` on any
+    submodule, or the decode step ``generate`` compiles for static caches (``_compiled_call``); the next call
+    recompiles once, with the hooks of that time. (A ``torch.compile(model)`` wrapper is not visible from the
+    model: open contexts before compiling it that way.)
+    """
+    compiled = (
+        hasattr(model.__dict__.get("forward"), "_torchdynamo_orig_callable")
+        or getattr(model, "_compiled_call", None) is not None
+        or any(getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
+    )
+    if compiled:
+        torch._dynamo.reset()
 
 
 _TRACKERS: "weakref.WeakKeyDictionary[nn.Module, Tracker]" = weakref.WeakKeyDictionary()
@@ -216,13 +239,15 @@ class HookContext(AbstractContextManager):
             self.routing = self.tracker = None
             raise
         self._stack = stack
+        drop_stale_compiled_code(model)
         return self
 
     def __exit__(self, *exc: object) -> bool:
-        stack, self._stack = self._stack, None
+        stack, self._stack, model = self._stack, None, self._model
         try:
             if stack is not None:
                 stack.close()
+                drop_stale_compiled_code(model)
         finally:
             self.routing = self.tracker = None
             self._model = None
