@@ -113,9 +113,11 @@ class Bench:
             return self.model.generate(**self.inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False,
                                        pad_token_id=0, eos_token_id=None, **kwargs)
 
-    def measure(self, variants: dict[str, Variant], run: Run | dict[str, Run] | None = None) -> dict[str, list[float]]:
+    def measure(self, variants: dict[str, Variant], run: Run | dict[str, Run] | None = None,
+                rewarm: bool = False) -> dict[str, list[float]]:
         """CPU seconds per timed round of each variant: ``run`` (default ``self.generate``; or one per variant)
-        inside the variant's context, all variants interleaved round by round."""
+        inside the variant's context, all variants interleaved round by round. ``rewarm``: one untimed run inside
+        the context before each timed one (compiled models recompile when hooks come or go)."""
         runs = run if isinstance(run, dict) else {name: run or self.generate for name in variants}
         names = list(variants)
         times: dict[str, list[float]] = {name: [] for name in names}
@@ -123,6 +125,8 @@ class Bench:
             shift = round_ % len(names)
             for name in names[shift:] + names[:shift]:
                 with variants[name]():
+                    if rewarm:
+                        runs[name]()
                     start = time.process_time()
                     runs[name]()
                     elapsed = time.process_time() - start
