@@ -8,7 +8,8 @@ Example:
     '<|im_start|>user\\n3+4=<|im_end|>\\n<|im_start|>assistant\\n'
 
 The tokenizer is a byte-level BPE (the scheme of the Qwen tokenizers) trained with the ``tokenizers``
-library on a fixed, deterministic corpus of the lab tasks; digits are always single tokens. It carries
+library on a fixed, deterministic corpus of the lab tasks; digits and capital letters are always single
+tokens (the general task reverses strings of capitals). It carries
 the Qwen-VL special tokens, pads on the left (batched generation) with ``<|endoftext|>``.
 The image processor is the PIL backend of the Qwen2-VL image processor (torchvision is not needed) with
 patch 8, merge 2, temporal patch 2 and no resizing: a 64x32 (width x height) image gives a 1x4x8 patch
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import string
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2VLImageProcessorPil, Qwen3VLProcessor
 
 IMAGE_SIZE: tuple[int, int] = (64, 32)
@@ -92,13 +93,12 @@ def _corpus() -> list[str]:
     """Return the fixed training corpus of the BPE (deterministic, order included)."""
     lines = list(CORPUS_PHRASES) + list(NUMBER_WORDS)
     lines.append(string.ascii_lowercase)
-    lines.append(string.ascii_uppercase)
     lines.append(string.digits + string.punctuation + " ")
     return lines * 4
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
-    """Build the lab tokenizer (byte-level BPE, single-digit tokens, Qwen-VL special tokens).
+    """Build the lab tokenizer (byte-level BPE, single digits and capitals, Qwen-VL special tokens).
 
     Example:
         >>> tok = build_tokenizer()
@@ -109,6 +109,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     backend.pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.Split(Regex("[A-Z]"), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
         ]
     )
@@ -181,4 +182,28 @@ def build_processor() -> LabProcessor:
         image_processor=build_image_processor(),
         tokenizer=build_tokenizer(),
         chat_template=CHAT_TEMPLATE,
+    )
+
+
+def chat_messages(question: str, with_image: bool) -> list[dict[str, object]]:
+    """Return the one-turn user messages of a lab item: an optional image, then the question text.
+
+    Example:
+        >>> chat_messages("+2=", with_image=True)
+        [{'role': 'user', 'content': [{'type': 'image'}, {'type': 'text', 'text': '+2='}]}]
+    """
+    content: list[dict[str, str]] = [{"type": "image"}] if with_image else []
+    content.append({"type": "text", "text": question})
+    return [{"role": "user", "content": content}]
+
+
+def prompt_text(processor: Qwen3VLProcessor, question: str, with_image: bool) -> str:
+    """Return the generation prompt of a lab item (chat template with the assistant turn opened).
+
+    Example:
+        >>> prompt_text(build_processor(), "3+4=", with_image=False)
+        '<|im_start|>user\\n3+4=<|im_end|>\\n<|im_start|>assistant\\n'
+    """
+    return processor.apply_chat_template(
+        chat_messages(question, with_image), add_generation_prompt=True, tokenize=False
     )
