@@ -9,7 +9,8 @@ Example:
     >>> images = render_many(["1+1=", "12+7="], "v3")
     >>> images[0].size == images[1].size
     True
-    >>> save_png(small, "/tmp/problem.png")
+    >>> save_png(small, "/tmp/problem.png").name
+    'problem.png'
 
 Variants:
     - ``v1``: a printed font (``seed`` picks one of matplotlib's bundled printed fonts, 0 is DejaVu Sans;
