@@ -34,7 +34,8 @@ import torch
 from PIL import Image
 from transformers import Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration
 
-from moehooks.lab import DATA_DIR, MODEL_DIR, evaluate_items, load_items, load_processor
+from moehooks import evaluate
+from moehooks.lab import DATA_DIR, MODEL_DIR, load_processor
 from moehooks.lab.processor import IMAGE_SIZE, LabProcessor, build_processor, prompt_text
 from moehooks.render import VARIANTS, render, save_png
 
@@ -343,11 +344,12 @@ def main() -> None:
 def report(model: Qwen3VLMoeForConditionalGeneration, processor: LabProcessor, data_dir: Path) -> None:
     """Print greedy accuracies on the eval data, per file and per render variant."""
     for name in ("arith_text", "arith_image", "general_text", "swap"):
-        items = load_items(data_dir / f"{name}.jsonl")
-        correct = evaluate_items(model, processor, items, data_dir)
+        items = evaluate.load_items(data_dir / f"{name}.jsonl")
+        answers = evaluate.generate_answers(model, processor, items, batch_size=64, max_new_tokens=6)
+        correct = [answer.strip() == item.answer for answer, item in zip(answers, items)]
         by_variant: dict[str, list[bool]] = {}
         for item, ok in zip(items, correct):
-            by_variant.setdefault(str(item.get("variant", "-")), []).append(ok)
+            by_variant.setdefault(str(item.meta.get("variant", "-")), []).append(ok)
         detail = "  ".join(f"{v}: {sum(c)}/{len(c)}" for v, c in sorted(by_variant.items()))
         accuracy = sum(correct) / len(correct)
         print(f"eval {name}: {sum(correct)}/{len(correct)} = {accuracy:.3f}   ({detail})", flush=True)

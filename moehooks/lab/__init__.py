@@ -20,16 +20,12 @@ torchvision (not a dependency of moehooks). The saved processor is therefore a `
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
-from PIL import Image
-from transformers import BatchFeature, Qwen3VLMoeForConditionalGeneration
+from transformers import Qwen3VLMoeForConditionalGeneration
 
-from moehooks.lab.processor import IMAGE_SIZE, LabProcessor, build_processor, build_tokenizer, prompt_text
+from moehooks.lab.processor import IMAGE_SIZE, LabProcessor, build_processor, build_tokenizer
 
 LAB_DIR = Path(__file__).resolve().parent
 MODEL_DIR = LAB_DIR / "model"
@@ -66,89 +62,14 @@ def load_lab(device: str | torch.device = "cpu") -> tuple[Qwen3VLMoeForCondition
     return model, load_processor(MODEL_DIR)
 
 
-def load_items(path: str | Path) -> list[dict[str, Any]]:
-    """Read a lab JSONL data file (one item per line).
-
-    Example:
-        >>> items = load_items(DATA_DIR / "arith_text.jsonl")
-        >>> sorted(items[0])
-        ['answer', 'id', 'question', 'task']
-    """
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
-def build_inputs(
-    processor: LabProcessor, items: Sequence[dict[str, Any]], data_dir: str | Path = DATA_DIR
-) -> BatchFeature:
-    """Build left-padded generation inputs for lab items (images read relative to ``data_dir``).
-
-    Example:
-        >>> processor = load_processor()
-        >>> inputs = build_inputs(processor, load_items(DATA_DIR / "swap.jsonl")[:2])
-        >>> sorted(inputs)
-        ['attention_mask', 'image_grid_thw', 'input_ids', 'mm_token_type_ids', 'pixel_values']
-    """
-    texts = [prompt_text(processor, item["question"], "image" in item) for item in items]
-    images = [Image.open(Path(data_dir) / item["image"]).convert("RGB") for item in items if "image" in item]
-    return processor(text=texts, images=images or None, return_tensors="pt", padding=True)
-
-
-@torch.no_grad()
-def generate_answers(
-    model: Qwen3VLMoeForConditionalGeneration,
-    processor: LabProcessor,
-    items: Sequence[dict[str, Any]],
-    data_dir: str | Path = DATA_DIR,
-    *,
-    batch_size: int = 64,
-    max_new_tokens: int = 6,
-) -> list[str]:
-    """Greedy answers of the model to lab items, decoded without special tokens.
-
-    Example:
-        >>> model, processor = load_lab()
-        >>> generate_answers(model, processor, load_items(DATA_DIR / "arith_text.jsonl")[:1])[0].isdigit()
-        True
-    """
-    answers: list[str] = []
-    for start in range(0, len(items), batch_size):
-        inputs = build_inputs(processor, items[start : start + batch_size], data_dir).to(model.device)
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        new = out[:, inputs["input_ids"].shape[1] :]
-        answers.extend(text.strip() for text in processor.batch_decode(new, skip_special_tokens=True))
-    return answers
-
-
-def evaluate_items(
-    model: Qwen3VLMoeForConditionalGeneration,
-    processor: LabProcessor,
-    items: Sequence[dict[str, Any]],
-    data_dir: str | Path = DATA_DIR,
-) -> list[bool]:
-    """Return, per item, whether the greedy answer equals the item's ``answer`` exactly.
-
-    Example:
-        >>> model, processor = load_lab()
-        >>> all(evaluate_items(model, processor, load_items(DATA_DIR / "arith_text.jsonl")[:3]))
-        True
-    """
-    answers = generate_answers(model, processor, items, data_dir)
-    return [answer == item["answer"] for answer, item in zip(answers, items)]
-
-
 __all__ = [
     "DATA_DIR",
     "IMAGE_SIZE",
     "LAB_DIR",
     "MODEL_DIR",
     "LabProcessor",
-    "build_inputs",
     "build_processor",
     "build_tokenizer",
-    "evaluate_items",
-    "generate_answers",
-    "load_items",
     "load_lab",
     "load_processor",
 ]
