@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: install
-	$(PY) cli.py study
+	$(PY) cli.py study --out runs/study
 
 test: install
 	$(PY) -m pytest

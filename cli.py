@@ -24,6 +24,7 @@ console = Console()
 
 MODEL = typer.Option("lab", "--model", "-m", help="alias (lab, qwen3-vl, kimi-vl, llama4-scout), local dir or hub id")
 OUT = typer.Option(Path("runs"), "--out", "-o", help="output directory")
+LAB_TASKS = typer.Option("noisy", help="lab image tasks without --tasks: noisy (unseen degradation) or clean")
 DEVICE_MAP = typer.Option(None, "--device-map", help="accelerate device map, e.g. auto")
 DTYPE = typer.Option("auto", "--dtype", help="auto, bfloat16, float16 or float32")
 ATTN = typer.Option(None, "--attn", help="attention implementation (default: flash_attention_2 on CUDA if installed, else sdpa)")
@@ -54,13 +55,13 @@ def _load(model: str, device_map: Optional[str], dtype: str, attn: Optional[str]
         return pipeline.load_model(model, device_map=device_map, dtype=dtype, attn_implementation=attn)
 
 
-def _data(tasks: Optional[Path], references: Optional[Path], general: Optional[Path], model: str):
+def _data(tasks: Optional[Path], references: Optional[Path], general: Optional[Path], model: str, lab_tasks: str):
     from moehooks import pipeline
 
     if tasks is None:
         if model != "lab":
             raise typer.BadParameter("--tasks is required with a model other than the lab model")
-        lab = pipeline.lab_study()
+        lab = pipeline.lab_study(lab_tasks)
         return pipeline.StudyData(tasks=lab.tasks, references=references or lab.references,
                                   general=general or lab.general, swap=lab.swap)
     if general is None:
@@ -93,6 +94,7 @@ def steer(
     tasks: Optional[Path] = typer.Option(None, help="image tasks (JSONL/CSV/Parquet with image + text_reference)"),
     references: Optional[Path] = typer.Option(None, help="domain text references (default: the tasks' text_reference)"),
     general: Optional[Path] = typer.Option(None, help="general-domain text items"),
+    lab_tasks: str = LAB_TASKS,
     tau: Optional[float] = typer.Option(None, help="expert threshold (default: the alias's)"),
     beta: Optional[float] = typer.Option(None, help="soft-steering strength (default: the alias's)"),
     layers: Optional[str] = typer.Option(None, help="decoder layers, e.g. 6-42 (default: the alias's)"),
@@ -113,7 +115,7 @@ def steer(
     """
     from moehooks import distributed, pipeline
 
-    data = _data(tasks, references, general, model)
+    data = _data(tasks, references, general, model, lab_tasks)
     lm, processor, spec = _load(model, device_map, dtype, attn)
     with progress_bar("steer") as update:
         result = pipeline.steer_study(lm, processor, data, out / "steer", spec=spec, tau=tau, beta=beta,
@@ -132,6 +134,7 @@ def steer(
 def analyze(
     model: str = MODEL,
     tasks: Optional[Path] = typer.Option(None, help="image tasks with text_reference (default: lab data)"),
+    lab_tasks: str = LAB_TASKS,
     tau: float = typer.Option(0.1, help="threshold for visual experts"),
     limit: Optional[int] = typer.Option(None, help="use only the first N tasks"),
     out: Path = OUT,
@@ -145,7 +148,7 @@ def analyze(
     """
     from moehooks import evaluate, pipeline
 
-    data = _data(tasks, None, Path("-"), model)
+    data = _data(tasks, None, Path("-"), model, lab_tasks)
     lm, processor, _ = _load(model, device_map, dtype, attn)
     items = evaluate.load_items(data.tasks)[:limit]
     with progress_bar("analyze") as update:
@@ -315,10 +318,12 @@ def study(out: Path = OUT) -> None:
 
     Example: python cli.py study --out runs
     """
-    analyze(model="lab", tasks=None, tau=0.1, limit=None, out=out, device_map=None, dtype="auto", attn=None)
-    steer(model="lab", tasks=None, references=None, general=None, tau=None, beta=None, layers=None,
-          methods="baseline,soft,hard,random", trials=1, seed=0, limit=None, batch_size=32, max_new_tokens=8, out=out,
-          device_map=None, dtype="auto", attn=None)
+    for lab_tasks in ("clean", "noisy"):
+        analyze(model="lab", tasks=None, lab_tasks=lab_tasks, tau=0.1, limit=None, out=out / lab_tasks,
+                device_map=None, dtype="auto", attn=None)
+        steer(model="lab", tasks=None, references=None, general=None, lab_tasks=lab_tasks, tau=None, beta=None,
+              layers=None, methods="baseline,soft,hard,random", trials=1, seed=0, limit=None, batch_size=32,
+              max_new_tokens=8, out=out / lab_tasks, device_map=None, dtype="auto", attn=None)
     swap(model="lab", items=None, source="3", target="5", alpha=1.0, layers=None, out=out, device_map=None,
          dtype="auto", attn=None)
 

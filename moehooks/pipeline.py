@@ -38,11 +38,16 @@ class StudyData:
     swap: Path | None = None
 
 
-def lab_study() -> StudyData:
-    """The datasets shipped with the lab model (held-out renderings of its arithmetic task)."""
+def lab_study(tasks: str = "noisy") -> StudyData:
+    """The datasets shipped with the lab model: its arithmetic images, held-out renderings either ``"clean"``
+    (the trained look; image accuracy 100%) or ``"noisy"`` (lower contrast + pixel noise, never trained;
+    image accuracy well below the text accuracy, the setting the study is about)."""
     from .lab import DATA_DIR
 
-    return StudyData(tasks=DATA_DIR / "arith_image.jsonl", references=DATA_DIR / "arith_text.jsonl",
+    names = {"clean": "arith_image.jsonl", "noisy": "arith_image_noisy.jsonl"}
+    if tasks not in names:
+        raise ValueError(f"unknown lab tasks {tasks!r}; allowed: {', '.join(names)}")
+    return StudyData(tasks=DATA_DIR / names[tasks], references=DATA_DIR / "arith_text.jsonl",
                      general=DATA_DIR / "general_text.jsonl", swap=DATA_DIR / "swap.jsonl")
 
 

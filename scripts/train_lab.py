@@ -10,6 +10,9 @@ Tasks (every prompt is the lab chat template; the assistant answers, then ``<|im
       + ``Solve the problem in the image.`` -> the digits of a+b;
     - ``general_text``: ``Reverse: QXB`` (3-4 capitals) -> ``BXQ``;
     - ``swap``: a rendered single digit d + ``+k=`` (k in 0..9) -> the digits of d+k.
+The eval data also holds ``arith_image_noisy``: held-out renderings degraded (lower contrast, pixel noise) in
+a way never seen in training, where image accuracy falls well below text accuracy; ``--data-only`` rewrites
+the eval data (deterministic) without training.
 The eval data (``moehooks/lab/data``) holds renderings drawn with seeds never used in training and
 reverse strings never used in training; the 100 addition pairs are a closed set seen in both forms.
 Training is seeded and single-threaded; the script saves the model and processor, then reports greedy
@@ -45,6 +48,7 @@ TRAIN_SEEDS = range(0, 24)
 EVAL_SEED_BASE = 10_000
 EVAL_PAIRS_PER_VARIANT = 30
 EVAL_GENERAL = 100
+NOISE_STD, NOISE_CONTRAST = 30.0, 0.6  # arith_image_noisy: ink contrast x0.6 plus Gaussian pixel noise (std 30)
 TASK_WEIGHTS = {"arith_text": 0.15, "general_text": 0.2, "arith_image": 0.45, "swap": 0.2}
 
 
@@ -161,6 +165,29 @@ def write_eval_data(data_dir: Path, held_general: list[str]) -> None:
     write_jsonl(data_dir / "arith_image.jsonl", arith_image)
     write_jsonl(data_dir / "general_text.jsonl", general)
     write_jsonl(data_dir / "swap.jsonl", swap)
+    write_jsonl(data_dir / "arith_image_noisy.jsonl", noisy_items(images, pairs, rng))
+
+
+def degrade(image: Image.Image, seed: int) -> Image.Image:
+    """Lower the ink contrast and add seeded Gaussian pixel noise (a distortion never seen in training)."""
+    pixels = np.asarray(image).astype(np.float32)
+    pixels = 255 - (255 - pixels) * NOISE_CONTRAST
+    pixels = pixels + np.random.default_rng(seed).normal(0.0, NOISE_STD, pixels.shape)
+    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+
+
+def noisy_items(images: Path, pairs: list[tuple[int, int]], rng: random.Random) -> list[dict[str, object]]:
+    """Degraded held-out renderings of EVAL_PAIRS_PER_VARIANT pairs per variant (``arith_image_noisy``)."""
+    rows = []
+    for v_index, variant in enumerate(VARIANTS):
+        for p_index, (a, b) in enumerate(rng.sample(pairs, EVAL_PAIRS_PER_VARIANT)):
+            problem, item_id = f"{a}+{b}=", f"noisy_{variant}_{p_index:02d}"
+            seed = EVAL_SEED_BASE + 5000 + 100 * v_index + p_index
+            save_png(degrade(render(problem, variant, size=IMAGE_SIZE, seed=seed), seed), images / f"{item_id}.png")
+            rows.append({"id": item_id, "question": IMAGE_QUESTION, "answer": str(a + b),
+                         "image": f"images/{item_id}.png", "text_reference": problem, "variant": variant,
+                         "task": "arith_image_noisy"})
+    return rows
 
 
 class Trainer:
@@ -283,12 +310,17 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA_DIR)
     parser.add_argument("--log-every", type=int, default=250)
     parser.add_argument("--eval-only", action="store_true", help="evaluate the model saved in --out, no training")
+    parser.add_argument("--data-only", action="store_true", help="(re)write the eval data in --data, no training")
     args = parser.parse_args()
 
     torch.set_num_threads(1)
     if args.eval_only:
         model = Qwen3VLMoeForConditionalGeneration.from_pretrained(args.out).eval()
         report(model, load_processor(args.out), args.data)
+        return
+    held_general = eval_reverse_strings(random.Random(args.seed + 7))
+    if args.data_only:
+        write_eval_data(args.data, held_general)
         return
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
@@ -298,7 +330,6 @@ def main() -> None:
     ids = {name: tok.convert_tokens_to_ids(token) for name, token in [
         ("pad", "<|endoftext|>"), ("eos", "<|im_end|>"), ("image", "<|image_pad|>"), ("video", "<|video_pad|>"),
         ("vision_start", "<|vision_start|>"), ("vision_end", "<|vision_end|>")]}
-    held_general = eval_reverse_strings(random.Random(args.seed + 7))
     write_eval_data(args.data, held_general)
     model = Qwen3VLMoeForConditionalGeneration(build_config(args.layers, len(tok), ids))
     trainer = Trainer(processor, set(held_general), args.seed)
@@ -343,7 +374,7 @@ def main() -> None:
 
 def report(model: Qwen3VLMoeForConditionalGeneration, processor: LabProcessor, data_dir: Path) -> None:
     """Print greedy accuracies on the eval data, per file and per render variant."""
-    for name in ("arith_text", "arith_image", "general_text", "swap"):
+    for name in ("arith_text", "arith_image", "arith_image_noisy", "general_text", "swap"):
         items = evaluate.load_items(data_dir / f"{name}.jsonl")
         answers = evaluate.generate_answers(model, processor, items, batch_size=64, max_new_tokens=6)
         correct = [answer.strip() == item.answer for answer, item in zip(answers, items)]

@@ -19,7 +19,7 @@ from moehooks.lab import DATA_DIR, IMAGE_SIZE, MODEL_DIR, load_lab, load_process
 from moehooks.lab.processor import build_processor, prompt_text
 
 WEIGHTS_SHA256 = "5c1e515d910c1a31d8ed105bdcb8f0e1064ac6cc820c2d967a2ba60ff79b28df"
-DATA_FILES = ("arith_text.jsonl", "arith_image.jsonl", "general_text.jsonl", "swap.jsonl")
+DATA_FILES = ("arith_text.jsonl", "arith_image.jsonl", "arith_image_noisy.jsonl", "general_text.jsonl", "swap.jsonl")
 REQUIRED = {"id": str, "question": str, "answer": str, "task": str}
 OPTIONAL = {"image": str, "text_reference": str, "variant": str, "digit": int}
 
