@@ -86,3 +86,13 @@ def test_unknown_alias_lists_the_known_ones():
     result = CliRunner().invoke(cli.app, ["steer", "--model", "qwen9", "--tasks", "t.jsonl", "--general", "g.jsonl"])
     assert result.exit_code != 0
     assert "known: kimi-vl, lab, llama4-scout, qwen3-vl" in str(result.exception)
+
+
+def test_lab_cli_smoke(tmp_path):
+    """`python cli.py steer` / `swap` with no model argument run on the shipped lab model (small subset)."""
+    out = _run("steer", "--limit", "6", "--max-new-tokens", "3", "--out", str(tmp_path))
+    assert "lab: accuracy on arith_image_noisy.jsonl" in out
+    rows = evaluate.read_results(tmp_path / "steer" / "results.jsonl")
+    assert len(rows) == 4 * 6
+    out = _run("swap", "--layers", "2-3", "--out", str(tmp_path))
+    assert "concept swap" in out and (tmp_path / "swap" / "swap_success.csv").is_file()
