@@ -30,6 +30,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
+from torch import nn  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 Run = Callable[[], Any]
@@ -135,6 +136,15 @@ class Bench:
         return times
 
 
+    def hook_times(self, variants: dict[str, Variant], run: Run | None = None) -> dict[str, float]:
+        """CPU seconds inside hooks during one ``run`` (default ``self.generate``) per variant (``hook_seconds``)."""
+        spent = {}
+        for name, variant in variants.items():
+            with variant():
+                spent[name] = hook_seconds(self.model, run or self.generate)
+        return spent
+
+
 def machine() -> dict[str, Any]:
     """CPU model, cores, library versions and thread count of this run."""
     try:
@@ -152,22 +162,69 @@ def machine() -> dict[str, Any]:
     }
 
 
+def hook_seconds(model: nn.Module, run: Run) -> float:
+    """CPU seconds spent inside the forward hooks and pre-hooks registered on ``model``'s modules during ``run()``.
+
+    Each hook is wrapped with a timer for the call and put back afterwards; this isolates the hooks' own cost
+    from the run-to-run noise of a shared machine (it does not see effects on the rest of the forward, such as
+    a different expert mix after steering).
+    """
+    spent = [0.0]
+
+    def timed(hook: Callable) -> Callable:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            start = time.process_time()
+            try:
+                return hook(*args, **kwargs)
+            finally:
+                spent[0] += time.process_time() - start
+
+        return wrapper
+
+    saved = []
+    for module in model.modules():
+        for hooks in (module._forward_hooks, module._forward_pre_hooks):
+            saved.append((hooks, dict(hooks)))
+            for key, hook in list(hooks.items()):
+                hooks[key] = timed(hook)
+    try:
+        run()
+    finally:
+        for hooks, original in saved:
+            hooks.clear()
+            hooks.update(original)
+    return spent[0]
+
+
 def report(name: str, args: argparse.Namespace, bench: Bench, times: dict[str, list[float]], baseline: str,
-           notes: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Print a markdown table (median CPU s, ratio and overhead vs ``baseline``) and write ``<out>/<name>.json``."""
-    medians = {variant: statistics.median(values) for variant, values in times.items()}
-    base = medians[baseline]
-    rows = {
-        variant: {"median_s": medians[variant], "ratio": medians[variant] / base,
-                  "overhead_s": medians[variant] - base, "times_s": times[variant]}
-        for variant in times
-    }
+           hooks: dict[str, float] | None = None, notes: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Print a markdown table and write ``<out>/<name>.json``.
+
+    Columns: median CPU s; ratio = median over rounds of (variant / ``baseline`` in the same round), which cancels
+    the slow drifts of a shared machine; overhead = median over rounds of (variant - baseline); and, where
+    ``hooks`` has the variant, the CPU s spent inside hooks (``hook_seconds``) and its share of the baseline.
+    """
+    base = times[baseline]
+    hooks = hooks or {}
+    rows = {}
+    for variant, values in times.items():
+        rows[variant] = {
+            "median_s": statistics.median(values),
+            "ratio": statistics.median(v / b for v, b in zip(values, base)),
+            "overhead_s": statistics.median(v - b for v, b in zip(values, base)),
+            "hooks_s": hooks.get(variant),
+            "times_s": values,
+        }
     result = {"bench": name, "shape": asdict(bench.shape), "repeats": bench.repeats, "warmup": bench.warmup,
               "baseline": baseline, "machine": machine(), "rows": rows, **(notes or {})}
-    print(f"\n{name}: {bench.shape} — median of {bench.repeats} (CPU s, one thread)")
-    print("| variant | median CPU s | ratio | overhead s |\n|---|---:|---:|---:|")
+    print(f"\n{name}: {bench.shape} — {bench.repeats} rounds (CPU s, one thread)")
+    print("| variant | median CPU s | paired ratio | paired overhead s | in hooks s | hooks / baseline |")
+    print("|---|---:|---:|---:|---:|---:|")
+    base_median = statistics.median(base)
     for variant, row in rows.items():
-        print(f"| {variant} | {row['median_s']:.3f} | {row['ratio']:.3f} | {row['overhead_s']:+.3f} |")
+        spent = row["hooks_s"]
+        inside = "— | —" if spent is None else f"{spent:.4f} | {spent / base_median:.2%}"
+        print(f"| {variant} | {row['median_s']:.3f} | {row['ratio']:.3f} | {row['overhead_s']:+.3f} | {inside} |")
     for key, value in (notes or {}).items():
         print(f"{key}: {value}")
     args.out.mkdir(parents=True, exist_ok=True)

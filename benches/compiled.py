@@ -37,7 +37,7 @@ def main() -> None:
         "hard eager": lambda: moehooks.steer(model, experts, mode="hard"),
         "hard compiled": lambda: moehooks.steer(model, experts, mode="hard", compile=True),
     }
-    report("compiled_routing", args, bench, bench.measure(routing), baseline="unhooked")
+    report("compiled_routing", args, bench, bench.measure(routing), baseline="unhooked", hooks=bench.hook_times(routing))
 
     config = transformers.CompileConfig(fullgraph=True, dynamic=False, mode="default")
     config._compile_all_devices = True

@@ -97,7 +97,8 @@ def main() -> None:
             outputs[name] = runs[name]()
     same = {name: bool(torch.equal(out, outputs["moehooks"])) for name, out in outputs.items() if name != "unhooked"}
     times = bench.measure(variants, runs)
-    result = report("frameworks", args, bench, times, baseline="unhooked",
+    hooks = bench.hook_times({name: variants[name] for name in ("moehooks", "naive hook")})
+    result = report("frameworks", args, bench, times, baseline="unhooked", hooks=hooks,
                     notes={"same_tokens_as_moehooks": same})
     rows = result["rows"]
     for other in ("nnsight", "naive hook"):

@@ -66,7 +66,8 @@ def main() -> None:
         "decode loop": lambda: decode_loop(bench, router_logits=False),
         "output_router_logits": lambda: decode_loop(bench, router_logits=True),
     }
-    report("router_logits", args, bench, bench.measure(variants, runs), baseline="unhooked", notes=checks)
+    hooks = bench.hook_times({"record": variants["record"]})
+    report("router_logits", args, bench, bench.measure(variants, runs), baseline="unhooked", hooks=hooks, notes=checks)
 
 
 if __name__ == "__main__":

@@ -50,9 +50,8 @@ class SyncCounter(TorchDispatchMode):
             self.ops[str(packet)] += 1
         elif packet in _INDEX_OPS and _has_bool_index(args):
             self.ops[f"{packet} (boolean)"] += 1
-        elif packet is aten.repeat_interleave and (kwargs or {}).get("output_size") is None \
-                and isinstance(args[-1] if len(args) > 1 else args[0], torch.Tensor):
-            self.ops[str(packet)] += 1
+        elif packet is aten.repeat_interleave and (kwargs or {}).get("output_size") is None:
+            self.ops[str(packet)] += 1  # tensor repeats (int repeats decompose before reaching the mode)
         return func(*args, **(kwargs or {}))
 
 
@@ -214,9 +213,8 @@ def test_static_cache_compiled_decode_compiles_once_per_context(name: str) -> No
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["record", "hard"])
-def test_compiled_forward_with_dynamic_cache_compiles_once_per_shape(name: str) -> None:
-    graphs = _check_compiled_generate(name, _compile_forward)
+def test_compiled_forward_with_dynamic_cache_compiles_once_per_shape() -> None:
+    graphs = _check_compiled_generate("record+steer+swap", _compile_forward)
     # prefill, the dynamic-shape decode step, and the prefill once more after the first call filled the hooks'
     # lazily built state (recorder tables, per-device constants); decode steps never recompile
     assert graphs == 3
