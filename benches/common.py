@@ -61,6 +61,7 @@ def parse_args(description: str | None, **defaults: Any) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=defaults.get("repeats", 5), help="timed rounds (median)")
     parser.add_argument("--warmup", type=int, default=defaults.get("warmup", 1), help="untimed rounds first")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the JSON results")
+    parser.add_argument("--tag", default="", help="suffix of the result names, to tell shapes apart")
     return parser.parse_args()
 
 
@@ -215,6 +216,7 @@ def report(name: str, args: argparse.Namespace, bench: Bench, times: dict[str, l
             "hooks_s": hooks.get(variant),
             "times_s": values,
         }
+    name = f"{name}_{args.tag}" if args.tag else name
     result = {"bench": name, "shape": asdict(bench.shape), "repeats": bench.repeats, "warmup": bench.warmup,
               "baseline": baseline, "machine": machine(), "rows": rows, **(notes or {})}
     print(f"\n{name}: {bench.shape} — {bench.repeats} rounds (CPU s, one thread)")

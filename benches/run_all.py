@@ -11,17 +11,25 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHES = ("overhead.py", "router_logits.py", "frameworks.py", "compiled.py")
+# script and its own arguments; the second frameworks run uses a narrow model, so that per-step framework costs
+# stand out from the forward's compute
+BENCHES = (
+    ("overhead.py",),
+    ("router_logits.py",),
+    ("frameworks.py",),
+    ("frameworks.py", "--tag", "small", "--hidden", "128", "--moe-intermediate", "64", "--vocab", "512"),
+    ("compiled.py",),
+)
 
 
 def main() -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     failed = []
-    for script in BENCHES:
-        print(f"== {script}", flush=True)
-        code = subprocess.call([sys.executable, str(Path(__file__).parent / script), *sys.argv[1:]], env=env)
+    for script, *own in BENCHES:
+        print(f"== {script} {' '.join(own)}", flush=True)
+        code = subprocess.call([sys.executable, str(Path(__file__).parent / script), *own, *sys.argv[1:]], env=env)
         if code:
-            failed.append(script)
+            failed.append(" ".join([script, *own]))
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
