@@ -11,13 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-# script and its own arguments; the second frameworks run uses a narrow model, so that per-step framework costs
-# stand out from the forward's compute
+# script and its own arguments (command-line arguments come after them and win); the second frameworks run uses
+# a narrow model, so that per-step framework costs stand out from the forward's compute
 BENCHES = (
-    ("overhead.py",),
+    ("overhead.py", "--repeats", "7"),
     ("router_logits.py",),
     ("frameworks.py",),
-    ("frameworks.py", "--tag", "small", "--hidden", "128", "--moe-intermediate", "64", "--vocab", "512"),
+    ("frameworks.py", "--tag", "small", "--hidden", "128", "--moe-intermediate", "64", "--vocab", "512",
+     "--repeats", "15"),
     ("compiled.py",),
 )
 
