@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from contextlib import ExitStack
 from typing import Any, Callable
@@ -222,22 +221,22 @@ def test_compiled_forward_with_dynamic_cache_compiles_once_per_shape() -> None:
 
 def test_compiled_routing_function_is_compiled_once() -> None:
     model = build("qwen3_moe")
+    experts = {0: [1], 1: [3], 2: [5]}
     torch._dynamo.reset()
-    with moehooks.steer(model, {0: [1], 1: [3], 2: [5]}, compile=True):
-        eager_off = _generate(model, new_tokens=4)
+    with moehooks.steer(model, experts, compile=True):
+        compiled_ids = _generate(model, new_tokens=4)
     compiled = _graphs()
-    with moehooks.steer(model, {0: [1], 1: [3], 2: [5]}), torch._dynamo.config.patch(error_on_recompile=True):
-        eager_on = _generate(model, new_tokens=4)
-    with moehooks.steer(model, {0: [1], 1: [3], 2: [5]}, compile=True), \
-            torch._dynamo.config.patch(error_on_recompile=True):
-        again = _generate(model, new_tokens=8)  # other routers, other token counts, a new context
-    assert torch.equal(eager_off, eager_on) and torch.equal(again[:, : eager_on.shape[1]], eager_on)
+    with moehooks.steer(model, experts), torch._dynamo.config.patch(error_on_recompile=True):
+        eager_ids = _generate(model, new_tokens=4)
+    with moehooks.steer(model, experts, compile=True), torch._dynamo.config.patch(error_on_recompile=True):
+        again = _generate(model, new_tokens=8)  # a new context, other token counts
+    assert torch.equal(compiled_ids, eager_ids) and torch.equal(again[:, : eager_ids.shape[1]], eager_ids)
     assert _graphs() == compiled
 
 
 # ---- memory -----------------------------------------------------------------------------------------------
 def _retained(obj: Any) -> tuple[int, int]:
-    """``(tensors, bytes)`` reachable from ``obj`` through attributes, dataclass fields and containers."""
+    """``(tensors, bytes)`` reachable from ``obj`` through attributes and containers (modules excluded)."""
     seen: set[int] = set()
     tensors, size = 0, 0
     stack = [obj]
@@ -252,7 +251,7 @@ def _retained(obj: Any) -> tuple[int, int]:
             stack.extend(item.values())
         elif isinstance(item, (list, tuple, set)):
             stack.extend(item)
-        elif dataclasses.is_dataclass(item) or hasattr(item, "__dict__"):
+        elif hasattr(item, "__dict__"):  # objects and dataclasses
             stack.extend(vars(item).values())
     return tensors, size
 
