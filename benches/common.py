@@ -3,12 +3,13 @@
     args = parse_args(__doc__)
     bench = Bench.create(args)                      # seeded random Qwen3-MoE + a left-padded prompt batch
     times = bench.measure({"unhooked": nullcontext, "record": lambda: moehooks.record(bench.model)})
-    report("overhead", args, bench, times, baseline="unhooked")   # table on stdout + results/overhead.json
+    hooks = bench.hook_times({"record": lambda: moehooks.record(bench.model)})   # CPU s inside the hooks
+    report("overhead", args, bench, times, baseline="unhooked", hooks=hooks)   # table + results/overhead.json
 
 Every variant runs ``warmup`` untimed rounds, then ``repeats`` timed rounds; inside a round the variants run
 one after the other in a rotated order, so a slow phase of a shared machine hits all of them alike. Time is
-process CPU time (``time.process_time``) with one intra-op thread; the table shows the median and the ratio to
-the baseline variant's median.
+process CPU time (``time.process_time``) with one intra-op thread; the table shows the median, the paired ratio
+and overhead against the baseline variant of the same round, and the CPU time spent inside hooks.
 """
 
 from __future__ import annotations
