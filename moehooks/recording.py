@@ -9,11 +9,13 @@
 Each router keeps on its own device a small table per (phase, modality) cell — counts, summed gate weights,
 summed routing probabilities and token totals — filled with ``index_add_`` using 0/1 row weights (padding
 rows weigh 0), so recording never synchronises with the device. Memory is O(layers x experts), plus
-O(samples x layers x experts) with ``per_sample=True`` (prompt tokens only).
+O(samples x layers x experts) with ``per_sample=True`` (prompt tokens only). A per-token trace is opt-in
+(``trace=``) and streams to disk in chunks (``moehooks.trace``).
 """
 
 from __future__ import annotations
 
+import os
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -22,6 +24,7 @@ from torch import nn
 
 from .adapters import MoELayer
 from .hooks import MODALITIES, PHASES, Batch, HookContext, check_choice
+from .trace import TraceWriter
 
 _CELLS = len(PHASES) * len(MODALITIES)
 
@@ -48,9 +51,12 @@ class _Tables:
 class Recorder(HookContext):
     """Context manager recording routing decisions; see the module docstring. Use ``moehooks.record``."""
 
-    def __init__(self, model: nn.Module, *, per_sample: bool = False) -> None:
+    def __init__(self, model: nn.Module, *, per_sample: bool = False, trace: str | os.PathLike[str] | None = None,
+                 trace_chunk: int = 65536) -> None:
         super().__init__(model)
         self.per_sample = per_sample
+        self._trace_options = (trace, trace_chunk)
+        self._trace: TraceWriter | None = None
         self.layers: list[int] = []
         self.num_experts = 0
         self._tables: list[_Tables | None] = []
@@ -63,6 +69,10 @@ class Recorder(HookContext):
         self.num_experts = routing.num_experts
         self._tables = [None] * len(routing.layers)
         self._samples = [[] for _ in routing.layers]
+        directory, chunk = self._trace_options
+        if directory is not None:
+            self._trace = TraceWriter(directory, [f"layer{i}" for i in range(len(routing.layers))], chunk)
+            stack.callback(self._trace.flush)
         for i, entry in enumerate(routing.layers):
             self.hook_router(stack, entry.router, self._hook(i, entry))
 
@@ -81,12 +91,18 @@ class Recorder(HookContext):
             if tables is None:
                 tables = self._tables[i] = _Tables.zeros(_CELLS, experts, device)
             _accumulate(tables, cell, valid, logits, weights, indices, adapter.probs, experts)
+            if self._trace is not None:
+                self._trace.add(f"layer{i}", indices, weights, valid, batch.get("image", device, rows, branch),
+                                batch.phase)
             if self.per_sample and batch.phase == 0:
                 sample_tables = self._sample_tables(i, batch, device)
                 sample = batch.get("sample", device, rows, branch) * len(MODALITIES) + batch.get("image", device, rows, branch)
                 _accumulate(sample_tables, sample, valid, logits, weights, indices, adapter.probs, experts)
 
         return record_hook
+
+    def _closed(self) -> None:
+        self._trace = None
 
     def _sample_tables(self, i: int, batch: Batch, device: torch.device) -> _Tables:
         chunks = self._samples[i]
@@ -167,7 +183,8 @@ def _cells(modality: str, phase: str) -> list[int]:
     return [p * len(MODALITIES) + m for p in phases for m in mods]
 
 
-def record(model: nn.Module, *, per_sample: bool = False) -> Recorder:
+def record(model: nn.Module, *, per_sample: bool = False, trace: str | os.PathLike[str] | None = None,
+           trace_chunk: int = 65536) -> Recorder:
     """Record the routing of ``model`` inside a ``with`` block (forward or ``generate``).
 
         with moehooks.record(model) as rec:
@@ -175,6 +192,7 @@ def record(model: nn.Module, *, per_sample: bool = False) -> Recorder:
         rec.counts(modality="text", phase="decode")
 
     ``per_sample=True`` also keeps ``[samples, layers, experts]`` counts over prompt tokens; samples are
-    numbered in the order their prompts were seen.
+    numbered in the order their prompts were seen. ``trace="dir"`` also streams every real token's chosen
+    experts and gate weights to ``dir`` in shards of ``trace_chunk`` rows (``moehooks.trace.read_trace``).
     """
-    return Recorder(model, per_sample=per_sample)
+    return Recorder(model, per_sample=per_sample, trace=trace, trace_chunk=trace_chunk)
