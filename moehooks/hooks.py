@@ -111,7 +111,6 @@ class Tracker:
         self.image_token_id = routing.image_token_id
         self.batch: Batch | None = None
         self.samples = 0
-        self.listeners: list[Callable[[Batch], None]] = []
         self.users = 0
         # Always eager: the batch description is Python bookkeeping (the prompt counter changes every prefill), and
         # tracing it would make dynamo guard on it and recompile every generate call.
@@ -120,7 +119,6 @@ class Tracker:
     def remove(self) -> None:
         self._handle.remove()
         self.batch = None
-        self.listeners.clear()
 
     def _pre(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
@@ -148,8 +146,6 @@ class Tracker:
         self.batch = Batch(batch, seq, phase, valid, image, self.samples, modality_ids=types)
         if phase == 0:
             self.samples += batch
-        for listener in self.listeners:
-            listener(self.batch)
 
 
 def _last(types: torch.Tensor | None, seq: int) -> torch.Tensor | None:
