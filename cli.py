@@ -124,8 +124,8 @@ def steer(
                                       max_new_tokens=max_new_tokens)
     if not distributed.is_main(distributed.launched_state()):
         return
-    console.print("domain experts:", json.dumps({k: v for k, v in result.experts["soft"].items()}))
-    console.print("random experts:", json.dumps({k: v for k, v in result.experts["random"].items()}))
+    for mode, chosen in result.experts.items():
+        console.print(f"{mode} experts:", json.dumps(chosen))
     _print_summary(f"{model}: accuracy on {data.tasks.name}", pipeline.format_table(result.summary))
     console.print(f"results: {result.results}  plots: {', '.join(map(str, result.files))}")
 

@@ -164,7 +164,7 @@ def steer_eval(model: nn.Module, processor: Any, items: Sequence[Item], experts:
     results = out / "results.jsonl"
     used: dict[str, dict[int, list[int]]] = {}
     contexts: dict[str, Callable[[], Any] | None] = {"baseline": None}
-    for mode in ("soft", "hard", "random"):
+    for mode in [m for m in methods if m != "baseline"]:
         options = dict(mode=mode, beta=beta, epsilon=epsilon, layers=layers, seed=seed if mode == "random" else None)
         used[mode] = steer(model, experts, **options).experts
         contexts[mode] = (lambda options=options: steer(model, experts, **options)) if experts else None
