@@ -41,11 +41,13 @@ import torch
 from torch import nn
 
 from .adapters import MoELayer, RouterAdapter, RoutingMap, adapt
+from .adapters.base import on_device
 from .hooks import MODALITIES, PHASES, Batch, HookContext, Tracker, check_choice, check_finite
 
 MODES = ("soft", "hard", "random")
 TOKEN_SCOPES = ("all", *MODALITIES)
 PHASE_SCOPES = ("all", *PHASES)
+_ONE = torch.ones(1, 1)  # row scope when every row is steered
 
 Layers = Union[range, Sequence[int], tuple[int, int], None]
 Sigma = Union[str, torch.Tensor, Sequence[float], Mapping[int, float]]
@@ -101,14 +103,11 @@ class _RouterSteering:
         self._gain = mask if mode == "hard" else mask * (beta * (1.0 if sigma is None else sigma))  # [E]
         fn = hard_select(self.adapter, epsilon) if mode == "hard" else soft_select(self.adapter, sigma is None)
         self.fn: BoostSelect = torch.compile(fn, dynamic=True) if compiled else fn
-        self._on_device: dict[torch.device, torch.Tensor] = {}
+        self._on_device: dict[tuple, torch.Tensor] = {}
 
     def gain(self, device: torch.device) -> torch.Tensor:
         """The per-expert gain (or 0/1 mask in hard mode) ``[E]`` on ``device``; copied there once."""
-        cached = self._on_device.get(device)
-        if cached is None:
-            cached = self._on_device[device] = self._gain.to(device)
-        return cached
+        return on_device(self._on_device, self._gain, device)
 
 
 class Steering(HookContext):
@@ -144,7 +143,7 @@ class Steering(HookContext):
         self._phases = [0, 1] if phase == "all" else [PHASES.index(phase)]
         self._options = dict(mode=mode, beta=beta, epsilon=epsilon, compiled=compile)
         self._sigmas = sigmas
-        self._ones: dict[torch.device, torch.Tensor] = {}
+        self._ones: dict[tuple, torch.Tensor] = {}
 
     def _attach(self, stack: ExitStack) -> None:
         for i, entry in enumerate(self.routing.layers):
@@ -171,10 +170,7 @@ class Steering(HookContext):
     def _scope(self, batch: Batch, device: torch.device, rows: int, branch: str) -> torch.Tensor:
         """0/1 float row weights ``[rows, 1]`` (or ``[1, 1]`` ones when every row is steered)."""
         if self.tokens == "all":
-            ones = self._ones.get(device)
-            if ones is None:
-                ones = self._ones[device] = torch.ones(1, 1, device=device)
-            return ones
+            return on_device(self._ones, _ONE, device)
         image = batch.get("image", device, rows, branch).unsqueeze(1).float()  # [rows, 1]
         return image if self.tokens == "image" else 1.0 - image
 

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from .adapters import RoutingMap, adapt
+from .adapters.base import on_device
 from .hooks import HookContext, check_choice, check_finite
 
 POSITIONS = ("image",)
@@ -98,16 +99,6 @@ def _check_positions(positions: str | torch.Tensor) -> str | torch.Tensor:
     return positions.detach()
 
 
-def _cast_once(cache: dict[tuple[torch.device, torch.dtype], torch.Tensor], tensor: torch.Tensor,
-               like: torch.Tensor) -> torch.Tensor:
-    """``tensor`` on the device and in the dtype of ``like``, converted once per (device, dtype)."""
-    key = (like.device, like.dtype)
-    cast = cache.get(key)
-    if cast is None:
-        cast = cache[key] = tensor.to(device=like.device, dtype=like.dtype)
-    return cast
-
-
 class Swap(HookContext):
     """Context manager replacing concept ``source`` by ``target`` at one layer input; see the module docstring.
 
@@ -124,8 +115,8 @@ class Swap(HookContext):
         target = _check_vector("target", target, hidden)
         super().__init__(model)
         self._delta = self.alpha * (target.float() - source.to(target.device).float())  # [hidden] float32
-        self._deltas: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
-        self._weights: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+        self._deltas: dict[tuple, torch.Tensor] = {}  # per (device, dtype), see on_device
+        self._weights: dict[tuple, torch.Tensor] = {}
 
     def _check(self, routing: RoutingMap) -> None:
         _check_layer(self.layer, routing)
@@ -144,7 +135,7 @@ class Swap(HookContext):
         weights = self._position_weights(hidden)  # [batch, seq] 0/1 in hidden.dtype, None: nothing to edit
         if weights is None:
             return None
-        delta = _cast_once(self._deltas, self._delta, hidden)  # [hidden]
+        delta = on_device(self._deltas, self._delta, hidden.device, hidden.dtype)  # [hidden]
         edited = hidden + delta * weights[..., None]
         if "hidden_states" in kwargs:
             return args, {**kwargs, "hidden_states": edited}
@@ -171,7 +162,7 @@ class Swap(HookContext):
                 f"positions mask has shape {tuple(self.positions.shape)} but the prefill call has "
                 f"{tuple(hidden.shape[:2])} [batch, seq] tokens; pass a mask shaped like input_ids"
             )
-        return _cast_once(self._weights, self.positions, hidden)
+        return on_device(self._weights, self.positions, hidden.device, hidden.dtype)
 
 
 def swap(model: nn.Module, layer: int, source: torch.Tensor, target: torch.Tensor, alpha: float, *,

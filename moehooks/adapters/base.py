@@ -50,6 +50,17 @@ def module_tensor(module: nn.Module, name: str) -> torch.Tensor:
     raise RuntimeError(f"{type(module).__name__}.{name} is on the meta device and no accelerate weights map holds it")
 
 
+def on_device(cache: dict, tensor: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None,
+              key: object = None) -> torch.Tensor:
+    """``tensor`` on ``device`` (and in ``dtype``), copied there on first use and kept in ``cache``, so hooks
+    never move constants per token."""
+    slot = (key, device, dtype)
+    copy = cache.get(slot)
+    if copy is None:
+        copy = cache[slot] = tensor.to(device) if dtype is None else tensor.to(device=device, dtype=dtype)
+    return copy
+
+
 class RouterAdapter:
     """Base class of a routing rule bound to one router module's hyper-parameters.
 
@@ -69,7 +80,7 @@ class RouterAdapter:
         self.top_k: int = int(router.top_k)
         self.num_experts: int = int(self.read_num_experts(router))
         self._tensors: dict[str, torch.Tensor] = {n: module_tensor(router, n) for n in self.tensor_names}
-        self._on_device: dict[tuple[str, torch.device], torch.Tensor] = {}
+        self._on_device: dict[tuple, torch.Tensor] = {}
 
     # ---- construction helpers -------------------------------------------------------------------
     @staticmethod
@@ -81,10 +92,7 @@ class RouterAdapter:
 
     def tensor(self, name: str, device: torch.device) -> torch.Tensor:
         """A rule tensor on ``device``; copied there once, then cached."""
-        key = (name, device)
-        if key not in self._on_device:
-            self._on_device[key] = self._tensors[name].to(device)
-        return self._on_device[key]
+        return on_device(self._on_device, self._tensors[name], device, key=name)
 
     # ---- the rule ---------------------------------------------------------------------------------
     def logits(self, router: nn.Module, x: torch.Tensor) -> torch.Tensor:
