@@ -14,17 +14,20 @@ name                  hub id (config)                      files
 ====================  ===================================  =================================================
 math500               HuggingFaceH4/MATH-500               ``{split}.jsonl`` / ``{split}[-*].parquet``
 gpqa-physics,         Idavidrein/gpqa (gpqa_diamond)       ``gpqa_diamond.csv`` / ``gpqa_diamond/*.parquet``
-gpqa-chemistry
-mathverse             AI4Math/MathVerse (testmini,         ``testmini.parquet`` and
-                      testmini_text_only)                  ``testmini_text_only.parquet`` (or ``.json[l]``)
+gpqa-chemistry        (gated: ``huggingface-cli login``)
+mathverse             AI4Math/MathVerse (testmini,         ``testmini.parquet`` and, split
+                      testmini_text_only)                  ``testmini_text_only``, ``testmini_text_only.parquet``
 mathvision            MathLLMs/MathVision                  ``{split}[-*].parquet`` / ``{split}.jsonl``
-gsm8k-v               (local only)                         ``{split}.jsonl`` / ``.csv`` / ``.parquet``
+gsm8k-v               ZJU-REAL/GSM8K-V                     ``metadata/<category>/<sub>.json`` (JSON arrays) and
+                                                           ``<pic_id>.png`` anywhere beside ``metadata/``
+alpaca                tatsu-lab/alpaca                     ``{split}-*.parquet`` (split ``train``)
+gsm8k                 openai/gsm8k (main)                  ``main/{split}-*.parquet``
 ====================  ===================================  =================================================
 
-``gsm8k-v`` is read with :func:`moehooks.evaluate.load_items`: one record per problem with ``id``, ``question``
-(the instruction shown after the image), ``answer`` (the final number), ``image`` (path of the rendered
-problem, relative to the file) and ``text_reference`` (the original GSM8K problem text), e.g.
-``DIR/test.jsonl`` next to ``DIR/images/0001.png``.
+Without ``data_dir`` the files come from the Hugging Face cache (``huggingface_hub.snapshot_download``, only
+the files above), downloaded first when online. ``gsm8k-v`` items show all of a problem's scene images
+(``Item.images``, 2-11) with the implicit instruction :data:`GSM8K_V_INSTRUCTION`; their text reference is the
+record's own ``original_question``. ``alpaca`` (general domain) and ``gsm8k`` (domain text) are text items.
 
 Images stored inside dataset files (bytes) are written once to ``image_dir`` (default
 ``~/.cache/moehooks/images/<name>/<split>``) under a content-hashed name, since items refer to images by path.
@@ -35,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import json
 import random
 import re
 import string
@@ -75,6 +79,7 @@ class Recipe:
         config: dataset config name, if the hub dataset has several.
         patterns: glob patterns (formatted with ``split`` and ``config``) of the files in a local copy, tried in
             order; the first that matches anything wins.
+        extra_files: patterns of other files the items refer to (downloaded with the snapshot).
     """
 
     name: str
@@ -83,6 +88,7 @@ class Recipe:
     build: Callable[[Recipe, Path | None, str, Path], Iterator[Item]]
     config: str | None = None
     patterns: tuple[str, ...] = ()
+    extra_files: tuple[str, ...] = ()
 
 
 def default_image_dir(name: str, split: str) -> Path:
@@ -104,12 +110,63 @@ def _obtain_hint(recipe: Recipe) -> str:
     )
 
 
-def _local_files(recipe: Recipe, data_dir: Path, split: str, config: str | None) -> list[Path]:
-    if not data_dir.is_dir():
+_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def hub_snapshot(repo_id: str, patterns: Sequence[str], *, repo_type: str = "dataset",
+                 download: bool = True) -> Path | None:
+    """The local snapshot of a hub repository holding the files matching ``patterns`` (fnmatch, ``*`` spans
+    folders): from the Hugging Face cache, else downloaded when ``download`` and not offline; ``None`` when
+    neither works.
+
+    Example:
+        >>> hub_snapshot("HuggingFaceH4/MATH-500", ["*test.jsonl"], download=False)  # doctest: +SKIP
+        PosixPath('~/.cache/huggingface/hub/datasets--HuggingFaceH4--MATH-500/snapshots/<commit>')
+    """
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    options = dict(repo_type=repo_type, allow_patterns=list(patterns), cache_dir=constants.HF_HUB_CACHE)
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True, **options))
+    except LocalEntryNotFoundError:
+        if not download or constants.is_offline_mode():
+            return None
+    try:
+        return Path(snapshot_download(repo_id, **options))
+    except Exception:  # network, auth (gated) and repository errors all mean: not obtainable here
+        return None
+
+
+def _patterns(recipe: Recipe, split: str, config: str | None) -> list[str]:
+    return [p.format(split=split, config=config) for p in recipe.patterns]
+
+
+def find_files(recipe: Recipe, data_dir: Path | None, split: str, config: str | None = None, *,
+               download: bool = True) -> list[Path]:
+    """The files of one split (and config) of a benchmark: under ``data_dir`` (any depth), else in the hub
+    snapshot of its ``hub_id`` (see :func:`hub_snapshot`).
+
+    Raises:
+        BenchmarkNotFoundError: nothing matches; the message says where it looked and how to get the data.
+    """
+    patterns = _patterns(recipe, split, config)
+    if data_dir is None:
+        from huggingface_hub import constants
+
+        wanted = [f"*{p}" for p in (*patterns, *recipe.extra_files)]
+        snapshot = None if recipe.hub_id is None else hub_snapshot(recipe.hub_id, wanted, download=download)
+        if snapshot is None:
+            raise BenchmarkNotFoundError(
+                f"benchmark {recipe.name!r}: {recipe.hub_id}{f' ({config})' if config else ''} split {split!r} is "
+                f"not in the Hugging Face cache at {constants.HF_HUB_CACHE} and could not be downloaded "
+                f"(offline mode: {'on' if constants.is_offline_mode() else 'off'}); {_obtain_hint(recipe)}"
+            )
+        data_dir = snapshot
+    elif not data_dir.is_dir():
         raise BenchmarkNotFoundError(
             f"benchmark {recipe.name!r}: data directory {data_dir.resolve()} does not exist; {_obtain_hint(recipe)}"
         )
-    patterns = [p.format(split=split, config=config) for p in recipe.patterns]
     for pattern in patterns:
         files = sorted(f for f in data_dir.glob(f"**/{pattern}") if f.is_file())
         if files:
@@ -121,23 +178,11 @@ def _local_files(recipe: Recipe, data_dir: Path, split: str, config: str | None)
 
 
 def _load_rows(recipe: Recipe, data_dir: Path | None, split: str, config: str | None = None) -> Any:
-    """The benchmark's split as a ``datasets.Dataset``, from ``data_dir`` files or from the hub (cache)."""
+    """The benchmark's split as a ``datasets.Dataset`` read from its files (``data_dir`` or the hub snapshot)."""
     import datasets
 
-    if data_dir is not None:
-        files = _local_files(recipe, data_dir, split, config)
-        builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}[files[0].suffix]
-        rows = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
-    else:
-        try:
-            rows = datasets.load_dataset(str(recipe.hub_id), config, split=split)
-        except (OSError, ValueError) as err:
-            raise BenchmarkNotFoundError(
-                f"benchmark {recipe.name!r}: {recipe.hub_id}{f' ({config})' if config else ''} split {split!r} "
-                f"could not be loaded from the hub or the datasets cache at {datasets.config.HF_DATASETS_CACHE} "
-                f"(offline: {datasets.config.HF_DATASETS_OFFLINE}); {_obtain_hint(recipe)}. "
-                f"Cause: {type(err).__name__}: {err}"
-            ) from err
+    files = find_files(recipe, data_dir, split, config)
+    rows = datasets.load_dataset(_BUILDERS[files[0].suffix], data_files=[str(f) for f in files], split="train")
     for column, feature in rows.features.items():
         if isinstance(feature, datasets.Image):
             rows = rows.cast_column(column, datasets.Image(decode=False))
@@ -166,9 +211,14 @@ def _image_path(value: Any, item_id: str, data_dir: Path | None, image_dir: Path
     return str(candidate)
 
 
-def _lettered(question: str, options: Sequence[str]) -> str:
+def _options_text(question: str, options: Sequence[str]) -> str:
+    """A question followed by its lettered options (``A) ...`` one per line)."""
     lines = "\n".join(f"{letter}) {option}" for letter, option in zip(string.ascii_uppercase, options))
-    return f"{question}\n\n{lines}\n\n{CHOICE_INSTRUCTION}"
+    return f"{question}\n\n{lines}" if options else question
+
+
+def _lettered(question: str, options: Sequence[str]) -> str:
+    return f"{_options_text(question, options)}\n\n{CHOICE_INSTRUCTION}"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -197,8 +247,9 @@ def _gpqa(domain: str) -> Callable[[Recipe, Path | None, str, Path], Iterator[It
             random.Random(f"{GPQA_SHUFFLE_SEED}:{item_id}").shuffle(options)
             yield Item(
                 id=item_id,
-                question=_lettered(str(row["Question"]).strip(), options),
+                question=f"Solve the problem above. {CHOICE_INSTRUCTION}",
                 answer=string.ascii_uppercase[options.index(correct)],
+                text_reference=_options_text(str(row["Question"]).strip(), options),
                 choices=options,
                 meta={"domain": domain, "subdomain": row.get("Subdomain")},
             )
@@ -206,10 +257,14 @@ def _gpqa(domain: str) -> Callable[[Recipe, Path | None, str, Path], Iterator[It
     return build
 
 
+MATHVERSE_TEXT_ONLY = "testmini_text_only"
+"""MathVerse's text-only config; its one split has the same name."""
+
+
 def _mathverse(recipe: Recipe, data_dir: Path | None, split: str, image_dir: Path) -> Iterator[Item]:
-    text_only = _load_rows(recipe, data_dir, split, "testmini_text_only")
+    text_only = _load_rows(recipe, data_dir, MATHVERSE_TEXT_ONLY, MATHVERSE_TEXT_ONLY)
     references = {str(row["problem_index"]): str(row["question"]) for row in text_only}
-    for row in _load_rows(recipe, data_dir, split, "testmini"):
+    for row in _load_rows(recipe, data_dir, split, split):
         if row["problem_version"] != "Vision Only":
             continue
         item_id = str(row["sample_index"])
@@ -236,18 +291,63 @@ def _mathvision(recipe: Recipe, data_dir: Path | None, split: str, image_dir: Pa
             answer=str(row["answer"]),
             image=image or _image_path(row.get("image"), item_id, data_dir, image_dir),
             choices=options or None,
-            meta={"subject": row.get("subject"), "level": row.get("level")},
+            meta={"subject": row.get("subject"), "level": row.get("level"),
+                  "problem_text": _options_text(question, options)},
         )
+
+
+GSM8K_V_INSTRUCTION = "Answer the question in the images."
+"""GSM8K-V's implicit setting: the scene images and only this instruction."""
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def _gsm8k_v(recipe: Recipe, data_dir: Path | None, split: str, image_dir: Path) -> Iterator[Item]:
-    if data_dir is None:
-        raise BenchmarkNotFoundError(
-            "benchmark 'gsm8k-v' is read from local files only: pass data_dir (--data-dir) holding "
-            f"{split}.jsonl (or .csv/.parquet) with id, question, answer, image, text_reference "
-            "(see moehooks.benchmarks)"
+    files = find_files(recipe, data_dir, split)
+    root = next(folder.parent for folder in files[0].parents if folder.name == "metadata")
+    pictures = {f.stem: f for f in sorted(root.rglob("*")) if f.suffix.lower() in _IMAGE_SUFFIXES}
+    rows = [row for f in files for row in json.loads(f.read_text(encoding="utf-8"))]
+    for row in sorted(rows, key=lambda r: int(r["question_id"])):
+        item_id = str(row["question_id"])
+        missing = [str(p) for p in row["pic_ids"] if str(p) not in pictures]
+        if missing:
+            raise BenchmarkNotFoundError(
+                f"benchmark 'gsm8k-v': item {item_id} shows pictures {missing} that are not under {root.resolve()} "
+                f"(looked for <pic_id>{'/'.join(_IMAGE_SUFFIXES)}); {_obtain_hint(recipe)}"
+            )
+        images = [str(pictures[str(p)]) for p in row["pic_ids"]]
+        yield Item(
+            id=item_id,
+            question=GSM8K_V_INSTRUCTION,
+            answer=str(row["math_ground_truth"]).strip(),
+            images=images,
+            text_reference=str(row["original_question"]),
+            meta={"explicit_question": row.get("modify_scene_related_question")},
         )
-    yield from load_items(_local_files(recipe, data_dir, split, None)[0])
+
+
+def _alpaca(recipe: Recipe, data_dir: Path | None, split: str, image_dir: Path) -> Iterator[Item]:
+    for index, row in enumerate(_load_rows(recipe, data_dir, split)):
+        prompt = "\n\n".join(part for part in (str(row["instruction"]).strip(), str(row.get("input") or "").strip())
+                             if part)
+        yield Item(id=f"alpaca-{index}", question=prompt, answer=str(row["output"]), text_reference=prompt)
+
+
+def gsm8k_final(answer: str) -> str:
+    """The final answer of a GSM8K solution: after ``####``, without thousands commas.
+
+    Example:
+        >>> gsm8k_final("She pays 2*1,000 = <<2*1000=2000>>2,000.\n#### 2,000")
+        '2000'
+    """
+    return answer.rsplit("####", 1)[-1].strip().replace(",", "")
+
+
+def _gsm8k(recipe: Recipe, data_dir: Path | None, split: str, image_dir: Path) -> Iterator[Item]:
+    for index, row in enumerate(_load_rows(recipe, data_dir, split, recipe.config)):
+        question = str(row["question"]).strip()
+        yield Item(id=f"gsm8k-{split}-{index}", question=question, answer=gsm8k_final(str(row["answer"])),
+                   text_reference=question)
 
 
 _GPQA_FILES = ("{config}.csv", "{config}/*.parquet", "{config}/*/*.parquet")
@@ -294,10 +394,26 @@ RECIPES: dict[str, Recipe] = {
         ),
         Recipe(
             name="gsm8k-v",
-            hub_id=None,
+            hub_id="ZJU-REAL/GSM8K-V",
             default_split="test",
             build=_gsm8k_v,
-            patterns=("{split}.jsonl", "{split}.csv", "{split}.parquet"),
+            patterns=("metadata/*/*.json", "metadata/*.json"),
+            extra_files=("*.png", "*.jpg", "*.jpeg"),
+        ),
+        Recipe(
+            name="alpaca",
+            hub_id="tatsu-lab/alpaca",
+            default_split="train",
+            build=_alpaca,
+            patterns=("{split}-*.parquet", "{split}.parquet", "{split}.jsonl", "{split}.json"),
+        ),
+        Recipe(
+            name="gsm8k",
+            hub_id="openai/gsm8k",
+            default_split="test",
+            build=_gsm8k,
+            config="main",
+            patterns=("{config}/{split}-*.parquet", "{config}/{split}.parquet", "{split}.jsonl"),
         ),
     )
 }

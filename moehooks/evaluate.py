@@ -11,7 +11,8 @@ Example:
     0.042
 
 Item files (:func:`load_items`) are JSONL, CSV or Parquet with the fields ``id``, ``question``, ``answer``
-and optionally ``image`` (a path relative to the file), ``text_reference`` (the problem as text, used in place
+and optionally ``image`` (a path relative to the file), ``images`` (a list of such paths, for items showing
+several images), ``text_reference`` (the problem as text, used in place
 of the image with ``as_text=True``), ``choices`` (a list of option texts; a JSON list in CSV) and ``meta``
 (an object); any other field is kept in ``Item.meta``.
 
@@ -68,6 +69,7 @@ class Item:
         text_reference: the problem as text, shown in place of the image when prompting as text.
         choices: option texts of a multiple-choice item (lettered A, B, ... in order), or ``None``.
         meta: anything else (subject, level, source fields...).
+        images: all images of an item that shows several (in order; ``image`` is then the first), or ``None``.
     """
 
     id: str
@@ -77,12 +79,26 @@ class Item:
     text_reference: str | None = None
     choices: list[str] | None = None
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    images: list[str] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "id", str(self.id))
         object.__setattr__(self, "answer", str(self.answer))
+        if self.images:
+            object.__setattr__(self, "images", [str(path) for path in self.images])
+            if self.image is None:
+                object.__setattr__(self, "image", self.images[0])
         if self.image is not None:
             object.__setattr__(self, "image", str(self.image))
+
+    def image_paths(self) -> list[str]:
+        """Every image the item shows, in order (none for a text item).
+
+        Example:
+            >>> Item(id="1", question="q", answer="a", images=["a.png", "b.png"]).image_paths()
+            ['a.png', 'b.png']
+        """
+        return list(self.images) if self.images else [self.image] if self.image is not None else []
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -160,13 +176,14 @@ def item_from_row(row: Mapping[str, Any], base_dir: Path) -> Item:
 
     Example:
         >>> item_from_row({"id": 3, "question": "1+1?", "answer": 2, "level": 1}, Path("."))
-        Item(id='3', question='1+1?', answer='2', image=None, text_reference=None, choices=None, meta={'level': 1})
+        Item(id='3', question='1+1?', answer='2', image=None, text_reference=None, choices=None, meta={'level': 1}, images=None)
 
     Raises:
         ValueError: a required field is missing, a field has the wrong type, or the image file does not exist.
     """
     if not isinstance(row, Mapping):
         raise ValueError(f"expected an object, got {type(row).__name__}")
+    images = _images_field(row.get("images"), base_dir)
     image = None
     if not _blank(row.get("image")):
         image_path = base_dir / str(row["image"])
@@ -174,7 +191,7 @@ def item_from_row(row: Mapping[str, Any], base_dir: Path) -> Item:
             raise ValueError(f"image not found: {image_path}")
         image = str(image_path)
     text_reference = row.get("text_reference")
-    known = {"id", "question", "answer", "image", "text_reference", "choices", "meta"}
+    known = {"id", "question", "answer", "image", "images", "text_reference", "choices", "meta"}
     meta = {k: v for k, v in row.items() if k not in known}
     meta.update(_meta_field(row.get("meta")))
     return Item(
@@ -185,7 +202,25 @@ def item_from_row(row: Mapping[str, Any], base_dir: Path) -> Item:
         text_reference=None if _blank(text_reference) else str(text_reference),
         choices=_choices_field(row.get("choices")),
         meta=meta,
+        images=images,
     )
+
+
+def _images_field(value: Any, base_dir: Path) -> list[str] | None:
+    if _blank(value):
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"field 'images' is not a JSON list: {err}") from err
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(f"field 'images' must be a non-empty list of paths, got {value!r}")
+    paths = [base_dir / str(v) for v in value]
+    absent = [str(p) for p in paths if not p.is_file()]
+    if absent:
+        raise ValueError(f"image not found: {', '.join(absent)}")
+    return [str(p) for p in paths]
 
 
 def load_items(path: str | os.PathLike[str], *, strict: bool = False) -> list[Item]:
@@ -242,14 +277,17 @@ def _has_image_processor(processor: Any) -> bool:
     return getattr(processor, "image_processor", None) is not None
 
 
-def _open_rgb(item: Item) -> Any:
+def _open_rgb(item: Item) -> list[Any]:
     from PIL import Image
 
-    path = Path(str(item.image))
-    if not path.is_file():
-        raise FileNotFoundError(f"image of item {item.id!r} not found: {path.resolve()}")
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    opened = []
+    for name in item.image_paths():
+        path = Path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"image of item {item.id!r} not found: {path.resolve()}")
+        with Image.open(path) as image:
+            opened.append(image.convert("RGB"))
+    return opened
 
 
 def prompt_text(item: Item, *, as_text: bool = False) -> str:
@@ -275,8 +313,8 @@ def prompt_text(item: Item, *, as_text: bool = False) -> str:
 def build_inputs(processor: Any, items: Sequence[Item], *, as_text: bool = False) -> Any:
     """Encode items as one left-padded batch of single-turn chat prompts ending in the assistant turn.
 
-    Image items become ``[{"type": "image"}, {"type": "text", "text": question}]`` user messages (images loaded
-    with PIL, RGB); other items, and all items with ``as_text=True``, are text-only (``text_reference`` takes the
+    Image items become ``[{"type": "image"}, {"type": "text", "text": question}]`` user messages (one image entry
+    per image of the item, loaded with PIL, RGB); other items, and all items with ``as_text=True``, are text-only (``text_reference`` takes the
     image's place). A plain tokenizer gets string contents. Whatever the processor returns is kept
     (``mm_token_type_ids`` and ``image_grid_thw`` included).
 
@@ -303,14 +341,14 @@ def build_inputs(processor: Any, items: Sequence[Item], *, as_text: bool = False
                 "processor: pass a multimodal processor or as_text=True"
             )
         if multimodal:
-            content: Any = [{"type": "image"}] if with_image else []
+            content: Any = [{"type": "image"}] * len(item.image_paths()) if with_image else []
             content.append({"type": "text", "text": text})
         else:
             content = text
         messages = [{"role": "user", "content": content}]
         prompts.append(processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
         if with_image:
-            images.append(_open_rgb(item))
+            images.extend(_open_rgb(item))
     tokenizer = _tokenizer(processor)
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
@@ -461,6 +499,32 @@ def normalize_answer(text: str) -> str:
     return re.sub(r"\s+", "", text).rstrip(".").lower()
 
 
+_DEGREES = re.compile(r"\^\s*\{?\\circ\}?|\\circ|\\degree|Â°|°")
+_LABEL = re.compile(r"^\s*[A-Za-z][A-Za-z\s]*(?:\([^()]*\))?\s*=\s*(?=\S)")
+_UNIT_COMMAND = re.compile(r"\\(?:mathrm|text|mbox)\s*\{\s*~?\s*([A-Za-z][A-Za-z\s./]*)\}(?:\s*\^\s*\{?\d\}?)?")
+_VALUE_THEN_UNIT = re.compile(
+    r"^\s*(-?(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:\s*/\s*\d+(?:\.\d+)?)?)\s*~?\s*(?:[A-Za-z][A-Za-z./]*(?:\s*\^\s*\{?\d\}?)?\s*)+$"
+)
+
+
+def strip_units(text: str) -> str:
+    r"""An answer without its label, unit and degree sign, as free-form answers of MathVerse and GSM8K-V carry
+    them: ``Area $=113.1 \mathrm{~cm}^{2}$``, ``4.4 m``, ``315^\circ T`` (a bearing), ``60Â°`` (mojibake).
+    Text without a number keeps its words.
+
+    Example:
+        >>> strip_units("Area $=113.1 \\mathrm{~cm}^{2}$")
+        '113.1'
+        >>> strip_units("315^\\circ T"), strip_units("4.4 m"), strip_units("x = \\frac{1}{2}")
+        ('315', '4.4', '\\frac{1}{2}')
+    """
+    text = _DEGREES.sub("", text.replace("$", ""))
+    text = _LABEL.sub("", text)
+    text = _UNIT_COMMAND.sub("", text).strip()
+    match = _VALUE_THEN_UNIT.match(text)
+    return (match.group(1) if match else text).strip().rstrip(".").strip()
+
+
 def _math_equal(prediction: str, answer: str) -> bool:
     """``math_verify`` equivalence of two answer strings; ``False`` when it cannot parse or raises."""
     from math_verify import parse, verify
@@ -526,6 +590,10 @@ def grade_detail(prediction: str, answer: str, choices: Sequence[str] | None = N
     if extracted is None:
         return False, None
     correct = _math_equal(extracted, answer) or normalize_answer(extracted) == normalize_answer(answer)
+    if not correct and strip_units(answer) != answer.strip():
+        bare = strip_units(extracted)
+        gold = strip_units(answer)
+        correct = _math_equal(bare, gold) or normalize_answer(bare) == normalize_answer(gold)
     return correct, extracted
 
 
@@ -533,7 +601,8 @@ def grade(prediction: str, answer: str, choices: Sequence[str] | None = None) ->
     r"""Whether a free-form prediction reaches the reference answer.
 
     The final answer is extracted (:func:`extract_answer`) and compared with ``math_verify`` (so ``\frac{1}{2}``
-    equals ``0.5``), falling back to normalised exact match. With ``choices`` (or a single-letter answer), the
+    equals ``0.5``), falling back to normalised exact match, and for a reference carrying a label, unit or
+    degree sign to the same comparisons without them on both sides (:func:`strip_units`). With ``choices`` (or a single-letter answer), the
     prediction's option letter, or the option text it gives, must match the answer's letter.
 
     Example:

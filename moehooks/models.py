@@ -33,6 +33,12 @@ LAB_BETA: float = 1.0
 DEFAULT_TAU: float = 0.3
 DEFAULT_BETA: float = 0.5
 
+PAPER_MAX_NEW_TOKENS: int = 8192
+"""Generation budget per answer in the paper (greedy decoding)."""
+
+PAPER_BENCHMARKS: tuple[str, ...] = ("math500", "gpqa-physics", "gpqa-chemistry", "mathverse", "mathvision", "gsm8k-v")
+"""The paper's six benchmarks (names of ``moehooks.benchmarks.RECIPES``), the default set of its aliases."""
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -57,6 +63,12 @@ class ModelSpec:
         beta: steering strength.
         generation_kwargs: extra keyword arguments for ``model.generate``.
         trust_remote_code: whether loading runs code shipped with the checkpoint.
+        max_new_tokens: generation budget per answer.
+        benchmarks: default benchmark set of ``steer`` with neither ``--benchmark`` nor ``--tasks``.
+        per_benchmark: settings that differ on one benchmark (``{"math500": {"repetition_penalty": None}}``:
+            keys are ``layers``, ``tau``, ``beta``, ``max_new_tokens`` or ``generate`` arguments; ``None`` drops
+            a ``generate`` argument).
+        large: loaded with ``device_map="auto"`` and bf16 by default on a CUDA machine.
     """
 
     source: str
@@ -66,9 +78,47 @@ class ModelSpec:
     beta: float = DEFAULT_BETA
     generation_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
     trust_remote_code: bool = False
+    max_new_tokens: int = PAPER_MAX_NEW_TOKENS
+    benchmarks: tuple[str, ...] = ()
+    per_benchmark: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict, hash=False)
+    large: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "generation_kwargs", MappingProxyType(dict(self.generation_kwargs)))
+        object.__setattr__(self, "per_benchmark",
+                           MappingProxyType({k: MappingProxyType(dict(v)) for k, v in self.per_benchmark.items()}))
+
+    def settings(self, benchmark: str | None = None) -> dict[str, Any]:
+        """The settings in effect on ``benchmark``: ``layers`` (inclusive pair or ``None``), ``tau``, ``beta``
+        and ``generation`` (every ``generate`` argument: greedy, ``max_new_tokens``, the alias's extras).
+
+        Example:
+            >>> resolve("qwen3-vl").settings("mathverse")["generation"]
+            {'do_sample': False, 'max_new_tokens': 8192, 'repetition_penalty': 1.2}
+            >>> resolve("qwen3-vl").settings("math500")["generation"]
+            {'do_sample': False, 'max_new_tokens': 8192}
+        """
+        extra = dict(self.per_benchmark.get(benchmark, {})) if benchmark else {}
+        own = {key: extra.pop(key, getattr(self, key)) for key in ("layers", "tau", "beta", "max_new_tokens")}
+        generation = {"do_sample": False, "max_new_tokens": own.pop("max_new_tokens"), **self.generation_kwargs,
+                      **extra}
+        return {**own, "generation": {k: v for k, v in generation.items() if v is not None}}
+
+    def load_defaults(self, cuda: bool | None = None) -> dict[str, Any]:
+        """``from_pretrained`` defaults: ``device_map="auto"`` and ``dtype="bfloat16"`` for a large model on a
+        CUDA machine (``cuda=None`` asks torch), nothing otherwise.
+
+        Example:
+            >>> resolve("qwen3-vl").load_defaults(cuda=True)
+            {'device_map': 'auto', 'dtype': 'bfloat16'}
+            >>> resolve("lab").load_defaults(cuda=True)
+            {}
+        """
+        if cuda is None:
+            import torch
+
+            cuda = torch.cuda.is_available()
+        return {"device_map": "auto", "dtype": "bfloat16"} if self.large and cuda else {}
 
     def layer_indices(self, num_layers: int) -> range:
         """Decoder layer indices to steer in a model with ``num_layers`` layers.
@@ -96,6 +146,9 @@ ALIASES: dict[str, ModelSpec] = {
         tau=0.3,
         beta=0.5,
         generation_kwargs={"repetition_penalty": 1.2},
+        benchmarks=PAPER_BENCHMARKS,
+        per_benchmark={"math500": {"repetition_penalty": None}},
+        large=True,
     ),
     "kimi-vl": ModelSpec(
         source="moonshotai/Kimi-VL-A3B-Instruct",
@@ -104,6 +157,8 @@ ALIASES: dict[str, ModelSpec] = {
         tau=0.3,
         beta=0.5,
         trust_remote_code=True,
+        benchmarks=PAPER_BENCHMARKS,
+        large=True,
     ),
     "llama4-scout": ModelSpec(
         source="meta-llama/Llama-4-Scout-17B-16E-Instruct",
@@ -111,15 +166,18 @@ ALIASES: dict[str, ModelSpec] = {
         layers=(8, 40),
         tau=0.3,
         beta=0.2,
+        benchmarks=PAPER_BENCHMARKS,
+        large=True,
     ),
-    "lab": ModelSpec(source=str(LAB_MODEL_DIR), alias="lab", layers=None, tau=LAB_TAU, beta=LAB_BETA),
+    "lab": ModelSpec(source=str(LAB_MODEL_DIR), alias="lab", layers=None, tau=LAB_TAU, beta=LAB_BETA, max_new_tokens=8),
 }
 
 
-def resolve(name_or_path: str | Path) -> ModelSpec:
+def resolve(name_or_path: str | Path, preset: str | None = None) -> ModelSpec:
     """Turn an alias, a local directory or a hub id into a :class:`ModelSpec`.
 
-    A hub id or directory that belongs to an alias gets that alias's settings; anything else gets the defaults.
+    A hub id or directory that belongs to an alias gets that alias's settings; anything else gets the defaults,
+    or with ``preset`` (an alias) that alias's settings applied to it.
 
     Example:
         >>> resolve("llama4-scout").beta
@@ -128,8 +186,14 @@ def resolve(name_or_path: str | Path) -> ModelSpec:
         'qwen3-vl'
         >>> resolve("some-org/some-model").layers is None
         True
+        >>> resolve("some-org/some-model", preset="qwen3-vl").layers
+        (6, 42)
     """
     name = str(name_or_path)
+    if preset is not None:
+        if preset not in ALIASES:
+            raise ValueError(f"unknown preset {preset!r}: expected one of {', '.join(sorted(ALIASES))}")
+        return dataclasses.replace(ALIASES[preset], source=resolve(name).source)
     if name in ALIASES:
         return ALIASES[name]
     for spec in ALIASES.values():
@@ -186,7 +250,7 @@ def _not_found(spec: ModelSpec, err: Exception) -> ModelNotFoundError:
 
 
 def load(
-    name_or_path: str | Path,
+    name_or_path: str | Path | ModelSpec,
     *,
     device_map: str | dict[str, Any] | None = None,
     dtype: Any = "auto",
@@ -204,7 +268,7 @@ def load(
         >>> model, tokenizer = load("/path/to/saved/text-moe")  # doctest: +SKIP
 
     Args:
-        name_or_path: alias, local directory or hub id (see :func:`resolve`).
+        name_or_path: alias, local directory or hub id (see :func:`resolve`), or a resolved spec.
         device_map: passed to ``from_pretrained`` when given.
         dtype: passed to ``from_pretrained`` (``"auto"`` keeps the checkpoint's dtype).
         attn_implementation: attention kernel; default from :func:`default_attn_implementation`.
@@ -222,7 +286,7 @@ def load(
         AutoTokenizer,
     )
 
-    spec = resolve(name_or_path)
+    spec = name_or_path if isinstance(name_or_path, ModelSpec) else resolve(name_or_path)
     remote = spec.trust_remote_code if trust_remote_code is None else trust_remote_code
     try:
         config = AutoConfig.from_pretrained(spec.source, trust_remote_code=remote)

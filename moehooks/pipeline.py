@@ -52,10 +52,12 @@ def lab_study(tasks: str = "noisy") -> StudyData:
 
 
 def load_model(name: str = "lab", *, device_map: str | dict[str, Any] | None = None, dtype: str = "auto",
-               attn_implementation: str | None = None) -> tuple[nn.Module, Any, models.ModelSpec]:
-    """``(model, processor, spec)`` for an alias, local directory or hub id (see ``moehooks.models``)."""
-    spec = models.resolve(name)
-    model, processor = models.load(name, device_map=device_map, dtype=dtype, attn_implementation=attn_implementation)
+               attn_implementation: str | None = None,
+               preset: str | None = None) -> tuple[nn.Module, Any, models.ModelSpec]:
+    """``(model, processor, spec)`` for an alias, local directory or hub id (see ``moehooks.models``), with the
+    settings of alias ``preset`` when given."""
+    spec = models.resolve(name, preset)
+    model, processor = models.load(spec, device_map=device_map, dtype=dtype, attn_implementation=attn_implementation)
     return model, processor, spec
 
 

@@ -138,7 +138,7 @@ def test_gpqa_options_are_shuffled_deterministically(tmp_path: Path) -> None:
         expected = [f"right {index}", f"wrong {index}a", f"wrong {index}b", f"wrong {index}c"]
         assert sorted(item.choices) == sorted(expected)
         assert item.choices["ABCD".index(item.answer)] == f"right {index}"
-        assert f"{item.answer}) right {index}" in item.question
+        assert f"{item.answer}) right {index}" in item.text_reference and item.text_reference.startswith("Question")
         assert grade(f"\\boxed{{{item.answer}}}", item.answer, item.choices)
     chemistry = bm.load_benchmark("gpqa-chemistry", data_dir=tmp_path)
     assert [(item.id, item.meta["domain"]) for item in chemistry] == [("rec6", "Chemistry")]
@@ -198,16 +198,130 @@ def test_mathvision_options_and_images(tmp_path: Path) -> None:
     assert len(bm.load_benchmark("mathvision", data_dir=root, split="test", image_dir=tmp_path / "img")) == 1
 
 
-def test_gsm8k_v_local_layout(tmp_path: Path) -> None:
-    (tmp_path / "images").mkdir()
-    Image.new("RGB", (16, 8)).save(tmp_path / "images" / "0001.png")
-    row = {"id": "0001", "question": bm.INSTRUCTION, "answer": "18", "image": "images/0001.png",
-           "text_reference": "Janet has 3 boxes of 6 eggs. How many eggs?"}
-    write_jsonl(tmp_path / "test.jsonl", [row])
-    (item,) = bm.load_benchmark("gsm8k-v", data_dir=tmp_path)
-    assert (item.id, item.answer, item.image) == ("0001", "18", str(tmp_path / "images" / "0001.png"))
-    with pytest.raises(bm.BenchmarkNotFoundError, match="local files only"):
-        bm.load_benchmark("gsm8k-v")
+def gsm8k_v_copy(root: Path) -> Path:
+    """GSM8K-V as in its repository: JSON arrays under data/metadata/<category>/<sub>.json, PNGs in one folder."""
+    records = {
+        "measurement/length.json": [
+            {"question_id": 12, "original_question": "Tom has 3 boxes of 6 eggs. How many eggs?",
+             "math_ground_truth": "18", "modify_scene_related_question": "How many eggs are in the boxes?",
+             "pic_ids": ["12_1", "12_2", "12_3"], "scenes": [{"scene_id": 1, "description": "boxes"}]},
+        ],
+        "finance/shopping.json": [
+            {"question_id": 3, "original_question": "A pen costs $2. How much do 4 pens cost?",
+             "math_ground_truth": "8", "modify_scene_related_question": "How much?", "pic_ids": ["3_1", "3_2"],
+             "scenes": []},
+        ],
+    }
+    for name, rows in records.items():
+        path = root / "data" / "metadata" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rows))
+    (root / "data" / "images").mkdir(parents=True)
+    for shade, pic in enumerate(["12_1", "12_2", "12_3", "3_1", "3_2"]):
+        Image.new("RGB", (16, 8), (shade * 40, 0, 0)).save(root / "data" / "images" / f"{pic}.png")
+    return root
+
+
+def test_gsm8k_v_multi_image_items_in_the_published_layout(tmp_path: Path) -> None:
+    root = gsm8k_v_copy(tmp_path / "GSM8K-V")
+    first, second = bm.load_benchmark("gsm8k-v", data_dir=root)
+    assert (first.id, first.answer, first.question) == ("3", "8", "Answer the question in the images.")
+    assert first.text_reference == "A pen costs $2. How much do 4 pens cost?"
+    assert [Path(p).name for p in second.image_paths()] == ["12_1.png", "12_2.png", "12_3.png"]
+    assert second.image == second.images[0] and second.meta["explicit_question"] == "How many eggs are in the boxes?"
+    (root / "data" / "images" / "12_2.png").unlink()
+    with pytest.raises(bm.BenchmarkNotFoundError, match=r"item 12 shows pictures \['12_2'\]"):
+        bm.load_benchmark("gsm8k-v", data_dir=root)
+
+
+def test_gsm8k_v_items_prompt_every_image() -> None:
+    from moehooks.evaluate import Item, build_inputs
+
+    seen: dict[str, Any] = {}
+
+    class Processor:
+        image_processor = object()
+        tokenizer = types.SimpleNamespace(padding_side="right")
+
+        def apply_chat_template(self, messages, **_: Any) -> str:
+            seen["content"] = messages[0]["content"]
+            return "prompt"
+
+        def __call__(self, text, images, **_: Any) -> dict[str, Any]:
+            seen["images"] = images
+            return {}
+
+    paths = []
+    for shade in (10, 20, 30):
+        path = Path(f"/tmp/gsm8kv-{shade}.png")
+        Image.new("RGB", (8, 8), (shade, 0, 0)).save(path)
+        paths.append(str(path))
+    build_inputs(Processor(), [Item(id="1", question=bm.GSM8K_V_INSTRUCTION, answer="8", images=paths)])
+    assert seen["content"] == [{"type": "image"}] * 3 + [{"type": "text", "text": bm.GSM8K_V_INSTRUCTION}]
+    assert [image.getpixel((0, 0))[0] for image in seen["images"]] == [10, 20, 30]
+
+
+def test_alpaca_and_gsm8k_recipes(tmp_path: Path) -> None:
+    write_parquet(tmp_path / "alpaca" / "data" / "train-00000-of-00001-a09b74b3ef9c3b56.parquet", [
+        {"instruction": "Give three tips.", "input": "", "output": "1. Eat.", "text": "### Instruction: ..."},
+        {"instruction": "Translate.", "input": "Bonjour", "output": "Hello", "text": "..."},
+    ])
+    first, second = bm.load_benchmark("alpaca", data_dir=tmp_path / "alpaca")
+    assert (first.question, first.answer, second.question) == ("Give three tips.", "1. Eat.", "Translate.\n\nBonjour")
+    assert second.text_reference == second.question and second.image is None
+    write_parquet(tmp_path / "gsm8k" / "main" / "test-00000-of-00001.parquet", [
+        {"question": "Q1?", "answer": "2 * 1000 = <<2*1000=2000>>2000\n#### 2,000"},
+        {"question": "Q2?", "answer": "#### -3"},
+    ])
+    write_parquet(tmp_path / "gsm8k" / "main" / "train-00000-of-00001.parquet", [{"question": "T?", "answer": "#### 1"}])
+    items = bm.load_benchmark("gsm8k", data_dir=tmp_path / "gsm8k")
+    assert [(i.question, i.answer) for i in items] == [("Q1?", "2000"), ("Q2?", "-3")]
+    assert [i.answer for i in bm.load_benchmark("gsm8k", data_dir=tmp_path / "gsm8k", split="train")] == ["1"]
+
+
+def fake_hub_cache(cache: Path, repo_id: str, files: dict[str, bytes], repo_type: str = "dataset") -> Path:
+    """A Hugging Face hub cache entry as ``snapshot_download`` writes it: refs/main -> snapshots/<commit>/..."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / f"{repo_type}s--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    for name, data in files.items():
+        target = repo / "snapshots" / commit / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    return repo / "snapshots" / commit
+
+
+def parquet_bytes(rows: list[dict[str, Any]]) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buffer)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def offline_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def test_hub_ids_load_from_the_hub_cache_offline(offline_cache: Path) -> None:
+    math = "".join(json.dumps(row) + "\n" for row in MATH_ROWS).encode()
+    fake_hub_cache(offline_cache, "HuggingFaceH4/MATH-500", {"test.jsonl": math, "README.md": b"card"})
+    assert [i.id for i in bm.load_benchmark("math500")] == [row["unique_id"] for row in MATH_ROWS]
+    vision = [{"sample_index": "5", "problem_index": "1", "problem_version": "Vision Only", "question": "",
+               "image": {"bytes": png_bytes(10), "path": "image_1.png"}, "answer": "B",
+               "question_type": "multi-choice"}]
+    text = [{"sample_index": "1", "problem_index": "1", "problem_version": "Text Only", "question": "Pick one.",
+             "image": "", "answer": "B", "question_type": "multi-choice"}]
+    fake_hub_cache(offline_cache, "AI4Math/MathVerse", {"testmini.parquet": parquet_bytes(vision),
+                                                       "testmini_text_only.parquet": parquet_bytes(text)})
+    (item,) = bm.load_benchmark("mathverse", image_dir=offline_cache / "img")
+    assert (item.id, item.text_reference, item.answer) == ("5", "Pick one.", "B")
 
 
 def test_missing_data_says_where_it_looked_and_how_to_get_it(tmp_path: Path) -> None:
@@ -220,15 +334,11 @@ def test_missing_data_says_where_it_looked_and_how_to_get_it(tmp_path: Path) -> 
         bm.load_benchmark("mathverse", data_dir=tmp_path / "absent")
 
 
-def test_missing_hub_dataset_offline_names_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    import datasets
-
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+def test_missing_hub_dataset_offline_names_the_cache(offline_cache: Path) -> None:
     with pytest.raises(bm.BenchmarkNotFoundError) as err:
         bm.load_benchmark("mathvision")
     message = str(err.value)
-    assert str(datasets.config.HF_DATASETS_CACHE) in message
+    assert str(offline_cache) in message and "offline mode: on" in message
     assert "huggingface-cli download MathLLMs/MathVision" in message
 
 
@@ -239,3 +349,29 @@ def test_unknown_benchmark_lists_the_known_ones() -> None:
         assert name in str(err.value)
     with pytest.raises(ValueError, match="limit must be >= 0"):
         bm.load_benchmark("math500", limit=-1)
+
+
+@pytest.mark.parametrize(
+    ("prediction", "answer", "expected"),
+    [
+        (r"\boxed{113.1}", r"Area $=113.1 \mathrm{~cm}^{2}$", True),
+        (r"The area is \boxed{113.1 \text{ cm}^2}", r"Area $=113.1 \mathrm{~cm}^{2}$", True),
+        (r"\boxed{113.2}", r"Area $=113.1 \mathrm{~cm}^{2}$", False),
+        (r"\boxed{4.4}", "4.4 m", True),
+        (r"\boxed{4.4 \mathrm{m}}", "4.4 m", True),
+        (r"\boxed{44}", "4.4 m", False),
+        (r"\boxed{315^\circ}", r"315^\circ T", True),
+        (r"\boxed{315}", r"315^{\circ} T", True),
+        (r"\boxed{60}", "60Â°", True),
+        (r"\boxed{60^\circ}", "60°", True),
+        (r"\boxed{\frac{1}{2}}", r"x=0.5", True),
+        (r"\boxed{B}", "B", True),
+        (r"\boxed{C}", "B", False),
+        ("The answer is (A).", "A", True),
+        (r"\boxed{False}", "False", True),
+        (r"\boxed{18}", "18", True),
+        (r"\boxed{\text{Evelyn}}", r"\text{Evelyn}", True),
+    ],
+)
+def test_grading_per_answer_form_of_the_published_data(prediction: str, answer: str, expected: bool) -> None:
+    assert grade(prediction, answer) is expected
