@@ -1,21 +1,35 @@
-# Set-up is `make install` (run implicitly by `make run` / `make test`): a ./.venv with the project editable.
+# Set-up is `make install` (run implicitly by `make run` / `make test`): a ./.venv with the exact versions of
+# requirements.lock and the project editable. `make test-latest` runs the same suite on the newest transformers
+# and accelerate (in ./.venv-latest); `make lock` moves the lock forward to the newest releases.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+LATEST := .venv-latest
+LOCK   := requirements.lock
 # CPU machines take the local CPU wheel; an unpinned torch would pull a multi-GB CUDA build.
 TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install run test bench clean
+.PHONY: install run test test-latest lock bench clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
-	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev]"
-	touch $(STAMP)
+# $(1): venv folder; $(2): extra pip arguments installed after the lock (the newest releases for test-latest)
+define make_venv
+	python3 -m venv $(1)
+	$(1)/bin/python -m pip install -q --upgrade pip
+	$(1)/bin/python -m pip install -q "$(TORCH)"
+	$(1)/bin/python -m pip install -q -r $(LOCK)
+	$(1)/bin/python -m pip install -q --no-deps -e .
+	$(if $(2),$(1)/bin/python -m pip install -q --upgrade $(2))
+	touch $(1)/.installed
+endef
+
+$(STAMP): pyproject.toml $(LOCK)
+	$(call make_venv,$(VENV),)
+
+$(LATEST)/.installed: pyproject.toml $(LOCK)
+	$(call make_venv,$(LATEST),transformers accelerate)
 
 run: install
 	$(PY) cli.py study --out runs/study
@@ -23,9 +37,24 @@ run: install
 test: install
 	$(PY) -m pytest
 
+test-latest: $(LATEST)/.installed
+	$(LATEST)/bin/python -m pip install -q --upgrade transformers accelerate
+	$(LATEST)/bin/python -c "import transformers, accelerate; print('transformers', transformers.__version__, 'accelerate', accelerate.__version__)"
+	$(LATEST)/bin/python -m pytest
+
+lock:
+	rm -rf .venv-lock
+	python3 -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q --upgrade pip
+	.venv-lock/bin/python -m pip install -q "$(TORCH)"
+	.venv-lock/bin/python -m pip install -q --upgrade -e ".[dev,bench]"
+	{ sed -n '1,2p' $(LOCK); .venv-lock/bin/python -m pip freeze --exclude-editable | grep -v -E '^(torch==|-e )'; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -rf .venv-lock
+	@echo "$(LOCK) updated: run make test and make test-latest, then commit it"
+
 bench: install
-	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) benches/run_all.py
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) $(LATEST) .venv-lock runs build *.egg-info

@@ -8,9 +8,9 @@ Every moehooks context derives from ``HookContext``: hooks are attached in ``__e
 ``ExitStack`` and removed in ``__exit__`` (also when the body raises); contexts nest; nothing is attached at
 import or construction time, and a closed context drops its references to the model.
 
-One ``Tracker`` per model (shared, reference-counted by the open contexts) watches the model's forward calls
-through a forward pre-hook and describes the current batch: which router rows are real tokens (attention
-mask), which are image tokens, the phase (prefill or decode) and the sample numbers of the rows.
+One ``Tracker`` per model (shared, reference-counted by the open contexts) describes each forward call of the
+model (``moehooks.batch``): which router rows are real prompt or generated tokens, which are padding,
+recomputed or copies, which are image tokens, and which prompt each row belongs to.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from __future__ import annotations
 import math
 import weakref
 from contextlib import AbstractContextManager, ExitStack
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn
 
 from .adapters import RoutingMap, adapt
+from .batch import Tracker
 
 PHASES = ("prefill", "decode")
 MODALITIES = ("text", "image")
@@ -46,122 +46,6 @@ def check_finite(name: str, value: object) -> float:
     if not math.isfinite(number):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     return number
-
-
-@dataclass
-class Batch:
-    """The router rows of one forward call: ``rows = batch * seq`` tokens in row-major order.
-
-    ``valid`` / ``image`` are 0/1 LongTensors ``[rows]``; ``phase`` is 0 (prefill) or 1 (decode);
-    ``first_sample`` numbers the batch rows ``first_sample .. first_sample + batch - 1`` among all prompts
-    seen by the tracker (prefill calls only).
-    """
-
-    batch: int
-    seq: int
-    phase: int
-    valid: torch.Tensor
-    image: torch.Tensor
-    first_sample: int
-    modality_ids: torch.Tensor | None = None  # [batch, seq] token-type ids, for per-modality routers
-    _cache: dict[tuple[str, torch.device], torch.Tensor] = field(default_factory=dict, repr=False)
-
-    @property
-    def rows(self) -> int:
-        return self.batch * self.seq
-
-    def get(self, name: str, device: torch.device, rows: int, branch: str = "") -> torch.Tensor:
-        """``valid``/``image``/``sample`` for a router that saw ``rows`` rows, on ``device`` (cached).
-
-        A router that sees only one modality's rows (Ernie-4.5-VL's ``text``/``vision`` gates) gets those
-        rows selected with a boolean mask; that one case synchronises with the device.
-        """
-        key = (f"{name}:{branch}:{rows}", device)
-        cached = self._cache.get(key)
-        if cached is None:
-            full = self._full(name)
-            if rows != self.rows:
-                full = self._branch_rows(full, branch, rows)
-            cached = self._cache[key] = full.to(device)
-        return cached
-
-    def _full(self, name: str) -> torch.Tensor:
-        if name == "sample":
-            return torch.arange(self.batch, device=self.valid.device).repeat_interleave(self.seq)
-        if name == "cell":  # phase * 2 + modality: the row's (phase, modality) cell of a [2, 2, ...] table
-            return self.image + 2 * self.phase
-        return getattr(self, name)
-
-    def _branch_rows(self, full: torch.Tensor, branch: str, rows: int) -> torch.Tensor:
-        if branch and self.modality_ids is not None:
-            is_vision = self.modality_ids.reshape(-1).bool()
-            picked = full[is_vision if branch == "vision" else ~is_vision]
-            if picked.shape[0] == rows:
-                return picked
-        raise RuntimeError(
-            f"a router saw {rows} rows but the forward call has {self.batch}x{self.seq} tokens; "
-            "call the model object the context was opened on"
-        )
-
-
-class Tracker:
-    """Shared forward pre-hook describing the current batch; one per model while any context is open."""
-
-    def __init__(self, model: nn.Module, routing: RoutingMap) -> None:
-        self.image_token_id = routing.image_token_id
-        self.batch: Batch | None = None
-        self.samples = 0
-        self.users = 0
-        # Always eager: the batch description is Python bookkeeping (the prompt counter changes every prefill), and
-        # tracing it would make dynamo guard on it and recompile every generate call.
-        self._handle = model.register_forward_pre_hook(torch.compiler.disable(self._pre), with_kwargs=True)
-
-    def remove(self) -> None:
-        self._handle.remove()
-        self.batch = None
-
-    def _pre(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        embeds = kwargs.get("inputs_embeds")
-        ref = ids if ids is not None else embeds
-        if ref is None:
-            return
-        batch, seq = int(ref.shape[0]), int(ref.shape[1])
-        device = ref.device
-        mask = kwargs.get("attention_mask")
-        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
-            # contiguous: a decode step's column of the mask is a strided view, and compiled code would guard on
-            # its stride (the mask length) and recompile
-            valid = mask[:, -seq:].reshape(-1).to(device=device, dtype=torch.long).contiguous()
-        else:
-            valid = torch.ones(batch * seq, dtype=torch.long, device=device)
-        types = _last(kwargs.get("moe_mm_token_type_ids", kwargs.get("mm_token_type_ids")), seq)
-        if types is not None:
-            image = (types != 0).reshape(-1).long().to(device)
-        elif ids is not None and self.image_token_id is not None:
-            image = (ids == self.image_token_id).reshape(-1).long()
-        else:
-            image = torch.zeros(batch * seq, dtype=torch.long, device=device)
-        phase = 0 if _is_prefill(kwargs.get("past_key_values"), seq) else 1
-        self.batch = Batch(batch, seq, phase, valid, image, self.samples, modality_ids=types)
-        if phase == 0:
-            self.samples += batch
-
-
-def _last(types: torch.Tensor | None, seq: int) -> torch.Tensor | None:
-    if not isinstance(types, torch.Tensor) or types.dim() != 2:
-        return None
-    return types[:, -seq:]
-
-
-def _is_prefill(cache: Any, seq: int) -> bool:
-    """Prefill when there is no cache or an empty dynamic one; static caches fall back on ``seq > 1``
-    (their length lives on the device and reading it would synchronise)."""
-    if cache is None:
-        return True
-    if type(cache).__name__ in ("DynamicCache", "EncoderDecoderCache") and hasattr(cache, "get_seq_length"):
-        return cache.get_seq_length() == 0
-    return seq > 1
 
 
 def drop_stale_compiled_code(model: nn.Module) -> None:
@@ -189,7 +73,7 @@ _TRACKERS: "weakref.WeakKeyDictionary[nn.Module, Tracker]" = weakref.WeakKeyDict
 def acquire_tracker(model: nn.Module, routing: RoutingMap) -> Tracker:
     tracker = _TRACKERS.get(model)
     if tracker is None:
-        tracker = _TRACKERS[model] = Tracker(model, routing)
+        tracker = _TRACKERS[model] = Tracker(model, routing.image_token_id)
     tracker.users += 1
     return tracker
 

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from .adapters import MoELayer
-from .hooks import MODALITIES, PHASES, Batch, HookContext, check_choice
+from .batch import Batch
+from .hooks import MODALITIES, PHASES, HookContext, check_choice
 from .trace import TraceWriter
 
 _CELLS = len(PHASES) * len(MODALITIES)
@@ -61,6 +62,8 @@ class Recorder(HookContext):
         self.num_experts = 0
         self._tables: list[_Tables | None] = []
         self._samples: list[list[tuple[int, _Tables]]] = []
+        self._last: list[tuple | None] = []  # per router: its last call's inputs while they may be retracted
+        self._probs: list = []
 
     # ---- hooks ------------------------------------------------------------------------------------
     def _attach(self, stack: ExitStack) -> None:
@@ -73,6 +76,10 @@ class Recorder(HookContext):
         if directory is not None:
             self._trace = TraceWriter(directory, [f"layer{i}" for i in range(len(routing.layers))], chunk)
             stack.callback(self._trace.flush)
+        self._last = [None] * len(routing.layers)
+        self._probs = [entry.adapter.probs for entry in routing.layers]
+        self.tracker.listeners.append(self._retract)
+        stack.callback(self.tracker.listeners.remove, self._retract)
         for i, entry in enumerate(routing.layers):
             self.hook_router(stack, entry.router, self._hook(i, entry))
 
@@ -85,29 +92,48 @@ class Recorder(HookContext):
             if batch is None:
                 raise RuntimeError("a router ran outside a forward call of the model the recorder was opened on")
             rows, device = indices.shape[0], indices.device
-            valid = batch.get("valid", device, rows, branch)  # [rows] 0/1
+            count = batch.get("count", device, rows, branch)  # [rows] 0/1
             cell = batch.get("cell", device, rows, branch)  # [rows] phase*2 + modality
             tables = self._tables[i]
             if tables is None:
                 tables = self._tables[i] = _Tables.zeros(_CELLS, experts, device)
-            _accumulate(tables, cell, valid, logits, weights, indices, adapter.probs, experts)
+            call = (cell, count, logits.detach(), weights.detach(), indices)
+            _accumulate(tables, *call, adapter.probs, experts)
+            self._last[i] = (call, batch.seq) if batch.speculative else None
             if self._trace is not None:
-                self._trace.add(f"layer{i}", indices, weights, valid, batch.get("image", device, rows, branch),
-                                batch.phase)
-            if self.per_sample and batch.phase == 0:
+                self._trace.add(f"layer{i}", indices, weights, count, batch.get("image", device, rows, branch),
+                                batch.get("phase", device, rows, branch))
+            if self.per_sample and 0 in batch.phases:
                 sample_tables = self._sample_tables(i, batch, device)
-                sample = batch.get("sample", device, rows, branch) * len(MODALITIES) + batch.get("image", device, rows, branch)
-                _accumulate(sample_tables, sample, valid, logits, weights, indices, adapter.probs, experts)
+                image = batch.get("image", device, rows, branch)
+                sample = batch.get("sample", device, rows, branch) * len(MODALITIES) + image
+                prompt = count * (1 - batch.get("phase", device, rows, branch))
+                _accumulate(sample_tables, sample, prompt, logits, weights, indices, adapter.probs, experts)
 
         return record_hook
 
+    def _retract(self, positions: int) -> None:
+        """Take back the last ``positions`` columns of each router's last (speculative) call: rejected candidates."""
+        for i, last in enumerate(self._last):
+            if last is None:
+                continue
+            (cell, count, logits, weights, indices), seq = last
+            keep = (torch.arange(seq, device=count.device) < seq - positions).long().repeat(count.shape[0] // seq)
+            _accumulate(self._tables[i], cell, -(count * (1 - keep)), logits, weights, indices,
+                        self._probs[i], self.num_experts)
+            if self._trace is not None:
+                self._trace.retract(f"layer{i}", keep)
+            self._last[i] = None
+
     def _closed(self) -> None:
         self._trace = None
+        self._last = []
+        self._probs = []
 
     def _sample_tables(self, i: int, batch: Batch, device: torch.device) -> _Tables:
         chunks = self._samples[i]
         if not chunks or chunks[-1][0] != batch.first_sample:
-            chunks.append((batch.first_sample, _Tables.zeros(batch.batch * len(MODALITIES), self.num_experts, device)))
+            chunks.append((batch.first_sample, _Tables.zeros(batch.samples * len(MODALITIES), self.num_experts, device)))
         return chunks[-1][1]
 
     # ---- reading ----------------------------------------------------------------------------------
@@ -191,8 +217,14 @@ def record(model: nn.Module, *, per_sample: bool = False, trace: str | os.PathLi
             model.generate(**inputs)
         rec.counts(modality="text", phase="decode")
 
-    ``per_sample=True`` also keeps ``[samples, layers, experts]`` counts over prompt tokens; samples are
-    numbered in the order their prompts were seen. ``trace="dir"`` also streams every real token's chosen
+    Each real prompt token is counted once as ``prefill`` and each generated token that a forward call read
+    once as ``decode``, in every ``generate`` mode (``moehooks.batch`` says how): padding, positions that
+    ``use_cache=False`` recomputes, tokens after a row's end-of-sequence token and rejected speculative
+    candidates weigh 0. Under beam search and ``num_return_sequences`` a prompt's copies share one sample: its
+    prompt tokens count once, while every beam's (every returned copy's) decode rows count.
+
+    ``per_sample=True`` also keeps ``[samples, layers, experts]`` counts over prompt tokens, one row per prompt
+    (not per beam), numbered in the order the prompts were seen. ``trace="dir"`` also streams every real token's chosen
     experts and gate weights to ``dir`` in shards of ``trace_chunk`` rows (``moehooks.trace.read_trace``).
     """
     return Recorder(model, per_sample=per_sample, trace=trace, trace_chunk=trace_chunk)

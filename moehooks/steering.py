@@ -42,7 +42,8 @@ from torch import nn
 
 from .adapters import MoELayer, RouterAdapter, RoutingMap, adapt
 from .adapters.base import on_device
-from .hooks import MODALITIES, PHASES, Batch, HookContext, Tracker, check_choice, check_finite
+from .batch import Batch, Tracker
+from .hooks import MODALITIES, PHASES, HookContext, check_choice, check_finite
 
 MODES = ("soft", "hard", "random")
 TOKEN_SCOPES = ("all", *MODALITIES)
@@ -158,7 +159,7 @@ class Steering(HookContext):
             batch = tracker.batch
             if batch is None:
                 raise RuntimeError("a router ran outside a forward call of the model the steering was opened on")
-            if batch.phase not in self._phases:
+            if not any(p in self._phases for p in batch.phases):
                 return None
             logits, _, _ = adapter.unpack(output, args[0] if args else None)
             scope = self._scope(batch, logits.device, logits.shape[0], plan.branch)
@@ -169,10 +170,15 @@ class Steering(HookContext):
 
     def _scope(self, batch: Batch, device: torch.device, rows: int, branch: str) -> torch.Tensor:
         """0/1 float row weights ``[rows, 1]`` (or ``[1, 1]`` ones when every row is steered)."""
-        if self.tokens == "all":
-            return on_device(self._ones, _ONE, device)
-        image = batch.get("image", device, rows, branch).unsqueeze(1).float()  # [rows, 1]
-        return image if self.tokens == "image" else 1.0 - image
+        scope = None
+        if self.tokens != "all":
+            image = batch.get("image", device, rows, branch).unsqueeze(1).float()  # [rows, 1]
+            scope = image if self.tokens == "image" else 1.0 - image
+        if not all(p in self._phases for p in batch.phases):  # one phase of a call that holds both
+            phase = batch.get("phase", device, rows, branch).unsqueeze(1).float()
+            wanted = phase if self._phases == [1] else 1.0 - phase
+            scope = wanted if scope is None else scope * wanted
+        return on_device(self._ones, _ONE, device) if scope is None else scope
 
     def _closed(self) -> None:
         self._ones.clear()
@@ -195,7 +201,8 @@ def steer(model: nn.Module, experts: Mapping[int, Sequence[int]], mode: str = "s
     ``calibrate_sigma`` measures one. ``layers``: a ``range`` or list of decoder-layer indices, or an inclusive
     ``(start, end)`` tuple; every one must be a MoE layer; only layers both in ``experts`` and in ``layers``
     are steered (``None``: all). ``tokens``: ``"all"``, ``"image"`` or ``"text"`` rows; ``phase``: ``"all"``,
-    ``"prefill"`` or ``"decode"`` forward calls. ``compile=True`` wraps each router's boost-and-select with
+    ``"prefill"`` or ``"decode"`` rows (prompt or generated positions, as ``moehooks.batch`` describes them, also
+    within one call: chunked prefill, ``use_cache=False``, speculative candidates). ``compile=True`` wraps each router's boost-and-select with
     ``torch.compile(dynamic=True)`` (routers share one graph; the first call compiles it); inductor's fused
     softmax / std may round weights and boosted logits differently from eager in the last bit, which can
     only change a selection between near-tied experts. Ernie-4.5-VL's text and vision routers of a layer
@@ -232,7 +239,7 @@ class SigmaCalibration(HookContext):
             batch = tracker.batch
             if batch is None:
                 raise RuntimeError("a router ran outside a forward call of the model the calibration was opened on")
-            valid = batch.get("valid", logits.device, logits.shape[0], branch).float()  # [rows]
+            valid = batch.get("count", logits.device, logits.shape[0], branch).float()  # [rows]
             part = torch.stack([(logits.detach().float().std(dim=-1) * valid).sum(), valid.sum()])  # [2]
             total = self._sums[i]
             self._sums[i] = part if total is None else total + part

@@ -18,8 +18,9 @@ cast to the dtype and device of ``h`` once per (device, dtype).
 Positions:
     ``"image"``      the image tokens of every forward call, read from the batch description (``mm_token_type_ids``
                      or the image token id); works in prefill and decode (decode tokens are text: weight 0).
-    BoolTensor       ``[batch, seq]`` of the prompt (``input_ids.shape``); applied in prefill calls only: decode
-                     steps add new tokens, which are not positions of the prompt, and are left unchanged.
+    BoolTensor       ``[batch, seq]`` of the prompt (``input_ids.shape``); applied to the prompt's positions in
+                     every call that holds them (chunked prefill chunks, ``use_cache=False`` recomputations, every
+                     beam of a prompt); generated tokens are not positions of the prompt and are left unchanged.
 
 ``concept_vector`` reads the hidden state at the same point the swap edits (the input of the decoder layer),
 through a temporary pre-hook. It differs from ``output_hidden_states=True`` where a model adds something between
@@ -155,14 +156,16 @@ class Swap(HookContext):
         if isinstance(self.positions, str):
             rows = hidden.shape[0] * hidden.shape[1]
             return batch.get("image", hidden.device, rows).view(hidden.shape[:2]).to(hidden.dtype)
-        if batch.phase != 0:
+        if 0 not in batch.phases:
             return None
-        if tuple(self.positions.shape) != tuple(hidden.shape[:2]):
+        if tuple(self.positions.shape) != (batch.samples, batch.prompt_len):
             raise ValueError(
-                f"positions mask has shape {tuple(self.positions.shape)} but the prefill call has "
-                f"{tuple(hidden.shape[:2])} [batch, seq] tokens; pass a mask shaped like input_ids"
+                f"positions mask has shape {tuple(self.positions.shape)} but the call belongs to {batch.samples} "
+                f"prompts of {batch.prompt_len} tokens; pass a mask shaped like the prompt's input_ids"
             )
-        return on_device(self._weights, self.positions, hidden.device, hidden.dtype)
+        mask = on_device(self._weights, self.positions, hidden.device, hidden.dtype)  # [prompts, prompt_len]
+        cols = mask[:, batch.start:batch.start + batch.prompt].repeat_interleave(batch.factor, dim=0)
+        return torch.nn.functional.pad(cols, (0, batch.seq - batch.prompt))  # generated columns weigh 0
 
 
 def swap(model: nn.Module, layer: int, source: torch.Tensor, target: torch.Tensor, alpha: float, *,

@@ -40,14 +40,17 @@ class TraceWriter:
         self._shard = 0
 
     def add(self, name: str, indices: torch.Tensor, weights: torch.Tensor, valid: torch.Tensor,
-            image: torch.Tensor, phase: int) -> None:
-        """Queue one router call (tensors stay on their device); flush when a chunk is full."""
-        rows = indices.shape[0]
-        self._pending[name].append([indices.detach(), weights.detach().float(), valid, image,
-                                    torch.full((rows,), phase, dtype=torch.long, device=indices.device)])
-        self._rows[name] += rows
+            image: torch.Tensor, phase: torch.Tensor) -> None:
+        """Queue one router call (tensors stay on their device); a full chunk is written first, so the call
+        just queued can still be retracted."""
         if self._rows[name] >= self.chunk_rows:
             self.flush()
+        self._pending[name].append([indices.detach(), weights.detach().float(), valid, image, phase])
+        self._rows[name] += indices.shape[0]
+
+    def retract(self, name: str, keep: torch.Tensor) -> None:
+        """Drop the rows of ``name``'s last queued call where ``keep`` is 0 (rejected speculative candidates)."""
+        self._pending[name][-1][2] = self._pending[name][-1][2] * keep
 
     def flush(self) -> None:
         """Write everything queued as one shard (nothing when the queue is empty)."""

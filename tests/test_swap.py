@@ -239,7 +239,7 @@ def test_invalid_arguments_fail_before_any_hook(text_model, change, error, messa
 def test_mask_of_the_wrong_shape_fails_at_run_time(text_model):
     s, t = _vectors()
     count = _hook_count(text_model)
-    with pytest.raises(ValueError, match=r"positions mask has shape \(2, 5\) but the prefill call has \(2, 6\)"):
+    with pytest.raises(ValueError, match=r"positions mask has shape \(2, 5\) but the call belongs to 2 prompts of 6 tokens"):
         with moehooks.swap(text_model, 1, s, t, ALPHA, positions=torch.ones(2, 5, dtype=torch.bool)):
             text_model(**_text_inputs())
     assert _hook_count(text_model) == count

@@ -7,7 +7,7 @@ import torch
 
 import moehooks
 from moehooks.trace import read_trace
-from tiny import VOCAB, build
+from tiny import VOCAB, build, decode_rows
 
 
 def _batch():
@@ -21,13 +21,14 @@ def test_trace_holds_every_real_token_and_agrees_with_the_tables(tmp_path):
     model = build("deepseek_v3")
     ids, mask = _batch()
     with moehooks.record(model, trace=tmp_path / "t", trace_chunk=8) as rec:
-        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=20, do_sample=False, pad_token_id=0)
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=20, do_sample=False, pad_token_id=0)
     trace = read_trace(tmp_path / "t")
     shards = list((tmp_path / "t").glob("shard_*.safetensors"))
-    assert len(shards) >= 4  # 10 prompt + 38 decode rows per router, chunks of 8 rows
+    decode = decode_rows(out, ids.shape[1])
+    assert decode > 8 and len(shards) >= 3  # 10 prompt rows + decode rows per router, chunks of 8 rows
     for i in range(len(rec.layers)):
         indices, phase = trace[f"layer{i}.indices"], trace[f"layer{i}.phase"]
-        assert indices.shape == (int(mask.sum()) + 2 * 19, 4)
+        assert indices.shape == (int(mask.sum()) + decode, 4)
         for p, name in enumerate(("prefill", "decode")):
             counts = torch.bincount(indices[phase == p].reshape(-1), minlength=16)
             assert torch.equal(counts, rec.counts(phase=name)[i].cpu())

@@ -175,3 +175,13 @@ def _randomise_biases(model: torch.nn.Module) -> None:
         if name.endswith("e_score_correction_bias"):
             with torch.no_grad():
                 buf.copy_(torch.randn(buf.shape, generator=g) * 0.05)
+
+
+def decode_rows(sequences: torch.Tensor, prompt_len: int, eos: int = 2) -> int:
+    """Hand count of the decode rows a ``generate`` routed: per output row, the new tokens up to and including
+    its first ``eos`` (or all of them), less the last one, which no forward call reads."""
+    total = 0
+    for row in sequences[:, prompt_len:].tolist():
+        ends = [i for i, token in enumerate(row) if token == eos]
+        total += (ends[0] + 1 if ends else len(row)) - 1
+    return total

@@ -1,0 +1,368 @@
+"""The per-forward batch description every hook reads: which router rows are real prompt tokens, which are
+generated, which are padding, recomputed or copies, and which prompt each row belongs to.
+
+    with moehooks.record(model, per_sample=True) as rec:
+        model.generate(**inputs, max_new_tokens=32, num_beams=2)
+    rec.tokens(phase="prefill")   # each real prompt token once, whatever the generate mode
+    rec.sample_counts()           # one row per prompt (beams belong to their prompt)
+
+One ``Tracker`` per model (shared by the open contexts) describes each forward call of the model in a forward
+pre-hook, and owns the model's ``generate`` call while a context is open (an instance attribute wraps it), so
+it knows the prompt length, the prompt's attention mask, how many rows each prompt was expanded to (beams,
+``num_return_sequences``) and the end-of-sequence ids. A row of a call is the token at absolute position
+``start + j`` of its sequence, where ``start`` is the length of the KV cache passed in (whatever keyword holds
+it: ``past_key_values`` up to transformers 5.23, ``cache`` from 5.24), read where it is a Python number
+(dynamic caches) and counted by the tracker where it lives on the device (static caches), or 0 without a cache
+(``use_cache=False``). Then, inside ``generate``:
+
+* positions before the prompt length are **prefill** rows, later ones **decode** rows (also within one call:
+  chunked prefill, ``use_cache=False``, prompt-lookup candidates);
+* padding comes from the prompt's 2-D mask (``generate(attention_mask=...)`` or a 2-D mask in the call,
+  keyword or positional); 4-D and per-layer-type dict masks are not read inside ``generate``;
+* rows are **counted** (recorded) once: positions recomputed under ``use_cache=False`` weigh 0; of a prompt
+  expanded to ``n`` rows only the first copy's prompt tokens count, while every copy's (every beam's)
+  decode rows count, attributed to its prompt; decode rows fed an end-of-sequence token or later (the padding
+  ``generate`` appends to finished rows) weigh 0 (not tracked under beam search, whose rows are reordered);
+  speculative candidates (assisted / prompt-lookup decoding) are counted when verified and **retracted** when
+  ``generate`` crops them from the cache, so only accepted tokens stay counted.
+
+Outside ``generate`` a call without a cache or with an empty one is a batch of new prompts (every real token
+prefill); a call with a non-empty cache is decode (a manual decode loop). Padding is read from the mask in
+any form: 2-D keyword or positional, 4-D ``[batch, 1, query, key]`` (a row is real where it may attend to its
+own position), or a dict of those per layer type. A call that cannot be described raises ``ValueError``
+naming the model call.
+"""
+
+from __future__ import annotations
+
+import inspect
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Batch:
+    """The router rows of one forward call: ``rows = batch * seq`` tokens in row-major order.
+
+    Row tensors (LongTensors ``[rows]``, 0/1 unless said): ``valid`` (a real token, not padding: the scope of
+    steering and swaps), ``count`` (recorded: valid, not recomputed, not a copy's prompt, not past the end of
+    its sequence), ``phase`` (0 prompt, 1 generated), ``image`` and ``sample`` (the row's prompt, numbered
+    ``0 .. samples - 1`` within this call; globally ``first_sample + sample``). ``phases`` lists the phases
+    present; ``start`` is the position of the call's first column, ``prompt`` the number of its columns that
+    are prompt positions, ``prompt_len`` the prompts' length; each prompt has ``factor`` rows (beams, returned
+    copies); ``speculative`` marks a call whose trailing decode columns may still be rejected.
+    """
+
+    batch: int
+    seq: int
+    valid: torch.Tensor
+    count: torch.Tensor
+    phase: torch.Tensor
+    image: torch.Tensor
+    sample: torch.Tensor
+    first_sample: int
+    samples: int
+    phases: tuple[int, ...]
+    start: int = 0
+    prompt: int = 0
+    prompt_len: int = 0
+    factor: int = 1
+    speculative: bool = False
+    modality_ids: torch.Tensor | None = None  # [batch, seq] token-type ids, for per-modality routers
+    _cache: dict[tuple[str, torch.device], torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def rows(self) -> int:
+        return self.batch * self.seq
+
+    def get(self, name: str, device: torch.device, rows: int, branch: str = "") -> torch.Tensor:
+        """A row tensor (``valid``, ``count``, ``phase``, ``image``, ``sample`` or ``cell`` = phase * 2 +
+        image) for a router that saw ``rows`` rows, on ``device`` (cached per call).
+
+        A router that sees only one modality's rows (Ernie-4.5-VL's ``text``/``vision`` gates) gets those
+        rows selected with a boolean mask; that one case synchronises with the device.
+        """
+        key = (f"{name}:{branch}:{rows}", device)
+        cached = self._cache.get(key)
+        if cached is None:
+            full = self.image + 2 * self.phase if name == "cell" else getattr(self, name)
+            if rows != self.rows:
+                full = self._branch_rows(full, branch, rows)
+            cached = self._cache[key] = full.to(device)
+        return cached
+
+    def _branch_rows(self, full: torch.Tensor, branch: str, rows: int) -> torch.Tensor:
+        if branch and self.modality_ids is not None:
+            is_vision = self.modality_ids.reshape(-1).bool()
+            picked = full[is_vision if branch == "vision" else ~is_vision]
+            if picked.shape[0] == rows:
+                return picked
+        raise RuntimeError(
+            f"a router saw {rows} rows but the forward call has {self.batch}x{self.seq} tokens; "
+            "call the model object the context was opened on"
+        )
+
+
+@dataclass
+class _Generate:
+    """What the tracker knows of the ``generate`` call in progress."""
+
+    prompts: int  # rows of input_ids given to generate
+    prompt_len: int
+    mask: torch.Tensor | None  # [prompts, prompt_len] 2-D attention mask given to generate
+    eos: list[int]
+    beams: bool
+    factor: int = 0  # rows per prompt, known at the first forward call
+    first_sample: int = 0
+    seen: int = 0  # positions counted so far
+    alive: torch.Tensor | None = None  # [rows] 0 once a row was fed an end-of-sequence token
+    cache: Any = None  # weakref to the last dynamic cache seen
+
+
+class Tracker:
+    """Shared forward pre-hook describing the current batch; one per model while any context is open."""
+
+    def __init__(self, model: nn.Module, image_token_id: int | None) -> None:
+        self.image_token_id = image_token_id
+        self.batch: Batch | None = None
+        self.samples = 0
+        self.users = 0
+        self.listeners: list[Callable[[int], None]] = []
+        self._gen: _Generate | None = None
+        self._model_name = type(model).__name__
+        self._params = _forward_params(model)
+        self._generation_config = getattr(model, "generation_config", None)
+        # Always eager: the batch description is Python bookkeeping (the prompt counter changes every prefill), and
+        # tracing it would make dynamo guard on it and recompile every generate call.
+        self._handle = model.register_forward_pre_hook(torch.compiler.disable(self._pre), with_kwargs=True)
+        self._model = weakref.ref(model)
+        self._generate_patch = _patch_generate(model, self)
+
+    def remove(self) -> None:
+        self._handle.remove()
+        model = self._model()
+        if model is not None:
+            _unpatch_generate(model, self._generate_patch)
+        self.batch = None
+        self._gen = None
+
+    # ---- generate ------------------------------------------------------------------------------------------
+    def generating(self, generate: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
+        """Run ``generate(*args, **kwargs)`` with the prompt facts it was given; retract unaccepted candidates."""
+        if self._gen is not None:  # generate called from inside generate (an assistant on this model)
+            return generate(*args, **kwargs)
+        self._gen = self._prompt_facts(args, kwargs)
+        try:
+            return generate(*args, **kwargs)
+        finally:
+            gen, self._gen = self._gen, None
+            cache = gen.cache() if gen.cache is not None else None
+            length = _cache_length(cache)
+            if isinstance(length, int) and length < gen.seen:
+                self._retract(gen.seen - length)
+            self.batch = None
+
+    def _prompt_facts(self, args: tuple, kwargs: dict[str, Any]) -> _Generate:
+        ids = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
+        if ids is None:
+            ids = kwargs.get("inputs_embeds")
+        if not isinstance(ids, torch.Tensor) or ids.dim() < 2:
+            raise ValueError(f"{self._model_name}.generate: moehooks needs input_ids (or inputs_embeds) of shape "
+                             "[batch, seq] to describe the prompt")
+        mask = kwargs.get("attention_mask")
+        mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+        config = kwargs.get("generation_config") or self._generation_config
+        eos = kwargs.get("eos_token_id", getattr(config, "eos_token_id", None))
+        eos = [] if eos is None else [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+        beams = int(kwargs.get("num_beams", getattr(config, "num_beams", 1)) or 1) > 1
+        return _Generate(int(ids.shape[0]), int(ids.shape[1]), mask, eos, beams)
+
+    def _retract(self, positions: int) -> None:
+        for listener in list(self.listeners):
+            listener(positions)
+
+    # ---- one forward call ----------------------------------------------------------------------------------
+    def _pre(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        inputs = _bind(self._params, args, kwargs)
+        ids, embeds = inputs.get("input_ids"), inputs.get("inputs_embeds")
+        ref = ids if isinstance(ids, torch.Tensor) else embeds
+        if not isinstance(ref, torch.Tensor) or ref.dim() < 2:
+            self.batch = None
+            return
+        batch, seq, device = int(ref.shape[0]), int(ref.shape[1]), ref.device
+        cache = next((v for v in inputs.values() if callable(getattr(v, "get_seq_length", None))), None)
+        gen = self._gen
+        length = _cache_length(cache)
+        if gen is not None:
+            self.batch = self._describe_generate(gen, inputs, ids, batch, seq, device, cache, length)
+        else:
+            self.batch = self._describe_forward(inputs, ids, batch, seq, device, cache, length)
+
+    def _describe_forward(self, inputs: dict[str, Any], ids: Any, batch: int, seq: int, device: torch.device,
+                          cache: Any, length: Any) -> Batch:
+        if isinstance(length, torch.Tensor):  # a static cache outside generate: its length lives on the device
+            length = int(length)
+        start = 0 if cache is None else int(length)
+        prompt = seq if start == 0 else 0
+        if prompt:
+            first, samples = self.samples, batch
+            self.samples += batch
+        else:
+            first, samples = max(self.samples - batch, 0), batch
+        valid = _valid_rows(inputs.get("attention_mask"), batch, seq, start, device, self._model_name)
+        return self._batch(inputs, ids, batch, seq, device, start, prompt, start + prompt, valid, valid, first,
+                           samples, 1)
+
+    def _describe_generate(self, gen: _Generate, inputs: dict[str, Any], ids: Any, batch: int, seq: int,
+                           device: torch.device, cache: Any, length: Any) -> Batch:
+        if not gen.factor:
+            if batch % gen.prompts:
+                raise ValueError(f"{self._model_name}.forward got {batch} rows inside generate() of {gen.prompts} "
+                                 "prompts; moehooks cannot tell which prompt each row belongs to")
+            gen.factor, gen.first_sample = batch // gen.prompts, self.samples
+            self.samples += gen.prompts
+        if cache is None:
+            start = 0  # use_cache=False: every call recomputes the sequence from its first position
+        elif isinstance(length, int):
+            start = length
+            gen.cache = weakref.ref(cache)
+            if start < gen.seen:  # the cache was cropped: the previous call's trailing candidates were rejected
+                self._retract(gen.seen - start)
+                gen.seen = start
+        else:
+            start = gen.seen  # a static cache: positions advance call by call
+        prompt = min(max(gen.prompt_len - start, 0), seq)
+        valid = self._generate_valid(gen, inputs, batch, seq, start, prompt, device)
+        cols = torch.arange(start, start + seq, device=device)
+        fresh = (cols >= gen.seen).long()  # [seq] not counted before (use_cache=False recomputes)
+        is_prompt = (cols < gen.prompt_len).long()
+        copy = (torch.arange(batch, device=device) % gen.factor == 0).long()  # [batch] first copy of a prompt
+        weight = is_prompt[None, :] * copy[:, None] + (1 - is_prompt)[None, :] * self._alive(gen, ids, batch, seq,
+                                                                                              start, prompt, device)
+        count = valid * (fresh[None, :] * weight).reshape(-1)
+        speculative = cache is not None and seq - prompt > 1
+        gen.seen = max(gen.seen, start + seq)
+        return self._batch(inputs, ids, batch, seq, device, start, prompt, gen.prompt_len, valid, count,
+                           gen.first_sample, gen.prompts, gen.factor, speculative)
+
+    def _generate_valid(self, gen: _Generate, inputs: dict[str, Any], batch: int, seq: int, start: int,
+                        prompt: int, device: torch.device) -> torch.Tensor:
+        mask = inputs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[1] >= start + seq:
+            return mask[:, start:start + seq].reshape(-1).to(device=device, dtype=torch.long).contiguous()
+        valid = torch.ones(batch, seq, dtype=torch.long, device=device)
+        if gen.mask is not None and prompt:
+            part = gen.mask[:, start:start + prompt].to(device=device, dtype=torch.long)
+            valid[:, :prompt] = part.repeat_interleave(gen.factor, dim=0)
+        return valid.reshape(-1)
+
+    @staticmethod
+    def _alive(gen: _Generate, ids: Any, batch: int, seq: int, start: int, prompt: int,
+               device: torch.device) -> torch.Tensor | int:
+        """``[batch, 1]`` 0 for rows already fed an end-of-sequence token (1 when not tracked)."""
+        new = start + seq - max(gen.seen, start + prompt)  # fresh decode columns of this call
+        if gen.beams or not gen.eos or new != 1 or not isinstance(ids, torch.Tensor):
+            return 1
+        if gen.alive is None:
+            gen.alive = torch.ones(batch, dtype=torch.long, device=device)
+        fed = ids[:, -1]
+        ended = torch.isin(fed, torch.tensor(gen.eos, device=fed.device)).long().to(device)
+        gen.alive = gen.alive * (1 - ended)
+        return gen.alive[:, None]
+
+    def _batch(self, inputs: dict[str, Any], ids: Any, batch: int, seq: int, device: torch.device, start: int,
+               prompt: int, prompt_len: int, valid: torch.Tensor, count: torch.Tensor, first: int, samples: int,
+               factor: int, speculative: bool = False) -> Batch:
+        types = _last(inputs.get("moe_mm_token_type_ids", inputs.get("mm_token_type_ids")), seq)
+        if types is not None:
+            image = (types != 0).reshape(-1).long().to(device)
+        elif isinstance(ids, torch.Tensor) and self.image_token_id is not None:
+            image = (ids == self.image_token_id).reshape(-1).long()
+        else:
+            image = torch.zeros(batch * seq, dtype=torch.long, device=device)
+        phase = (torch.arange(seq, device=device) >= prompt).long().repeat(batch)
+        phases = (0,) if prompt == seq else (1,) if prompt == 0 else (0, 1)
+        sample = (torch.arange(batch, device=device) // factor).repeat_interleave(seq)
+        return Batch(batch, seq, valid, count.contiguous(), phase, image, sample, first, samples, phases, start,
+                     prompt, prompt_len, factor, speculative, modality_ids=types)
+
+
+def _forward_params(model: nn.Module) -> list[str]:
+    try:
+        return [p.name for p in inspect.signature(model.forward).parameters.values()
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        return []
+
+
+def _bind(params: list[str], args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The call's arguments by name: positional ones named from the forward signature."""
+    if not args:
+        return kwargs
+    return {**dict(zip(params, args)), **kwargs}
+
+
+def _cache_length(cache: Any) -> int | torch.Tensor | None:
+    if cache is None:
+        return None
+    length = cache.get_seq_length()
+    return int(length) if isinstance(length, int) else length
+
+
+def _valid_rows(mask: Any, batch: int, seq: int, start: int, device: torch.device, model: str) -> torch.Tensor:
+    """0/1 ``[batch * seq]``: real tokens of a call at positions ``start .. start + seq - 1``, from any mask form."""
+    if isinstance(mask, dict):
+        mask = next((m for m in mask.values() if isinstance(m, torch.Tensor)), None)
+    if mask is None:
+        return torch.ones(batch * seq, dtype=torch.long, device=device)
+    if not isinstance(mask, torch.Tensor):
+        raise ValueError(f"{model}.forward: moehooks cannot read padding from an attention mask of type "
+                         f"{type(mask).__name__}; pass a 2-D attention_mask")
+    if mask.dim() == 2 and mask.shape[1] >= seq:
+        # contiguous: a decode step's column of the mask is a strided view, and compiled code would guard on
+        # its stride (the mask length) and recompile
+        cols = mask[:, start:start + seq] if mask.shape[1] >= start + seq else mask[:, -seq:]
+        return cols.reshape(-1).to(device=device, dtype=torch.long).contiguous()
+    if mask.dim() == 4 and mask.shape[2] == seq and mask.shape[3] >= start + seq:
+        rows = torch.arange(seq, device=mask.device)
+        own = mask[:, 0, rows, start + rows]  # [batch, seq] may each token attend to itself?
+        allowed = own if own.dtype == torch.bool else own == 0
+        return allowed.reshape(-1).to(device=device, dtype=torch.long).contiguous()
+    raise ValueError(f"{model}.forward: moehooks cannot read padding from an attention mask of shape "
+                     f"{tuple(mask.shape)} for {batch}x{seq} tokens at position {start}")
+
+
+def _last(types: Any, seq: int) -> torch.Tensor | None:
+    if not isinstance(types, torch.Tensor) or types.dim() != 2:
+        return None
+    return types[:, -seq:]
+
+
+def _patch_generate(model: nn.Module, tracker: Tracker) -> tuple[bool, Any] | None:
+    """Route ``model.generate`` through ``tracker.generating`` (an instance attribute, removed with the tracker)."""
+    original = getattr(model, "generate", None)
+    if not callable(original):
+        return None
+    own = "generate" in model.__dict__
+
+    def generate(*args: Any, **kwargs: Any) -> Any:
+        return tracker.generating(original, args, kwargs)
+
+    generate.__doc__ = getattr(original, "__doc__", None)
+    generate.__wrapped__ = original  # type: ignore[attr-defined]
+    model.__dict__["generate"] = generate
+    return own, original
+
+
+def _unpatch_generate(model: nn.Module, patch: tuple[bool, Any] | None) -> None:
+    if patch is None:
+        return
+    own, original = patch
+    if own:
+        model.__dict__["generate"] = original
+    else:
+        model.__dict__.pop("generate", None)

@@ -1,0 +1,241 @@
+"""The batch description in every generate mode, checked against hand counts and the model's own routing.
+
+The oracle is independent of moehooks' bookkeeping: one plain forward of the final sequences with
+``output_router_logits=True`` gives every position's routing; rows are weighted by hand from the attention mask
+(prompt positions), the generated tokens (all but the last, which no call reads; none after an end-of-sequence
+token) and the prompt's first copy (beams and returned copies).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+import moehooks
+from tiny import VOCAB, build, decode_rows
+
+P, NEW = 7, 4
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build("qwen3_moe")
+
+
+def _prompts(batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two prompts of 7 tokens, the first left-padded by 3: 11 real prompt tokens."""
+    ids = torch.randint(3, VOCAB, (batch, P), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    ids[mask == 0] = 0
+    return ids, mask
+
+
+def _oracle(model, sequences: torch.Tensor, mask: torch.Tensor, copies: int = 1,
+            eos: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prefill counts, decode counts) ``[layers, experts]`` from a plain forward of the final sequences."""
+    rows, length = sequences.shape
+    full = torch.cat([mask.repeat_interleave(copies, 0), torch.ones(rows, length - P, dtype=torch.long)], 1)
+    prefill = torch.zeros(rows, length, dtype=torch.long)
+    prefill[:, :P] = mask.repeat_interleave(copies, 0)
+    prefill[torch.arange(rows) % copies != 0] = 0  # a prompt counts once, whatever its copies
+    decode = torch.zeros(rows, length, dtype=torch.long)
+    for r, row in enumerate(sequences[:, P:].tolist()):
+        ends = [i for i, t in enumerate(row) if t == eos]
+        fed = (ends[0] + 1 if ends else len(row)) - 1
+        decode[r, P:P + fed] = 1
+    with torch.no_grad():
+        out = model(sequences, attention_mask=full, output_router_logits=True)
+    routing = moehooks.adapt(model)
+    result = []
+    for weight in (prefill, decode):
+        per_layer = []
+        for entry, logits in zip(routing.layers, out.router_logits):
+            _, idx = entry.adapter.select(logits)
+            counts = torch.zeros(entry.num_experts, dtype=torch.long)
+            counts.index_add_(0, idx.reshape(-1), weight.reshape(-1).repeat_interleave(idx.shape[1]))
+            per_layer.append(counts)
+        result.append(torch.stack(per_layer))
+    return result[0], result[1]
+
+
+GREEDY = dict(max_new_tokens=NEW, do_sample=False, pad_token_id=0, eos_token_id=None)
+MODES = {
+    "dynamic": {},
+    "chunked": dict(prefill_chunk_size=3),
+    "static": dict(cache_implementation="static"),
+    "no_cache": dict(use_cache=False),
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_each_real_prompt_token_is_prefill_once_and_each_generated_token_decode_once(model, mode):
+    ids, mask = _prompts()
+    with moehooks.record(model, per_sample=True) as rec:
+        out = model.generate(input_ids=ids, attention_mask=mask, **GREEDY, **MODES[mode])
+    layers = len(rec.layers)
+    assert rec.tokens(phase="prefill").tolist() == [11] * layers
+    assert rec.tokens(phase="decode").tolist() == [2 * (NEW - 1)] * layers
+    assert rec.sample_tokens().tolist() == [[4] * layers, [7] * layers]
+    prefill, decode = _oracle(model, out, mask)
+    assert torch.equal(rec.counts(phase="prefill"), prefill)
+    assert torch.equal(rec.counts(phase="decode"), decode)
+
+
+@pytest.mark.parametrize("expand", [dict(num_beams=2), dict(num_beams=2, num_return_sequences=2),
+                                    dict(do_sample=True, num_return_sequences=3)])
+def test_beams_and_returned_copies_belong_to_their_prompt(model, expand):
+    ids, mask = _prompts()
+    settings = {**GREEDY, **expand}
+    copies = settings.get("num_beams", 1) * (1 if "num_beams" in settings else settings["num_return_sequences"])
+    routed = []
+    handle = moehooks.adapt(model).layers[0].router.register_forward_hook(
+        lambda m, a, o: routed.append(a[0].shape[0]))
+    try:
+        with moehooks.record(model, per_sample=True) as rec:
+            torch.manual_seed(0)
+            model.generate(input_ids=ids, attention_mask=mask, **settings)
+    finally:
+        handle.remove()
+    layers = len(rec.layers)
+    assert rec.tokens(phase="prefill").tolist() == [11] * layers
+    assert rec.sample_tokens().tolist() == [[4] * layers, [7] * layers]  # one row per prompt
+    # every copy's (every beam's) decode rows count: all rows of every decode call
+    assert routed[0] == 2 * copies * P
+    assert rec.tokens(phase="decode").tolist() == [sum(routed[1:])] * layers == [2 * copies * (NEW - 1)] * layers
+
+
+def test_positional_mask_excludes_padding(model):
+    ids, mask = _prompts()
+    with torch.no_grad(), moehooks.record(model, per_sample=True) as rec:
+        model(ids, mask)
+    assert rec.tokens().tolist() == [11] * len(rec.layers)
+    assert rec.sample_tokens().tolist() == [[4] * len(rec.layers), [7] * len(rec.layers)]
+
+
+def _four_d(mask: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """The additive ``[batch, 1, q, k]`` causal + padding mask of a 2-D one."""
+    causal = torch.ones(P, P, dtype=torch.bool).tril()
+    allowed = causal[None] & mask[:, None, :].bool()
+    return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+@pytest.mark.parametrize("form", ["4d_float", "4d_bool", "dict"])
+def test_four_d_and_dict_masks_exclude_padding(model, form):
+    ids, mask = _prompts()
+    four = _four_d(mask)
+    given = {"4d_float": four, "4d_bool": four == 0, "dict": {"full_attention": four, "sliding_attention": four}}
+    net = build("gpt_oss") if form == "dict" else model  # a model with per-layer-type masks
+    with torch.no_grad(), moehooks.record(net) as rec:
+        net(input_ids=ids, attention_mask=given[form])
+    assert rec.tokens().tolist() == [11] * len(rec.layers)
+
+
+def test_one_token_prompts_are_prefill(model):
+    ids = torch.tensor([[5], [9]])
+    for mode in ("dynamic", "static"):
+        with moehooks.record(model) as rec:
+            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **GREEDY, **MODES[mode])
+        assert rec.tokens(phase="prefill").tolist() == [2] * len(rec.layers), mode
+        assert rec.tokens(phase="decode").tolist() == [2 * (NEW - 1)] * len(rec.layers), mode
+    with torch.no_grad(), moehooks.record(model) as rec:
+        model(ids)
+    assert rec.tokens(phase="prefill").tolist() == [2] * len(rec.layers)
+
+
+def test_a_manual_decode_loop_under_the_installed_cache_keyword(model):
+    """The cache is found by what it is, under ``past_key_values`` (5.23) or ``cache`` (5.24)."""
+    ids, mask = _prompts()
+    keyword = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    with torch.no_grad(), moehooks.record(model) as rec:
+        out = model(input_ids=ids, attention_mask=mask, use_cache=True)
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        mask2 = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1)
+        model(input_ids=nxt, attention_mask=mask2, use_cache=True, **{keyword: out.past_key_values})
+    assert rec.tokens(phase="prefill").tolist() == [11] * len(rec.layers)
+    assert rec.tokens(phase="decode").tolist() == [2] * len(rec.layers)
+
+
+def test_rows_fed_an_end_of_sequence_token_are_not_counted(model):
+    ids, mask = _prompts()
+    free = model.generate(input_ids=ids, attention_mask=mask, **{**GREEDY, "max_new_tokens": 8})
+    eos = next(t for t in free[0, P:P + 3].tolist() if t not in free[1, P:].tolist())  # ends row 0 early only
+    with moehooks.record(model) as rec:
+        out = model.generate(input_ids=ids, attention_mask=mask, **{**GREEDY, "max_new_tokens": 8, "eos_token_id": eos})
+    decode = decode_rows(out, P, eos)
+    assert decode < 2 * 7  # row 0 stopped
+    assert rec.tokens(phase="decode").tolist() == [decode] * len(rec.layers)
+    assert torch.equal(rec.counts(phase="decode"), _oracle(model, out, mask, eos=eos)[1])
+
+
+def test_prompt_lookup_counts_accepted_tokens_only(model):
+    ids = torch.tensor([[5, 6, 7, 8, 5, 6, 7, 8, 5, 6, 7]])
+    global P
+    saved, P = P, ids.shape[1]
+    try:
+        routed = []
+        handle = moehooks.adapt(model).layers[0].router.register_forward_hook(
+            lambda m, a, o: routed.append(a[0].shape[0]))
+        try:
+            with moehooks.record(model, trace=None) as rec:
+                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), prompt_lookup_num_tokens=3,
+                                     **{**GREEDY, "max_new_tokens": 10})
+        finally:
+            handle.remove()
+        decode = out.shape[1] - P - 1
+        assert sum(routed) > P + decode  # candidates were rejected (else this test proves nothing)
+        assert rec.tokens(phase="prefill").tolist() == [P] * len(rec.layers)
+        assert rec.tokens(phase="decode").tolist() == [decode] * len(rec.layers)
+        prefill, dec = _oracle(model, out, torch.ones_like(ids))
+        assert torch.equal(rec.counts(phase="prefill"), prefill)
+        assert torch.equal(rec.counts(phase="decode"), dec)
+    finally:
+        P = saved
+
+
+@pytest.mark.parametrize("phase", ["prefill", "decode"])
+@pytest.mark.parametrize("mode", ["chunked", "static", "no_cache"])
+def test_phase_scoped_steering_is_the_same_in_every_mode(model, mode, phase):
+    """Steering one phase gives the logits it gives under the default cache, and differs from no steering."""
+    ids, mask = _prompts()
+    experts = {layer: [0, 1] for layer in moehooks.adapt(model).layer_ids}
+    run = dict(input_ids=ids, attention_mask=mask, return_dict_in_generate=True, output_logits=True,
+               **{**GREEDY, "max_new_tokens": 6})
+
+    def logits(out):
+        return torch.stack(out.logits)
+
+    plain = model.generate(**run)
+    with moehooks.steer(model, experts, mode="hard", phase=phase):
+        reference = model.generate(**run)
+    with moehooks.steer(model, experts, mode="hard", phase=phase):
+        steered = model.generate(**run, **MODES[mode])
+    assert (logits(reference) - logits(plain)).abs().amax() > 1e-3
+    assert torch.equal(steered.sequences, reference.sequences)
+    torch.testing.assert_close(logits(steered), logits(reference), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["chunked", "static", "no_cache", "beams"])
+def test_boolean_swap_positions_follow_the_prompt_in_every_mode(model, mode):
+    ids, mask = _prompts()
+    hidden = model.config.hidden_size
+    s, t = torch.zeros(hidden), torch.randn(hidden, generator=torch.Generator().manual_seed(0)) * 20
+    positions = torch.zeros_like(ids, dtype=torch.bool)
+    positions[:, -2] = True
+    extra = dict(num_beams=2) if mode == "beams" else MODES[mode]
+    run = dict(input_ids=ids, attention_mask=mask, **{**GREEDY, "max_new_tokens": 5})
+    plain = model.generate(**run, **extra)
+    with moehooks.swap(model, 1, s, t, 1.0, positions=positions):
+        reference = model.generate(**run, **({"num_beams": 2} if mode == "beams" else {}))
+    with moehooks.swap(model, 1, s, t, 1.0, positions=positions):
+        swapped = model.generate(**run, **extra)
+    assert not torch.equal(swapped, plain)
+    assert torch.equal(swapped, reference)
+
+
+def test_a_call_that_cannot_be_described_names_the_model(model):
+    ids, mask = _prompts()
+    with moehooks.record(model), pytest.raises(ValueError, match="Qwen3MoeForCausalLM.forward.*attention mask"):
+        model(input_ids=ids, attention_mask=torch.ones(2, 1, 3, P))
