@@ -10,16 +10,21 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import logging
+import warnings
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+from moehooks import runs
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 console = Console()
 
 MODEL = typer.Option("lab", "--model", "-m", help="alias (lab, qwen3-vl, kimi-vl, llama4-scout), local dir or hub id")
@@ -28,6 +33,44 @@ LAB_TASKS = typer.Option("noisy", help="lab image tasks without --tasks: noisy (
 DEVICE_MAP = typer.Option(None, "--device-map", help="accelerate device map, e.g. auto")
 DTYPE = typer.Option("auto", "--dtype", help="auto, bfloat16, float16 or float32")
 ATTN = typer.Option(None, "--attn", help="attention implementation (default: flash_attention_2 on CUDA if installed, else sdpa)")
+TRUST = typer.Option(False, "--trust-remote-code", help="allow a checkpoint's own model code to run (kimi-vl needs it)")
+REVISION = typer.Option(None, "--revision", help="hub commit of the checkpoint (required with remote code from the hub)")
+LIMIT = typer.Option(None, help="use only the first N tasks (N >= 1)")
+
+
+def command(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a command with its user errors as one ``error: ...`` line and exit status 2 (no traceback), its
+    warnings as ``warning: ...`` lines (each once), and Ctrl-C as a line saying what is saved (status 130)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        shown: set[str] = set()
+
+        def show(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+            if str(message) not in shown:
+                shown.add(str(message))
+                from moehooks.evaluate import OtherSettingsWarning
+
+                kind = "note" if issubclass(category, OtherSettingsWarning) else "warning"
+                typer.echo(f"{kind}: {message}", err=True)
+
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # its retry chatter before a one-line error
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = show
+            try:
+                return fn(*args, **kwargs)
+            except runs.UsageError as err:
+                typer.echo(f"error: {err}", err=True)
+                raise typer.Exit(2) from None
+            except runs.RunInterrupted as stop:
+                typer.echo(str(stop), err=True)
+                raise typer.Exit(130) from None
+            except KeyboardInterrupt:
+                typer.echo("interrupted before any result row was written; nothing to resume", err=True)
+                raise typer.Exit(130) from None
+
+    return wrapper
 
 
 @contextlib.contextmanager
@@ -44,15 +87,35 @@ def progress_bar(label: str) -> Iterator:
         yield update
 
 
-def _load(model: str, device_map: Optional[str], dtype: str, attn: Optional[str]):
-    """Load the model; launched as several processes without ``--device-map``, each on its own device."""
-    from moehooks import distributed, pipeline
+def _check_model(model: str, trust_remote_code: bool, revision: Optional[str],
+                 layers: Optional[list[int]] = None) -> Any:
+    """Resolve the model and read its config (no weights): remote code allowed and pinned, ``--layers``
+    within its decoder layers. Returns the config."""
+    from moehooks import models
+
+    config = models.load_config(model, trust_remote_code=trust_remote_code, revision=revision)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    count = getattr(text, "num_hidden_layers", None)
+    if count is not None:
+        runs.check_layers("--layers", layers, range(count), what="decoder layers")
+    return config
+
+
+def _load(model: str, device_map: Optional[str], dtype: str, attn: Optional[str], trust_remote_code: bool = False,
+          revision: Optional[str] = None):
+    """Say what will run, then load the model; launched as several processes without ``--device-map``, each
+    on its own device."""
+    from moehooks import distributed, models, pipeline
 
     state = distributed.launched_state()
     if state is not None and device_map is None:
         device_map = {"": str(state.device)}
+    spec = models.resolve(model)
+    console.print(f"model: {models.plan(spec, trust_remote_code=trust_remote_code, revision=revision)}",
+                  highlight=False, markup=False)
     with console.status(f"loading {model}"):
-        return pipeline.load_model(model, device_map=device_map, dtype=dtype, attn_implementation=attn)
+        return pipeline.load_model(model, device_map=device_map, dtype=dtype, attn_implementation=attn,
+                                   trust_remote_code=trust_remote_code, revision=revision)
 
 
 def _data(tasks: Optional[Path], references: Optional[Path], general: Optional[Path], model: str, lab_tasks: str):
@@ -60,23 +123,20 @@ def _data(tasks: Optional[Path], references: Optional[Path], general: Optional[P
 
     if tasks is None:
         if model != "lab":
-            raise typer.BadParameter("--tasks is required with a model other than the lab model")
+            raise runs.UsageError("--tasks is required with a model other than the lab model")
         lab = pipeline.lab_study(lab_tasks)
         return pipeline.StudyData(tasks=lab.tasks, references=references or lab.references,
                                   general=general or lab.general, swap=lab.swap)
     if general is None:
-        raise typer.BadParameter("--general (general-domain text items) is required with --tasks")
+        raise runs.UsageError("--general (general-domain text items) is required with --tasks")
     return pipeline.StudyData(tasks=tasks, references=references, general=general)
 
 
-def _layers(layers: Optional[str]) -> Optional[list[int]]:
-    """``"6-42"`` or ``"3,5,7"`` to a list of decoder-layer indices."""
-    if not layers:
-        return None
-    if "-" in layers:
-        start, end = layers.split("-", 1)
-        return list(range(int(start), int(end) + 1))
-    return [int(v) for v in layers.split(",")]
+def _check_counts(**values: Optional[int]) -> None:
+    """``--name`` >= 1 for each given count (``None``: not given)."""
+    for name, value in values.items():
+        if value is not None:
+            runs.check_int(f"--{name.replace('_', '-')}", value)
 
 
 def _print_summary(title: str, rows) -> None:
@@ -89,58 +149,89 @@ def _print_summary(title: str, rows) -> None:
 
 
 @app.command()
+@command
 def steer(
     model: str = MODEL,
     tasks: Optional[Path] = typer.Option(None, help="image tasks (JSONL/CSV/Parquet with image + text_reference)"),
     references: Optional[Path] = typer.Option(None, help="domain text references (default: the tasks' text_reference)"),
     general: Optional[Path] = typer.Option(None, help="general-domain text items"),
     lab_tasks: str = LAB_TASKS,
-    tau: Optional[float] = typer.Option(None, help="expert threshold (default: the alias's)"),
-    beta: Optional[float] = typer.Option(None, help="soft-steering strength (default: the alias's)"),
-    layers: Optional[str] = typer.Option(None, help="decoder layers, e.g. 6-42 (default: the alias's)"),
-    methods: str = typer.Option("baseline,soft,hard,random", help="comma-separated methods"),
+    tau: Optional[float] = typer.Option(None, help="expert threshold in [0, 1) (default: the alias's)"),
+    beta: Optional[float] = typer.Option(None, help="soft-steering strength >= 0 (default: the alias's)"),
+    layers: Optional[str] = typer.Option(None, help="decoder layers, e.g. 6-42 or 3,5,7 (default: the alias's)"),
+    methods: str = typer.Option("baseline,soft,hard,random", help="comma-separated: baseline, soft, hard, random"),
     trials: int = typer.Option(1, help="trials per item (seed + trial)"),
     seed: int = typer.Option(0, help="base seed (random experts, trials)"),
-    limit: Optional[int] = typer.Option(None, help="use only the first N tasks"),
+    limit: Optional[int] = LIMIT,
     batch_size: int = typer.Option(32, help="generation batch size"),
     max_new_tokens: int = typer.Option(8, help="tokens generated per answer"),
     out: Path = OUT,
     device_map: Optional[str] = DEVICE_MAP,
     dtype: str = DTYPE,
     attn: Optional[str] = ATTN,
+    trust_remote_code: bool = TRUST,
+    revision: Optional[str] = REVISION,
 ) -> None:
     """Identify domain experts from text references, then evaluate image tasks baseline / soft / hard / random.
 
+    Results are keyed by every setting: a rerun with the same command resumes, one with other settings starts a
+    new result set in the same folder (and says what differs).
+
     Example: python cli.py steer --model qwen3-vl --tasks mathverse_vision.jsonl --general general.jsonl
     """
+    from moehooks import pipeline
+
+    options = dict(tau=tau, beta=beta, layers=runs.parse_layers(layers, name="--layers"),
+                   methods=runs.parse_choices("--methods", methods, pipeline.METHODS), trials=trials, seed=seed,
+                   limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    _check_steer(options)
+    _check_model(model, trust_remote_code, revision, options["layers"])
+    data = _data(tasks, references, general, model, lab_tasks)
+    pipeline.load_study(data, limit)
+    runs.check_output_dir(out / "steer")
+    lm, processor, spec = _load(model, device_map, dtype, attn, trust_remote_code, revision)
+    _steer(lm, processor, spec, data, out / "steer", options, title=model)
+
+
+def _check_steer(options: dict[str, Any]) -> None:
+    """The options of ``steer`` that need no model, checked with their flag names."""
+    if options["tau"] is not None:
+        runs.check_tau("--tau", options["tau"])
+    if options["beta"] is not None:
+        runs.check_number("--beta", options["beta"], minimum=0.0)
+    _check_counts(trials=options["trials"], limit=options["limit"], batch_size=options["batch_size"],
+                  max_new_tokens=options["max_new_tokens"])
+
+
+def _steer(lm, processor, spec, data, out: Path, options: dict[str, Any], *, title: str) -> None:
     from moehooks import distributed, pipeline
 
-    data = _data(tasks, references, general, model, lab_tasks)
-    lm, processor, spec = _load(model, device_map, dtype, attn)
     with progress_bar("steer") as update:
-        result = pipeline.steer_study(lm, processor, data, out / "steer", spec=spec, tau=tau, beta=beta,
-                                      layers=_layers(layers), limit=limit, progress=update,
-                                      methods=methods.split(","), trials=trials, seed=seed, batch_size=batch_size,
-                                      max_new_tokens=max_new_tokens)
+        result = pipeline.steer_study(lm, processor, data, out, spec=spec, progress=update, **options)
     if not distributed.is_main(distributed.launched_state()):
         return
     for mode, chosen in result.experts.items():
         console.print(f"{mode} experts:", json.dumps(chosen))
-    _print_summary(f"{model}: accuracy on {data.tasks.name}", pipeline.format_table(result.summary))
-    console.print(f"results: {result.results}  plots: {', '.join(map(str, result.files))}")
+    count = next(iter(result.summary.values())).n_items if result.summary else 0
+    _print_summary(f"{title}: accuracy on {data.tasks.name}, {count} items", pipeline.format_table(result.summary))
+    console.print(f"results: {result.results}  summary: {out / 'summary.json'}  plots: "
+                  f"{', '.join(map(str, result.files))}", highlight=False, markup=False)
 
 
 @app.command()
+@command
 def analyze(
     model: str = MODEL,
     tasks: Optional[Path] = typer.Option(None, help="image tasks with text_reference (default: lab data)"),
     lab_tasks: str = LAB_TASKS,
-    tau: float = typer.Option(0.1, help="threshold for visual experts"),
-    limit: Optional[int] = typer.Option(None, help="use only the first N tasks"),
+    tau: float = typer.Option(0.1, help="threshold for visual experts, in [0, 1)"),
+    limit: Optional[int] = LIMIT,
     out: Path = OUT,
     device_map: Optional[str] = DEVICE_MAP,
     dtype: str = DTYPE,
     attn: Optional[str] = ATTN,
+    trust_remote_code: bool = TRUST,
+    revision: Optional[str] = REVISION,
 ) -> None:
     """Gini of expert importance and image-vs-text JSD per layer, visual experts; writes PNG + CSV.
 
@@ -148,35 +239,49 @@ def analyze(
     """
     from moehooks import evaluate, pipeline
 
-    data = _data(tasks, None, Path("-"), model, lab_tasks)
-    lm, processor, _ = _load(model, device_map, dtype, attn)
-    items = evaluate.load_items(data.tasks)[:limit]
+    runs.check_tau("--tau", tau)
+    _check_counts(limit=limit)
+    _check_model(model, trust_remote_code, revision)
+    path = _data(tasks, None, Path("-"), model, lab_tasks).tasks
+    items = evaluate.load_items(path)[:limit]
+    pipeline.text_versions(items)
+    runs.check_output_dir(out / "analyze")
+    lm, processor, _ = _load(model, device_map, dtype, attn, trust_remote_code, revision)
+    _analyze(lm, processor, items, path.name, tau, out / "analyze", title=model)
+
+
+def _analyze(lm, processor, items, dataset: str, tau: float, out: Path, *, title: str) -> None:
+    from moehooks import pipeline
+
     with progress_bar("analyze") as update:
-        result = pipeline.analyze(lm, processor, items, tau=tau, out_dir=out / "analyze", progress=update)
-    table = Table(title=f"{model}: image vs text routing ({result.divergence.unit})")
+        result = pipeline.analyze(lm, processor, items, tau=tau, out_dir=out, dataset=dataset, progress=update)
+    d = result.divergence
+    table = Table(title=f"{title}: image vs text routing ({d.unit}), {dataset}, {len(items)} items")
     for col in ("layer", "gini image", "gini text", "JSD", "CI low", "CI high"):
         table.add_column(col, justify="right")
-    d = result.divergence
     for i, layer in enumerate(result.layer_ids):
         table.add_row(str(layer), *(f"{float(v):.3f}" for v in (result.gini_image[i], result.gini_text[i], d.mean[i],
                                                                  d.low[i], d.high[i])))
     console.print(table)
     console.print("visual experts:", json.dumps(dict(result.visual)))
-    console.print("plots:", ", ".join(map(str, result.files)))
+    console.print("plots:", ", ".join(map(str, result.files)), highlight=False, markup=False)
 
 
 @app.command()
+@command
 def swap(
     model: str = MODEL,
     items: Optional[Path] = typer.Option(None, help="swap items (default: lab swap.jsonl)"),
-    source: str = typer.Option("3", help="source concept text"),
-    target: str = typer.Option("5", help="target concept text"),
+    source: str = typer.Option("3", help="source concept text (an integer: the digit the items show)"),
+    target: str = typer.Option("5", help="target concept text (an integer)"),
     alpha: float = typer.Option(1.0, help="swap strength"),
-    layers: Optional[str] = typer.Option(None, help="decoder layers to sweep (default: all)"),
+    layers: Optional[str] = typer.Option(None, help="decoder layers to sweep, e.g. 2-4 (default: all)"),
     out: Path = OUT,
     device_map: Optional[str] = DEVICE_MAP,
     dtype: str = DTYPE,
     attn: Optional[str] = ATTN,
+    trust_remote_code: bool = TRUST,
+    revision: Optional[str] = REVISION,
 ) -> None:
     """Concept-swap layer sweep: replace the source concept by the target at image positions, layer by layer.
 
@@ -184,20 +289,34 @@ def swap(
     """
     from moehooks import pipeline
 
-    lm, processor, _ = _load(model, device_map, dtype, attn)
+    chosen = runs.parse_layers(layers, name="--layers")
+    runs.check_number("--alpha", alpha)
+    _check_model(model, trust_remote_code, revision, chosen)
+    pipeline.swap_items(items, source=source, target=target)
+    runs.check_output_dir(out / "swap")
+    lm, processor, _ = _load(model, device_map, dtype, attn, trust_remote_code, revision)
+    _swap(lm, processor, items, source, target, alpha, chosen, out / "swap")
+
+
+def _swap(lm, processor, items: Optional[Path], source: str, target: str, alpha: float,
+          layers: Optional[list[int]], out: Path) -> None:
+    from moehooks import pipeline
+
     with progress_bar("swap sweep") as update:
-        result = pipeline.swap_study(lm, processor, items, source=source, target=target, alpha=alpha,
-                                     layers=_layers(layers), out_dir=out / "swap", progress=update)
-    table = Table(title=f"concept swap {source!r} -> {target!r} (alpha {alpha})")
+        result = pipeline.swap_study(lm, processor, items, source=source, target=target, alpha=alpha, layers=layers,
+                                     out_dir=out, progress=update)
+    table = Table(title=f"concept swap {source!r} -> {target!r} (alpha {alpha:g})")
     table.add_column("layer", justify="right")
     table.add_column("success %", justify="right")
     table.add_row("none", f"{100 * result.baseline_success:.1f}")
     for layer, rate in zip(result.layers, result.success):
         table.add_row(str(layer), f"{100 * rate:.1f}")
     console.print(table)
+    console.print(f"plot: {out / 'swap_success.png'}", highlight=False, markup=False)
 
 
 @app.command()
+@command
 def render(
     items: Path = typer.Argument(..., help="JSONL/CSV/Parquet with id + question (text, LaTeX allowed)"),
     variant: str = typer.Option("v1", help="v1 printed, v2 handwriting, v3 handwriting on a grid"),
@@ -208,15 +327,20 @@ def render(
 
     Example: python cli.py render math500.jsonl --variant v2 --out runs/math500_v2
     """
-    from moehooks import pipeline
+    from moehooks import evaluate, pipeline
+    from moehooks.render import VARIANTS
 
+    box = runs.parse_size(size, name="--size")
+    runs.check_choice("--variant", variant, VARIANTS)
+    evaluate.load_items(items)
+    runs.check_output_dir(out)
     with console.status(f"rendering {items} ({variant})"):
-        box = tuple(int(v) for v in size.lower().split("x")) if size else None
         path = pipeline.render_dataset(items, out, variant, size=box)
-    console.print(f"wrote {path}")
+    console.print(f"wrote {path}", highlight=False, markup=False)
 
 
 @app.command("record")
+@command
 def record_cmd(
     items: Path = typer.Argument(..., help="items to record (prompts only)"),
     model: str = MODEL,
@@ -225,107 +349,150 @@ def record_cmd(
     device_map: Optional[str] = DEVICE_MAP,
     dtype: str = DTYPE,
     attn: Optional[str] = ATTN,
+    trust_remote_code: bool = TRUST,
+    revision: Optional[str] = REVISION,
 ) -> None:
     """Record which experts the prompt tokens chose; saves counts/tokens/probs per modality as an artefact.
 
     Example: python cli.py record mathverse_vision.jsonl --model qwen3-vl --out runs/mv_image.safetensors
     """
-    from moehooks import pipeline
+    from moehooks import evaluate, pipeline
 
-    lm, processor, spec = _load(model, device_map, dtype, attn)
+    _check_model(model, trust_remote_code, revision)
+    loaded = evaluate.load_items(items)
+    if as_text:
+        pipeline.text_versions(loaded)
+    runs.check_output_file(out)
+    lm, processor, spec = _load(model, device_map, dtype, attn, trust_remote_code, revision)
     with progress_bar("record") as update:
         path = pipeline.record_dataset(lm, processor, items, out, as_text=as_text, model_id=spec.source, progress=update)
-    console.print(f"saved {path}")
+    console.print(f"saved {path}", highlight=False, markup=False)
 
 
 @app.command()
+@command
 def identify(
     references: Path = typer.Argument(..., help="domain text references"),
     general: Path = typer.Argument(..., help="general-domain text items"),
     model: str = MODEL,
-    tau: Optional[float] = typer.Option(None, help="threshold (default: the alias's)"),
+    tau: Optional[float] = typer.Option(None, help="threshold in [0, 1) (default: the alias's)"),
     layers: Optional[str] = typer.Option(None, help="decoder layers, e.g. 6-42"),
     out: Path = typer.Option(Path("runs/experts.safetensors"), "--out", "-o", help="expert-set artefact path"),
     device_map: Optional[str] = DEVICE_MAP,
     dtype: str = DTYPE,
     attn: Optional[str] = ATTN,
+    trust_remote_code: bool = TRUST,
+    revision: Optional[str] = REVISION,
 ) -> None:
     """Domain experts: f_domain - f_general > tau per layer; saves the set and the Delta matrix.
 
     Example: python cli.py identify refs.jsonl general.jsonl --model kimi-vl --out runs/kimi_experts.safetensors
     """
-    from moehooks import evaluate, pipeline
+    from moehooks import evaluate, models, pipeline
 
-    lm, processor, spec = _load(model, device_map, dtype, attn)
-    refs = evaluate.load_items(references)
+    chosen = runs.parse_layers(layers, name="--layers")
+    threshold = runs.check_tau("--tau", models.resolve(model).tau if tau is None else tau)
+    _check_model(model, trust_remote_code, revision, chosen)
+    refs, gen = evaluate.load_items(references), evaluate.load_items(general)
+    runs.check_output_file(out)
+    lm, processor, spec = _load(model, device_map, dtype, attn, trust_remote_code, revision)
     with progress_bar("identify") as update:
-        experts = pipeline.identify_experts(lm, processor, refs, evaluate.load_items(general),
-                                            tau=spec.tau if tau is None else tau, layers=_layers(layers),
-                                            progress=update)
+        experts = pipeline.identify_experts(lm, processor, refs, gen, tau=threshold, layers=chosen, progress=update)
     pipeline.save_experts(lm, experts, out, dataset=str(references), size=len(refs), model_id=spec.source,
                           tau=experts.tau)
     console.print("domain experts:", json.dumps(dict(experts)))
-    console.print(f"saved {out}")
+    console.print(f"saved {out}", highlight=False, markup=False)
 
 
 @app.command("eval")
+@command
 def eval_cmd(
     items: Path = typer.Argument(..., help="items to evaluate"),
     model: str = MODEL,
-    experts: Optional[Path] = typer.Option(None, help="expert-set artefact (from identify); omit for baseline"),
-    mode: str = typer.Option("soft", help="soft, hard or random (with --experts)"),
-    beta: Optional[float] = typer.Option(None, help="soft strength (default: the alias's)"),
+    experts: Optional[Path] = typer.Option(None, help="expert-set artefact (from identify or steer); omit for baseline"),
+    mode: Optional[str] = typer.Option(None, help="soft (default), hard or random; needs --experts"),
+    beta: Optional[float] = typer.Option(None, help="soft strength >= 0 (default: the alias's)"),
     as_text: bool = typer.Option(False, help="prompt with text_reference instead of the image"),
     trials: int = typer.Option(1, help="trials per item"),
     seed: int = typer.Option(0, help="base seed"),
+    limit: Optional[int] = LIMIT,
     max_new_tokens: int = typer.Option(512, help="tokens generated per answer"),
     batch_size: int = typer.Option(8, help="generation batch size"),
     out: Path = typer.Option(Path("runs/eval.jsonl"), "--out", "-o", help="results JSONL (resumable)"),
+    allow_mismatch: bool = typer.Option(False, "--allow-mismatch",
+                                        help="use --experts recorded on other router weights (warns)"),
     device_map: Optional[str] = DEVICE_MAP,
     dtype: str = DTYPE,
     attn: Optional[str] = ATTN,
+    trust_remote_code: bool = TRUST,
+    revision: Optional[str] = REVISION,
 ) -> None:
     """Evaluate a dataset, optionally steered; results are appended as they complete (rerun resumes).
 
     Example: python cli.py eval mathverse_vision.jsonl --model qwen3-vl --experts runs/experts.safetensors --mode soft
 
-    Under `accelerate launch --num_processes N` each process evaluates its share of the items into
-    OUT.rank{r}.jsonl and the main process merges them into OUT.
+    Rows are keyed by every setting (model, items file, method, experts, beta, seed, generation): a rerun with
+    other settings into the same file starts a new result set and the table counts only its rows. Under
+    `accelerate launch --num_processes N` each process evaluates its share of the items into OUT.rank{r}.jsonl
+    and the main process merges them into OUT.
     """
-    from moehooks import artefacts, distributed, evaluate, pipeline
+    from moehooks import artefacts, distributed, evaluate, models, pipeline
+    from moehooks.steering import MODES
     from moehooks.steering import steer as steer_ctx
 
-    lm, processor, spec = _load(model, device_map, dtype, attn)
-    context, method = None, "baseline"
-    if experts is not None:
-        chosen = artefacts.load(experts, lm).expert_sets["domain"]
-        strength = spec.beta if beta is None else beta
-        context, method = (lambda: steer_ctx(lm, chosen, mode=mode, beta=strength, seed=seed)), mode
-    loaded = evaluate.load_items(items)
+    if experts is None and mode is not None:
+        raise runs.UsageError(f"--mode {mode} needs --experts (an expert-set artefact from `identify` or "
+                              "`steer`); without --experts eval runs the baseline")
+    method = "baseline" if experts is None else runs.check_choice("--mode", mode or "soft", MODES)
+    strength = runs.check_number("--beta", models.resolve(model).beta if beta is None else beta, minimum=0.0)
+    _check_counts(trials=trials, limit=limit, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    _check_model(model, trust_remote_code, revision)
+    loaded = evaluate.load_items(items)[:limit]
+    if as_text:
+        pipeline.text_versions(loaded)
+    artefact = None if experts is None else artefacts.load(experts)
+    chosen = {} if artefact is None else artefacts.expert_set(artefact, "domain", path=experts)
+    runs.check_output_file(out)
+    lm, processor, spec = _load(model, device_map, dtype, attn, trust_remote_code, revision)
+    context = None
+    settings: dict[str, Any] = {"items": runs.file_identity(items),
+                                "model": runs.model_identity(lm, spec.alias or spec.source)}
+    if artefact is not None:
+        artefacts.check_model(artefact, lm, allow_mismatch=allow_mismatch, path=experts)
+        context = lambda: steer_ctx(lm, chosen, mode=method, beta=strength, seed=seed)  # noqa: E731
+        settings |= pipeline.method_settings(method, context().experts, beta=strength, epsilon=1e-3, layers=None)
     state = distributed.launched_state()
     with progress_bar(f"eval {method}") as update:
-        distributed.sharded_eval(lm, processor, loaded, out, state=state, method=method, trials=trials, seed=seed,
-                                 batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                 generation_kwargs=dict(spec.generation_kwargs) or None, context=context,
-                                 as_text=as_text, progress=update)
+        rows = distributed.sharded_eval(lm, processor, loaded, out, state=state, method=method, trials=trials,
+                                        seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                        generation_kwargs=dict(spec.generation_kwargs) or None, context=context,
+                                        as_text=as_text, settings=settings, progress=update)
     if distributed.is_main(state):
-        _print_summary(f"{model}: {items.name}", pipeline.format_table(evaluate.summarize(out)))
+        _print_summary(f"{model}: {items.name}, {len(loaded)} items",
+                       pipeline.format_table(evaluate.summarize(rows)))
 
 
 @app.command()
+@command
 def study(out: Path = OUT) -> None:
-    """The whole study on the embedded lab model: analyze, steer, swap (what `make run` runs).
+    """The whole study on the embedded lab model, loaded once: analyze, steer (clean and noisy tasks), swap
+    (what `make run` runs).
 
     Example: python cli.py study --out runs
     """
+    from moehooks import evaluate, pipeline
+
     for lab_tasks in ("clean", "noisy"):
-        analyze(model="lab", tasks=None, lab_tasks=lab_tasks, tau=0.1, limit=None, out=out / lab_tasks,
-                device_map=None, dtype="auto", attn=None)
-        steer(model="lab", tasks=None, references=None, general=None, lab_tasks=lab_tasks, tau=None, beta=None,
-              layers=None, methods="baseline,soft,hard,random", trials=1, seed=0, limit=None, batch_size=32,
-              max_new_tokens=8, out=out / lab_tasks, device_map=None, dtype="auto", attn=None)
-    swap(model="lab", items=None, source="3", target="5", alpha=1.0, layers=None, out=out, device_map=None,
-         dtype="auto", attn=None)
+        runs.check_output_dir(out / lab_tasks)
+    lm, processor, spec = _load("lab", None, "auto", None)
+    for lab_tasks in ("clean", "noisy"):
+        data = pipeline.lab_study(lab_tasks)
+        _analyze(lm, processor, evaluate.load_items(data.tasks), data.tasks.name, 0.1, out / lab_tasks / "analyze",
+                 title="lab")
+        options = dict(tau=None, beta=None, layers=None, methods=list(pipeline.METHODS), trials=1, seed=0,
+                       limit=None, batch_size=32, max_new_tokens=8)
+        _steer(lm, processor, spec, data, out / lab_tasks / "steer", options, title="lab")
+    _swap(lm, processor, None, "3", "5", 1.0, None, out / "swap")
 
 
 if __name__ == "__main__":

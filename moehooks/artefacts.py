@@ -15,10 +15,13 @@ Example::
     art = load("runs/visual.safetensors", model)   # refuses a model with other router weights
 
 File format: a safetensors file whose tensors are ``Artefact.tensors`` (stored on CPU) and
-whose metadata holds ``{"format": "pt", "moehooks": <JSON>}``; the JSON object has the keys
-``format_version``, ``moehooks_version``, ``model`` (:class:`ModelInfo` fields), ``dataset``
+whose metadata holds ``{"format": "pt", "moehooks": <JSON>, "moehooks_sha256": <hex>}``; the JSON object
+has the keys ``format_version``, ``moehooks_version``, ``model`` (:class:`ModelInfo` fields), ``dataset``
 (``{"name", "size"}``), ``params`` and ``expert_sets`` (``{name: {"<layer>": [experts]}}``,
-layer keys turned back into ``int`` on load).
+layer keys turned back into ``int`` on load). ``moehooks_sha256`` is :func:`content_hash` of the JSON and
+the tensors: :func:`load` refuses a file whose content no longer matches it (a flipped byte), and expert
+ids outside the recorded model's layers and expert counts. Every problem with a file raises
+:class:`ArtefactError` (a ``moehooks.runs.UsageError``) naming the file.
 """
 
 from __future__ import annotations
@@ -39,9 +42,11 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 import moehooks
+from moehooks.runs import MissingFileError, UsageError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 METADATA_KEY = "moehooks"
+HASH_KEY = "moehooks_sha256"
 MODALITIES = ("all", "image", "text")
 PHASES = ("all", "prefill", "decode")
 
@@ -64,7 +69,11 @@ class Routing(Protocol):
     def layers(self) -> tuple[RouterEntry, ...] | list[RouterEntry]: ...
 
 
-class FingerprintMismatchError(ValueError):
+class ArtefactError(UsageError):
+    """A file is not a readable moehooks artefact, is damaged, or does not hold what was asked of it."""
+
+
+class FingerprintMismatchError(ArtefactError):
     """The artefact was recorded on a model whose router weights differ from the one given."""
 
 
@@ -295,9 +304,46 @@ def save(path: str | os.PathLike[str], artefact: Artefact) -> Path:
         "params": artefact.params,
         "expert_sets": {name: _check_expert_set(name, s) for name, s in artefact.expert_sets.items()},
     }
+    for name, chosen in artefact.expert_sets.items():
+        _check_ranges(str(path), name, {int(k): v for k, v in chosen.items()}, artefact.model)
     tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in artefact.tensors.items()}
-    data = safetensors_bytes(tensors, metadata={"format": "pt", METADATA_KEY: json.dumps(header, allow_nan=False)})
-    return atomic_write(path, data)
+    text = json.dumps(header, allow_nan=False)
+    metadata = {"format": "pt", METADATA_KEY: text, HASH_KEY: content_hash(text, tensors)}
+    return atomic_write(path, safetensors_bytes(tensors, metadata=metadata))
+
+
+def content_hash(header: str, tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 of an artefact's JSON header and its tensors (sorted by name: name, dtype, shape, raw bytes).
+
+    Example::
+
+        content_hash('{"format_version": 2}', {"delta": torch.zeros(2, 3)})   # '5d0c...'
+    """
+    digest = hashlib.sha256(header.encode())
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"\n{name}:{tensor.dtype}:{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _check_ranges(path: str, name: str, experts: Mapping[int, list[int]], model: ModelInfo) -> None:
+    """Every layer of an expert set is a layer of the recorded model and every id below its expert count."""
+    counts = dict(zip(model.layers, model.num_experts))
+    for layer, chosen in experts.items():
+        if layer not in counts:
+            raise ArtefactError(f"{path}: expert set {name!r} names layer {layer}, which the recorded model "
+                                f"{model.model_id!r} does not route (its MoE layers: {_span(model.layers)})")
+        bad = [e for e in chosen if not 0 <= e < counts[layer]]
+        if bad:
+            raise ArtefactError(f"{path}: expert set {name!r}, layer {layer}: expert ids {bad} out of range; "
+                                f"the recorded model has experts 0..{counts[layer] - 1} there")
+
+
+def _span(ids: list[int]) -> str:
+    from moehooks.runs import span
+
+    return span(ids)
 
 
 def load(
@@ -320,41 +366,89 @@ def load(
         allow_mismatch: load despite a different fingerprint (a warning is issued instead).
 
     Raises:
-        FileNotFoundError: if ``path`` does not exist.
-        ValueError: if the file is not a moehooks artefact or has an unknown format version.
+        moehooks.runs.MissingFileError: if ``path`` does not exist.
+        ArtefactError: if the file is not a readable moehooks artefact, has another format version, does not
+        match its content hash, or names expert ids outside its recorded model.
         FingerprintMismatchError: if the model's router fingerprint differs and
         ``allow_mismatch`` is False.
     """
-    with safe_open(str(path), framework="pt") as fh:
-        metadata = fh.metadata() or {}
-        tensors = {name: fh.get_tensor(name) for name in fh.keys()}
+    where = str(path)
+    if not Path(path).is_file():
+        raise MissingFileError(f"artefact {Path(path).resolve()}: not found")
+    try:
+        with safe_open(where, framework="pt") as fh:
+            metadata = fh.metadata() or {}
+            tensors = {name: fh.get_tensor(name) for name in fh.keys()}
+    except Exception as err:  # safetensors raises its own SafetensorError (and OSError) on a damaged file
+        raise ArtefactError(f"{where} is not a readable safetensors file ({type(err).__name__}: {err})") from None
     if METADATA_KEY not in metadata:
-        raise ValueError(f"{path} is a safetensors file without moehooks metadata; not a moehooks artefact")
-    header = json.loads(metadata[METADATA_KEY])
-    if header.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{path} has artefact format_version {header.get('format_version')!r}; this moehooks reads {FORMAT_VERSION}"
+        raise ArtefactError(f"{where} is a safetensors file without moehooks metadata; not a moehooks artefact")
+    try:
+        header = json.loads(metadata[METADATA_KEY])
+    except json.JSONDecodeError as err:
+        raise ArtefactError(f"{where}: its moehooks metadata is not valid JSON ({err}); the file is damaged") from None
+    version = header.get("format_version") if isinstance(header, dict) else None
+    if version != FORMAT_VERSION:
+        raise ArtefactError(
+            f"{where} has artefact format_version {version!r}; this moehooks reads {FORMAT_VERSION} "
+            "(write it again with this version)"
         )
-    artefact = Artefact(
-        model=ModelInfo(**header["model"]),
-        dataset=header["dataset"]["name"],
-        dataset_size=header["dataset"]["size"],
-        params=header["params"],
-        tensors=tensors,
-        expert_sets={
-            name: {int(layer): experts for layer, experts in s.items()} for name, s in header["expert_sets"].items()
-        },
-        version=header["moehooks_version"],
-    )
+    if metadata.get(HASH_KEY) != content_hash(metadata[METADATA_KEY], tensors):
+        raise ArtefactError(f"{where}: content does not match its sha256 (the file was changed or damaged "
+                            "after it was written); write it again")
+    try:
+        artefact = Artefact(
+            model=ModelInfo(**header["model"]),
+            dataset=header["dataset"]["name"],
+            dataset_size=header["dataset"]["size"],
+            params=header["params"],
+            tensors=tensors,
+            expert_sets={
+                name: {int(layer): experts for layer, experts in s.items()} for name, s in header["expert_sets"].items()
+            },
+            version=header["moehooks_version"],
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ArtefactError(f"{where}: moehooks metadata lacks or mangles a field ({type(err).__name__}: {err})") from None
+    for name, chosen in artefact.expert_sets.items():
+        _check_ranges(where, name, chosen, artefact.model)
     if model is not None:
-        current = fingerprint(model, routing)
-        if current != artefact.model.fingerprint:
-            message = (
-                f"{path} was recorded on {artefact.model.model_id!r} with router fingerprint "
-                f"{artefact.model.fingerprint[:16]}..., but the given model's routers hash to {current[:16]}...; "
-                "pass allow_mismatch=True to load it anyway"
-            )
-            if not allow_mismatch:
-                raise FingerprintMismatchError(message)
-            warnings.warn(message, stacklevel=2)
+        check_model(artefact, model, routing=routing, allow_mismatch=allow_mismatch, path=where)
     return artefact
+
+
+def check_model(artefact: Artefact, model: nn.Module, *, routing: Routing | None = None,
+                allow_mismatch: bool = False, path: str | os.PathLike[str] = "artefact") -> None:
+    """Refuse (or with ``allow_mismatch`` warn about) a model whose routers differ from the recorded ones.
+
+    Example::
+
+        art = load("runs/experts.safetensors")        # checked before the model is loaded
+        model = ...
+        check_model(art, model)                       # FingerprintMismatchError on other router weights
+    """
+    current = fingerprint(model, routing)
+    if current != artefact.model.fingerprint:
+        message = (
+            f"{path} was recorded on {artefact.model.model_id!r} with router fingerprint "
+            f"{artefact.model.fingerprint[:16]}..., but the given model's routers hash to {current[:16]}...; "
+            "pass allow_mismatch=True (--allow-mismatch on the command line) to load it anyway"
+        )
+        if not allow_mismatch:
+            raise FingerprintMismatchError(message)
+        warnings.warn(message, stacklevel=3)
+
+
+def expert_set(artefact: Artefact, name: str = "domain", *, path: str | os.PathLike[str] = "artefact") -> dict[int, list[int]]:
+    """The expert set ``name`` of an artefact; the error says what the file holds instead.
+
+    Example::
+
+        experts = expert_set(load("runs/experts.safetensors", model), "domain")
+    """
+    if name not in artefact.expert_sets:
+        held = ", ".join(artefact.expert_sets) or "none"
+        tensors = ", ".join(sorted(artefact.tensors)[:6]) or "none"
+        raise ArtefactError(f"{path} holds no expert set {name!r} (expert sets: {held}; tensors: {tensors}); "
+                            "pass an expert-set artefact written by `identify` or `steer`")
+    return artefact.expert_sets[name]

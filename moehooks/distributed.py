@@ -30,7 +30,7 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object, reduce
 
-from . import evaluate
+from . import evaluate, runs
 from .artefacts import atomic_write
 from .hooks import MODALITIES
 from .recording import _CELLS, Recorder, _Tables
@@ -99,14 +99,16 @@ def merge_results(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLik
 
         merge_results([rank_path("runs/r.jsonl", r) for r in range(4)], "runs/r.jsonl")
 
-    Rows are grouped by (method, trial) in order of first appearance, ``paths`` in order within a group, so
-    contiguous shards give the order a single process writes; a repeated (method, trial, id) keeps its last
-    row, as ``evaluate.summarize`` counts it. Missing files are read as empty.
+    Rows are grouped by (settings key, method, trial) in order of first appearance, ``paths`` in order within a
+    group, so contiguous shards give the order a single process writes; a repeated (run, method, trial, id)
+    keeps its last row. The settings of the keys (``moehooks.runs.read_settings``) are merged too. Missing
+    files are read as empty.
     """
-    groups: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
+    groups: dict[tuple[Any, str, int], dict[str, dict[str, Any]]] = {}
     for path in paths:
         for row in evaluate.read_results(path):
-            groups.setdefault((row["method"], int(row["trial"])), {})[str(row["id"])] = row
+            groups.setdefault((row.get("run"), row["method"], int(row["trial"])), {})[str(row["id"])] = row
+    runs.record_settings(out, {k: v for path in paths for k, v in runs.read_settings(path).items()})
     lines = [json.dumps(row, ensure_ascii=False) + "\n" for rows in groups.values() for row in rows.values()]
     return atomic_write(out, "".join(lines).encode("utf-8"))
 
@@ -119,17 +121,24 @@ def sharded_eval(model: Any, processor: Any, items: Sequence[evaluate.Item], out
                      context=lambda: moehooks.steer(model, experts, mode="soft"))
 
     Process ``r`` appends to ``rank_path(out_path, r)`` (resumable: rerun with the same number of processes);
-    after every process is done the main process rewrites ``out_path`` from all rank files, and every process
-    returns once that file is complete. Returns this process's rows. With ``state=None`` (or one process) this
-    is exactly ``evaluate.run_eval(model, processor, items, out_path, **options)``.
+    the rows are keyed by the settings of the whole item list (``evaluate.eval_settings``), so every share
+    belongs to one run. After every process is done the main process rewrites ``out_path`` from all rank files,
+    and every process returns once that file is complete. Returns this process's rows; the main process
+    returns the run's rows of all items. With ``state=None`` (or one process) this is exactly
+    ``evaluate.run_eval(model, processor, items, out_path, **options)``.
     """
     if state is None or state.num_processes == 1:
         return evaluate.run_eval(model, processor, items, out_path, **options)
+    keyed = {k: options[k] for k in ("method", "seed", "max_new_tokens", "generation_kwargs", "as_text", "settings")
+             if k in options}
+    settings = evaluate.eval_settings(model, items, **keyed)
     rows = evaluate.run_eval(model, processor, shard_items(items, state), rank_path(out_path, state.process_index),
-                             **options)
+                             **(options | {"settings": settings}))
     state.wait_for_everyone()
     if state.is_main_process:
         merge_results([rank_path(out_path, r) for r in range(state.num_processes)], out_path)
+        rows = evaluate.current_rows(out_path, key=runs.settings_key(settings), ids=[it.id for it in items],
+                                     trials=options.get("trials", 1))
     state.wait_for_everyone()
     return rows
 

@@ -17,8 +17,12 @@ of the image with ``as_text=True``), ``choices`` (a list of option texts; a JSON
 (an object); any other field is kept in ``Item.meta``.
 
 Results files (:func:`run_eval`) are JSONL, one object per (method, trial, item) with the keys ``id``,
-``method``, ``trial``, ``prediction``, ``answer``, ``extracted`` (the final answer read from the prediction)
-and ``correct``. Rows are appended and fsync'd batch by batch; a rerun skips the rows already there.
+``method``, ``trial``, ``prediction``, ``answer``, ``extracted`` (the final answer read from the prediction),
+``correct`` and ``run`` (the key of the settings that produced the row, :func:`eval_settings`). Rows are
+appended and fsync'd batch by batch; a rerun with the same settings skips the rows already there, a rerun
+with other settings starts a new result set in the same file (the old rows are kept, not counted, and a
+:class:`OtherSettingsWarning` names what differs). The settings of each key are kept in
+``<results>.runs.json`` (``moehooks.runs.settings_path``).
 """
 
 from __future__ import annotations
@@ -40,7 +44,9 @@ from typing import Any
 
 import torch
 
+from moehooks import runs
 from moehooks.artefacts import atomic_write
+from moehooks.runs import UsageError
 
 ITEM_SUFFIXES: tuple[str, ...] = (".jsonl", ".csv", ".parquet")
 """File types :func:`load_items` reads."""
@@ -51,6 +57,10 @@ REFERENCE_SEPARATOR = "\n\n"
 
 class MalformedRowsWarning(UserWarning):
     """Some rows of an item file were skipped; the message lists them with their line (or row) numbers."""
+
+
+class OtherSettingsWarning(UserWarning):
+    """A results file holds rows of the same method made with other settings; they are kept, not counted."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +119,7 @@ def _read_rows(path: Path) -> Iterator[tuple[str, Any]]:
     """Yield ``(location, row)`` per record; ``row`` is an exception for records that cannot be parsed."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        with path.open(encoding="utf-8") as fh:
+        with path.open(encoding="utf-8-sig") as fh:
             for number, line in enumerate(fh, start=1):
                 if line.strip():
                     try:
@@ -117,7 +127,7 @@ def _read_rows(path: Path) -> Iterator[tuple[str, Any]]:
                     except json.JSONDecodeError as err:
                         yield f"line {number}", err
     elif suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as fh:
+        with path.open(encoding="utf-8-sig", newline="") as fh:  # -sig: Excel's byte-order mark
             reader = csv.DictReader(fh)
             start = reader.line_num + 2
             for row in reader:
@@ -128,6 +138,20 @@ def _read_rows(path: Path) -> Iterator[tuple[str, Any]]:
 
         for number, row in enumerate(pq.read_table(path).to_pylist(), start=1):
             yield f"row {number}", row
+
+
+def _readable_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    """:func:`_read_rows`, with a file that cannot be decoded at all reported as a :class:`UsageError`."""
+    try:
+        yield from _read_rows(path)
+    except UnicodeDecodeError as err:
+        raise UsageError(f"item file {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except (OSError, csv.Error) as err:
+        raise UsageError(f"item file {path} cannot be read: {err}") from None
+    except Exception as err:
+        if type(err).__module__.startswith("pyarrow"):
+            raise UsageError(f"item file {path} is not a readable Parquet file: {err}") from None
+        raise
 
 
 def _blank(value: Any) -> bool:
@@ -171,6 +195,17 @@ def _meta_field(value: Any) -> dict[str, Any]:
     return dict(value)
 
 
+def _check_image(path: Path) -> None:
+    """Refuse a file PIL cannot identify or whose data is damaged (``verify`` reads it without decoding)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ValueError(f"image {path} cannot be read as an image ({type(err).__name__}: {err})") from None
+
+
 def item_from_row(row: Mapping[str, Any], base_dir: Path) -> Item:
     """Build an :class:`Item` from one record of an item file; image paths are resolved against ``base_dir``.
 
@@ -189,6 +224,7 @@ def item_from_row(row: Mapping[str, Any], base_dir: Path) -> Item:
         image_path = base_dir / str(row["image"])
         if not image_path.is_file():
             raise ValueError(f"image not found: {image_path}")
+        _check_image(image_path)
         image = str(image_path)
     text_reference = row.get("text_reference")
     known = {"id", "question", "answer", "image", "images", "text_reference", "choices", "meta"}
@@ -220,6 +256,8 @@ def _images_field(value: Any, base_dir: Path) -> list[str] | None:
     absent = [str(p) for p in paths if not p.is_file()]
     if absent:
         raise ValueError(f"image not found: {', '.join(absent)}")
+    for path in paths:
+        _check_image(path)
     return [str(p) for p in paths]
 
 
@@ -229,23 +267,25 @@ def load_items(path: str | os.PathLike[str], *, strict: bool = False) -> list[It
     Example:
         >>> items = load_items("data/gsm8k-v/test.jsonl")  # doctest: +SKIP
 
-    Malformed rows (unparsable JSON, missing ``id``/``question``/``answer``, bad ``choices``, missing image file,
-    duplicate ``id``) are skipped and listed with their line numbers (row numbers for Parquet) in one
-    :class:`MalformedRowsWarning`; with ``strict=True`` they raise ``ValueError`` instead.
+    Malformed rows (unparsable JSON, missing ``id``/``question``/``answer``, bad ``choices``, a missing or
+    undecodable image file, duplicate ``id``) are skipped and listed with their line numbers (row numbers for
+    Parquet) in one :class:`MalformedRowsWarning`; with ``strict=True`` they raise instead. A byte-order mark
+    (Excel's CSV export) is ignored.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist (the message names the absolute path).
-        ValueError: the suffix is not one of :data:`ITEM_SUFFIXES`.
+        moehooks.runs.MissingFileError: ``path`` does not exist (the message names the absolute path).
+        moehooks.runs.UsageError: the suffix is not one of :data:`ITEM_SUFFIXES`, the file holds no valid item
+            (empty, or every row malformed: the message shows the first problems), or ``strict`` and a row is
+            malformed.
     """
     path = Path(path)
     if path.suffix.lower() not in ITEM_SUFFIXES:
-        raise ValueError(f"unsupported item file {str(path)!r}: suffix must be one of {', '.join(ITEM_SUFFIXES)}")
-    if not path.is_file():
-        raise FileNotFoundError(f"item file not found: {path.resolve()}")
+        raise UsageError(f"unsupported item file {str(path)!r}: suffix must be one of {', '.join(ITEM_SUFFIXES)}")
+    runs.check_input_file(path, "item file")
     items: list[Item] = []
     seen: dict[str, str] = {}
     problems: list[str] = []
-    for location, row in _read_rows(path):
+    for location, row in _readable_rows(path):
         try:
             if isinstance(row, Exception):
                 raise ValueError(f"invalid JSON: {row}")
@@ -257,10 +297,16 @@ def load_items(path: str | os.PathLike[str], *, strict: bool = False) -> list[It
             continue
         seen[item.id] = location
         items.append(item)
+    if not items:
+        if not problems:
+            raise UsageError(f"item file {path} holds no items (it is empty)")
+        raise UsageError(f"item file {path}: none of its {len(problems)} row(s) is a valid item "
+                         f"(fields: id, question, answer, optional image, text_reference, choices, meta); first "
+                         f"problems: {'; '.join(problems[:3])}")
     if problems:
         message = f"{path}: skipped {len(problems)} malformed row(s):\n  " + "\n  ".join(problems)
         if strict:
-            raise ValueError(message)
+            raise UsageError(message)
         warnings.warn(message, MalformedRowsWarning, stacklevel=2)
     return items
 
@@ -671,6 +717,58 @@ def _append_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
         os.fsync(fh.fileno())
 
 
+def items_digest(items: Sequence[Item]) -> str:
+    """sha256 of the items' fields in order (the identity of an item list that did not come from one file)."""
+    return runs.settings_key({"items": [dataclasses.asdict(item) for item in items]})
+
+
+def eval_settings(
+    model: Any,
+    items: Sequence[Item],
+    *,
+    method: str = "baseline",
+    seed: int = 0,
+    max_new_tokens: int = 512,
+    generation_kwargs: Mapping[str, Any] | None = None,
+    as_text: bool = False,
+    settings: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The settings that key a run's result rows (:func:`run_eval`): model, items, method, seed, generation,
+    prompt form, and whatever ``settings`` adds (a steered method's experts, beta, layers...).
+
+    Example:
+        >>> eval_settings(model, items, method="soft", settings={"beta": 0.5})  # doctest: +SKIP
+        {'model': {'source': ..., 'fingerprint': ...}, 'items': {'digest': ...}, 'method': 'soft', ..., 'beta': 0.5}
+
+    ``settings["model"]`` (default ``moehooks.runs.model_identity(model)``) and ``settings["items"]`` (default
+    the digest of ``items``' fields; callers reading a file pass ``moehooks.runs.file_identity(path)``, so a
+    ``limit`` on the same file keeps its rows) replace the computed ones. Trials are not part of the key:
+    trial ``t`` is generated with seed ``seed + t``, so more trials extend a run.
+    """
+    extra = dict(settings or {})
+    return {
+        "model": extra.pop("model", None) or runs.model_identity(model),
+        "items": extra.pop("items", None) or {"digest": items_digest(items)},
+        "method": method,
+        "seed": seed,
+        "generation": {"do_sample": False, "max_new_tokens": max_new_tokens, **(generation_kwargs or {})},
+        "as_text": as_text,
+        **extra,
+    }
+
+
+def _other_settings(path: Path, rows: Sequence[Mapping[str, Any]], method: str, current: Mapping[str, Any],
+                    key: str) -> None:
+    """Warn when ``rows`` hold ``method`` rows of other settings, naming what differs from the latest of them."""
+    others = [r for r in rows if r.get("method") == method and r.get("run") != key]
+    if not others:
+        return
+    known = runs.read_settings(path).get(str(others[-1].get("run")))
+    changed = runs.differences(known, current) if known else ["(rows written without settings)"]
+    warnings.warn(f"{path}: {len(others)} {method!r} row(s) of other settings are kept and not counted; "
+                  f"now a new result set ({'; '.join(changed[:6])})", OtherSettingsWarning, stacklevel=3)
+
+
 def run_eval(
     model: Any,
     processor: Any,
@@ -685,13 +783,16 @@ def run_eval(
     generation_kwargs: Mapping[str, Any] | None = None,
     context: Callable[[], AbstractContextManager[Any]] | None = None,
     as_text: bool = False,
+    settings: Mapping[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Generate, grade and append one result row per (method, trial, item) to ``out_path``; resumable.
 
-    Rows already in ``out_path`` for the same (method, trial, id) are not redone; a truncated last line (a run
-    killed mid-write) is dropped and its item generated again. Trial ``t`` generates with seed ``seed + t``
-    (set before every batch, so a resumed run reproduces an uninterrupted one).
+    Rows already in ``out_path`` for the same settings (:func:`eval_settings`; ``settings`` must describe what
+    ``context`` does, e.g. ``{"experts": ..., "beta": 0.5}``) and (method, trial, id) are not redone; rows of
+    other settings stay in the file and are not counted (:class:`OtherSettingsWarning`); a truncated last line
+    (a run killed mid-write) is dropped and its item generated again. Trial ``t`` generates with seed
+    ``seed + t`` (set before every batch, so a resumed run reproduces an uninterrupted one).
 
     Example:
         >>> rows = run_eval(model, processor, items, "runs/mathverse.jsonl", method="baseline", trials=3,
@@ -702,14 +803,16 @@ def run_eval(
         trials: number of repeated runs over the items.
         context: zero-argument callable returning a context manager entered around each ``generate`` call
             (e.g. ``lambda: moehooks.steer(model, experts, mode="soft")``).
+        settings: what else keys the rows (see :func:`eval_settings`).
         progress: called with ``(done, total)`` rows at the start and after each batch.
 
     Returns:
-        All rows of ``method`` for these items, in trial then item order.
+        All rows of this run (``method`` with these settings) for these items, in trial then item order.
 
     Raises:
         ValueError: ``trials < 1``, empty ``method``, repeated item ids, or a multiple-choice item whose answer
             is not among its choices (checked before any generation).
+        moehooks.runs.RunInterrupted: Ctrl-C; says how many rows of this run are saved.
     """
     if trials < 1:
         raise ValueError(f"trials must be >= 1, got {trials}")
@@ -724,44 +827,62 @@ def run_eval(
             _gold_letter(item.answer, item.choices)
     path = Path(out_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    done = {(r.get("method"), r.get("trial"), str(r.get("id"))): r for r in read_results(path, repair=True)}
+    current = eval_settings(model, items, method=method, seed=seed, max_new_tokens=max_new_tokens,
+                            generation_kwargs=generation_kwargs, as_text=as_text, settings=settings)
+    key = runs.settings_key(current)
+    existing = read_results(path, repair=True)
+    _other_settings(path, existing, method, current, key)
+    runs.record_settings(path, {key: current})
+    done = {(method, r.get("trial"), str(r.get("id"))): r for r in existing
+            if r.get("run") == key and r.get("method") == method}
     total = trials * len(items)
     finished = sum((method, t, item.id) in done for t in range(trials) for item in items)
     if progress is not None:
         progress(finished, total)
-    for trial in range(trials):
-        pending = [item for item in items if (method, trial, item.id) not in done]
-        for batch in _batches(pending, batch_size):
-            predictions = generate_answers(
-                model,
-                processor,
-                batch,
-                batch_size=batch_size,
-                max_new_tokens=max_new_tokens,
-                trial_seed=seed + trial,
-                generation_kwargs=generation_kwargs,
-                context=context,
-                as_text=as_text,
-            )
-            rows = []
-            for item, prediction in zip(batch, predictions):
-                correct, extracted = grade_detail(prediction, item.answer, item.choices)
-                row = {
-                    "id": item.id,
-                    "method": method,
-                    "trial": trial,
-                    "prediction": prediction,
-                    "answer": item.answer,
-                    "extracted": extracted,
-                    "correct": correct,
-                }
-                rows.append(row)
-                done[(method, trial, item.id)] = row
-            _append_rows(path, rows)
-            finished += len(rows)
-            if progress is not None:
-                progress(finished, total)
+    try:
+        for trial in range(trials):
+            pending = [item for item in items if (method, trial, item.id) not in done]
+            for batch in _batches(pending, batch_size):
+                predictions = generate_answers(
+                    model,
+                    processor,
+                    batch,
+                    batch_size=batch_size,
+                    max_new_tokens=max_new_tokens,
+                    trial_seed=seed + trial,
+                    generation_kwargs=generation_kwargs,
+                    context=context,
+                    as_text=as_text,
+                )
+                rows = []
+                for item, prediction in zip(batch, predictions):
+                    correct, extracted = grade_detail(prediction, item.answer, item.choices)
+                    row = {
+                        "id": item.id,
+                        "method": method,
+                        "trial": trial,
+                        "prediction": prediction,
+                        "answer": item.answer,
+                        "extracted": extracted,
+                        "correct": correct,
+                        "run": key,
+                    }
+                    rows.append(row)
+                    done[(method, trial, item.id)] = row
+                _append_rows(path, rows)
+                finished += len(rows)
+                if progress is not None:
+                    progress(finished, total)
+    except KeyboardInterrupt:
+        raise runs.RunInterrupted(path, finished, total) from None
     return [done[(method, t, item.id)] for t in range(trials) for item in items]
+
+
+def current_rows(path: str | os.PathLike[str], *, key: str, ids: Sequence[str], trials: int) -> list[dict[str, Any]]:
+    """The rows of one run (settings ``key``) of a results file for ``ids`` and trials ``0..trials-1``, in trial
+    then id order (the last of repeated rows wins), as :func:`run_eval` returns them."""
+    rows = {(int(r["trial"]), str(r["id"])): r for r in read_results(path) if r.get("run") == key}
+    return [rows[(t, i)] for t in range(trials) for i in ids if (t, i) in rows]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from types import MappingProxyType
 from typing import Any
 
 import moehooks
+from moehooks.runs import MissingFileError, UsageError
 
 LAB_MODEL_DIR: Path = Path(moehooks.__file__).parent / "lab" / "model"
 """Where the embedded lab model is shipped."""
@@ -42,7 +43,7 @@ PAPER_BENCHMARKS: tuple[str, ...] = ("math500", "gpqa-physics", "gpqa-chemistry"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(MissingFileError):
     """A model is neither a local directory nor available from the Hugging Face hub or its cache."""
 
 
@@ -62,7 +63,9 @@ class ModelSpec:
         tau: threshold selecting domain experts.
         beta: steering strength.
         generation_kwargs: extra keyword arguments for ``model.generate``.
-        trust_remote_code: whether loading runs code shipped with the checkpoint.
+        trust_remote_code: the checkpoint needs the model code shipped in its hub repository; :func:`load`
+            runs it only when its caller passes ``trust_remote_code=True``, at a pinned ``revision``.
+        revision: the hub commit to load (``None``: the newest, or the one :func:`load` is given).
         max_new_tokens: generation budget per answer.
         benchmarks: default benchmark set of ``steer`` with neither ``--benchmark`` nor ``--tasks``.
         per_benchmark: settings that differ on one benchmark (``{"math500": {"repetition_penalty": None}}``:
@@ -78,6 +81,7 @@ class ModelSpec:
     beta: float = DEFAULT_BETA
     generation_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
     trust_remote_code: bool = False
+    revision: str | None = None
     max_new_tokens: int = PAPER_MAX_NEW_TOKENS
     benchmarks: tuple[str, ...] = ()
     per_benchmark: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict, hash=False)
@@ -192,7 +196,7 @@ def resolve(name_or_path: str | Path, preset: str | None = None) -> ModelSpec:
     name = str(name_or_path)
     if preset is not None:
         if preset not in ALIASES:
-            raise ValueError(f"unknown preset {preset!r}: expected one of {', '.join(sorted(ALIASES))}")
+            raise UsageError(f"unknown preset {preset!r}: expected one of {', '.join(sorted(ALIASES))}")
         return dataclasses.replace(ALIASES[preset], source=resolve(name).source)
     if name in ALIASES:
         return ALIASES[name]
@@ -207,7 +211,7 @@ def resolve(name_or_path: str | Path, preset: str | None = None) -> ModelSpec:
         return ModelSpec(source=str(path))
     if _HUB_ID.match(name):
         return ModelSpec(source=name)
-    raise ValueError(
+    raise UsageError(
         f"unknown model {name!r}: not an alias (known: {', '.join(sorted(ALIASES))}), "
         f"not a directory (looked at {path.resolve()}), and not a hub id of the form 'org/name'"
     )
@@ -243,10 +247,78 @@ def _not_found(spec: ModelSpec, err: Exception) -> ModelNotFoundError:
             f"download it with `huggingface-cli download {spec.source}` on a machine with network access, "
             "or pass a local directory"
         )
+    cause = (str(err).strip().splitlines() or [""])[0]
     return ModelNotFoundError(
         f"model {spec.alias or spec.source!r} could not be loaded: {where}; {hint}. "
-        f"Cause: {type(err).__name__}: {err}"
+        f"Cause: {type(err).__name__}: {cause}"
     )
+
+
+def remote_code(spec: ModelSpec, *, trust_remote_code: bool = False, revision: str | None = None) -> str | None:
+    """The hub revision to load ``spec`` at, after checking that remote code runs only when allowed and pinned.
+
+    Example:
+        >>> remote_code(resolve("qwen3-vl")) is None
+        True
+        >>> remote_code(resolve("kimi-vl"))
+        Traceback (most recent call last):
+        ...
+        moehooks.runs.UsageError: model 'kimi-vl' (moonshotai/Kimi-VL-A3B-Instruct) runs Python code from its hub repository: pass trust_remote_code=True (--trust-remote-code) to allow it, with revision=COMMIT (--revision) pinning the commit you reviewed
+
+    A checkpoint that needs its own code (``spec.trust_remote_code``) loads only with ``trust_remote_code=True``;
+    remote code from a hub repository (not a local directory) runs only at a pinned revision (``revision`` or
+    the alias's own), so a later push to the repository cannot change what runs.
+
+    Raises:
+        moehooks.runs.UsageError: remote code is needed but not allowed, or allowed without a pinned revision.
+    """
+    pinned = revision or spec.revision
+    local = Path(spec.source).expanduser().is_dir()
+    name = f"{spec.alias!r} ({spec.source})" if spec.alias else repr(spec.source)
+    pin = "" if pinned or local else ", with revision=COMMIT (--revision) pinning the commit you reviewed"
+    if spec.trust_remote_code and not trust_remote_code:
+        raise UsageError(f"model {name} runs Python code from its hub repository: pass trust_remote_code=True "
+                         f"(--trust-remote-code) to allow it{pin}")
+    if trust_remote_code and pin:
+        raise UsageError(f"remote code of model {name} runs only at a pinned commit: pass revision=COMMIT "
+                         "(--revision), the commit you reviewed")
+    return pinned
+
+
+def plan(spec: ModelSpec, *, trust_remote_code: bool = False, revision: str | None = None) -> str:
+    """One line saying what :func:`load` will run: checkpoint, revision and whether remote code is allowed.
+
+    Example:
+        >>> plan(resolve("llama4-scout"))
+        'meta-llama/Llama-4-Scout-17B-16E-Instruct (alias llama4-scout), newest revision, library code only'
+    """
+    pinned = revision or spec.revision
+    where = spec.source + (f" (alias {spec.alias})" if spec.alias else "")
+    at = "" if Path(spec.source).expanduser().is_dir() else (f", revision {pinned}" if pinned else ", newest revision")
+    code = "remote code from the checkpoint allowed" if trust_remote_code else "library code only"
+    return f"{where}{at}, {code}"
+
+
+def load_config(name_or_path: str | Path | ModelSpec, *, trust_remote_code: bool = False,
+                revision: str | None = None) -> Any:
+    """The model's config alone (no weights): what the command line checks options against before loading.
+
+    Example:
+        >>> load_config("lab").get_text_config().num_hidden_layers
+        6
+
+    Raises:
+        ModelNotFoundError: as :func:`load`.
+        moehooks.runs.UsageError: remote code not allowed or not pinned (:func:`remote_code`).
+    """
+    from transformers import AutoConfig
+
+    spec = name_or_path if isinstance(name_or_path, ModelSpec) else resolve(name_or_path)
+    pinned = remote_code(spec, trust_remote_code=trust_remote_code, revision=revision)
+    try:
+        return AutoConfig.from_pretrained(spec.source, trust_remote_code=trust_remote_code, revision=pinned)
+    except (OSError, ValueError) as err:
+        raise _not_found(spec, err) from None
 
 
 def load(
@@ -255,7 +327,8 @@ def load(
     device_map: str | dict[str, Any] | None = None,
     dtype: Any = "auto",
     attn_implementation: str | None = None,
-    trust_remote_code: bool | None = None,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
 ) -> tuple[Any, Any]:
     """Load a model in eval mode and its processor (or tokenizer, for text-only checkpoints).
 
@@ -272,14 +345,16 @@ def load(
         device_map: passed to ``from_pretrained`` when given.
         dtype: passed to ``from_pretrained`` (``"auto"`` keeps the checkpoint's dtype).
         attn_implementation: attention kernel; default from :func:`default_attn_implementation`.
-        trust_remote_code: overrides the alias's setting.
+        trust_remote_code: allow the checkpoint's own model code to run (needed by ``kimi-vl``); off by default.
+        revision: hub commit to load (default: the alias's pinned one, else the newest); remote code from the
+            hub runs only at a pinned revision.
 
     Raises:
         ModelNotFoundError: the model is not a local directory and not obtainable from the hub or its cache;
             the message names the directory tried, the cache directory and the offline mode.
+        moehooks.runs.UsageError: remote code needed but not allowed, or allowed without a pinned revision.
     """
     from transformers import (
-        AutoConfig,
         AutoModelForCausalLM,
         AutoModelForImageTextToText,
         AutoProcessor,
@@ -287,36 +362,35 @@ def load(
     )
 
     spec = name_or_path if isinstance(name_or_path, ModelSpec) else resolve(name_or_path)
-    remote = spec.trust_remote_code if trust_remote_code is None else trust_remote_code
-    try:
-        config = AutoConfig.from_pretrained(spec.source, trust_remote_code=remote)
-    except OSError as err:
-        raise _not_found(spec, err) from err
+    remote = trust_remote_code
+    config = load_config(spec, trust_remote_code=remote, revision=revision)
+    pinned = remote_code(spec, trust_remote_code=remote, revision=revision)
     has_vision = getattr(config, "vision_config", None) is not None
     auto_cls = AutoModelForImageTextToText if has_vision else AutoModelForCausalLM
     kwargs: dict[str, Any] = {
         "dtype": dtype,
         "attn_implementation": attn_implementation or default_attn_implementation(),
         "trust_remote_code": remote,
+        "revision": pinned,
     }
     if device_map is not None:
         kwargs["device_map"] = device_map
     try:
         model = auto_cls.from_pretrained(spec.source, config=config, **kwargs)
     except OSError as err:
-        raise _not_found(spec, err) from err
+        raise _not_found(spec, err) from None
     model.eval()
     if _saved_processor_class(spec.source) == "LabProcessor":
         from moehooks.lab.processor import LabProcessor
 
         return model, LabProcessor.from_pretrained(spec.source)
     try:
-        processor = AutoProcessor.from_pretrained(spec.source, trust_remote_code=remote)
+        processor = AutoProcessor.from_pretrained(spec.source, trust_remote_code=remote, revision=pinned)
     except (OSError, ValueError, TypeError, ImportError):
         try:
-            processor = AutoTokenizer.from_pretrained(spec.source, trust_remote_code=remote)
+            processor = AutoTokenizer.from_pretrained(spec.source, trust_remote_code=remote, revision=pinned)
         except OSError as err:
-            raise _not_found(spec, err) from err
+            raise _not_found(spec, err) from None
     return model, processor
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import artefacts, distributed, evaluate, models, plots, stats
+from . import artefacts, distributed, evaluate, models, plots, runs, stats
 from .evaluate import Item, MethodSummary
 from .recording import Recorder, record
 from .steering import steer
@@ -38,6 +38,30 @@ class StudyData:
     swap: Path | None = None
 
 
+@dataclass(frozen=True)
+class StudyItems:
+    """The items of a study, loaded and checked (:func:`load_study`)."""
+
+    tasks: list[Item]
+    references: list[Item]
+    general: list[Item]
+
+
+def load_study(data: StudyData, limit: int | None = None) -> StudyItems:
+    """Load a study's items: the first ``limit`` tasks, the references (default: the tasks' ``text_reference``)
+    and the general items. Cheap and model-free: call it before loading a model to find bad files first.
+
+    Raises:
+        moehooks.runs.UsageError: a file is missing, empty or has no valid item, ``limit < 1``, or a task has
+            no ``text_reference`` when it must stand in for the references.
+    """
+    if limit is not None:
+        runs.check_int("limit", limit)
+    tasks = evaluate.load_items(data.tasks)[:limit]
+    references = evaluate.load_items(data.references) if data.references else text_versions(tasks)
+    return StudyItems(tasks=tasks, references=references, general=evaluate.load_items(data.general))
+
+
 def lab_study(tasks: str = "noisy") -> StudyData:
     """The datasets shipped with the lab model: its arithmetic images, held-out renderings either ``"clean"``
     (the trained look; image accuracy 100%) or ``"noisy"`` (lower contrast + pixel noise, never trained;
@@ -45,19 +69,20 @@ def lab_study(tasks: str = "noisy") -> StudyData:
     from .lab import DATA_DIR
 
     names = {"clean": "arith_image.jsonl", "noisy": "arith_image_noisy.jsonl"}
-    if tasks not in names:
-        raise ValueError(f"unknown lab tasks {tasks!r}; allowed: {', '.join(names)}")
+    runs.check_choice("lab tasks", tasks, tuple(names))
     return StudyData(tasks=DATA_DIR / names[tasks], references=DATA_DIR / "arith_text.jsonl",
                      general=DATA_DIR / "general_text.jsonl", swap=DATA_DIR / "swap.jsonl")
 
 
 def load_model(name: str = "lab", *, device_map: str | dict[str, Any] | None = None, dtype: str = "auto",
-               attn_implementation: str | None = None,
-               preset: str | None = None) -> tuple[nn.Module, Any, models.ModelSpec]:
-    """``(model, processor, spec)`` for an alias, local directory or hub id (see ``moehooks.models``), with the
-    settings of alias ``preset`` when given."""
+               attn_implementation: str | None = None, preset: str | None = None,
+               trust_remote_code: bool = False, revision: str | None = None) -> tuple[nn.Module, Any, models.ModelSpec]:
+    """``(model, processor, spec)`` for an alias, local directory or hub id (see ``moehooks.models.load``), with
+    the settings of alias ``preset`` when given; remote code runs only with ``trust_remote_code=True`` at a
+    pinned ``revision``."""
     spec = models.resolve(name, preset)
-    model, processor = models.load(spec, device_map=device_map, dtype=dtype, attn_implementation=attn_implementation)
+    model, processor = models.load(spec, device_map=device_map, dtype=dtype, attn_implementation=attn_implementation,
+                                   trust_remote_code=trust_remote_code, revision=revision)
     return model, processor, spec
 
 
@@ -65,7 +90,7 @@ def text_versions(items: Sequence[Item]) -> list[Item]:
     """The same problems as text prompts: ``text_reference`` as the question, no image."""
     missing = [it.id for it in items if it.text_reference is None]
     if missing:
-        raise ValueError(f"items {missing[:5]} have no text_reference: their text version is unknown")
+        raise runs.UsageError(f"items {missing[:5]} have no text_reference: their text version is unknown")
     return [replace(it, question=it.text_reference, image=None) for it in items]
 
 
@@ -92,13 +117,29 @@ def record_items(model: nn.Module, processor: Any, items: Sequence[Item], *, bat
     return distributed.reduce_recorder_tables(rec, state)
 
 
+def check_layers(model: nn.Module, layers: Sequence[int] | None, name: str = "layers") -> list[int] | None:
+    """``layers`` if each is a MoE decoder layer of ``model`` (:class:`moehooks.runs.UsageError` naming the
+    bad ones and the allowed range otherwise)."""
+    from .adapters import adapt
+
+    return runs.check_layers(name, layers, sorted(set(adapt(model).layer_ids)))
+
+
 def identify_experts(model: nn.Module, processor: Any, domain: Sequence[Item], general: Sequence[Item], *,
                      tau: float, layers: Sequence[int] | None = None, batch_size: int = 32,
                      progress: Progress = None) -> stats.ExpertSet:
-    """Domain experts: ``f_domain - f_general > tau`` over prompt tokens (paper Eq. 3)."""
+    """Domain experts: ``f_domain - f_general > tau`` over prompt tokens (paper Eq. 3); ``tau`` and ``layers``
+    are checked before anything is recorded."""
+    runs.check_tau("tau", tau)
+    check_layers(model, layers)
     dom = record_items(model, processor, domain, batch_size=batch_size, progress=progress)
     gen = record_items(model, processor, general, batch_size=batch_size, progress=progress)
     return stats.domain_experts(dom, gen, tau, phase="prefill", layers=layers)
+
+
+def _note(dataset: str | None, count: int) -> str:
+    """A figure's data line: ``"arith_image.jsonl, 90 items"``."""
+    return f"{dataset + ', ' if dataset else ''}{count} item{'s' if count != 1 else ''}"
 
 
 @dataclass
@@ -114,11 +155,14 @@ class Analysis:
 
 
 def analyze(model: nn.Module, processor: Any, items: Sequence[Item], *, tau: float = 0.1,
-            out_dir: str | Path | None = None, batch_size: int = 32, progress: Progress = None) -> Analysis:
-    """Record the image and the text version of each item and compare their routing (paper Eqs. 2-4)."""
+            out_dir: str | Path | None = None, batch_size: int = 32, dataset: str | None = None,
+            progress: Progress = None) -> Analysis:
+    """Record the image and the text version of each item and compare their routing (paper Eqs. 2-4); the
+    figures' titles name ``dataset`` and the item count."""
+    runs.check_tau("tau", tau)
+    text = text_versions(items)
     image = record_items(model, processor, items, batch_size=batch_size, per_sample=True, progress=progress)
-    text = record_items(model, processor, text_versions(items), batch_size=batch_size, per_sample=True,
-                        progress=progress)
+    text = record_items(model, processor, text, batch_size=batch_size, per_sample=True, progress=progress)
     result = Analysis(
         layer_ids=image.layers,
         gini_image=stats.layer_gini(image, phase="prefill"),
@@ -128,42 +172,70 @@ def analyze(model: nn.Module, processor: Any, items: Sequence[Item], *, tau: flo
     )
     if out_dir is not None and distributed.is_main(distributed.launched_state()):
         out = Path(out_dir)
+        note = _note(dataset, len(items))
         result.files = [
-            plots.plot_gini(result.gini_image, result.gini_text, out / "gini.png", layer_ids=result.layer_ids).png,
-            plots.plot_jsd(result.divergence, out / "jsd.png", layer_ids=result.layer_ids).png,
-            plots.plot_delta(result.visual, out / "visual_delta.png").png,
+            plots.plot_gini(result.gini_image, result.gini_text, out / "gini.png", layer_ids=result.layer_ids,
+                            note=note).png,
+            plots.plot_jsd(result.divergence, out / "jsd.png", layer_ids=result.layer_ids, note=note).png,
+            plots.plot_delta(result.visual, out / "visual_delta.png", label="image − text", note=note).png,
         ]
     return result
 
 
 @dataclass
 class SteerResult:
-    """Outcome of a steering evaluation: the expert sets used and the per-method accuracy."""
+    """Outcome of a steering evaluation: the expert sets used, the per-method accuracy of this run's rows and
+    the settings that keyed them (per method, see ``moehooks.evaluate.eval_settings``)."""
 
     experts: dict[str, dict[int, list[int]]]
     summary: dict[str, MethodSummary]
     results: Path
     files: list[Path] = field(default_factory=list)
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def check_steer_options(*, methods: Sequence[str] | str = METHODS, beta: float = 0.5, epsilon: float = 1e-3,
+                        trials: int = 1, batch_size: int = 32, max_new_tokens: int = 16) -> list[str]:
+    """Check a steering evaluation's options before any work (each error names the value and what is allowed);
+    returns the methods as a list."""
+    runs.check_number("beta", beta, minimum=0.0)
+    runs.check_number("epsilon", epsilon, minimum=0.0)
+    for name, value in (("trials", trials), ("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
+        runs.check_int(name, value)
+    return runs.parse_choices("methods", methods, METHODS)
+
+
+def method_settings(method: str, experts: dict[int, list[int]], *, beta: float, epsilon: float,
+                    layers: Sequence[int] | None) -> dict[str, Any]:
+    """What a method adds to a run's settings: nothing for the baseline; the experts, the steered layers and
+    beta (soft, random) or epsilon (hard) for the others."""
+    if method == "baseline":
+        return {}
+    strength = {"epsilon": epsilon} if method == "hard" else {"beta": beta}
+    return {"experts": {str(k): sorted(v) for k, v in sorted(experts.items())},
+            "layers": None if layers is None else list(layers), **strength}
 
 
 def steer_eval(model: nn.Module, processor: Any, items: Sequence[Item], experts: dict[int, list[int]],
                out_dir: str | Path, *, methods: Sequence[str] = METHODS, beta: float = 0.5, epsilon: float = 1e-3,
                layers: Sequence[int] | None = None, seed: int = 0, trials: int = 1, batch_size: int = 32,
                max_new_tokens: int = 16, generation_kwargs: dict[str, Any] | None = None,
-               progress: Progress = None) -> SteerResult:
+               settings: dict[str, Any] | None = None, progress: Progress = None) -> SteerResult:
     """Evaluate ``items`` without steering and with each steering method; resumable (results JSONL).
 
     ``soft`` boosts ``experts`` by ``beta`` sigma, ``hard`` forces them, ``random`` soft-boosts as many random
-    experts per layer (seeded). Rows go to ``out_dir/results.jsonl`` as they complete; launched as several
-    processes, each evaluates its share of the items into ``results.rank{r}.jsonl`` and the main process merges
-    them into ``results.jsonl`` (``moehooks.distributed.sharded_eval``).
+    experts per layer (seeded). Rows go to ``out_dir/results.jsonl`` as they complete, keyed by their settings
+    (``settings`` adds to them, e.g. ``{"items": moehooks.runs.file_identity(path)}``; see
+    :func:`method_settings`), so a rerun with other settings starts a new result set and the summary counts
+    only this run's rows. Launched as several processes, each evaluates its share of the items into
+    ``results.rank{r}.jsonl`` and the main process merges them into ``results.jsonl``
+    (``moehooks.distributed.sharded_eval``).
     """
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown methods {unknown}; allowed: {', '.join(METHODS)}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    results = out / "results.jsonl"
+    methods = check_steer_options(methods=methods, beta=beta, epsilon=epsilon, trials=trials, batch_size=batch_size,
+                                  max_new_tokens=max_new_tokens)
+    results = runs.check_output_dir(out_dir) / "results.jsonl"
+    common = {"model": runs.model_identity(model), "items": {"digest": evaluate.items_digest(items)},
+              **(settings or {})}
     used: dict[str, dict[int, list[int]]] = {}
     contexts: dict[str, Callable[[], Any] | None] = {"baseline": None}
     for mode in [m for m in methods if m != "baseline"]:
@@ -174,16 +246,25 @@ def steer_eval(model: nn.Module, processor: Any, items: Sequence[Item], experts:
     share = len(distributed.shard_items(items, state))
     total = len(methods) * trials * share
     offset = 0
+    rows: list[dict[str, Any]] = []
+    keyed: dict[str, dict[str, Any]] = {}
     for method in methods:
         def step(done: int, _total: int, offset: int = offset) -> None:
             if progress:
                 progress(offset + done, total)
-        distributed.sharded_eval(model, processor, items, results, state=state, method=method, trials=trials,
-                                 seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                 generation_kwargs=generation_kwargs, context=contexts[method], progress=step)
+        extra = common | method_settings(method, used.get(method, experts), beta=beta, epsilon=epsilon, layers=layers)
+        options = dict(method=method, seed=seed, max_new_tokens=max_new_tokens, generation_kwargs=generation_kwargs)
+        keyed[method] = evaluate.eval_settings(model, items, **options, settings=extra)
+        try:
+            rows += distributed.sharded_eval(model, processor, items, results, state=state, trials=trials,
+                                             batch_size=batch_size, context=contexts[method], settings=extra,
+                                             progress=step, **options)
+        except runs.RunInterrupted as stop:
+            raise runs.RunInterrupted(results, offset + stop.saved, total) from None
         offset += trials * share
-    summary = evaluate.summarize(results)
-    return SteerResult(experts=used, summary={m: summary[m] for m in methods if m in summary}, results=results)
+    summary = evaluate.summarize(rows)
+    return SteerResult(experts=used, summary={m: summary[m] for m in methods if m in summary}, results=results,
+                       settings=keyed)
 
 
 def steer_study(model: nn.Module, processor: Any, data: StudyData, out_dir: str | Path, *,
@@ -193,28 +274,41 @@ def steer_study(model: nn.Module, processor: Any, data: StudyData, out_dir: str 
     """The paper's pipeline: domain experts from the text references, then image tasks with and without steering.
 
     ``tau``, ``beta`` and ``layers`` default to the model alias's settings (``spec``); results, the expert
-    artefact and the Delta heatmap go to ``out_dir`` (written by the main process when launched as several).
+    artefact, the Delta heatmap and ``summary.json`` (accuracy of this run's rows, the experts and every
+    setting) go to ``out_dir`` (written by the main process when launched as several). Every option, input
+    file and the output folder are checked before anything is recorded or generated.
     """
     spec = spec or models.ModelSpec(source="model")
-    tau = spec.tau if tau is None else tau
+    tau = runs.check_tau("tau", spec.tau if tau is None else tau)
     beta = spec.beta if beta is None else beta
-    tasks = evaluate.load_items(data.tasks)[:limit]
-    references = evaluate.load_items(data.references) if data.references else text_versions(tasks)
-    general = evaluate.load_items(data.general)
+    check_steer_options(beta=beta, **{k: eval_options[k] for k in ("methods", "trials", "batch_size",
+                                                                    "max_new_tokens") if k in eval_options})
     if layers is None and spec.layers is not None:
         layers = list(range(spec.layers[0], spec.layers[1] + 1))
+    check_layers(model, layers)
+    loaded = load_study(data, limit)
+    tasks, references, general = loaded.tasks, loaded.references, loaded.general
+    out = runs.check_output_dir(out_dir)
     experts = identify_experts(model, processor, references, general, tau=tau, layers=layers)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     main = distributed.is_main(distributed.launched_state())
     if main:
         save_experts(model, experts, out / "experts.safetensors", dataset=str(data.references or data.tasks),
                      size=len(references), model_id=spec.source, tau=tau)
+    items = runs.file_identity(data.tasks)
     result = steer_eval(model, processor, tasks, dict(experts), out, beta=beta, layers=layers, progress=progress,
-                        generation_kwargs=dict(spec.generation_kwargs) or None, **eval_options)
+                        generation_kwargs=dict(spec.generation_kwargs) or None,
+                        settings={"items": items, "model": runs.model_identity(model, spec.alias or spec.source)},
+                        **eval_options)
     if main:
-        result.files.append(plots.plot_delta(experts, out / "domain_delta.png").png)
-        write_json(out / "summary.json", {m: vars(s) for m, s in result.summary.items()} | {"experts": result.experts})
+        note = _note(data.tasks.name, len(tasks))
+        result.files.append(plots.plot_delta(experts, out / "domain_delta.png", note=note,
+                                             label="domain − general").png)
+        study = {"model": spec.alias or spec.source, "tasks": items, "limit": limit, "tau": tau,
+                 "references": runs.file_identity(data.references) if data.references else "text_reference of the tasks",
+                 "general": runs.file_identity(data.general), **{k: v for k, v in eval_options.items()
+                                                                 if k != "methods"}}
+        write_json(out / "summary.json", {m: vars(s) for m, s in result.summary.items()}
+                   | {"experts": result.experts, "settings": {"study": study, "methods": result.settings}})
     return result
 
 
@@ -246,6 +340,23 @@ def format_table(summary: dict[str, MethodSummary]) -> list[tuple[str, str, str,
     return rows
 
 
+def swap_items(items_path: str | Path | None, *, source: str, target: str) -> tuple[list[Item], list[str]]:
+    """The items of a swap sweep that show ``source`` (field ``digit``, or all when absent) and the answers
+    that follow the target (``answer - source + target``); model-free, so it can run before a model loads.
+
+    Raises:
+        moehooks.runs.UsageError: ``source`` / ``target`` / an answer is not an integer, or no item shows
+            ``source`` (the message lists the digits present).
+    """
+    shift = runs.check_integer_text("target", target) - runs.check_integer_text("source", source)
+    items = evaluate.load_items(items_path or lab_study().swap)
+    chosen = [it for it in items if str(it.meta.get("digit", source)) == source]
+    if not chosen:
+        raise runs.UsageError(f"no swap item shows digit {source!r}; digits present: "
+                              f"{sorted({str(it.meta.get('digit')) for it in items})}")
+    return chosen, [str(runs.check_integer_text(f"answer of item {it.id!r}", it.answer) + shift) for it in chosen]
+
+
 def swap_study(model: nn.Module, processor: Any, items_path: str | Path | None, *, source: str, target: str,
                alpha: float, layers: Sequence[int] | None = None, out_dir: str | Path | None = None,
                batch_size: int = 32, progress: Progress = None):
@@ -257,17 +368,20 @@ def swap_study(model: nn.Module, processor: Any, items_path: str | Path | None, 
     from .adapters import adapt
     from .swap import swap_sweep
 
-    items = evaluate.load_items(items_path or lab_study().swap)
-    chosen = [it for it in items if str(it.meta.get("digit", source)) == source]
-    if not chosen:
-        raise ValueError(f"no swap item shows digit {source!r}; digits present: "
-                         f"{sorted({str(it.meta.get('digit')) for it in items})}")
-    expected = [str(int(it.answer) - int(source) + int(target)) for it in chosen]
-    sweep = swap_sweep(model, processor, chosen, layers if layers is not None else range(len(adapt(model).decoder_layers)),
+    runs.check_number("alpha", alpha)
+    path = items_path or lab_study().swap
+    chosen, expected = swap_items(path, source=source, target=target)
+    decoder_layers = range(len(adapt(model).decoder_layers))
+    runs.check_layers("layers", layers, decoder_layers, what="decoder layers")
+    if out_dir is not None:
+        runs.check_output_dir(out_dir)
+    sweep = swap_sweep(model, processor, chosen, decoder_layers if layers is None else layers,
                        source_text=source, target_text=target, alpha=alpha, expected=expected,
                        build_inputs=evaluate.build_inputs, batch_size=batch_size, progress=progress)
     if out_dir is not None:
-        plots.plot_swap(dict(zip(sweep.layers, sweep.success)), Path(out_dir) / "swap_success.png")
+        plots.plot_swap(dict(zip(sweep.layers, sweep.success)), Path(out_dir) / "swap_success.png",
+                        baseline=sweep.baseline_success, source=source, target=target, alpha=alpha,
+                        note=_note(Path(path).name, len(chosen)))
     return sweep
 
 
@@ -275,8 +389,9 @@ def record_dataset(model: nn.Module, processor: Any, items_path: str | Path, out
                    as_text: bool = False, model_id: str = "model", batch_size: int = 32,
                    progress: Progress = None) -> Path:
     """Record prompt routing of a dataset (image or text version) and save counts/tokens as an artefact
-    (the main process saves it when launched as several)."""
+    (the main process saves it when launched as several). The items and the output path are checked first."""
     items = evaluate.load_items(items_path)
+    runs.check_output_file(out_path)
     rec = record_items(model, processor, text_versions(items) if as_text else items, batch_size=batch_size,
                        progress=progress)
     tensors = {f"{what}.{modality}": getattr(rec, what)(modality=modality, phase="prefill").cpu()
@@ -294,8 +409,10 @@ def render_dataset(items_path: str | Path, out_dir: str | Path, variant: str = "
     """Render each item's problem text (``text_reference``, else ``question``) and write ``out_dir/items.jsonl``
     whose rows point at the PNGs (relative paths) and keep the text as ``text_reference``."""
     from .benchmarks import render_images
+    from .render import VARIANTS
 
-    out = Path(out_dir)
+    runs.check_choice("variant", variant, VARIANTS)
+    out = runs.check_output_dir(out_dir)
     items = [it if it.text_reference else replace(it, text_reference=it.question)
              for it in evaluate.load_items(items_path)]
     rendered = render_images(items, out, variant, size=size)

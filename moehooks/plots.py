@@ -7,7 +7,9 @@ Example::
 
 Figures are drawn on matplotlib's Agg canvas without pyplot, so no global backend or
 figure state is touched. NaN values (undefined layers) are left as gaps in the figure and
-written as ``nan`` in the CSV. Both files are written atomically.
+written as ``nan`` in the CSV. Both files are written atomically. ``note`` (e.g.
+``"arith_image.jsonl, 90 items"``) is a second title line naming the data behind a figure;
+the saved PNG is cropped to everything drawn (``bbox_inches="tight"``), so no label is cut off.
 """
 
 from __future__ import annotations
@@ -56,12 +58,13 @@ def _layer_ids(layer_ids: Sequence[int] | None, n: int) -> list[int]:
     return ids
 
 
-def _figure(title: str, xlabel: str, ylabel: str, width: float = 7.0, height: float = 4.0) -> tuple[Figure, Axes]:
-    """A titled Agg figure with one labelled axes, integer ticks on x."""
+def _figure(title: str, xlabel: str, ylabel: str, width: float = 7.0, height: float = 4.0, *,
+            note: str | None = None) -> tuple[Figure, Axes]:
+    """A titled Agg figure with one labelled axes, integer ticks on x; ``note`` is a smaller second title line."""
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    ax.set_title(title)
+    ax.set_title(f"{title}\n{note}" if note else title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -72,7 +75,7 @@ def _write(fig: Figure, header: Sequence[str], rows: Sequence[Sequence[object]],
     """Save ``fig`` as ``<path>.png`` and ``rows`` under ``header`` as ``<path>.csv``."""
     png = Path(path).with_suffix(".png")
     image = io.BytesIO()
-    fig.savefig(image, format="png", dpi=120)
+    fig.savefig(image, format="png", dpi=120, bbox_inches="tight", pad_inches=0.1)
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(header)
@@ -81,7 +84,8 @@ def _write(fig: Figure, header: Sequence[str], rows: Sequence[Sequence[object]],
 
 
 def plot_gini(
-    image: Values, text: Values, path: str | os.PathLike[str], *, layer_ids: Sequence[int] | None = None
+    image: Values, text: Values, path: str | os.PathLike[str], *, layer_ids: Sequence[int] | None = None,
+    note: str | None = None,
 ) -> PlotFiles:
     """Gini coefficient of expert importance per layer, image version vs text version.
 
@@ -95,7 +99,8 @@ def plot_gini(
     gini_text = _floats("text", text, len(gini_image))
     ids = _layer_ids(layer_ids, len(gini_image))
     fig, ax = _figure(
-        "Routing concentration per layer (0 = uniform, 1 = one expert)", "decoder layer", "Gini of expert importance"
+        "Routing concentration per layer (0 = uniform, 1 = one expert)", "decoder layer", "Gini of expert importance",
+        note=note,
     )
     ax.plot(ids, gini_image, marker="o", color=IMAGE_COLOR, label="image version")
     ax.plot(ids, gini_text, marker="s", color=TEXT_COLOR, label="text version")
@@ -104,12 +109,17 @@ def plot_gini(
     return _write(fig, ("layer", "gini_image", "gini_text"), list(zip(ids, gini_image, gini_text)), path)
 
 
-def plot_delta(experts: ExpertSet, path: str | os.PathLike[str]) -> PlotFiles:
+def plot_delta(experts: ExpertSet, path: str | os.PathLike[str], *, label: str = "domain − general",
+               note: str | None = None) -> PlotFiles:
     """Heatmap of Delta = f_domain - f_general [layers x experts], identified experts circled.
 
     Example::
 
-        plot_delta(visual_experts(image_rec, text_rec, tau=0.05), "runs/delta.png")
+        plot_delta(visual_experts(image_rec, text_rec, tau=0.05), "runs/delta.png", label="image − text",
+                   note="mathverse, 500 items")
+
+    ``label`` names the two recordings compared (title and colour bar): ``"domain − general"`` for domain
+    experts, ``"image − text"`` for visual experts.
 
     CSV columns: ``layer, expert, delta, identified`` (one row per cell; identified is 0/1).
 
@@ -123,16 +133,17 @@ def plot_delta(experts: ExpertSet, path: str | os.PathLike[str]) -> PlotFiles:
     if stray:
         raise ValueError(f"(layer, expert) pairs {stray} are outside delta: layers {ids}, experts 0..{delta.shape[1] - 1}")
     fig, ax = _figure(
-        f"Activation-frequency gap per expert (τ = {experts.tau:g})",
+        f"Activation-frequency gap per expert, {label} (τ = {experts.tau:g})",
         "expert",
         "decoder layer",
         width=max(6.0, 0.12 * delta.shape[1] + 3),
         height=max(4.0, 0.2 * delta.shape[0] + 2),
+        note=note,
     )
     finite = delta[torch.isfinite(delta)]
     span = max(finite.abs().max().item() if finite.numel() else 0.0, 1e-6)
     mesh = ax.imshow(delta.numpy(), cmap="RdBu_r", vmin=-span, vmax=span, aspect="auto", interpolation="nearest")
-    fig.colorbar(mesh, ax=ax, label="Δ activation frequency (domain − general, share of tokens)")
+    fig.colorbar(mesh, ax=ax, label=f"Δ activation frequency\n({label}, share of tokens)")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.yaxis.set_major_formatter(lambda row, _: str(ids[int(row)]) if 0 <= int(row) < len(ids) else "")
     rows = {layer: row for row, layer in enumerate(ids)}
@@ -154,7 +165,8 @@ def plot_delta(experts: ExpertSet, path: str | os.PathLike[str]) -> PlotFiles:
     return _write(fig, ("layer", "expert", "delta", "identified"), table, path)
 
 
-def plot_jsd(result: Divergence, path: str | os.PathLike[str], *, layer_ids: Sequence[int] | None = None) -> PlotFiles:
+def plot_jsd(result: Divergence, path: str | os.PathLike[str], *, layer_ids: Sequence[int] | None = None,
+             note: str | None = None) -> PlotFiles:
     """Mean Jensen-Shannon divergence per layer with its confidence band.
 
     Example::
@@ -170,7 +182,8 @@ def plot_jsd(result: Divergence, path: str | os.PathLike[str], *, layer_ids: Seq
     n = [int(v) for v in result.n.tolist()]
     ids = _layer_ids(layer_ids, len(mean))
     fig, ax = _figure(
-        "Image vs text routing divergence per layer", "decoder layer", f"Jensen–Shannon divergence ({result.unit})"
+        "Image vs text routing divergence per layer", "decoder layer", f"Jensen–Shannon divergence ({result.unit})",
+        note=note,
     )
     ax.fill_between(
         ids, low, high, color=IMAGE_COLOR, alpha=0.25, label=f"{result.confidence:.0%} bootstrap CI"
@@ -181,30 +194,43 @@ def plot_jsd(result: Divergence, path: str | os.PathLike[str], *, layer_ids: Seq
     return _write(fig, ("layer", f"jsd_{result.unit}", "ci_low", "ci_high", "n_pairs"), list(zip(ids, mean, low, high, n)), path)
 
 
-def plot_swap(success: Mapping[int, float], path: str | os.PathLike[str]) -> PlotFiles:
-    """Concept-swap success rate per steered layer.
+def plot_swap(success: Mapping[int, float], path: str | os.PathLike[str], *, baseline: float | None = None,
+              source: str | None = None, target: str | None = None, alpha: float | None = None,
+              note: str | None = None) -> PlotFiles:
+    """Concept-swap success rate per steered layer, with the no-swap rate as a dashed line.
 
     Example::
 
-        plot_swap({8: 0.12, 12: 0.55, 16: 0.31}, "runs/swap.png")
+        plot_swap({8: 0.12, 12: 0.55, 16: 0.31}, "runs/swap.png", baseline=0.0, source="3", target="5",
+                  alpha=1.0, note="swap.jsonl, 30 items")
 
-    ``success`` maps a decoder-layer index to the share of successful swaps in [0, 1].
-    CSV columns: ``layer, success_rate``.
+    ``success`` maps a decoder-layer index to the share of successful swaps in [0, 1]; ``baseline`` is the
+    share of items answering as the target without any swap. The title names ``source -> target`` and
+    ``alpha`` when given. CSV columns: ``layer, success_rate`` (the baseline as layer ``none``).
 
     Raises:
         ValueError: if ``success`` is empty or a rate is outside [0, 1] (or NaN).
     """
     if not success:
         raise ValueError("success is empty; expected {layer: rate}")
-    bad = {layer: rate for layer, rate in success.items() if not 0 <= rate <= 1}
+    bad = {layer: rate for layer, rate in {**success, "none": 0.0 if baseline is None else baseline}.items()
+           if not 0 <= rate <= 1}
     if bad:
         raise ValueError(f"success rates must be in [0, 1], got {bad}")
     layers = sorted(success)
     rates = [float(success[layer]) for layer in layers]
-    fig, ax = _figure("Concept-swap success per steered layer", "decoder layer", "success rate (% of prompts)")
-    bars = ax.bar(layers, rates, color=TEXT_COLOR, label="swap succeeded")
+    what = f" {source!r} → {target!r}" if source is not None and target is not None else ""
+    strength = f", α = {alpha:g}" if alpha is not None else ""
+    fig, ax = _figure(f"Concept-swap{what} success per steered layer{strength}", "decoder layer",
+                      "success rate (% of prompts)", note=note)
+    bars = ax.bar(layers, rates, color=TEXT_COLOR, label="swap at this layer")
     ax.bar_label(bars, labels=[f"{rate:.0%}" for rate in rates])
+    if baseline is not None:
+        ax.axhline(baseline, color="black", linestyle="--", linewidth=1, label=f"no swap: {baseline:.0%}")
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-    ax.set_ylim(0, 1)
-    ax.legend()
-    return _write(fig, ("layer", "success_rate"), list(zip(layers, rates)), path)
+    ax.set_ylim(0, 1.08)
+    ax.legend(loc="upper right")
+    table: list[tuple[object, float]] = list(zip(layers, rates))
+    if baseline is not None:
+        table.append(("none", float(baseline)))
+    return _write(fig, ("layer", "success_rate"), table, path)
