@@ -94,3 +94,45 @@ def test_plot_swap(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="success"):
             plots.plot_swap(bad, tmp_path / "bad.png")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["swap.csv", "swap.png"]
+
+
+@pytest.fixture
+def figures(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The matplotlib figures the plot functions save, for reading their titles and labels."""
+    drawn, write = [], plots._write
+    monkeypatch.setattr(plots, "_write", lambda fig, *rest: drawn.append(fig) or write(fig, *rest))
+    return drawn
+
+
+def texts(fig) -> list[str]:
+    """Every text drawn on the rendered figure (titles, axis and colour-bar labels, legends)."""
+    fig.canvas.draw()
+    return [t.get_text() for t in fig.findobj(lambda a: hasattr(a, "get_text") and a.get_visible()) if t.get_text()]
+
+
+def test_titles_name_the_data_and_labels_fit(tmp_path: Path, figures: list) -> None:
+    found = stats.identify(torch.tensor([[0.5, 0.1]]), torch.tensor([[0.1, 0.1]]), tau=0.2)
+    note = "arith_image.jsonl, 90 items"
+    plots.plot_delta(found, tmp_path / "visual_delta.png", label="image − text", note=note)
+    plots.plot_delta(found, tmp_path / "domain_delta.png", note=note)
+    plots.plot_gini([0.5], [0.4], tmp_path / "gini.png", note=note)
+    visual, domain, gini = (texts(fig) for fig in figures)
+    assert "Activation-frequency gap per expert, image − text (τ = 0.2)\narith_image.jsonl, 90 items" in visual
+    assert "Δ activation frequency\n(image − text, share of tokens)" in visual
+    assert "Δ activation frequency\n(domain − general, share of tokens)" in domain
+    assert any(note in t for t in gini)
+    for fig, name in zip(figures, ("visual_delta", "domain_delta", "gini")):
+        # the saved PNG holds every drawn text: its pixel size covers the tight bounding box of all artists
+        height, width = imread(tmp_path / f"{name}.png").shape[:2]
+        box = fig.get_tightbbox(fig.canvas.get_renderer())
+        assert width >= box.width * 120 - 2 and height >= box.height * 120 - 2
+
+
+def test_swap_plot_shows_the_no_swap_baseline_and_its_settings(tmp_path: Path, figures: list) -> None:
+    files = plots.plot_swap({0: 0.5, 1: 0.25}, tmp_path / "swap.png", baseline=0.1, source="3", target="5", alpha=2.0,
+                            note="swap.jsonl, 30 items")
+    drawn = texts(figures[0])
+    assert "Concept-swap '3' → '5' success per steered layer, α = 2\nswap.jsonl, 30 items" in drawn
+    assert "no swap: 10%" in drawn
+    assert [line.get_ydata()[0] for line in figures[0].axes[0].get_lines()] == [0.1]
+    assert files.csv.read_text().splitlines()[-1] == "none,0.1"
