@@ -67,7 +67,8 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
                 typer.echo(str(stop), err=True)
                 raise typer.Exit(130) from None
             except KeyboardInterrupt:
-                typer.echo("interrupted before any result row was written; nothing to resume", err=True)
+                typer.echo("interrupted before this run wrote any result row; run the same command again to start it",
+                           err=True)
                 raise typer.Exit(130) from None
 
     return wrapper
