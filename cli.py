@@ -437,40 +437,19 @@ def eval_cmd(
     `accelerate launch --num_processes N` each process evaluates its share of the items into OUT.rank{r}.jsonl
     and the main process merges them into OUT.
     """
-    from moehooks import artefacts, distributed, evaluate, models, pipeline
-    from moehooks.steering import MODES
-    from moehooks.steering import steer as steer_ctx
+    from moehooks import distributed, models, pipeline
 
-    if experts is None and mode is not None:
-        raise runs.UsageError(f"--mode {mode} needs --experts (an expert-set artefact from `identify` or "
-                              "`steer`); without --experts eval runs the baseline")
-    method = "baseline" if experts is None else runs.check_choice("--mode", mode or "soft", MODES)
-    strength = runs.check_number("--beta", models.resolve(model).beta if beta is None else beta, minimum=0.0)
     _check_counts(trials=trials, limit=limit, max_new_tokens=max_new_tokens, batch_size=batch_size)
     _check_model(model, trust_remote_code, revision)
-    loaded = evaluate.load_items(items)[:limit]
-    if as_text:
-        pipeline.text_versions(loaded)
-    artefact = None if experts is None else artefacts.load(experts)
-    chosen = {} if artefact is None else artefacts.expert_set(artefact, "domain", path=experts)
-    runs.check_output_file(out)
+    plan = pipeline.plan_eval(items, out, experts=experts, mode=mode,
+                              beta=models.resolve(model).beta if beta is None else beta, as_text=as_text, limit=limit,
+                              trials=trials, seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens)
     lm, processor, spec = _load(model, device_map, dtype, attn, trust_remote_code, revision)
-    context = None
-    settings: dict[str, Any] = {"items": runs.file_identity(items),
-                                "model": runs.model_identity(lm, spec.alias or spec.source)}
-    if artefact is not None:
-        artefacts.check_model(artefact, lm, allow_mismatch=allow_mismatch, path=experts)
-        context = lambda: steer_ctx(lm, chosen, mode=method, beta=strength, seed=seed)  # noqa: E731
-        settings |= pipeline.method_settings(method, context().experts, beta=strength, epsilon=1e-3, layers=None)
-    state = distributed.launched_state()
-    with progress_bar(f"eval {method}") as update:
-        rows = distributed.sharded_eval(lm, processor, loaded, out, state=state, method=method, trials=trials,
-                                        seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                        generation_kwargs=dict(spec.generation_kwargs) or None, context=context,
-                                        as_text=as_text, settings=settings, progress=update)
-    if distributed.is_main(state):
-        _print_summary(f"{model}: {items.name}, {len(loaded)} items",
-                       pipeline.format_table(evaluate.summarize(rows)))
+    with progress_bar(f"eval {plan.method}") as update:
+        result = pipeline.run_plan(lm, processor, plan, out, spec=spec, allow_mismatch=allow_mismatch,
+                                   progress=update)
+    if distributed.is_main(distributed.launched_state()):
+        _print_summary(f"{model}: {items.name}, {len(plan.items)} items", pipeline.format_table(result.summary))
 
 
 @app.command()

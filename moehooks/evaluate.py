@@ -927,13 +927,17 @@ def summarize(
         0.5
 
     ``results`` is a results file (see :func:`run_eval`) or its rows; a repeated (method, trial, id) counts once
-    (the last row wins).
+    (the last row wins). Where a method has rows of several settings (rows with a ``run`` key), only its latest
+    result set counts: the rows whose ``run`` is that of the method's last row. The exact rows of one run are
+    what :func:`run_eval` returns (or :func:`current_rows` reads).
     """
     rows = read_results(results) if isinstance(results, (str, os.PathLike)) else list(results)
     required = ("id", "method", "trial", "correct")
     for row in rows:
         if any(key not in row for key in required):
             raise ValueError(f"result row {dict(row)!r} lacks one of the keys {required}")
+    last_run = {r["method"]: r.get("run") for r in rows}
+    rows = [r for r in rows if r.get("run") == last_run[r["method"]]]
     latest = {(r["method"], int(r["trial"]), str(r["id"])): bool(r["correct"]) for r in rows}
     per_trial: dict[str, dict[int, list[bool]]] = {}
     items: dict[str, set[str]] = {}

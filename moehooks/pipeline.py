@@ -312,6 +312,103 @@ def steer_study(model: nn.Module, processor: Any, data: StudyData, out_dir: str 
     return result
 
 
+@dataclass(frozen=True)
+class EvalPlan:
+    """A checked evaluation (:func:`plan_eval`): the items, the method and, when steered, the expert set."""
+
+    items_path: Path
+    items: list[Item]
+    method: str
+    beta: float
+    artefact: artefacts.Artefact | None
+    experts_path: Path | None
+    options: dict[str, Any]
+
+
+def plan_eval(items_path: str | Path, out_path: str | Path, *, experts: str | Path | None = None,
+              mode: str | None = None, beta: float = 0.5, as_text: bool = False, limit: int | None = None,
+              trials: int = 1, seed: int = 0, batch_size: int = 8, max_new_tokens: int = 512) -> EvalPlan:
+    """Check an evaluation before any model is loaded: options, the items file, the expert-set artefact (content
+    hash, kind, expert ids) and the output file. ``mode`` (soft, hard, random; default soft) needs ``experts``.
+
+    Example::
+
+        plan = plan_eval("items.jsonl", "runs/eval.jsonl", experts="runs/experts.safetensors", mode="soft")
+        model, processor, spec = load_model("qwen3-vl")
+        result = run_plan(model, processor, plan, "runs/eval.jsonl", spec=spec)
+    """
+    from .steering import MODES
+
+    if experts is None and mode is not None:
+        raise runs.UsageError(f"mode {mode!r} needs an expert set (--experts: an artefact from `identify` or "
+                              "`steer`); without one the evaluation is the baseline")
+    method = "baseline" if experts is None else runs.check_choice("mode", mode or "soft", MODES)
+    runs.check_number("beta", beta, minimum=0.0)
+    for name, value in (("trials", trials), ("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
+        runs.check_int(name, value)
+    if limit is not None:
+        runs.check_int("limit", limit)
+    items = evaluate.load_items(items_path)[:limit]
+    if as_text:
+        text_versions(items)
+    artefact = None if experts is None else artefacts.load(experts)
+    if artefact is not None:
+        artefacts.expert_set(artefact, "domain", path=experts)
+    runs.check_output_file(out_path)
+    return EvalPlan(items_path=Path(items_path), items=items, method=method, beta=beta, artefact=artefact,
+                    experts_path=None if experts is None else Path(experts),
+                    options=dict(as_text=as_text, trials=trials, seed=seed, batch_size=batch_size,
+                                 max_new_tokens=max_new_tokens))
+
+
+@dataclass
+class EvalResult:
+    """Rows and summary of one evaluation run and the settings that keyed them."""
+
+    rows: list[dict[str, Any]]
+    summary: dict[str, MethodSummary]
+    settings: dict[str, Any]
+    results: Path
+
+
+def run_plan(model: nn.Module, processor: Any, plan: EvalPlan, out_path: str | Path, *,
+             spec: models.ModelSpec | None = None, allow_mismatch: bool = False,
+             progress: Progress = None) -> EvalResult:
+    """Run a checked evaluation (:func:`plan_eval`): the artefact's router fingerprint is checked against
+    ``model`` first (``allow_mismatch`` warns instead), rows are keyed by every setting and appended to
+    ``out_path`` (resumable), and ``<out>.summary.json`` gets this run's accuracy and settings."""
+    from .steering import steer as steer_ctx
+
+    spec = spec or models.ModelSpec(source="model")
+    out = Path(out_path)
+    settings: dict[str, Any] = {"items": runs.file_identity(plan.items_path),
+                                "model": runs.model_identity(model, spec.alias or spec.source)}
+    context = None
+    if plan.artefact is not None:
+        artefacts.check_model(plan.artefact, model, allow_mismatch=allow_mismatch, path=plan.experts_path)
+        chosen = plan.artefact.expert_sets["domain"]
+        options = dict(mode=plan.method, beta=plan.beta, seed=plan.options["seed"])
+        try:
+            drawn = steer_ctx(model, chosen, **options).experts
+        except ValueError as err:
+            raise runs.UsageError(f"expert set of {plan.experts_path} does not fit this model: {err}") from None
+        context = lambda: steer_ctx(model, chosen, **options)  # noqa: E731
+        settings |= method_settings(plan.method, drawn, beta=plan.beta, epsilon=1e-3, layers=None)
+    state = distributed.launched_state()
+    rows = distributed.sharded_eval(model, processor, plan.items, out, state=state, method=plan.method,
+                                    generation_kwargs=dict(spec.generation_kwargs) or None, context=context,
+                                    settings=settings, progress=progress, **plan.options)
+    summary = evaluate.summarize(rows)
+    keyed = evaluate.eval_settings(model, plan.items, method=plan.method, seed=plan.options["seed"],
+                                   max_new_tokens=plan.options["max_new_tokens"],
+                                   generation_kwargs=dict(spec.generation_kwargs) or None,
+                                   as_text=plan.options["as_text"], settings=settings)
+    if distributed.is_main(state):
+        write_json(out.with_name(f"{out.stem}.summary.json"),
+                   {m: vars(s) for m, s in summary.items()} | {"settings": keyed | {"trials": plan.options["trials"]}})
+    return EvalResult(rows=rows, summary=summary, settings=keyed, results=out)
+
+
 def save_experts(model: nn.Module, experts: stats.ExpertSet, path: Path, *, dataset: str, size: int,
                  model_id: str, tau: float) -> Path:
     """Save an expert set with its Delta matrix and provenance (see ``moehooks.artefacts``)."""

@@ -413,3 +413,15 @@ def test_summarize_maths(tmp_path: Path) -> None:
     assert ev.summarize(rows[5:], baseline="steer")["steer"].delta == 0.0
     with pytest.raises(ValueError, match="lacks one of the keys"):
         ev.summarize([{"id": "a", "method": "baseline"}])
+
+
+def test_summarize_counts_the_latest_result_set_of_each_method() -> None:
+    def row(method: str, item: str, correct: bool, run: str) -> dict:
+        return {"id": item, "method": method, "trial": 0, "correct": correct, "run": run}
+
+    rows = [row("baseline", "a", True, "b1"), row("baseline", "b", False, "b1"),
+            row("soft", "a", False, "s1"), row("soft", "b", False, "s1"), row("soft", "c", False, "s1"),
+            row("soft", "a", True, "s2"), row("soft", "b", True, "s2")]
+    summary = ev.summarize(rows)
+    assert (summary["soft"].accuracy, summary["soft"].n_items, summary["soft"].delta) == (1.0, 2, 0.5)
+    assert summary["baseline"].n_items == 2

@@ -95,6 +95,8 @@ def test_eval_with_other_settings_into_the_same_file_reuses_nothing(tmp_path: Pa
     ok("eval", text, *FAST, "--out", out)
     ok("eval", text, *FAST, "--out", out)
     assert len(evaluate.read_results(out)) == 4
+    written = json.loads((tmp_path / "eval.summary.json").read_text())
+    assert written["baseline"]["n_items"] == 4 and written["settings"]["items"]["file"] == "arith_text.jsonl"
     shown = invoke("eval", image, *FAST, "--out", out).output
     assert "items.file: arith_text.jsonl -> arith_image.jsonl" in shown
     assert len(evaluate.read_results(out)) == 8
@@ -125,7 +127,7 @@ def test_settings_keys_and_differences() -> None:
     (("swap", "--layers", "7"), "error: --layers 7: not decoder layers of this model; allowed: 0-5"),
     (("render", DATA_DIR / "arith_text.jsonl", "--size", "64"), "error: --size '64': expected WIDTHxHEIGHT"),
     (("render", DATA_DIR / "arith_text.jsonl", "--variant", "v9"), "error: --variant 'v9': allowed: v1, v2, v3"),
-    (("eval", DATA_DIR / "arith_text.jsonl", "--mode", "hard"), "error: --mode hard needs --experts"),
+    (("eval", DATA_DIR / "arith_text.jsonl", "--mode", "hard"), "error: mode 'hard' needs an expert set (--experts"),
     (("eval", DATA_DIR / "arith_text.jsonl", "--limit", "0"), "error: --limit 0: must be an integer >= 1"),
     (("analyze", "--tau", "1.5"), "error: --tau 1.5: must be a finite number >= 0 and < 1"),
     (("steer", "--model", "kimi-vl", "--tasks", "t.jsonl", "--general", "g.jsonl"),
@@ -287,3 +289,13 @@ def test_study_loads_the_model_once(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         monkeypatch.setattr(cli, name, lambda *a, name=name, **k: steps.append(name))
     ok("study", "--out", tmp_path)
     assert len(loads) == 1 and steps == ["_analyze", "_steer", "_analyze", "_steer", "_swap"]
+
+
+def test_an_expert_set_that_does_not_fit_the_model_is_one_line(tmp_path: Path) -> None:
+    lab, _ = models.load("lab")
+    info = artefacts.describe(lab)
+    wider = type(info)(**{**vars(info), "fingerprint": "0" * 64, "num_experts": [16] * len(info.layers)})
+    path = artefacts.save(tmp_path / "wide.safetensors", artefacts.Artefact(
+        model=wider, dataset="d", dataset_size=1, expert_sets={"domain": {1: [12]}}))
+    error = refused("eval", DATA_DIR / "arith_text.jsonl", "--experts", path, "--allow-mismatch", *FAST)
+    assert f"expert set of {path} does not fit this model" in error and "12" in error
