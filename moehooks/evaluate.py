@@ -743,7 +743,9 @@ def eval_settings(
     ``settings["model"]`` (default ``moehooks.runs.model_identity(model)``) and ``settings["items"]`` (default
     the digest of ``items``' fields; callers reading a file pass ``moehooks.runs.file_identity(path)``, so a
     ``limit`` on the same file keeps its rows) replace the computed ones. Trials are not part of the key:
-    trial ``t`` is generated with seed ``seed + t``, so more trials extend a run.
+    trial ``t`` is generated with seed ``seed + t``, so more trials extend a run. Nor is the batch size, so a
+    run resumed with another one keeps its rows (batches pad prompts differently, which can change greedy
+    answers in the last bits of low-precision logits; rerun into a fresh file for bit-equal batches).
     """
     extra = dict(settings or {})
     return {

@@ -234,8 +234,9 @@ def steer_eval(model: nn.Module, processor: Any, items: Sequence[Item], experts:
     methods = check_steer_options(methods=methods, beta=beta, epsilon=epsilon, trials=trials, batch_size=batch_size,
                                   max_new_tokens=max_new_tokens)
     results = runs.check_output_dir(out_dir) / "results.jsonl"
-    common = {"model": runs.model_identity(model), "items": {"digest": evaluate.items_digest(items)},
-              **(settings or {})}
+    common = dict(settings or {})
+    common.setdefault("model", runs.model_identity(model))
+    common.setdefault("items", {"digest": evaluate.items_digest(items)})
     used: dict[str, dict[int, list[int]]] = {}
     contexts: dict[str, Callable[[], Any] | None] = {"baseline": None}
     for mode in [m for m in methods if m != "baseline"]:

@@ -74,7 +74,7 @@ def parse_layers(text: str | None, *, name: str = "layers") -> list[int] | None:
     """
     if text is None or not str(text).strip():
         return None
-    allowed = f"expected FIRST-LAST or a comma list of decoder-layer indices, e.g. 6-42 or 3,5,7"
+    allowed = "expected FIRST-LAST or a comma list of decoder-layer indices, e.g. 6-42 or 3,5,7"
     try:
         if "-" in text.strip().lstrip("-"):
             start, end = (int(v) for v in text.split("-", 1))

@@ -3,8 +3,8 @@
 * Python blocks run in order in one namespace (a later block uses the names of an earlier one), in a temporary
   folder.
 * Every command of a ``bash`` block is parsed by the CLI itself (unknown options and bad values fail here).
-  Commands that use the lab model and files the repository ships (or that this test writes: ``problems.jsonl``)
-  are then run for real (marked ``slow``); the others are reported as skipped with the reason (a hub model, a
+  Commands that use the lab model and files the repository ships (or that this test writes: ``problems.jsonl``),
+  and ``--dry-run`` commands, are then run for real (marked ``slow``); the others are reported as skipped with the reason (a hub model, a
   multi-process launcher, a user's data file, or the whole study / the test suite behind ``make``).
 * A block preceded by ``<!-- not run: REASON -->`` is not run (its commands are still parsed).
 """
@@ -81,6 +81,8 @@ def _make_recipe(target: str) -> list[str]:
 def _why_not_run(launcher: list[str], args: list[str]) -> str | None:
     if LAUNCHERS & set(launcher):
         return f"launched as several processes ({launcher[0]})"
+    if "--dry-run" in args:
+        return None  # a dry run prints its plan and loads no model or data, whatever the model
     for flag in ("--model", "-m"):
         if flag in args and args[args.index(flag) + 1] != "lab":
             return f"needs model {args[args.index(flag) + 1]!r} from the hub (and a GPU)"
