@@ -133,6 +133,7 @@ class Tracker:
         self.users = 0
         self.listeners: list[Callable[[int], None]] = []
         self._gen: _Generate | None = None
+        self._shapes: dict[tuple, torch.Tensor] = {}
         self._model_name = type(model).__name__
         self._params = _forward_params(model)
         self._generation_config = getattr(model, "generation_config", None)
@@ -237,13 +238,16 @@ class Tracker:
             start = gen.seen  # a static cache: positions advance call by call
         prompt = min(max(gen.prompt_len - start, 0), seq)
         valid = self._generate_valid(gen, inputs, batch, seq, start, prompt, device)
-        cols = torch.arange(start, start + seq, device=device)
-        fresh = (cols >= gen.seen).long()  # [seq] not counted before (use_cache=False recomputes)
-        is_prompt = (cols < gen.prompt_len).long()
-        copy = (torch.arange(batch, device=device) % gen.factor == 0).long()  # [batch] first copy of a prompt
-        weight = is_prompt[None, :] * copy[:, None] + (1 - is_prompt)[None, :] * self._alive(gen, ids, batch, seq,
-                                                                                              start, prompt, device)
-        count = valid * (fresh[None, :] * weight).reshape(-1)
+        alive = self._alive(gen, ids, batch, seq, start, prompt, device)
+        if start >= gen.seen and gen.factor == 1 and (prompt == seq or seq == 1):  # plain prefill or decode step
+            count = valid if isinstance(alive, int) else valid * alive.reshape(-1)
+        else:
+            cols = torch.arange(start, start + seq, device=device)
+            fresh = (cols >= gen.seen).long()  # [seq] not counted before (use_cache=False recomputes)
+            is_prompt = (cols < gen.prompt_len).long()
+            copy = (torch.arange(batch, device=device) % gen.factor == 0).long()  # [batch] a prompt's first copy
+            weight = is_prompt[None, :] * copy[:, None] + (1 - is_prompt)[None, :] * alive
+            count = valid * (fresh[None, :] * weight).reshape(-1)
         speculative = cache is not None and seq - prompt > 1
         gen.seen = max(gen.seen, start + seq)
         return self._batch(inputs, ids, batch, seq, device, start, prompt, gen.prompt_len, valid, count,
@@ -283,12 +287,24 @@ class Tracker:
         elif isinstance(ids, torch.Tensor) and self.image_token_id is not None:
             image = (ids == self.image_token_id).reshape(-1).long()
         else:
-            image = torch.zeros(batch * seq, dtype=torch.long, device=device)
-        phase = (torch.arange(seq, device=device) >= prompt).long().repeat(batch)
+            image = self._shaped(("zeros", batch * seq, device),
+                                 lambda: torch.zeros(batch * seq, dtype=torch.long, device=device))
+        phase = self._shaped(("phase", batch, seq, prompt, device),
+                             lambda: (torch.arange(seq, device=device) >= prompt).long().repeat(batch))
+        sample = self._shaped(("sample", batch, seq, factor, device),
+                              lambda: (torch.arange(batch, device=device) // factor).repeat_interleave(seq))
         phases = (0,) if prompt == seq else (1,) if prompt == 0 else (0, 1)
-        sample = (torch.arange(batch, device=device) // factor).repeat_interleave(seq)
         return Batch(batch, seq, valid, count.contiguous(), phase, image, sample, first, samples, phases, start,
                      prompt, prompt_len, factor, speculative, modality_ids=types)
+
+    def _shaped(self, key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Row tensors that depend only on the call's shape, made once (decode steps repeat the same shape)."""
+        tensor = self._shapes.get(key)
+        if tensor is None:
+            if len(self._shapes) > 64:
+                self._shapes.clear()
+            tensor = self._shapes[key] = make()
+        return tensor
 
 
 def _forward_params(model: nn.Module) -> list[str]:

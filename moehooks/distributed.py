@@ -36,7 +36,7 @@ from .hooks import MODALITIES
 from .recording import _CELLS, Recorder, _Tables
 
 Item = TypeVar("Item")
-_LONG = ("counts", "tokens")
+_LONG = ("counts",)
 _FLOAT = ("gates", "probs")
 
 
@@ -161,8 +161,8 @@ def reduce_recorder_tables(rec: Recorder, state: PartialState | None) -> Recorde
     if not rec.layers:
         raise RuntimeError("the recorder was never opened: record the model before reducing its tables")
     devices = [state.device if t is None else t.counts.device for t in rec._tables]
-    tables = [_Tables.zeros(_CELLS, rec.num_experts, state.device) if t is None else t
-              for t in rec._tables]
+    tables = [_Tables.zeros(_CELLS, rec.num_experts, k, state.device) if t is None else t
+              for t, k in zip(rec._tables, rec.top_k)]
     flat = {
         kind: torch.cat([getattr(t, name).reshape(-1).to(state.device) for t in tables for name in names])
         for kind, names in (("long", _LONG), ("float", _FLOAT))
@@ -186,20 +186,22 @@ def _split(summed: dict[str, torch.Tensor], like: list[_Tables], devices: list[t
                 count = shape.numel()
                 parts[name] = summed[kind][offsets[kind] : offsets[kind] + count].view(shape).to(device)
                 offsets[kind] += count
-        result.append(_Tables(**parts))
+        result.append(_Tables(**parts, top_k=table.top_k))
     return result
 
 
 def _gather_samples(samples: list[list[tuple[int, _Tables]]],
                     devices: list[torch.device]) -> list[list[tuple[int, _Tables]]]:
     """Every process's per-sample chunks, per router, renumbered process after process."""
-    local = [[(first, {k: v.cpu() for k, v in vars(t).items()}) for first, t in chunks] for chunks in samples]
+    local = [[(first, {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in vars(t).items()})
+              for first, t in chunks] for chunks in samples]
     everyone = gather_object([local])  # [processes][routers][chunks]
     merged: list[list[tuple[int, _Tables]]] = [[] for _ in samples]
     offset = 0
     for per_router in everyone:
         for i, chunks in enumerate(per_router):
-            merged[i] += [(offset + first, _Tables(**{k: v.to(devices[i]) for k, v in t.items()}))
+            merged[i] += [(offset + first, _Tables(**{k: v.to(devices[i]) if isinstance(v, torch.Tensor) else v
+                                                      for k, v in t.items()}))
                           for first, t in chunks]
-        offset += sum(t["tokens"].shape[0] // len(MODALITIES) for _, t in per_router[0])
+        offset += sum(t["counts"].shape[0] // len(MODALITIES) for _, t in per_router[0])
     return merged

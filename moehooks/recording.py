@@ -32,21 +32,26 @@ _CELLS = len(PHASES) * len(MODALITIES)
 
 @dataclass
 class _Tables:
-    """One router's accumulators; the first axis is the cell ``phase * 2 + modality``."""
+    """One router's accumulators; the first axis is the cell ``phase * 2 + modality``. Token totals are the
+    counts over ``k``: every counted token adds exactly ``top_k`` distinct experts."""
 
     counts: torch.Tensor  # [cells, experts] long
     gates: torch.Tensor  # [cells, experts] float32
     probs: torch.Tensor  # [cells, experts] float32
-    tokens: torch.Tensor  # [cells] long
+    top_k: int
 
     @classmethod
-    def zeros(cls, cells: int, experts: int, device: torch.device) -> "_Tables":
+    def zeros(cls, cells: int, experts: int, top_k: int, device: torch.device) -> "_Tables":
         return cls(
             torch.zeros(cells, experts, dtype=torch.long, device=device),
             torch.zeros(cells, experts, dtype=torch.float32, device=device),
             torch.zeros(cells, experts, dtype=torch.float32, device=device),
-            torch.zeros(cells, dtype=torch.long, device=device),
+            top_k,
         )
+
+    @property
+    def tokens(self) -> torch.Tensor:  # [cells] long
+        return self.counts.sum(-1) // self.top_k
 
 
 class Recorder(HookContext):
@@ -60,6 +65,7 @@ class Recorder(HookContext):
         self._trace: TraceWriter | None = None
         self.layers: list[int] = []
         self.num_experts = 0
+        self.top_k: list[int] = []  # per router
         self._tables: list[_Tables | None] = []
         self._samples: list[list[tuple[int, _Tables]]] = []
         self._last: list[tuple | None] = []  # per router: its last call's inputs while they may be retracted
@@ -70,6 +76,7 @@ class Recorder(HookContext):
         routing = self.routing
         self.layers = routing.layer_ids
         self.num_experts = routing.num_experts
+        self.top_k = [entry.top_k for entry in routing.layers]
         self._tables = [None] * len(routing.layers)
         self._samples = [[] for _ in routing.layers]
         directory, chunk = self._trace_options
@@ -96,8 +103,10 @@ class Recorder(HookContext):
             cell = batch.get("cell", device, rows, branch)  # [rows] phase*2 + modality
             tables = self._tables[i]
             if tables is None:
-                tables = self._tables[i] = _Tables.zeros(_CELLS, experts, device)
-            call = (cell, count, logits.detach(), weights.detach(), indices)
+                self.top_k[i] = indices.shape[1]  # the choices each row really carries
+                tables = self._tables[i] = _Tables.zeros(_CELLS, experts, self.top_k[i], device)
+            logits, weights = logits.detach(), weights.detach()
+            call = (cell, count, logits, weights, indices)
             _accumulate(tables, *call, adapter.probs, experts)
             self._last[i] = (call, batch.seq) if batch.speculative else None
             if self._trace is not None:
@@ -133,7 +142,8 @@ class Recorder(HookContext):
     def _sample_tables(self, i: int, batch: Batch, device: torch.device) -> _Tables:
         chunks = self._samples[i]
         if not chunks or chunks[-1][0] != batch.first_sample:
-            chunks.append((batch.first_sample, _Tables.zeros(batch.samples * len(MODALITIES), self.num_experts, device)))
+            tables = _Tables.zeros(batch.samples * len(MODALITIES), self.num_experts, self.top_k[i], device)
+            chunks.append((batch.first_sample, tables))
         return chunks[-1][1]
 
     # ---- reading ----------------------------------------------------------------------------------
@@ -188,13 +198,13 @@ class Recorder(HookContext):
 
 def _accumulate(tables: _Tables, cell: torch.Tensor, valid: torch.Tensor, logits: torch.Tensor,
                 weights: torch.Tensor, indices: torch.Tensor, probs_fn, experts: int) -> None:
-    """Add one router call to ``tables`` (rows weighted 0/1 by ``valid``); no host synchronisation."""
-    logits, weights, k = logits.detach(), weights.detach(), indices.shape[1]
-    flat = (cell * experts).unsqueeze(1) + indices  # [rows, k] index into tables.counts.view(-1)
-    tables.counts.view(-1).index_add_(0, flat.reshape(-1), valid.unsqueeze(1).expand(-1, k).reshape(-1))
-    tables.gates.view(-1).index_add_(0, flat.reshape(-1), (weights.float() * valid.unsqueeze(1)).reshape(-1))
-    tables.probs.index_add_(0, cell, probs_fn(logits) * valid.unsqueeze(1))
-    tables.tokens.index_add_(0, cell, valid)
+    """Add one router call to ``tables`` (rows weighted by ``valid``, 0/1 or -1 to retract); no host sync."""
+    k = indices.shape[1]
+    flat = ((cell * experts).unsqueeze(1) + indices).reshape(-1)  # [rows * k] into tables.counts.view(-1)
+    column = valid.unsqueeze(1)
+    tables.counts.view(-1).index_add_(0, flat, column.expand(-1, k).reshape(-1))
+    tables.gates.view(-1).index_add_(0, flat, (weights.float() * column).reshape(-1))
+    tables.probs.index_add_(0, cell, probs_fn(logits) * column)
 
 
 def _modalities(modality: str) -> list[int]:
