@@ -88,12 +88,13 @@ def progress_bar(label: str) -> Iterator:
         yield update
 
 
-def _check_model(model: str, trust_remote_code: bool, revision: Optional[str],
-                 layers: Optional[list[int]] = None) -> Any:
-    """Resolve the model and read its config (no weights): remote code allowed and pinned, ``--layers``
-    within its decoder layers. Returns the config."""
+def _check_model(model: str, trust_remote_code: bool, revision: Optional[str], layers: Optional[list[int]] = None,
+                 *, dtype: str = "auto", attn: Optional[str] = None) -> Any:
+    """Resolve the model and read its config (no weights): remote code allowed and pinned, ``--dtype`` and
+    ``--attn`` known, ``--layers`` within its decoder layers. Returns the config."""
     from moehooks import models
 
+    models.check_load_options(dtype, attn)
     config = models.load_config(model, trust_remote_code=trust_remote_code, revision=revision)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     count = getattr(text, "num_hidden_layers", None)
@@ -186,7 +187,7 @@ def steer(
                    methods=runs.parse_choices("--methods", methods, pipeline.METHODS), trials=trials, seed=seed,
                    limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens)
     _check_steer(options)
-    _check_model(model, trust_remote_code, revision, options["layers"])
+    _check_model(model, trust_remote_code, revision, options["layers"], dtype=dtype, attn=attn)
     data = _data(tasks, references, general, model, lab_tasks)
     pipeline.load_study(data, limit)
     runs.check_output_dir(out / "steer")
@@ -242,7 +243,7 @@ def analyze(
 
     runs.check_tau("--tau", tau)
     _check_counts(limit=limit)
-    _check_model(model, trust_remote_code, revision)
+    _check_model(model, trust_remote_code, revision, dtype=dtype, attn=attn)
     path = _data(tasks, None, Path("-"), model, lab_tasks).tasks
     items = evaluate.load_items(path)[:limit]
     pipeline.text_versions(items)
@@ -292,7 +293,7 @@ def swap(
 
     chosen = runs.parse_layers(layers, name="--layers")
     runs.check_number("--alpha", alpha)
-    _check_model(model, trust_remote_code, revision, chosen)
+    _check_model(model, trust_remote_code, revision, chosen, dtype=dtype, attn=attn)
     pipeline.swap_items(items, source=source, target=target)
     runs.check_output_dir(out / "swap")
     lm, processor, _ = _load(model, device_map, dtype, attn, trust_remote_code, revision)
@@ -359,7 +360,7 @@ def record_cmd(
     """
     from moehooks import evaluate, pipeline
 
-    _check_model(model, trust_remote_code, revision)
+    _check_model(model, trust_remote_code, revision, dtype=dtype, attn=attn)
     loaded = evaluate.load_items(items)
     if as_text:
         pipeline.text_versions(loaded)
@@ -393,7 +394,7 @@ def identify(
 
     chosen = runs.parse_layers(layers, name="--layers")
     threshold = runs.check_tau("--tau", models.resolve(model).tau if tau is None else tau)
-    _check_model(model, trust_remote_code, revision, chosen)
+    _check_model(model, trust_remote_code, revision, chosen, dtype=dtype, attn=attn)
     refs, gen = evaluate.load_items(references), evaluate.load_items(general)
     runs.check_output_file(out)
     lm, processor, spec = _load(model, device_map, dtype, attn, trust_remote_code, revision)
@@ -440,7 +441,7 @@ def eval_cmd(
     from moehooks import distributed, models, pipeline
 
     _check_counts(trials=trials, limit=limit, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    _check_model(model, trust_remote_code, revision)
+    _check_model(model, trust_remote_code, revision, dtype=dtype, attn=attn)
     plan = pipeline.plan_eval(items, out, experts=experts, mode=mode,
                               beta=models.resolve(model).beta if beta is None else beta, as_text=as_text, limit=limit,
                               trials=trials, seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens)

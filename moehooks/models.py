@@ -299,6 +299,29 @@ def plan(spec: ModelSpec, *, trust_remote_code: bool = False, revision: str | No
     return f"{where}{at}, {code}"
 
 
+def check_load_options(dtype: Any = "auto", attn_implementation: str | None = None) -> None:
+    """Refuse a ``dtype`` that is neither ``"auto"`` nor a torch dtype (name), and an attention implementation
+    transformers does not register (``eager``, ``sdpa``, ``flash_attention_2``, ...; ``paged|`` forms too).
+
+    Example:
+        >>> check_load_options("bfloat16", "sdpa")
+        >>> check_load_options("float64x")
+        Traceback (most recent call last):
+        ...
+        moehooks.runs.UsageError: dtype 'float64x': allowed: auto or a torch dtype (bfloat16, float16, float32, ...)
+    """
+    import torch
+    from transformers import AttentionInterface
+
+    if isinstance(dtype, str) and dtype != "auto" and not isinstance(getattr(torch, dtype, None), torch.dtype):
+        raise UsageError(f"dtype {dtype!r}: allowed: auto or a torch dtype (bfloat16, float16, float32, ...)")
+    if attn_implementation is not None:
+        known = ["eager", *AttentionInterface._global_mapping]
+        name = attn_implementation.removeprefix("paged|")
+        if name not in known and "/" not in name:  # "org/kernel": a hub kernel, resolved by transformers
+            raise UsageError(f"attention implementation {attn_implementation!r}: allowed: {', '.join(known)}")
+
+
 def load_config(name_or_path: str | Path | ModelSpec, *, trust_remote_code: bool = False,
                 revision: str | None = None) -> Any:
     """The model's config alone (no weights): what the command line checks options against before loading.
@@ -352,7 +375,8 @@ def load(
     Raises:
         ModelNotFoundError: the model is not a local directory and not obtainable from the hub or its cache;
             the message names the directory tried, the cache directory and the offline mode.
-        moehooks.runs.UsageError: remote code needed but not allowed, or allowed without a pinned revision.
+        moehooks.runs.UsageError: remote code needed but not allowed, or allowed without a pinned revision; a
+            ``dtype`` or ``attn_implementation`` that does not exist (:func:`check_load_options`).
     """
     from transformers import (
         AutoModelForCausalLM,
@@ -362,6 +386,7 @@ def load(
     )
 
     spec = name_or_path if isinstance(name_or_path, ModelSpec) else resolve(name_or_path)
+    check_load_options(dtype, attn_implementation)
     remote = trust_remote_code
     config = load_config(spec, trust_remote_code=remote, revision=revision)
     pinned = remote_code(spec, trust_remote_code=remote, revision=revision)

@@ -299,3 +299,11 @@ def test_an_expert_set_that_does_not_fit_the_model_is_one_line(tmp_path: Path) -
         model=wider, dataset="d", dataset_size=1, expert_sets={"domain": {1: [12]}}))
     error = refused("eval", DATA_DIR / "arith_text.jsonl", "--experts", path, "--allow-mismatch", *FAST)
     assert f"expert set of {path} does not fit this model" in error and "12" in error
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (("--dtype", "float64x"), "error: dtype 'float64x': allowed: auto or a torch dtype"),
+    (("--attn", "fast"), "error: attention implementation 'fast': allowed: eager, "),
+])
+def test_load_options_are_checked_before_any_model(no_model, args: tuple, expected: str) -> None:
+    assert refused("eval", DATA_DIR / "arith_text.jsonl", *args).startswith(expected)
