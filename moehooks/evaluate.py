@@ -766,7 +766,7 @@ def _other_settings(path: Path, rows: Sequence[Mapping[str, Any]], method: str, 
     if not others:
         return
     known = runs.read_settings(path).get(str(others[-1].get("run")))
-    changed = runs.differences(known, current) if known else ["(rows written without settings)"]
+    changed = runs.differences(known, current) if known else ["their settings are not recorded"]
     warnings.warn(f"{path}: {len(others)} {method!r} row(s) of other settings are kept and not counted; "
                   f"now a new result set ({'; '.join(changed[:6])})", OtherSettingsWarning, stacklevel=3)
 
