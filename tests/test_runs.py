@@ -251,6 +251,7 @@ def test_ctrl_c_says_what_is_saved_and_the_rerun_resumes(tmp_path: Path, monkeyp
     assert result.exit_code == 130
     assert (f"interrupted: 4 of 8 result rows of this run are saved in {results}; run the same command again to "
             "resume") in result.output.replace("\n", "")
+    assert not (tmp_path / "steer" / "summary.json").exists()  # summaries are written only when the step is done
     monkeypatch.setattr(evaluate, "generate_answers", real)
     ok(*args)
     rows = evaluate.read_results(results)
