@@ -72,6 +72,7 @@ class Batch:
     prompt_len: int = 0
     factor: int = 1
     speculative: bool = False
+    packed: bool = False  # one packed row of continuous batching: columns are several requests' tokens
     modality_ids: torch.Tensor | None = None  # [batch, seq] token-type ids, for per-modality routers
     _cache: dict[tuple[str, torch.device], torch.Tensor] = field(default_factory=dict, repr=False)
 
@@ -123,6 +124,15 @@ class _Generate:
     cache: Any = None  # weakref to the last dynamic cache seen
 
 
+@dataclass
+class _Packed:
+    """What the tracker knows of the ``generate_batch`` (continuous batching) call in progress."""
+
+    prompts: list[list[int]]
+    first_sample: int
+    started: list[bool]  # per prompt: its prefill segment was seen
+
+
 class Tracker:
     """Shared forward pre-hook describing the current batch; one per model while any context is open."""
 
@@ -133,6 +143,7 @@ class Tracker:
         self.users = 0
         self.listeners: list[Callable[[int], None]] = []
         self._gen: _Generate | None = None
+        self._packed: _Packed | None = None
         self._shapes: dict[tuple, torch.Tensor] = {}
         self._model_name = type(model).__name__
         self._params = _forward_params(model)
@@ -141,13 +152,14 @@ class Tracker:
         # tracing it would make dynamo guard on it and recompile every generate call.
         self._handle = model.register_forward_pre_hook(torch.compiler.disable(self._pre), with_kwargs=True)
         self._model = weakref.ref(model)
-        self._generate_patch = _patch_generate(model, self)
+        self._patches = [_patch(model, "generate", self.generating), _patch(model, "generate_batch", self.batching)]
 
     def remove(self) -> None:
         self._handle.remove()
         model = self._model()
         if model is not None:
-            _unpatch_generate(model, self._generate_patch)
+            for patch in self._patches:
+                _unpatch(model, patch)
         self.batch = None
         self._gen = None
 
@@ -165,6 +177,20 @@ class Tracker:
             length = _cache_length(cache)
             if isinstance(length, int) and length < gen.seen:
                 self._retract(gen.seen - length)
+            self.batch = None
+
+    def batching(self, generate_batch: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
+        """Run ``generate_batch(*args, **kwargs)`` (continuous batching) knowing its prompts."""
+        inputs = kwargs.get("inputs", args[0] if args else None)
+        if not isinstance(inputs, (list, tuple)) or not all(isinstance(p, (list, tuple)) for p in inputs):
+            raise ValueError(f"{self._model_name}.generate_batch: moehooks needs inputs as a list of token-id lists")
+        prompts = [[int(t) for t in p] for p in inputs]
+        self._packed = _Packed(prompts, self.samples, [False] * len(prompts))
+        self.samples += len(prompts)
+        try:
+            return generate_batch(*args, **kwargs)
+        finally:
+            self._packed = None
             self.batch = None
 
     def _prompt_facts(self, args: tuple, kwargs: dict[str, Any]) -> _Generate:
@@ -197,6 +223,9 @@ class Tracker:
         batch, seq, device = int(ref.shape[0]), int(ref.shape[1]), ref.device
         cache = next((v for v in inputs.values() if callable(getattr(v, "get_seq_length", None))), None)
         gen = self._gen
+        if self._packed is not None:
+            self.batch = self._describe_packed(self._packed, inputs, ids, seq, device)
+            return
         length = _cache_length(cache)
         if gen is not None:
             self.batch = self._describe_generate(gen, inputs, ids, batch, seq, device, cache, length)
@@ -252,6 +281,47 @@ class Tracker:
         gen.seen = max(gen.seen, start + seq)
         return self._batch(inputs, ids, batch, seq, device, start, prompt, gen.prompt_len, valid, count,
                            gen.first_sample, gen.prompts, gen.factor, speculative)
+
+    def _describe_packed(self, packed: _Packed, inputs: dict[str, Any], ids: Any, seq: int,
+                         device: torch.device) -> Batch:
+        """One packed row of continuous batching: segments ``cu_seq_lens_q``, positions ``position_ids``.
+
+        The layout is read on the host (one small copy per forward call; continuous batching itself reads
+        every step's tokens back to update its requests). A segment starting at position 0 is a whole prompt,
+        matched to the first not yet started prompt with those tokens; a one-token segment at a later position
+        is a decode step. Anything else (a prompt split into chunks) raises.
+        """
+        bounds, positions = inputs.get("cu_seq_lens_q"), inputs.get("position_ids")
+        if not isinstance(bounds, torch.Tensor) or not isinstance(positions, torch.Tensor) or not isinstance(
+                ids, torch.Tensor):
+            raise ValueError(f"{self._model_name}.forward inside generate_batch got no input_ids, cu_seq_lens_q and "
+                             "position_ids; moehooks cannot tell the requests apart")
+        bounds, positions, tokens = bounds.tolist(), positions.reshape(-1).tolist(), ids.reshape(-1).tolist()
+        phase, sample = [0] * seq, [0] * seq
+        for a, b in zip(bounds, bounds[1:]):
+            if positions[a] == 0:
+                r = next((r for r, p in enumerate(packed.prompts)
+                          if not packed.started[r] and p == tokens[a:b]), None)
+                if r is None:
+                    raise ValueError(f"{self._model_name}.forward inside generate_batch: a prompt was split into "
+                                     "chunks (or is unknown); moehooks counts whole prompts only: raise the "
+                                     "continuous batching config's max_batch_tokens above the longest prompt")
+                packed.started[r] = True
+                sample[a:b] = [r] * (b - a)
+            elif b - a == 1:
+                phase[a] = 1
+            else:
+                raise ValueError(f"{self._model_name}.forward inside generate_batch: a segment of {b - a} tokens at "
+                                 f"position {positions[a]} is neither a whole prompt nor a decode step")
+        real = bounds[-1]
+        valid = torch.zeros(seq, dtype=torch.long)
+        valid[:real] = 1  # columns past the last segment pad static shapes
+        phase_t, sample_t, valid = (torch.tensor(x, dtype=torch.long).to(device) for x in (phase, sample, valid))
+        phases = tuple(sorted(set(phase[:real]))) or (0,)
+        batch = self._batch(inputs, ids, 1, seq, device, 0, 0, 0, valid, valid, packed.first_sample,
+                            len(packed.prompts), 1)
+        batch.phase, batch.sample, batch.phases, batch.packed = phase_t, sample_t, phases, True
+        return batch
 
     def _generate_valid(self, gen: _Generate, inputs: dict[str, Any], batch: int, seq: int, start: int,
                         prompt: int, device: torch.device) -> torch.Tensor:
@@ -358,27 +428,28 @@ def _last(types: Any, seq: int) -> torch.Tensor | None:
     return types[:, -seq:]
 
 
-def _patch_generate(model: nn.Module, tracker: Tracker) -> tuple[bool, Any] | None:
-    """Route ``model.generate`` through ``tracker.generating`` (an instance attribute, removed with the tracker)."""
-    original = getattr(model, "generate", None)
+def _patch(model: nn.Module, name: str, through: Callable[..., Any]) -> tuple[str, bool, Any] | None:
+    """Route ``model.<name>`` through ``through(original, args, kwargs)`` (an instance attribute, undone by
+    ``_unpatch``)."""
+    original = getattr(model, name, None)
     if not callable(original):
         return None
-    own = "generate" in model.__dict__
+    own = name in model.__dict__
 
-    def generate(*args: Any, **kwargs: Any) -> Any:
-        return tracker.generating(original, args, kwargs)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return through(original, args, kwargs)
 
-    generate.__doc__ = getattr(original, "__doc__", None)
-    generate.__wrapped__ = original  # type: ignore[attr-defined]
-    model.__dict__["generate"] = generate
-    return own, original
+    call.__doc__ = getattr(original, "__doc__", None)
+    call.__wrapped__ = original  # type: ignore[attr-defined]
+    model.__dict__[name] = call
+    return name, own, original
 
 
-def _unpatch_generate(model: nn.Module, patch: tuple[bool, Any] | None) -> None:
+def _unpatch(model: nn.Module, patch: tuple[str, bool, Any] | None) -> None:
     if patch is None:
         return
-    own, original = patch
+    name, own, original = patch
     if own:
-        model.__dict__["generate"] = original
+        model.__dict__[name] = original
     else:
-        model.__dict__.pop("generate", None)
+        model.__dict__.pop(name, None)

@@ -158,6 +158,9 @@ class Swap(HookContext):
             return batch.get("image", hidden.device, rows).view(hidden.shape[:2]).to(hidden.dtype)
         if 0 not in batch.phases:
             return None
+        if batch.packed:
+            raise ValueError("a boolean positions mask cannot follow the packed rows of continuous batching "
+                             "(generate_batch); use positions='image' or padded generate")
         if tuple(self.positions.shape) != (batch.samples, batch.prompt_len):
             raise ValueError(
                 f"positions mask has shape {tuple(self.positions.shape)} but the call belongs to {batch.samples} "

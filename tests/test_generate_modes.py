@@ -239,3 +239,53 @@ def test_a_call_that_cannot_be_described_names_the_model(model):
     ids, mask = _prompts()
     with moehooks.record(model), pytest.raises(ValueError, match="Qwen3MoeForCausalLM.forward.*attention mask"):
         model(input_ids=ids, attention_mask=torch.ones(2, 1, 3, P))
+
+
+def _cb_model():
+    net = build("qwen3_moe")
+    net.set_attn_implementation("paged|eager")
+    return net
+
+
+def test_continuous_batching_counts_what_padded_generate_counts():
+    from transformers import GenerationConfig
+
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13, 14, 15], [16]]
+    net, padded = _cb_model(), build("qwen3_moe")
+    config = GenerationConfig(max_new_tokens=NEW, do_sample=False, eos_token_id=None, pad_token_id=0)
+    with moehooks.record(net, per_sample=True) as cb:
+        out = net.generate_batch(inputs=prompts, generation_config=config)
+    width = max(map(len, prompts))
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = (torch.arange(width)[None] >= torch.tensor([width - len(p) for p in prompts])[:, None]).long()
+    with moehooks.record(padded, per_sample=True) as ref:
+        seqs = padded.generate(input_ids=ids, attention_mask=mask, **GREEDY)
+    assert [out[f"req_{i}"].generated_tokens for i in range(3)] == seqs[:, width:].tolist()
+    for phase in ("prefill", "decode"):
+        assert torch.equal(cb.tokens(phase=phase), ref.tokens(phase=phase))
+        assert torch.equal(cb.counts(phase=phase), ref.counts(phase=phase))
+    assert cb.tokens(phase="prefill")[0] == 12 and cb.tokens(phase="decode")[0] == 3 * (NEW - 1)
+    assert torch.equal(cb.sample_counts(), ref.sample_counts())  # one row per prompt, in input order
+
+
+def test_continuous_batching_steers_the_rows_padded_generate_steers():
+    """Decode-scoped hard steering under continuous batching: the same tokens and post-steering choices as padded
+    generate, prompt choices untouched."""
+    from transformers import GenerationConfig
+
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13, 14, 15]]
+    net, padded = _cb_model(), build("qwen3_moe")
+    experts = {layer: [0, 1] for layer in moehooks.adapt(net).layer_ids}
+    config = GenerationConfig(max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0)
+    ids = torch.tensor([prompts[0], [0, 0, 0] + prompts[1]])
+    run = dict(input_ids=ids, attention_mask=(ids != 0).long(), **{**GREEDY, "max_new_tokens": 6})
+    with moehooks.record(padded) as plain:
+        padded.generate(**run)
+    with moehooks.record(padded) as ref, moehooks.steer(padded, experts, mode="hard", phase="decode"):
+        reference = padded.generate(**run)
+    with moehooks.record(net) as cb, moehooks.steer(net, experts, mode="hard", phase="decode"):
+        out = net.generate_batch(inputs=prompts, generation_config=config)
+    assert [out[f"req_{i}"].generated_tokens for i in range(2)] == reference[:, 7:].tolist()
+    assert torch.equal(cb.counts(phase="decode"), ref.counts(phase="decode"))
+    assert not torch.equal(ref.counts(phase="decode"), plain.counts(phase="decode"))
+    assert torch.equal(cb.counts(phase="prefill"), plain.counts(phase="prefill"))
