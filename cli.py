@@ -1,6 +1,9 @@
 """moehooks command line: the routing-distraction study, one command per step (a thin layer over the library).
 
     python cli.py steer                      # identify -> steer on the embedded lab model, prints the table
+    python cli.py steer --model qwen3-vl     # the paper's protocol on its six benchmarks (Table 1)
+    python cli.py steer --model qwen3-vl --benchmark math500 --dry-run   # the resolved plan; nothing loaded
+    python cli.py steer --model /ckpt/Qwen3-VL --preset qwen3-vl --benchmark mathverse --data-dir data
     python cli.py steer --model qwen3-vl --tasks mathverse.jsonl --general general.jsonl
     python cli.py analyze                    # Gini / JSD of image vs text routing, with plots
     python cli.py swap                       # concept-swap layer sweep on the lab model
@@ -104,7 +107,7 @@ def _check_model(model: str, trust_remote_code: bool, revision: Optional[str], l
 
 
 def _load(model: str, device_map: Optional[str], dtype: str, attn: Optional[str], trust_remote_code: bool = False,
-          revision: Optional[str] = None):
+          revision: Optional[str] = None, preset: Optional[str] = None):
     """Say what will run, then load the model; launched as several processes without ``--device-map``, each
     on its own device."""
     from moehooks import distributed, models, pipeline
@@ -112,12 +115,12 @@ def _load(model: str, device_map: Optional[str], dtype: str, attn: Optional[str]
     state = distributed.launched_state()
     if state is not None and device_map is None:
         device_map = {"": str(state.device)}
-    spec = models.resolve(model)
+    spec = models.resolve(model, preset)
     console.print(f"model: {models.plan(spec, trust_remote_code=trust_remote_code, revision=revision)}",
                   highlight=False, markup=False)
     with console.status(f"loading {model}"):
         return pipeline.load_model(model, device_map=device_map, dtype=dtype, attn_implementation=attn,
-                                   trust_remote_code=trust_remote_code, revision=revision)
+                                   trust_remote_code=trust_remote_code, revision=revision, preset=preset)
 
 
 def _data(tasks: Optional[Path], references: Optional[Path], general: Optional[Path], model: str, lab_tasks: str):
@@ -150,48 +153,156 @@ def _print_summary(title: str, rows) -> None:
     console.print(table)
 
 
+def _generation(max_new_tokens: Optional[int], repetition_penalty: Optional[float], do_sample: Optional[bool],
+                temperature: Optional[float], top_p: Optional[float], top_k: Optional[int],
+                generate: list[str]) -> dict[str, Any]:
+    """Generation settings given on the command line (``--generate KEY=VALUE`` values read as JSON when they parse)."""
+    given = {"max_new_tokens": max_new_tokens, "repetition_penalty": repetition_penalty, "do_sample": do_sample,
+             "temperature": temperature, "top_p": top_p, "top_k": top_k}
+    settings = {k: v for k, v in given.items() if v is not None}
+    for pair in generate:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise runs.UsageError(f"--generate {pair!r}: expected KEY=VALUE, e.g. num_beams=4")
+        try:
+            settings[key] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key] = value
+    return settings
+
+
+@contextlib.contextmanager
+def stage_bars() -> Iterator:
+    """Rich progress bars, one per stage, exposed as a ``(stage, done, total)`` callback."""
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("eta"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        tasks: dict[str, Any] = {}
+
+        def update(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        yield update
+
+
+def _benchmark_study(model: str, benchmark: Optional[str], preset: Optional[str], data_dir: list[str],
+                     general: Optional[Path], descriptions: Optional[Path], dry_run: bool, out: Path,
+                     **options: Any) -> None:
+    """``steer --benchmark``: resolve the plan, print it, stop on --dry-run, else check, run and print Table 1."""
+    from moehooks import distributed, protocol
+
+    plan = protocol.make_plan(model, benchmark, preset=preset, data_dir=protocol.parse_data_dirs(data_dir),
+                              general=general, descriptions=descriptions, out_dir=out, **options)
+    typer.echo(protocol.format_plan(plan))
+    if dry_run:
+        return
+    with stage_bars() as update:
+        table = protocol.run(plan, stage=update)
+    if not distributed.is_main(distributed.launched_state()):
+        return
+    shown = Table(title=f"{plan.alias or plan.checkpoint}: accuracy % (delta vs baseline, pp)")
+    for col in ("method", *table.benchmarks, "average"):
+        shown.add_column(col, justify="left" if col == "method" else "right")
+    for row in table.rows():
+        shown.add_row(*row)
+    console.print(shown)
+    console.print(f"plan: {Path(plan.out_dir) / 'plan.json'}  table: {', '.join(map(str, table.files))}",
+                  highlight=False, markup=False)
+
+
 @app.command()
 @command
 def steer(
     model: str = MODEL,
+    benchmark: Optional[str] = typer.Option(
+        None, "--benchmark", "-b",
+        help="paper benchmark(s): math500, gpqa-physics, gpqa-chemistry, mathverse, mathvision, gsm8k-v, a comma "
+             "list or all (default with a paper alias and no --tasks: the alias's set)"),
+    preset: Optional[str] = typer.Option(None, help="apply an alias's settings (e.g. qwen3-vl) to a local dir or hub id"),
+    data_dir: list[str] = typer.Option([], "--data-dir",
+                                       help="local dataset copies: DIR holding MATH-500/, gpqa/, MathVerse/, ... or "
+                                            "NAME=DIR (repeatable); default: the Hugging Face cache / hub"),
+    descriptions: Optional[Path] = typer.Option(None, help="MATH-Vision figure descriptions (id + description); "
+                                                           "default: written by the model"),
+    n_references: int = typer.Option(20, help="seeded text-reference samples per benchmark (--benchmark)"),
+    n_general: int = typer.Option(20, help="seeded general-data samples (--benchmark)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved plan and exit (nothing is loaded)"),
     tasks: Optional[Path] = typer.Option(None, help="image tasks (JSONL/CSV/Parquet with image + text_reference)"),
     references: Optional[Path] = typer.Option(None, help="domain text references (default: the tasks' text_reference)"),
-    general: Optional[Path] = typer.Option(None, help="general-domain text items"),
+    general: Optional[Path] = typer.Option(None, help="general-domain text items (default with --benchmark: Alpaca)"),
     lab_tasks: str = LAB_TASKS,
     tau: Optional[float] = typer.Option(None, help="expert threshold in [0, 1) (default: the alias's)"),
     beta: Optional[float] = typer.Option(None, help="soft-steering strength >= 0 (default: the alias's)"),
     layers: Optional[str] = typer.Option(None, help="decoder layers, e.g. 6-42 or 3,5,7 (default: the alias's)"),
     methods: str = typer.Option("baseline,soft,hard,random", help="comma-separated: baseline, soft, hard, random"),
     trials: int = typer.Option(1, help="trials per item (seed + trial)"),
-    seed: int = typer.Option(0, help="base seed (random experts, trials)"),
+    seed: int = typer.Option(0, help="base seed (random experts, trials, samples)"),
     limit: Optional[int] = LIMIT,
-    batch_size: int = typer.Option(32, help="generation batch size"),
-    max_new_tokens: int = typer.Option(8, help="tokens generated per answer"),
+    batch_size: Optional[int] = typer.Option(None, help="generation batch size (default 8 with --benchmark, else 32)"),
+    max_new_tokens: Optional[int] = typer.Option(None, help="tokens generated per answer (default: the alias's, "
+                                                            "8192; lab 8)"),
+    repetition_penalty: Optional[float] = typer.Option(None, help="generate's repetition penalty (default: the "
+                                                                  "alias's)"),
+    do_sample: Optional[bool] = typer.Option(None, "--do-sample/--greedy", help="sampling or greedy (default greedy)"),
+    temperature: Optional[float] = typer.Option(None, help="sampling temperature"),
+    top_p: Optional[float] = typer.Option(None, help="nucleus sampling mass"),
+    top_k: Optional[int] = typer.Option(None, help="top-k sampling"),
+    generate: list[str] = typer.Option([], "--generate", help="any other generate() argument, KEY=VALUE (repeatable)"),
     out: Path = OUT,
     device_map: Optional[str] = DEVICE_MAP,
-    dtype: str = DTYPE,
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, bfloat16, float16 or float32 (default: bf16 "
+                                                              "for large aliases on CUDA, else auto)"),
     attn: Optional[str] = ATTN,
     trust_remote_code: bool = TRUST,
     revision: Optional[str] = REVISION,
 ) -> None:
     """Identify domain experts from text references, then evaluate image tasks baseline / soft / hard / random.
 
-    Results are keyed by every setting: a rerun with the same command resumes, one with other settings starts a
-    new result set in the same folder (and says what differs).
+    With a paper alias (or --preset) and no --tasks: the paper's protocol on --benchmark (default: the alias's
+    six benchmarks), ending in a Table 1. Results are keyed by every setting: a rerun with the same command
+    resumes, one with other settings starts a new result set in the same folder (and says what differs).
 
-    Example: python cli.py steer --model qwen3-vl --tasks mathverse_vision.jsonl --general general.jsonl
+    Example: python cli.py steer --model qwen3-vl --benchmark math500 --dry-run
     """
-    from moehooks import pipeline
+    from moehooks import models, pipeline
 
-    options = dict(tau=tau, beta=beta, layers=runs.parse_layers(layers, name="--layers"),
-                   methods=runs.parse_choices("--methods", methods, pipeline.METHODS), trials=trials, seed=seed,
-                   limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    generation = _generation(max_new_tokens, repetition_penalty, do_sample, temperature, top_p, top_k, generate)
+    _check_counts(max_new_tokens=max_new_tokens, batch_size=batch_size, n_references=n_references,
+                  n_general=n_general)
+    spec = models.resolve(model, preset)
+    parsed_layers = runs.parse_layers(layers, name="--layers")
+    chosen = runs.parse_choices("--methods", methods, pipeline.METHODS)
+    if tasks is None and (benchmark is not None or spec.benchmarks):
+        _check_steer(dict(tau=tau, beta=beta, trials=trials, limit=limit, batch_size=batch_size,
+                          max_new_tokens=max_new_tokens))
+        models.check_load_options(dtype or "auto", attn)
+        load = dict(trust_remote_code=trust_remote_code, revision=revision)
+        _benchmark_study(model, benchmark, preset, data_dir, general, descriptions, dry_run, out,
+                         n_references=n_references, n_general=n_general, limit=limit, methods=chosen, trials=trials,
+                         seed=seed, batch_size=batch_size or 8, tau=tau, beta=beta, layers=parsed_layers,
+                         generation=generation, device_map=device_map, dtype=dtype, attn=attn, load=load)
+        return
+    settings = spec.settings()["generation"] | generation
+    options = dict(tau=tau, beta=beta, layers=parsed_layers, methods=chosen, trials=trials, seed=seed, limit=limit,
+                   batch_size=batch_size or 32, max_new_tokens=settings.pop("max_new_tokens"),
+                   generation_kwargs=settings)
     _check_steer(options)
-    _check_model(model, trust_remote_code, revision, options["layers"], dtype=dtype, attn=attn)
     data = _data(tasks, references, general, model, lab_tasks)
+    load = spec.load_defaults() | {k: v for k, v in (("device_map", device_map), ("dtype", dtype)) if v is not None}
+    if dry_run:
+        typer.echo(f"checkpoint: {spec.source}\nloading: {load or 'defaults'}\ntasks: {data.tasks}\n"
+                   f"references: {data.references or 'the tasks text_reference'}\ngeneral: {data.general}\n"
+                   f"layers: {layers or spec.layers}, tau {spec.tau if tau is None else tau}, beta "
+                   f"{spec.beta if beta is None else beta}\ngeneration: max_new_tokens={options['max_new_tokens']}, "
+                   f"{settings}\noutputs: {out / 'steer'}")
+        return
+    _check_model(model, trust_remote_code, revision, options["layers"], dtype=load.get("dtype", "auto"), attn=attn)
     pipeline.load_study(data, limit)
     runs.check_output_dir(out / "steer")
-    lm, processor, spec = _load(model, device_map, dtype, attn, trust_remote_code, revision)
+    lm, processor, spec = _load(model, load.get("device_map"), load.get("dtype", "auto"), attn, trust_remote_code,
+                                revision, preset)
     _steer(lm, processor, spec, data, out / "steer", options, title=model)
 
 
@@ -471,7 +582,7 @@ def study(out: Path = OUT) -> None:
         _analyze(lm, processor, evaluate.load_items(data.tasks), data.tasks.name, 0.1, out / lab_tasks / "analyze",
                  title="lab")
         options = dict(tau=None, beta=None, layers=None, methods=list(pipeline.METHODS), trials=1, seed=0,
-                       limit=None, batch_size=32, max_new_tokens=8)
+                       limit=None, batch_size=32, max_new_tokens=spec.max_new_tokens)
         _steer(lm, processor, spec, data, out / lab_tasks / "steer", options, title="lab")
     _swap(lm, processor, None, "3", "5", 1.0, None, out / "swap")
 

@@ -60,7 +60,14 @@ GPQA_SHUFFLE_SEED = 0
 
 
 class BenchmarkNotFoundError(FileNotFoundError):
-    """A benchmark's data is neither in ``data_dir`` nor obtainable from the hub or the datasets cache."""
+    """A benchmark's data is neither in ``data_dir`` nor obtainable from the hub or its cache.
+
+    ``where`` says what was looked at; the message adds how to obtain the data.
+    """
+
+    def __init__(self, where: str, hint: str) -> None:
+        super().__init__(f"{where}; {hint}")
+        self.where = where
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +87,7 @@ class Recipe:
         patterns: glob patterns (formatted with ``split`` and ``config``) of the files in a local copy, tried in
             order; the first that matches anything wins.
         extra_files: patterns of other files the items refer to (downloaded with the snapshot).
+        also_splits: other splits read with each split (MathVerse's text-only version).
     """
 
     name: str
@@ -89,6 +97,21 @@ class Recipe:
     config: str | None = None
     patterns: tuple[str, ...] = ()
     extra_files: tuple[str, ...] = ()
+    also_splits: tuple[str, ...] = ()
+
+    def splits(self, split: str | None = None) -> list[str]:
+        """Every split the recipe reads to build ``split`` (default: its own).
+
+        Example:
+            >>> RECIPES["mathverse"].splits()
+            ['testmini', 'testmini_text_only']
+        """
+        return [split or self.default_split, *self.also_splits]
+
+    def describe(self, split: str | None = None) -> str:
+        """Hub id with config and splits, e.g. ``'Idavidrein/gpqa (gpqa_diamond), split train'``."""
+        config = f" ({self.config})" if self.config else ""
+        return f"{self.hub_id}{config}, split {' + '.join(self.splits(split))}"
 
 
 def default_image_dir(name: str, split: str) -> Path:
@@ -160,21 +183,36 @@ def find_files(recipe: Recipe, data_dir: Path | None, split: str, config: str | 
             raise BenchmarkNotFoundError(
                 f"benchmark {recipe.name!r}: {recipe.hub_id}{f' ({config})' if config else ''} split {split!r} is "
                 f"not in the Hugging Face cache at {constants.HF_HUB_CACHE} and could not be downloaded "
-                f"(offline mode: {'on' if constants.is_offline_mode() else 'off'}); {_obtain_hint(recipe)}"
-            )
+                f"(offline mode: {'on' if constants.is_offline_mode() else 'off'})", _obtain_hint(recipe))
         data_dir = snapshot
     elif not data_dir.is_dir():
         raise BenchmarkNotFoundError(
-            f"benchmark {recipe.name!r}: data directory {data_dir.resolve()} does not exist; {_obtain_hint(recipe)}"
-        )
+            f"benchmark {recipe.name!r}: data directory {data_dir.resolve()} does not exist", _obtain_hint(recipe))
     for pattern in patterns:
         files = sorted(f for f in data_dir.glob(f"**/{pattern}") if f.is_file())
         if files:
             return files
     raise BenchmarkNotFoundError(
-        f"benchmark {recipe.name!r}: no file matching {', '.join(patterns)} under {data_dir.resolve()}; "
-        f"{_obtain_hint(recipe)}"
-    )
+        f"benchmark {recipe.name!r}: no file matching {', '.join(patterns)} under {data_dir.resolve()}",
+        _obtain_hint(recipe))
+
+
+def missing_data(name: str, data_dir: str | Path | None = None, split: str | None = None) -> str | None:
+    """Where benchmark ``name`` was looked for in vain without downloading anything, or ``None`` when it can be
+    read (its files are under ``data_dir`` or in the Hugging Face cache).
+
+    Example:
+        >>> missing_data("math500", data_dir="/nonexistent")
+        "benchmark 'math500': data directory /nonexistent does not exist"
+    """
+    recipe = RECIPES[name]
+    folder = Path(data_dir) if data_dir is not None else None
+    try:
+        for part in recipe.splits(split):
+            find_files(recipe, folder, part, recipe.config, download=False)
+    except BenchmarkNotFoundError as err:
+        return err.where
+    return None
 
 
 def _load_rows(recipe: Recipe, data_dir: Path | None, split: str, config: str | None = None) -> Any:
@@ -262,9 +300,9 @@ MATHVERSE_TEXT_ONLY = "testmini_text_only"
 
 
 def _mathverse(recipe: Recipe, data_dir: Path | None, split: str, image_dir: Path) -> Iterator[Item]:
-    text_only = _load_rows(recipe, data_dir, MATHVERSE_TEXT_ONLY, MATHVERSE_TEXT_ONLY)
+    text_only = _load_rows(recipe, data_dir, MATHVERSE_TEXT_ONLY)
     references = {str(row["problem_index"]): str(row["question"]) for row in text_only}
-    for row in _load_rows(recipe, data_dir, split, split):
+    for row in _load_rows(recipe, data_dir, split):
         if row["problem_version"] != "Vision Only":
             continue
         item_id = str(row["sample_index"])
@@ -313,8 +351,7 @@ def _gsm8k_v(recipe: Recipe, data_dir: Path | None, split: str, image_dir: Path)
         if missing:
             raise BenchmarkNotFoundError(
                 f"benchmark 'gsm8k-v': item {item_id} shows pictures {missing} that are not under {root.resolve()} "
-                f"(looked for <pic_id>{'/'.join(_IMAGE_SUFFIXES)}); {_obtain_hint(recipe)}"
-            )
+                f"(looked for <pic_id>{'/'.join(_IMAGE_SUFFIXES)})", _obtain_hint(recipe))
         images = [str(pictures[str(p)]) for p in row["pic_ids"]]
         yield Item(
             id=item_id,
@@ -334,7 +371,7 @@ def _alpaca(recipe: Recipe, data_dir: Path | None, split: str, image_dir: Path) 
 
 
 def gsm8k_final(answer: str) -> str:
-    """The final answer of a GSM8K solution: after ``####``, without thousands commas.
+    r"""The final answer of a GSM8K solution: after ``####``, without thousands commas.
 
     Example:
         >>> gsm8k_final("She pays 2*1,000 = <<2*1000=2000>>2,000.\n#### 2,000")
@@ -383,7 +420,8 @@ RECIPES: dict[str, Recipe] = {
             hub_id="AI4Math/MathVerse",
             default_split="testmini",
             build=_mathverse,
-            patterns=("{config}.parquet", "{config}-*.parquet", "{config}.jsonl", "{config}.json"),
+            patterns=("{split}.parquet", "{split}-*.parquet", "{split}.jsonl", "{split}.json"),
+            also_splits=(MATHVERSE_TEXT_ONLY,),
         ),
         Recipe(
             name="mathvision",
@@ -456,13 +494,16 @@ def load_benchmark(
 
 
 def render_images(
-    items: Iterable[Item], out_dir: str | Path, variant: str = "v1", *, size: tuple[int, int] | None = None
+    items: Iterable[Item], out_dir: str | Path, variant: str = "v1", *, size: tuple[int, int] | None = None,
+    skipped: list[str] | None = None,
 ) -> list[Item]:
     """Render each item's ``text_reference`` to a PNG in ``out_dir`` and return items showing it.
 
     Files are named ``<id>-<variant>.png`` (``<id>-<variant>-<width>x<height>.png`` with ``size``) and reused
     when present (they are written atomically, so a present file is complete). The returned items keep
-    ``text_reference`` (for the text setting) and record ``render_variant`` in ``meta``.
+    ``text_reference`` (for the text setting) and record ``render_variant`` in ``meta``. With a ``skipped``
+    list, items whose text cannot be typeset (:class:`moehooks.render.TypesetError`) are left out, their ids
+    appended to it and reported in one warning; without it the error propagates.
 
     Example:
         >>> images = render_images(load_benchmark("math500"), "runs/math500-v2", variant="v2")  # doctest: +SKIP
@@ -474,16 +515,29 @@ def render_images(
     Raises:
         ValueError: an item has no ``text_reference`` to render.
     """
-    from moehooks.render import render, save_png
+    import warnings
+
+    from moehooks.render import TypesetError, render, save_png
 
     out = Path(out_dir)
     suffix = f"-{size[0]}x{size[1]}" if size is not None else ""
     rendered = []
+    failed: list[str] = []
     for item in items:
         if item.text_reference is None:
             raise ValueError(f"item {item.id!r} has no text_reference to render")
         path = out / f"{_safe_name(item.id)}-{variant}{suffix}.png"
         if not path.is_file():
-            save_png(render(item.text_reference, variant, size=size), path)
+            try:
+                save_png(render(item.text_reference, variant, size=size), path)
+            except TypesetError as err:
+                if skipped is None:
+                    raise
+                failed.append(f"{item.id} ({err})")
+                skipped.append(item.id)
+                continue
         rendered.append(dataclasses.replace(item, image=str(path), meta={**item.meta, "render_variant": variant}))
+    if failed:
+        warnings.warn(f"{len(failed)} item(s) could not be typeset and are skipped: {'; '.join(failed)}",
+                      stacklevel=2)
     return rendered

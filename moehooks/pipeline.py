@@ -296,8 +296,8 @@ def steer_study(model: nn.Module, processor: Any, data: StudyData, out_dir: str 
         save_experts(model, experts, out / "experts.safetensors", dataset=str(data.references or data.tasks),
                      size=len(references), model_id=spec.source, tau=tau)
     items = runs.file_identity(data.tasks)
+    eval_options.setdefault("generation_kwargs", dict(spec.generation_kwargs) or None)
     result = steer_eval(model, processor, tasks, dict(experts), out, beta=beta, layers=layers, progress=progress,
-                        generation_kwargs=dict(spec.generation_kwargs) or None,
                         settings={"items": items, "model": runs.model_identity(model, spec.alias or spec.source)},
                         **eval_options)
     if main:

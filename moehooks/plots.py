@@ -234,3 +234,49 @@ def plot_swap(success: Mapping[int, float], path: str | os.PathLike[str], *, bas
     if baseline is not None:
         table.append(("none", float(baseline)))
     return _write(fig, ("layer", "success_rate"), table, path)
+
+
+def plot_accuracy_table(
+    accuracy: Mapping[str, Mapping[str, float]],
+    std: Mapping[str, Mapping[str, float]] | None,
+    path: str | os.PathLike[str],
+    *,
+    benchmarks: Sequence[str] | None = None,
+) -> PlotFiles:
+    """Accuracy per method per benchmark (grouped bars, the paper's Table 1 as a figure), error bars = ``std``.
+
+    Example::
+
+        plot_accuracy_table({"baseline": {"math500": 0.5}, "soft": {"math500": 0.6}}, None, "runs/table1.png")
+
+    ``accuracy[method][benchmark]`` in [0, 1]; an "average" group is added. CSV columns:
+    ``method, benchmark, accuracy, std``.
+    """
+    methods = list(accuracy)
+    if not methods:
+        raise ValueError("accuracy is empty; expected {method: {benchmark: accuracy}}")
+    names = list(benchmarks) if benchmarks is not None else list(accuracy[methods[0]])
+    absent = sorted({(m, b) for m in methods for b in names if b not in accuracy[m]})
+    if absent:
+        raise ValueError(f"(method, benchmark) pairs {absent} have no accuracy")
+    groups = [*names, "average"]
+    values = {m: [float(accuracy[m][b]) for b in names] for m in methods}
+    spread = {m: [float(std[m][b]) if std else 0.0 for b in names] for m in methods}
+    for m in methods:
+        values[m].append(sum(values[m]) / len(names))
+        spread[m].append(0.0)
+    fig, ax = _figure("Accuracy per benchmark and method", "benchmark", "accuracy",
+                      width=max(7.0, 1.2 * len(groups) + 2))
+    width = 0.8 / len(methods)
+    colours = ["#7f7f7f", TEXT_COLOR, "#7570b3", IMAGE_COLOR, "#e7298a", "#66a61e"]
+    for k, method in enumerate(methods):
+        xs = [g + (k - (len(methods) - 1) / 2) * width for g in range(len(groups))]
+        bars = ax.bar(xs, values[method], width, yerr=spread[method] if std else None, capsize=3,
+                      color=colours[k % len(colours)], label=method)
+        ax.bar_label(bars, labels=[f"{100 * v:.0f}" for v in values[method]], fontsize=7)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set_ylim(0, 1.08)
+    ax.legend(ncols=len(methods), loc="upper center", fontsize=8)
+    rows = [(m, g, values[m][i], spread[m][i]) for m in methods for i, g in enumerate(groups)]
+    return _write(fig, ("method", "benchmark", "accuracy", "std"), rows, path)

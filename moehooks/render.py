@@ -86,6 +86,11 @@ class MissingFontError(RuntimeError):
     """No handwriting font is installed and ``strict=True`` was asked."""
 
 
+class TypesetError(ValueError):
+    """A text cannot be typeset (a LaTeX construct neither LaTeX nor the fallback handles); it is never drawn
+    as source."""
+
+
 @dataclass(frozen=True)
 class _Style:
     """How to draw one piece of text: font family or file, mathtext fontset, italic or not, LaTeX or not."""

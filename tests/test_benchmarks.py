@@ -82,7 +82,7 @@ def test_render_images_calls_the_renderer_once_per_item(
         return Path(path)
 
     fake = types.ModuleType("moehooks.render")
-    fake.render, fake.save_png = render, save_png
+    fake.render, fake.save_png, fake.TypesetError = render, save_png, type("TypesetError", (ValueError,), {})
     monkeypatch.setitem(sys.modules, "moehooks.render", fake)
     items = bm.load_benchmark("math500", data_dir=math_dir)
     out = tmp_path / "images"

@@ -1,0 +1,195 @@
+"""`steer --benchmark`: the resolved plan, --dry-run, the missing-pieces message, and the whole protocol on a tiny
+saved Qwen3-VL-MoE with local dataset copies written in the hubs' own layouts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import cli
+from moehooks import benchmarks, evaluate, models, protocol
+from moehooks.lab.processor import build_processor
+from test_benchmarks import (MATH_ROWS, fake_hub_cache, gsm8k_v_copy, offline_cache, png_bytes,  # noqa: F401
+                             write_jsonl, write_parquet)
+from test_models import tiny_vl_moe
+
+
+def _invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli.app, list(args))
+    return result.exit_code, result.output
+
+
+@pytest.fixture
+def nothing_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("nothing may be loaded here")
+
+    monkeypatch.setattr(models, "load", refuse)
+    monkeypatch.setattr(benchmarks, "load_benchmark", refuse)
+    monkeypatch.setattr(benchmarks, "_load_rows", refuse)
+
+
+def test_alias_settings_per_benchmark_and_overrides() -> None:
+    plan = protocol.make_plan("qwen3-vl", "all", cuda=True)
+    by_name = {b.name: b for b in plan.benchmarks}
+    assert list(by_name) == list(models.PAPER_BENCHMARKS)
+    assert plan.load == {"device_map": "auto", "dtype": "bfloat16"}
+    assert by_name["math500"].generation == {"do_sample": False, "max_new_tokens": 8192}
+    for name in set(by_name) - {"math500"}:
+        assert by_name[name].generation == {"do_sample": False, "max_new_tokens": 8192, "repetition_penalty": 1.2}
+    assert all(b.layers == list(range(6, 43)) and (b.tau, b.beta) == (0.3, 0.5) for b in plan.benchmarks)
+    assert [b.render for b in plan.benchmarks] == ["v2", "v2", "v2", None, None, None]
+    assert protocol.make_plan("qwen3-vl", "math500", cuda=False).load == {"dtype": "auto"}
+    scout = protocol.make_plan("llama4-scout", "mathverse", cuda=False).benchmarks[0]
+    assert (scout.layers[0], scout.layers[-1], scout.beta, scout.generation) == (
+        8, 40, 0.2, {"do_sample": False, "max_new_tokens": 8192})
+    custom = protocol.make_plan("qwen3-vl", "math500,mathverse", cuda=True, device_map="cpu", dtype="float32",
+                                layers=[3, 5], tau=0.2, generation={"max_new_tokens": 64, "repetition_penalty": 1.05,
+                                                                    "do_sample": True, "top_p": 0.9})
+    assert custom.load == {"device_map": "cpu", "dtype": "float32"}
+    for b in custom.benchmarks:
+        assert (b.layers, b.tau, b.beta) == ([3, 5], 0.2, 0.5)
+        assert b.generation == {"do_sample": True, "max_new_tokens": 64, "repetition_penalty": 1.05, "top_p": 0.9}
+
+
+def test_preset_applies_an_alias_to_a_local_directory(tmp_path: Path) -> None:
+    (tmp_path / "ckpt").mkdir()
+    plan = protocol.make_plan(str(tmp_path / "ckpt"), None, preset="qwen3-vl", cuda=False)
+    assert plan.checkpoint == str(tmp_path / "ckpt") and plan.alias == "qwen3-vl"
+    assert len(plan.benchmarks) == 6 and plan.benchmarks[0].layers == list(range(6, 43))
+    assert protocol.make_plan(str(tmp_path / "ckpt"), "math500", cuda=False).benchmarks[0].layers is None
+    with pytest.raises(ValueError, match="unknown preset 'qwen3'.*qwen3-vl"):
+        protocol.make_plan(str(tmp_path / "ckpt"), "math500", preset="qwen3")
+    with pytest.raises(ValueError, match="unknown benchmark.*'math-500'.*math500"):
+        protocol.make_plan("qwen3-vl", "math-500")
+    with pytest.raises(ValueError, match="no default benchmark set"):
+        protocol.make_plan(str(tmp_path / "ckpt"), None)
+
+
+def test_dry_run_prints_the_plan_and_loads_nothing(tmp_path: Path, offline_cache: Path, nothing_loads: None) -> None:
+    code, output = _invoke("steer", "--model", "qwen3-vl", "--dry-run", "--out", str(tmp_path / "runs"),
+                           "--repetition-penalty", "1.1", "--generate", "num_beams=2")
+    assert code == 0, output
+    for text in ("checkpoint: Qwen/Qwen3-VL-30B-A3B-Instruct (alias qwen3-vl)", "HuggingFaceH4/MATH-500, split test",
+                 "Idavidrein/gpqa (gpqa_diamond), split train", "AI4Math/MathVerse, split testmini + testmini_text_only",
+                 "MathLLMs/MathVision, split testmini", "ZJU-REAL/GSM8K-V, split test",
+                 "general data: tatsu-lab/alpaca, split train, 20 seeded samples", "layers 6-42, tau 0.3, beta 0.5",
+                 "max_new_tokens=8192, repetition_penalty=1.1, num_beams=2", "the official text-only version",
+                 "written by the model itself (a difference from the paper)", "shown as rendered v2",
+                 f"{tmp_path / 'runs' / 'qwen3-vl' / 'gsm8k-v'}/results.jsonl"):
+        assert text in output, text
+    assert output.count("text references:") == 6 and not (tmp_path / "runs").exists()
+    code, output = _invoke("steer", "--model", "qwen3-vl", "--benchmark", "math500", "--dry-run")
+    assert code == 0 and "gpqa" not in output and "do_sample=False, max_new_tokens=8192\n" in output
+
+
+def test_missing_pieces_are_listed_in_one_message_before_loading(tmp_path: Path, offline_cache: Path,
+                                                                  nothing_loads: None) -> None:
+    (tmp_path / "data" / "MathVerse").mkdir(parents=True)
+    code, output = _invoke("steer", "--model", "qwen3-vl", "--benchmark", "math500,mathverse,gsm8k-v",
+                           "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "runs"))
+    assert code == 2
+    message = output[output.index("error:"):]
+    assert "Traceback" not in output and "5 missing (offline mode: on; nothing was loaded)" in message
+    lines = message.splitlines()[1:]
+    assert lines[0].startswith("  - checkpoint Qwen/Qwen3-VL-30B-A3B-Instruct: not (fully) in the Hugging Face "
+                               f"cache at {offline_cache}")
+    assert "`huggingface-cli download Qwen/Qwen3-VL-30B-A3B-Instruct`" in lines[0]
+    assert "dataset HuggingFaceH4/MATH-500, split test (for math500): not in the Hugging Face cache" in lines[1]
+    assert "--repo-type dataset --local-dir DIR/MATH-500` and pass --data-dir DIR" in lines[1]
+    assert "AI4Math/MathVerse, split testmini + testmini_text_only" in lines[2]
+    assert "no file matching testmini.parquet" in lines[2] and str(tmp_path / "data" / "MathVerse") in lines[2]
+    assert "ZJU-REAL/GSM8K-V" in lines[3] and "tatsu-lab/alpaca" in lines[4] and len(lines) == 5
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cached_checkpoint_and_datasets_count_as_present(offline_cache: Path) -> None:
+    index = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+    files = {"config.json": b"{}", "model.safetensors.index.json": json.dumps(index).encode(),
+             "model-00001-of-00002.safetensors": b"x"}
+    fake_hub_cache(offline_cache, "Qwen/Qwen3-VL-30B-A3B-Instruct", files, repo_type="model")
+    assert "not (fully) in the Hugging Face cache" in protocol.missing_checkpoint("Qwen/Qwen3-VL-30B-A3B-Instruct")
+    fake_hub_cache(offline_cache, "Qwen/Qwen3-VL-30B-A3B-Instruct", {"model-00002-of-00002.safetensors": b"y"},
+                   repo_type="model")
+    assert protocol.missing_checkpoint("Qwen/Qwen3-VL-30B-A3B-Instruct") is None
+    fake_hub_cache(offline_cache, "HuggingFaceH4/MATH-500", {"test.jsonl": b"{}\n"})
+    fake_hub_cache(offline_cache, "tatsu-lab/alpaca", {"data/train-00000-of-00001.parquet": b"PAR1"})
+    assert protocol.missing(protocol.make_plan("qwen3-vl", "math500", cuda=False)) == []
+
+
+def _tiny_checkpoint(path: Path) -> Path:
+    """A random Qwen3-VL-MoE saved with the lab processor, resizing any image to at most 64x64 pixels."""
+    processor = build_processor()
+    processor.image_processor.do_resize = True
+    processor.image_processor.size = {"shortest_edge": 256, "longest_edge": 4096}
+    tiny_vl_moe(processor.tokenizer).save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def _data_root(root: Path) -> Path:
+    write_jsonl(root / "MATH-500" / "test.jsonl", MATH_ROWS)
+    vision = [{"sample_index": str(k), "problem_index": str(k), "problem_version": "Vision Only", "question": "",
+               "image": {"bytes": png_bytes(40 * k), "path": f"image_{k}.png"}, "answer": answer,
+               "question_type": kind} for k, (answer, kind) in enumerate([("B", "multi-choice"),
+                                                                            ("Area $=12 \\mathrm{~cm}^{2}$", "free-form")])]
+    text = [{"sample_index": str(10 + k), "problem_index": str(k), "problem_version": "Text Only",
+             "question": f"Text version {k}", "image": "", "answer": row["answer"],
+             "question_type": row["question_type"]} for k, row in enumerate(vision)]
+    write_parquet(root / "MathVerse" / "testmini.parquet", vision)
+    write_parquet(root / "MathVerse" / "testmini_text_only.parquet", text)
+    gsm8k_v_copy(root / "GSM8K-V")
+    write_parquet(root / "alpaca" / "data" / "train-00000-of-00001.parquet",
+                  [{"instruction": f"Say {w}.", "input": "", "output": w, "text": ""} for w in ("yes", "no", "maybe")])
+    return root
+
+
+def test_the_protocol_end_to_end_on_local_copies(tmp_path: Path) -> None:
+    model = _tiny_checkpoint(tmp_path / "ckpt")
+    data = _data_root(tmp_path / "data")
+    out = tmp_path / "runs"
+    code, output = _invoke("steer", "--model", str(model), "--preset", "qwen3-vl", "--benchmark",
+                           "math500,mathverse,gsm8k-v", "--data-dir", str(data), "--layers", "0-1", "--tau", "0.05",
+                           "--max-new-tokens", "2", "--n-references", "2", "--n-general", "2", "--trials", "2",
+                           "--do-sample", "--generate", "top_k=5", "--out", str(out))
+    assert code == 0, output
+    root = out / "qwen3-vl"
+    plan = json.loads((root / "plan.json").read_text())
+    assert plan["checkpoint"] == str(model) and plan["benchmarks"][0]["generation"] == {
+        "do_sample": True, "max_new_tokens": 2, "top_k": 5}
+    counts = {"math500": 3, "mathverse": 2, "gsm8k-v": 2}
+    for name, n in counts.items():
+        rows = evaluate.read_results(root / name / "results.jsonl")
+        assert len(rows) == 4 * 2 * n and {r["method"] for r in rows} == {"baseline", "soft", "hard", "random"}
+        assert (root / name / "experts.safetensors").is_file()
+    images = sorted((root / "math500" / "images-v2").glob("*.png"))
+    assert len(images) == 3
+    table = json.loads((root / "table1.json").read_text())
+    assert set(table) == {"baseline", "soft", "hard", "random"}
+    for method, entry in table.items():
+        assert set(entry["benchmarks"]) == set(counts)
+        average = sum(v["accuracy"] for v in entry["benchmarks"].values()) / 3
+        assert entry["average"] == pytest.approx(average)
+    csv_lines = (root / "table1.csv").read_text().splitlines()
+    assert csv_lines[0] == "method,math500,mathverse,gsm8k-v,average" and len(csv_lines) == 5
+    assert "±" in csv_lines[1] and "(" in csv_lines[2]
+    with Image.open(root / "accuracy.png") as picture:
+        assert picture.width > 400
+    assert "average" in output and "soft" in output
+
+
+def test_table1_deltas_average_and_spread() -> None:
+    def summary(method: str, acc: float, std: float = 0.0) -> evaluate.MethodSummary:
+        return evaluate.MethodSummary(method, acc, std, 10, 3, None)
+
+    table = protocol.table1({"math500": {"baseline": summary("baseline", 0.5, 0.1), "soft": summary("soft", 0.7, 0.05)},
+                             "mathverse": {"baseline": summary("baseline", 0.3), "soft": summary("soft", 0.2)}},
+                            ["baseline", "soft"])
+    assert table.average("soft") == pytest.approx(0.45) and table.delta("soft") == pytest.approx(0.05)
+    assert table.delta("soft", "mathverse") == pytest.approx(-0.1)
+    assert table.rows() == [["baseline", "50.0 ± 10.0", "30.0 ± 0.0", "40.0"],
+                            ["soft", "70.0 ± 5.0 (+20.0)", "20.0 ± 0.0 (-10.0)", "45.0 (+5.0)"]]
