@@ -335,23 +335,52 @@ def _steer(lm, processor, spec, data, out: Path, options: dict[str, Any], *, tit
 @command
 def analyze(
     model: str = MODEL,
-    tasks: Optional[Path] = typer.Option(None, help="image tasks with text_reference (default: lab data)"),
+    tasks: Optional[Path] = typer.Option(None, help="image tasks with text_reference (default: lab data, or with a "
+                                                    "paper alias the paper's Sections 3.2-3.3)"),
+    preset: Optional[str] = typer.Option(None, help="apply an alias's settings (e.g. qwen3-vl) to a local dir or hub id"),
+    data_dir: list[str] = typer.Option([], "--data-dir", help="local copies: DIR holding gsm8k/, alpaca/, MATH-500/ or "
+                                                              "NAME=DIR (repeatable); default: the HF cache / hub"),
+    n_samples: int = typer.Option(20, help="seeded samples per dataset (paper analysis)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved plan and exit (nothing is loaded)"),
     lab_tasks: str = LAB_TASKS,
-    tau: float = typer.Option(0.1, help="threshold for visual experts, in [0, 1)"),
+    tau: Optional[float] = typer.Option(None, help="threshold for visual experts, in [0, 1) (default 0.1 lab, 0.2 "
+                                                   "paper)"),
     limit: Optional[int] = LIMIT,
     out: Path = OUT,
     device_map: Optional[str] = DEVICE_MAP,
-    dtype: str = DTYPE,
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, bfloat16, float16 or float32 (default: bf16 "
+                                                              "for large aliases on CUDA, else auto)"),
     attn: Optional[str] = ATTN,
     trust_remote_code: bool = TRUST,
     revision: Optional[str] = REVISION,
 ) -> None:
     """Gini of expert importance and image-vs-text JSD per layer, visual experts; writes PNG + CSV.
 
-    Example: python cli.py analyze --model qwen3-vl --tasks mathverse_vision.jsonl
-    """
-    from moehooks import evaluate, pipeline
+    With a paper alias (or --preset) and no --tasks: domain experts GSM8K vs Alpaca, visual experts rendered vs
+    text Alpaca (tau 0.2), JSD per layer of MATH-500 rendered v1 / v2 / v3 (one plot), Gini per layer.
 
+    Example: python cli.py analyze --model qwen3-vl --data-dir data --dry-run
+    """
+    from moehooks import distributed, evaluate, models, pipeline, protocol
+
+    if tasks is None and models.resolve(model, preset).benchmarks:
+        _check_counts(n_samples=n_samples)
+        plan = protocol.make_analysis_plan(
+            model, preset=preset, data_dir=protocol.parse_data_dirs(data_dir), n_samples=n_samples,
+            tau_visual=protocol.VISUAL_TAU if tau is None else runs.check_tau("--tau", tau), device_map=device_map,
+            dtype=dtype, attn=attn, load=dict(trust_remote_code=trust_remote_code, revision=revision), out_dir=out)
+        typer.echo(protocol.format_analysis_plan(plan))
+        if dry_run:
+            return
+        with stage_bars() as update:
+            result = protocol.run_analysis(plan, stage=update)
+        if distributed.is_main(distributed.launched_state()):
+            console.print("domain experts:", json.dumps(dict(result.domain)))
+            console.print("visual experts:", json.dumps(dict(result.visual)))
+            console.print("plots:", ", ".join(map(str, result.files)), highlight=False, markup=False)
+        return
+    tau = 0.1 if tau is None else tau
+    dtype = dtype or "auto"
     runs.check_tau("--tau", tau)
     _check_counts(limit=limit)
     _check_model(model, trust_remote_code, revision, dtype=dtype, attn=attn)
@@ -582,7 +611,7 @@ def study(out: Path = OUT) -> None:
         _analyze(lm, processor, evaluate.load_items(data.tasks), data.tasks.name, 0.1, out / lab_tasks / "analyze",
                  title="lab")
         options = dict(tau=None, beta=None, layers=None, methods=list(pipeline.METHODS), trials=1, seed=0,
-                       limit=None, batch_size=32, max_new_tokens=spec.max_new_tokens)
+                       limit=None, batch_size=32, max_new_tokens=8)
         _steer(lm, processor, spec, data, out / lab_tasks / "steer", options, title="lab")
     _swap(lm, processor, None, "3", "5", 1.0, None, out / "swap")
 

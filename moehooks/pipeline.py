@@ -91,7 +91,7 @@ def text_versions(items: Sequence[Item]) -> list[Item]:
     missing = [it.id for it in items if it.text_reference is None]
     if missing:
         raise runs.UsageError(f"items {missing[:5]} have no text_reference: their text version is unknown")
-    return [replace(it, question=it.text_reference, image=None) for it in items]
+    return [replace(it, question=it.text_reference, image=None, images=None) for it in items]
 
 
 def _device(model: nn.Module) -> torch.device:

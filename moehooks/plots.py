@@ -280,3 +280,58 @@ def plot_accuracy_table(
     ax.legend(ncols=len(methods), loc="upper center", fontsize=8)
     rows = [(m, g, values[m][i], spread[m][i]) for m in methods for i, g in enumerate(groups)]
     return _write(fig, ("method", "benchmark", "accuracy", "std"), rows, path)
+
+
+CURVE_COLORS = ("#1f77b4", IMAGE_COLOR, "#7570b3", TEXT_COLOR, "#e7298a")
+
+
+def plot_jsd_variants(results: Mapping[str, Divergence], path: str | os.PathLike[str], *,
+                      layer_ids: Sequence[int] | None = None, note: str | None = None) -> PlotFiles:
+    """JSD per layer between the image and the text version, one curve (with its CI band) per image variant.
+
+    Example::
+
+        plot_jsd_variants({"v1": d1, "v2": d2, "v3": d3}, "runs/jsd_variants.png", layer_ids=rec.layers)
+
+    CSV columns: ``layer, variant, jsd_<unit>, ci_low, ci_high, n_pairs``.
+    """
+    if not results:
+        raise ValueError("results is empty; expected {variant: Divergence}")
+    unit = next(iter(results.values())).unit
+    fig, ax = _figure("Image vs text routing divergence per layer, by rendering", "decoder layer",
+                      f"Jensen–Shannon divergence ({unit})", note=note)
+    table = []
+    for k, (variant, result) in enumerate(results.items()):
+        mean = _floats(variant, result.mean)
+        ids = _layer_ids(layer_ids, len(mean))
+        low, high = _floats("low", result.low, len(mean)), _floats("high", result.high, len(mean))
+        color = CURVE_COLORS[k % len(CURVE_COLORS)]
+        ax.fill_between(ids, low, high, color=color, alpha=0.15)
+        ax.plot(ids, mean, marker="o", color=color, label=f"{variant} ({result.confidence:.0%} CI band)")
+        table += [(i, variant, m, lo, hi, int(n)) for i, m, lo, hi, n in zip(ids, mean, low, high, result.n.tolist())]
+    ax.set_ylim(bottom=0)
+    ax.legend()
+    return _write(fig, ("layer", "variant", f"jsd_{unit}", "ci_low", "ci_high", "n_pairs"), table, path)
+
+
+def plot_gini_curves(curves: Mapping[str, Values], path: str | os.PathLike[str], *,
+                     layer_ids: Sequence[int] | None = None, note: str | None = None) -> PlotFiles:
+    """Gini of expert importance per layer, one curve per version (e.g. text, v1, v2, v3).
+
+    Example::
+
+        plot_gini_curves({"text": layer_gini(text_rec), "v1": layer_gini(v1_rec)}, "runs/gini_variants.png")
+
+    CSV columns: ``layer`` then one column per curve.
+    """
+    if not curves:
+        raise ValueError("curves is empty; expected {label: values per layer}")
+    values = {label: _floats(label, v) for label, v in curves.items()}
+    ids = _layer_ids(layer_ids, len(next(iter(values.values()))))
+    fig, ax = _figure("Routing concentration per layer (0 = uniform, 1 = one expert)", "decoder layer",
+                      "Gini of expert importance", note=note)
+    for k, (label, ys) in enumerate(values.items()):
+        ax.plot(ids, _floats(label, ys, len(ids)), marker="o", color=CURVE_COLORS[k % len(CURVE_COLORS)], label=label)
+    ax.set_ylim(0, 1)
+    ax.legend()
+    return _write(fig, ("layer", *values), [(i, *(values[c][r] for c in values)) for r, i in enumerate(ids)], path)

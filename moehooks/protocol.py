@@ -381,13 +381,16 @@ def _missing_dataset(name: str, data_dir: str | None, split: str | None = None) 
             f"({unreachable}); {hint}")
 
 
-def missing(plan: Plan) -> list[str]:
+def missing(plan: Plan | AnalysisPlan) -> list[str]:
     """Everything the plan needs that is not here (one line each, with how to obtain it); ``[]`` when ready.
 
     Nothing is downloaded: directories and the Hugging Face cache are looked at, and when online the hub is
     asked whether what is not cached exists.
     """
     found = [missing_checkpoint(plan.checkpoint)]
+    if isinstance(plan, AnalysisPlan):
+        found += [_missing_dataset(name, folder) for name, folder in plan.data.items()]
+        return [piece for piece in dict.fromkeys(found) if piece]
     for b in plan.benchmarks:
         found.append(_missing_dataset(b.name, b.data_dir, b.split))
         if b.descriptions and not Path(b.descriptions).is_file():
@@ -400,7 +403,7 @@ def missing(plan: Plan) -> list[str]:
     return [piece for piece in dict.fromkeys(found) if piece]
 
 
-def check(plan: Plan) -> None:
+def check(plan: Plan | AnalysisPlan) -> None:
     """Raise :class:`MissingPiecesError` listing everything :func:`missing` finds (and ``UsageError`` first when
     the checkpoint's remote code is not allowed and pinned, see ``moehooks.models.remote_code``)."""
     models.remote_code(models.resolve(plan.checkpoint, plan.alias),
@@ -425,6 +428,19 @@ def seeded_sample(items: Sequence[Item], n: int, seed: int) -> list[Item]:
         return list(items)
     chosen = sorted(random.Random(seed).sample(range(len(items)), n))
     return [items[i] for i in chosen]
+
+
+def text_problems(items: Sequence[Item]) -> list[Item]:
+    """The items' problems as plain text prompts: the ``text_reference`` alone, no image, no instruction.
+
+    Example:
+        >>> text_problems([Item(id="1", question="Solve it.", answer="2", image="p.png", text_reference="1+1")])
+        [Item(id='1', question='1+1', answer='2', image=None, text_reference=None, choices=None, meta={}, images=None)]
+    """
+    missing_text = [it.id for it in items if it.text_reference is None]
+    if missing_text:
+        raise UsageError(f"items {missing_text[:5]} have no text_reference: their text version is unknown")
+    return [Item(id=it.id, question=str(it.text_reference), answer=it.answer) for it in items]
 
 
 def _descriptions_from_file(path: str) -> dict[str, str]:
@@ -565,7 +581,7 @@ def run(plan: Plan, *, stage: Stage = None) -> Table1:
                      describe_figures(model, processor, items, folder / "descriptions.jsonl",
                                       batch_size=plan.batch_size, stage=stage))
             items = with_descriptions(items, found)
-        references = pipeline.text_versions(seeded_sample(items, b.n_references, plan.seed))
+        references = text_problems(seeded_sample(items, b.n_references, plan.seed))
         experts = pipeline.identify_experts(model, processor, references, general, tau=b.tau, layers=b.layers,
                                             batch_size=plan.batch_size)
         if main:
@@ -585,3 +601,147 @@ def run(plan: Plan, *, stage: Stage = None) -> Table1:
     if main:
         table.files = write_table1(table, out)
     return table
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sections 3.2-3.3: domain experts, visual experts, JSD and Gini per layer
+
+ANALYSIS_DATA = ("gsm8k", "alpaca", "math500")
+"""Datasets of the routing analysis: GSM8K (domain text), Alpaca (general text, rendered for visual experts),
+MATH-500 (rendered v1 / v2 / v3 against its text)."""
+
+VISUAL_TAU = 0.2
+"""Threshold of the visual experts (rendered vs text Alpaca) in the paper's Section 3.3."""
+
+IMAGE_INSTRUCTION = "Follow the instruction in the image."
+"""Question of rendered Alpaca items."""
+
+
+@dataclass(frozen=True)
+class AnalysisPlan:
+    """A resolved routing analysis (``analyze --model ALIAS``)."""
+
+    checkpoint: str
+    alias: str | None
+    load: dict[str, Any]
+    data: dict[str, str | None]
+    n_samples: int
+    seed: int
+    tau_domain: float
+    tau_visual: float
+    variants: list[str]
+    alpaca_variant: str
+    batch_size: int
+    out_dir: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The plan as JSON-ready data (``analysis_plan.json``)."""
+        return asdict(self)
+
+
+def make_analysis_plan(model: str, *, preset: str | None = None,
+                       data_dir: str | Path | Mapping[str, str | Path] | None = None, n_samples: int = 20,
+                       seed: int = 0, tau: float | None = None, tau_visual: float = VISUAL_TAU, batch_size: int = 8,
+                       device_map: str | None = None, dtype: str | None = None, attn: str | None = None,
+                       load: Mapping[str, Any] | None = None, out_dir: str | Path = "runs",
+                       cuda: bool | None = None) -> AnalysisPlan:
+    """Resolve the analysis of Sections 3.2-3.3 without loading anything (see :func:`run_analysis`).
+
+    Example:
+        >>> make_analysis_plan("qwen3-vl", cuda=False).tau_visual
+        0.2
+    """
+    spec = models.resolve(model, preset)
+    for count, label in ((n_samples, "n_samples"), (batch_size, "batch_size")):
+        if count < 1:
+            raise UsageError(f"{label} must be >= 1, got {count}")
+    base = make_plan(model, list(models.PAPER_BENCHMARKS[:1]), preset=preset, device_map=device_map, dtype=dtype,
+                     attn=attn, load=load, out_dir=out_dir, cuda=cuda)
+    folders = {name: resolve_data_dir(name, data_dir) for name in ANALYSIS_DATA}
+    return AnalysisPlan(checkpoint=spec.source, alias=spec.alias, load=base.load,
+                        data={n: str(f) if f else None for n, f in folders.items()}, n_samples=n_samples, seed=seed,
+                        tau_domain=spec.tau if tau is None else tau, tau_visual=tau_visual,
+                        variants=["v1", "v2", "v3"], alpaca_variant="v1", batch_size=batch_size,
+                        out_dir=str(Path(base.out_dir) / "analyze"))
+
+
+def format_analysis_plan(plan: AnalysisPlan) -> str:
+    """The analysis plan as the lines ``analyze --dry-run`` prints."""
+    data = {n: benchmarks.RECIPES[n].describe() + (f" from {d}" if d else " (Hugging Face cache / hub)")
+            for n, d in plan.data.items()}
+    return "\n".join([
+        f"checkpoint: {plan.checkpoint}" + (f" (alias {plan.alias})" if plan.alias else ""),
+        f"loading: {', '.join(f'{k}={v}' for k, v in plan.load.items())}",
+        f"samples: {plan.n_samples} seeded per dataset (seed {plan.seed})",
+        f"domain experts (3.2): {data['gsm8k']} vs {data['alpaca']}, tau {plan.tau_domain}",
+        f"visual experts (3.3): Alpaca rendered {plan.alpaca_variant} vs its text, tau {plan.tau_visual}",
+        f"JSD and Gini per layer: {data['math500']}, rendered {' / '.join(plan.variants)} vs its text",
+        f"outputs: {plan.out_dir}/domain_delta.png, visual_delta.png, jsd_variants.png, gini_variants.png, "
+        "analysis.json",
+    ])
+
+
+@dataclass
+class AnalysisResult:
+    """Domain and visual experts, and per rendering variant the image-vs-text JSD and the Gini per layer."""
+
+    layer_ids: list[int]
+    domain: Any
+    visual: Any
+    divergence: dict[str, Any]
+    gini: dict[str, Any]
+    not_typeset: list[str]
+    files: list[Path] = field(default_factory=list)
+
+
+def run_analysis(plan: AnalysisPlan, *, stage: Stage = None) -> AnalysisResult:
+    """Sections 3.2-3.3: domain experts (GSM8K vs Alpaca text), visual experts (rendered vs text Alpaca), and
+    for MATH-500 rendered v1 / v2 / v3 the JSD to its text version and the Gini of expert importance per layer.
+    Checks the plan first (:func:`check`); writes the plots, their CSVs and ``analysis.json``."""
+    from . import distributed, pipeline, plots, stats
+
+    check(plan)
+    out = Path(plan.out_dir)
+    model, processor = models.load(models.resolve(plan.checkpoint, plan.alias), **plan.load)
+
+    def sample(name: str) -> list[Item]:
+        return seeded_sample(benchmarks.load_benchmark(name, plan.data[name]), plan.n_samples, plan.seed)
+
+    def record(label: str, items: Sequence[Item]) -> Any:
+        return pipeline.record_items(model, processor, items, batch_size=plan.batch_size, per_sample=True,
+                                     progress=(lambda d, t: stage(label, d, t)) if stage else None)
+
+    gsm8k, alpaca, math = sample("gsm8k"), sample("alpaca"), sample("math500")
+    skipped: list[str] = []
+    shown = [replace(it, question=IMAGE_INSTRUCTION) for it in benchmarks.render_images(
+        alpaca, out / f"alpaca-{plan.alpaca_variant}", plan.alpaca_variant, skipped=skipped)]
+    alpaca_text = record("alpaca text", text_problems([a for a in alpaca if a.id not in skipped]))
+    domain = stats.domain_experts(record("gsm8k text", text_problems(gsm8k)), alpaca_text, plan.tau_domain,
+                                  phase="prefill")
+    visual = stats.visual_experts(record("alpaca rendered", shown), alpaca_text, plan.tau_visual, phase="prefill")
+    rendered = {v: benchmarks.render_images(math, out / f"math500-{v}", v, skipped=skipped) for v in plan.variants}
+    kept = set.intersection(*({it.id for it in items} for items in rendered.values()))
+    text = record("math500 text", text_problems([it for it in math if it.id in kept]))
+    divergence, gini = {}, {"text": stats.layer_gini(text, phase="prefill")}
+    for variant, items in rendered.items():
+        image = record(f"math500 {variant}", [it for it in items if it.id in kept])
+        divergence[variant] = stats.divergence(image.sample_counts(), text.sample_counts())
+        gini[variant] = stats.layer_gini(image, phase="prefill")
+    result = AnalysisResult(layer_ids=text.layers, domain=domain, visual=visual, divergence=divergence, gini=gini,
+                            not_typeset=sorted(set(skipped)))
+    if distributed.is_main(distributed.launched_state()):
+        note = f"{plan.alias or Path(plan.checkpoint).name}, {plan.n_samples} samples per dataset"
+        result.files = [
+            plots.plot_delta(domain, out / "domain_delta.png", label="GSM8K − Alpaca", note=note).png,
+            plots.plot_delta(visual, out / "visual_delta.png", label="rendered − text Alpaca", note=note).png,
+            plots.plot_jsd_variants(divergence, out / "jsd_variants.png", layer_ids=result.layer_ids,
+                                    note=f"MATH-500, {len(kept)} problems").png,
+            plots.plot_gini_curves(gini, out / "gini_variants.png", layer_ids=result.layer_ids,
+                                   note=f"MATH-500, {len(kept)} problems").png,
+        ]
+        pipeline.write_json(out / "analysis.json", {
+            "plan": plan.to_json(), "layers": result.layer_ids, "domain_experts": dict(domain),
+            "visual_experts": dict(visual), "not_typeset": result.not_typeset,
+            "jsd": {v: d.mean.tolist() for v, d in divergence.items()},
+            "gini": {v: g.tolist() for v, g in gini.items()}})
+    return result

@@ -143,6 +143,19 @@ def _data_root(root: Path) -> Path:
     write_parquet(root / "MathVerse" / "testmini.parquet", vision)
     write_parquet(root / "MathVerse" / "testmini_text_only.parquet", text)
     gsm8k_v_copy(root / "GSM8K-V")
+    write_parquet(root / "MathVision" / "data" / "testmini-00000-of-00001.parquet", [
+        {"id": str(k), "question": f"<image1>\nHow many dots are there in figure {k}?", "options": [],
+         "image": f"images/{k}.jpg", "decoded_image": {"bytes": png_bytes(30 * k), "path": f"{k}.jpg"},
+         "answer": str(k), "solution": None, "level": 1, "subject": "counting"} for k in range(1, 4)])
+    with (root / "gpqa_diamond.csv").open("w", newline="") as fh:
+        import csv
+
+        writer = csv.DictWriter(fh, fieldnames=["Record ID", "Question", "Correct Answer", "Incorrect Answer 1",
+                                                "Incorrect Answer 2", "Incorrect Answer 3", "High-level domain"])
+        writer.writeheader()
+        writer.writerows([{"Record ID": f"r{k}", "Question": f"What is the SI unit of force ({k})?",
+                           "Correct Answer": "newton", "Incorrect Answer 1": "joule", "Incorrect Answer 2": "watt",
+                           "Incorrect Answer 3": "pascal", "High-level domain": "Physics"} for k in range(3)])
     write_parquet(root / "alpaca" / "data" / "train-00000-of-00001.parquet",
                   [{"instruction": f"Say {w}.", "input": "", "output": w, "text": ""} for w in ("yes", "no", "maybe")])
     return root
@@ -152,30 +165,35 @@ def test_the_protocol_end_to_end_on_local_copies(tmp_path: Path) -> None:
     model = _tiny_checkpoint(tmp_path / "ckpt")
     data = _data_root(tmp_path / "data")
     out = tmp_path / "runs"
+    descriptions = write_jsonl(tmp_path / "descriptions.jsonl",
+                               [{"id": str(k), "description": f"{k} black dots"} for k in range(1, 4)])
     code, output = _invoke("steer", "--model", str(model), "--preset", "qwen3-vl", "--benchmark",
-                           "math500,mathverse,gsm8k-v", "--data-dir", str(data), "--layers", "0-1", "--tau", "0.05",
-                           "--max-new-tokens", "2", "--n-references", "2", "--n-general", "2", "--trials", "2",
-                           "--do-sample", "--generate", "top_k=5", "--out", str(out))
+                           "math500,gpqa-physics,mathverse,mathvision,gsm8k-v", "--data-dir", str(data),
+                           "--data-dir", f"gpqa-physics={data}", "--descriptions", str(descriptions), "--limit", "2",
+                           "--layers", "0-1", "--tau", "0.05", "--max-new-tokens", "2", "--n-references", "2",
+                           "--n-general", "2", "--trials", "2", "--do-sample", "--generate", "top_k=5",
+                           "--out", str(out))
     assert code == 0, output
     root = out / "qwen3-vl"
     plan = json.loads((root / "plan.json").read_text())
     assert plan["checkpoint"] == str(model) and plan["benchmarks"][0]["generation"] == {
         "do_sample": True, "max_new_tokens": 2, "top_k": 5}
-    counts = {"math500": 3, "mathverse": 2, "gsm8k-v": 2}
+    counts = {"math500": 2, "gpqa-physics": 2, "mathverse": 2, "mathvision": 2, "gsm8k-v": 2}
     for name, n in counts.items():
         rows = evaluate.read_results(root / name / "results.jsonl")
         assert len(rows) == 4 * 2 * n and {r["method"] for r in rows} == {"baseline", "soft", "hard", "random"}
         assert (root / name / "experts.safetensors").is_file()
-    images = sorted((root / "math500" / "images-v2").glob("*.png"))
-    assert len(images) == 3
+    for name in ("math500", "gpqa-physics"):
+        assert len(list((root / name / "images-v2").glob("*.png"))) == 2
     table = json.loads((root / "table1.json").read_text())
     assert set(table) == {"baseline", "soft", "hard", "random"}
     for method, entry in table.items():
         assert set(entry["benchmarks"]) == set(counts)
-        average = sum(v["accuracy"] for v in entry["benchmarks"].values()) / 3
+        average = sum(v["accuracy"] for v in entry["benchmarks"].values()) / len(counts)
         assert entry["average"] == pytest.approx(average)
     csv_lines = (root / "table1.csv").read_text().splitlines()
-    assert csv_lines[0] == "method,math500,mathverse,gsm8k-v,average" and len(csv_lines) == 5
+    assert csv_lines[0] == "method,math500,gpqa-physics,mathverse,mathvision,gsm8k-v,average"
+    assert len(csv_lines) == 5
     assert "±" in csv_lines[1] and "(" in csv_lines[2]
     with Image.open(root / "accuracy.png") as picture:
         assert picture.width > 400
@@ -193,3 +211,51 @@ def test_table1_deltas_average_and_spread() -> None:
     assert table.delta("soft", "mathverse") == pytest.approx(-0.1)
     assert table.rows() == [["baseline", "50.0 ± 10.0", "30.0 ± 0.0", "40.0"],
                             ["soft", "70.0 ± 5.0 (+20.0)", "20.0 ± 0.0 (-10.0)", "45.0 (+5.0)"]]
+
+
+def test_analyze_dry_run_names_the_paper_analysis(offline_cache: Path, nothing_loads: None) -> None:
+    code, output = _invoke("analyze", "--model", "qwen3-vl", "--dry-run")
+    assert code == 0, output
+    for text in ("domain experts (3.2): openai/gsm8k (main), split test", "vs tatsu-lab/alpaca, split train",
+                 "tau 0.3", "visual experts (3.3): Alpaca rendered v1 vs its text, tau 0.2",
+                 "HuggingFaceH4/MATH-500, split test (Hugging Face cache / hub), rendered v1 / v2 / v3",
+                 "jsd_variants.png"):
+        assert text in output, text
+    code, output = _invoke("analyze", "--model", "qwen3-vl")
+    assert code == 2 and "4 missing" in output and "openai/gsm8k" in output and "Traceback" not in output
+
+
+def test_analyze_sections_3_2_and_3_3_end_to_end(tmp_path: Path) -> None:
+    model = _tiny_checkpoint(tmp_path / "ckpt")
+    data = _data_root(tmp_path / "data")
+    write_parquet(data / "gsm8k" / "main" / "test-00000-of-00001.parquet",
+                  [{"question": f"Tom has {k} apples and buys 3 more. How many now?", "answer": f"#### {k + 3}"}
+                   for k in range(4)])
+    code, output = _invoke("analyze", "--model", str(model), "--preset", "qwen3-vl", "--data-dir", str(data),
+                           "--n-samples", "3", "--tau", "0.05", "--out", str(tmp_path / "runs"))
+    assert code == 0, output
+    out = tmp_path / "runs" / "qwen3-vl" / "analyze"
+    report = json.loads((out / "analysis.json").read_text())
+    assert set(report["jsd"]) == {"v1", "v2", "v3"} and set(report["gini"]) == {"text", "v1", "v2", "v3"}
+    assert all(len(v) == 2 for v in report["jsd"].values())
+    rows = (out / "jsd_variants.csv").read_text().splitlines()
+    assert rows[0].startswith("layer,variant,jsd_bits") and {r.split(",")[1] for r in rows[1:]} == {"v1", "v2", "v3"}
+    assert (out / "gini_variants.csv").read_text().splitlines()[0] == "layer,text,v1,v2,v3"
+    for name in ("domain_delta.png", "visual_delta.png", "jsd_variants.png", "gini_variants.png"):
+        assert (out / name).is_file()
+    assert len(list((out / "alpaca-v1").glob("*.png"))) == 3 and len(list((out / "math500-v3").glob("*.png"))) == 3
+
+
+def test_mathvision_figures_described_by_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(protocol, "DESCRIPTION_TOKENS", 3)
+    lm, processor = models.load(str(_tiny_checkpoint(tmp_path / "ckpt")))
+    items = benchmarks.load_benchmark("mathvision", _data_root(tmp_path / "data") / "MathVision",
+                                      image_dir=tmp_path / "img")
+    found = protocol.describe_figures(lm, processor, items, tmp_path / "descriptions.jsonl")
+    assert set(found) == {"1", "2", "3"}
+    rows = evaluate.read_results(tmp_path / "descriptions.jsonl")
+    assert len(rows) == 3 and all(r["method"] == "describe" for r in rows)
+    described = protocol.with_descriptions(items, found)
+    assert described[0].text_reference == f"How many dots are there in figure 1?\n\nFigure: {found['1']}"
+    with pytest.raises(ValueError, match="no figure description for mathvision items"):
+        protocol.with_descriptions(items, {})
