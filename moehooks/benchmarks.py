@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from moehooks.artefacts import atomic_write
-from moehooks.evaluate import Item, load_items
+from moehooks.evaluate import Item
 
 INSTRUCTION = r"Solve the problem above. Reason step by step and put the final answer in \boxed{}."
 """Question of items whose problem is shown as an image (or as ``text_reference`` when prompted as text)."""

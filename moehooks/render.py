@@ -374,30 +374,34 @@ def _grid_piece(body: str, name: str, style: _Style, font_size: float,
     environment's own, or ``delimiters`` from a surrounding ``\\left ... \\right``)."""
     from .typeset import DELIMITERS, rows, split_top
 
-    em = max(1, round(font_size * DPI / 72))
     cells = [[_math_piece(cell.strip(), style, font_size) for cell in split_top(row, "&")] for row in rows(body)]
+    em = max(1, round(font_size * DPI / 72))
+    center = _grid(cells, em, left_aligned=name in ("cases", "aligned", "split", "array"))
+    left, right = delimiters or DELIMITERS.get(name, (None, None))
+    parts = [_delimiter(d, center.mask.size[1], style, font_size) if d else None for d in (left, right)]
+    pieces = [p for p in (parts[0], center, parts[1]) if p is not None]
+    return _hjoin(pieces, [max(2, em // 6)] * len(pieces))
+
+
+def _grid(cells: Sequence[Sequence[_Piece]], em: int, *, left_aligned: bool) -> _Piece:
+    """Cells laid out in rows and columns (an em between columns), baseline at the math axis of the middle."""
     columns = max(len(row) for row in cells)
     widths = [max((row[c].mask.size[0] for row in cells if c < len(row)), default=1) for c in range(columns)]
     aboves = [max(p.baseline for p in row) for row in cells]
     belows = [max(p.mask.size[1] - p.baseline for p in row) for row in cells]
-    col_gap, row_gap = em, em // 3
-    width = sum(widths) + col_gap * (columns - 1)
+    row_gap = em // 3
+    width = sum(widths) + em * (columns - 1)
     height = sum(aboves) + sum(belows) + row_gap * (len(cells) - 1)
     grid = Image.new("L", (max(1, width), max(1, height)), 0)
     y = 0
-    left_aligned = name in ("cases", "aligned", "split", "array")
     for row, above, below in zip(cells, aboves, belows):
         x = 0
         for c, piece in enumerate(row):
             offset = 0 if left_aligned else (widths[c] - piece.mask.size[0]) // 2
             grid.paste(piece.mask, (x + offset, y + above - piece.baseline), piece.mask)
-            x += widths[c] + col_gap
+            x += widths[c] + em
         y += above + below + row_gap
-    center = _Piece(mask=grid, baseline=height // 2 + round(0.3 * em))
-    left, right = delimiters or DELIMITERS.get(name, (None, None))
-    parts = [_delimiter(d, height, style, font_size) if d else None for d in (left, right)]
-    pieces = [p for p in (parts[0], center, parts[1]) if p is not None]
-    return _hjoin(pieces, [max(2, em // 6)] * len(pieces))
+    return _Piece(mask=grid, baseline=height // 2 + round(0.3 * em))
 
 
 def _delimiter(symbol: str, height: int, style: _Style, font_size: float) -> _Piece:
@@ -460,6 +464,13 @@ def _page_lines(text: str, pen: _Pen, width: int) -> list[tuple[_Piece, str, int
             for source in content.splitlines() or [""]:
                 lines.append((pen.code(source.rstrip()), "left", gap))
                 gap = 0
+            continue
+        if kind == "table":
+            blank = _Piece(mask=Image.new("L", (1, 1), 0), baseline=0)
+            cells = [[_hjoin(tokens, [space] * len(tokens)) if tokens else blank
+                      for tokens in ([t for t, _ in _paragraph_tokens(cell.strip(), pen)]
+                                     for cell in split_top(row, "&"))] for row in rows(content) if row.strip()]
+            lines.append((_grid(cells, em, left_aligned=False), "center", gap))
             continue
         if kind == "display":
             for row in rows(content):

@@ -26,7 +26,8 @@ BLOCK = re.compile(
     r"\[asy\](?P<code>.*?)\[/asy\]"
     r"|\\\[(?P<bracket>.*?)\\\]"
     r"|\$\$(?P<dollars>.*?)\$\$"
-    r"|\\begin\{(?P<env>align|equation|gather|eqnarray|multline)(?P<star>\*?)\}(?P<body>.*?)\\end\{(?P=env)(?P=star)\}",
+    r"|\\begin\{(?P<env>align|equation|gather|eqnarray|multline)(?P<star>\*?)\}(?P<body>.*?)\\end\{(?P=env)(?P=star)\}"
+    r"|\\begin\{tabular\}\s*\{[^{}]*\}(?P<table>.*?)\\end\{tabular\}",
     re.DOTALL,
 )
 INLINE = re.compile(r"(?<!\\)\$(.+?)(?<!\\)\$|\\\((.+?)\\\)", re.DOTALL)
@@ -38,7 +39,7 @@ DELIMITERS = {"pmatrix": ("(", ")"), "bmatrix": ("[", "]"), "Bmatrix": ("\\{", "
 
 _MACROS = [
     (r"\\dfrac\b", r"\\frac"), (r"\\tfrac\b", r"\\frac"), (r"\\dbinom\b", r"\\binom"), (r"\\tbinom\b", r"\\binom"),
-    (r"\\le\b(?!ft)", r"\\leq"), (r"\\ge\b", r"\\geq"), (r"\\ne\b", r"\\neq"), (r"\\lvert\b", "|"),
+    (r"\\le\b", r"\\leq"), (r"\\ge\b", r"\\geq"), (r"\\ne\b", r"\\neq"), (r"\\lvert\b", "|"),
     (r"\\rvert\b", "|"), (r"\\lVert\b", r"\\Vert"), (r"\\rVert\b", r"\\Vert"), (r"\\implies\b", r"\\Rightarrow"),
     (r"\\impliedby\b", r"\\Leftarrow"), (r"\\iff\b", r"\\Leftrightarrow"), (r"\\textbf\s*\{", r"\\mathbf{"),
     (r"\\textit\s*\{", r"\\mathit{"), (r"\\emph\s*\{", r"\\mathit{"), (r"\\mbox\s*\{", r"\\text{"),
@@ -46,28 +47,41 @@ _MACROS = [
     (r"\\(?:displaystyle|textstyle|scriptstyle|limits|nolimits|hline|notag|nonumber)\b", ""),
     (r"\\(?:left|right)\s*\.", ""), (r"\\tiny|\\small|\\large|\\Large", ""), (r"\\lbrace\b", r"\\{"),
     (r"\\rbrace\b", r"\\}"), (r"\\varnothing\b", r"\\emptyset"), (r"\\mathrm\s*\{\s*\}", ""),
+    (r"\\cfrac\b", r"\\frac"), (r"\\hphantom\b", r"\\phantom"), (r"\\stackrel\b", r"\\overset"),
+    (r"\\square\b", r"\\boxdot"), (r"\\(?:hbox|textup|textnormal)\s*\{", r"\\text{"),
+    (r"\\textsf\s*\{", r"\\mathsf{"), (r"\\texttt\s*\{", r"\\mathtt{"), (r"\\lnot\b", r"\\neg"),
+    (r"\\land\b", r"\\wedge"), (r"\\lor\b", r"\\vee"), (r"\\(frac|binom)\s*(\d)\s*(\d)", r"\\\1{\2}{\3}"),
+    (r"\\sqrt\s*(\d)", r"\\sqrt{\1}"), (r"\\[Bb]ig+[lrm]?\b", ""),
 ]
-_MACRO_RES = [(re.compile(pattern), replacement) for pattern, replacement in _MACROS]
+_WORD_END = re.compile(r"(?<!\\)\\b")
+"""``\\b`` in the patterns above, read as: no letter follows (so ``\\le`` never matches inside ``\\left``)."""
+_MACRO_RES = [(re.compile(_WORD_END.sub("(?![A-Za-z])", pattern)), replacement) for pattern, replacement in _MACROS]
 _TEXT_MACROS = [
     (r"\\\$", "$"), (r"\\%", "%"), (r"\\&", "&"), (r"\\#", "#"), (r"\\_", "_"), (r"~", "\u00a0"), (r"---", "\u2014"),
     (r"--", "\u2013"), (r"``", "\u201c"), (r"''", "\u201d"), (r"\\(?:textbf|textit|emph|text|textrm|mbox|underline)"
                                                                 r"\s*\{([^{}]*)\}", r"\1"),
     (r"\\(?:noindent|indent|medskip|bigskip|smallskip|par|centering)\b\s*", ""), (r"\\(?:quad|qquad)\b", "  "),
+    (r"\\[hv]space\*?\s*\{[^{}]*\}", " "), (r"\\(?:begin|end)\{center\}", ""),
+    (r"\\underline\s*\{\\hphantom\{[^{}]*\}\}", "____"),
     (r"\\ldots\b|\\dots\b", "\u2026"), (r"\\,|\\ |\\;", " "),
 ]
-_TEXT_MACRO_RES = [(re.compile(pattern), replacement) for pattern, replacement in _TEXT_MACROS]
+_TEXT_MACRO_RES = [(re.compile(_WORD_END.sub("(?![A-Za-z])", pattern)), replacement)
+                   for pattern, replacement in _TEXT_MACROS]
 _LEFTOVER = re.compile(r"\\[A-Za-z]+|\\begin|\\end")
 
 
 def blocks(text: str) -> Iterator[tuple[str, str]]:
     """``(kind, content)`` in order: ``"text"`` (paragraph text with inline math), ``"display"`` (the body of
-    ``\[...\]``, ``$$...$$``, ``align*``, ...; rows separated by ``\\``) and ``"code"`` (``[asy]`` source)."""
+    ``\[...\]``, ``$$...$$``, ``align*``, ...; rows separated by ``\\``), ``"table"`` (a ``tabular`` body
+    without rules) and ``"code"`` (``[asy]`` source)."""
     position = 0
     for match in BLOCK.finditer(text):
         if text[position:match.start()].strip():
             yield "text", text[position:match.start()].strip("\n ")
         if match.group("code") is not None:
             yield "code", match.group("code").strip("\n")
+        elif match.group("table") is not None:
+            yield "table", re.sub(r"\\hline|\\cline\{[^{}]*\}", "", match.group("table"))
         else:
             yield "display", next(g for g in (match.group("bracket"), match.group("dollars"), match.group("body"))
                                   if g is not None)
@@ -117,7 +131,8 @@ def to_mathtext(math: str) -> str:
     out = _pmod(math)
     for pattern, replacement in _MACRO_RES:
         out = pattern.sub(replacement, out)
-    out = _unbox(out)
+    for command in (r"\boxed", r"\underbrace", r"\overbrace"):
+        out = _replace_command(out, command, lambda arg: arg)
     return out
 
 
@@ -151,10 +166,6 @@ def _replace_command(text: str, command: str, build) -> str:
 
 def _pmod(math: str) -> str:
     return _replace_command(math, r"\pmod", lambda arg: rf"\ (\mathrm{{mod}}\ {arg})")
-
-
-def _unbox(math: str) -> str:
-    return _replace_command(math, r"\boxed", lambda arg: arg)
 
 
 def text_words(text: str) -> str:

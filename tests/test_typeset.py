@@ -31,9 +31,12 @@ PROBLEMS = {
     "money": r"A shirt costs \$25 and is on sale for 20\% off. How many dollars does Sam pay?",
     "diagram": "In the diagram, $AB = 12$ and $\\angle ABC = 90^\\circ$. What is the area?\n\n[asy]\n"
                "draw((0,0)--(12,0)--(0,5)--cycle);\nlabel(\"$A$\",(0,0),SW);\n[/asy]",
+    "table": "The stem-and-leaf plot shows the ages.\n\n\\begin{tabular}{c|l}\n\\hline\nStem & Leaves \\\\ \\hline\n"
+             "2 & $0 \\ 3 \\ 5$ \\\\\n3 & $1 \\ 1 \\ 8$ \\\\\n\\end{tabular}\n\nWhat is the median? Write "
+             "\\underline{\\hphantom{xx}} as $\\cfrac12 \\cdot \\sqrt2$ if needed.",
 }
 WORDS = {"binom": "Compute", "matrix": "matrix", "align": "system", "cases": "continuous", "piecewise": "even",
-         "money": "$25", "diagram": "diagram"}
+         "money": "$25", "diagram": "diagram", "table": "median"}
 SOURCE = re.compile(r"\\[A-Za-z]{2,}|begin\s*\{|end\s*\{|\[/?asy\]|\\\[|\\\]|\\[$%]|\$[A-Za-z\\]")
 """LaTeX source on an image: commands, environments, Asymptote tags, display brackets, escapes, ``$x``."""
 
