@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -39,6 +40,16 @@ ATTN = typer.Option(None, "--attn", help="attention implementation (default: fla
 TRUST = typer.Option(False, "--trust-remote-code", help="allow a checkpoint's own model code to run (kimi-vl needs it)")
 REVISION = typer.Option(None, "--revision", help="hub commit of the checkpoint (required with remote code from the hub)")
 LIMIT = typer.Option(None, help="use only the first N tasks (N >= 1)")
+PRESET = typer.Option(None, help="apply an alias's settings (e.g. qwen3-vl) to a local dir or hub id")
+MODEL_DTYPE = typer.Option(None, "--dtype", help="auto, bfloat16, float16 or float32 (default: bf16 for large "
+                                                 "aliases on CUDA, else auto)")
+MAX_NEW_TOKENS = typer.Option(None, help="tokens generated per answer (default: the alias's, 8192; lab 8)")
+REPETITION_PENALTY = typer.Option(None, help="generate's repetition penalty (default: the alias's)")
+DO_SAMPLE = typer.Option(None, "--do-sample/--greedy", help="sampling or greedy decoding (default greedy)")
+TEMPERATURE = typer.Option(None, help="sampling temperature")
+TOP_P = typer.Option(None, help="nucleus sampling mass")
+TOP_K = typer.Option(None, help="top-k sampling")
+GENERATE = typer.Option([], "--generate", help="any other generate() argument, KEY=VALUE (repeatable)")
 
 
 def command(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -220,7 +231,7 @@ def steer(
         None, "--benchmark", "-b",
         help="paper benchmark(s): math500, gpqa-physics, gpqa-chemistry, mathverse, mathvision, gsm8k-v, a comma "
              "list or all (default with a paper alias and no --tasks: the alias's set)"),
-    preset: Optional[str] = typer.Option(None, help="apply an alias's settings (e.g. qwen3-vl) to a local dir or hub id"),
+    preset: Optional[str] = PRESET,
     data_dir: list[str] = typer.Option([], "--data-dir",
                                        help="local dataset copies: DIR holding MATH-500/, gpqa/, MathVerse/, ... or "
                                             "NAME=DIR (repeatable); default: the Hugging Face cache / hub"),
@@ -241,19 +252,16 @@ def steer(
     seed: int = typer.Option(0, help="base seed (random experts, trials, samples)"),
     limit: Optional[int] = LIMIT,
     batch_size: Optional[int] = typer.Option(None, help="generation batch size (default 8 with --benchmark, else 32)"),
-    max_new_tokens: Optional[int] = typer.Option(None, help="tokens generated per answer (default: the alias's, "
-                                                            "8192; lab 8)"),
-    repetition_penalty: Optional[float] = typer.Option(None, help="generate's repetition penalty (default: the "
-                                                                  "alias's)"),
-    do_sample: Optional[bool] = typer.Option(None, "--do-sample/--greedy", help="sampling or greedy (default greedy)"),
-    temperature: Optional[float] = typer.Option(None, help="sampling temperature"),
-    top_p: Optional[float] = typer.Option(None, help="nucleus sampling mass"),
-    top_k: Optional[int] = typer.Option(None, help="top-k sampling"),
-    generate: list[str] = typer.Option([], "--generate", help="any other generate() argument, KEY=VALUE (repeatable)"),
+    max_new_tokens: Optional[int] = MAX_NEW_TOKENS,
+    repetition_penalty: Optional[float] = REPETITION_PENALTY,
+    do_sample: Optional[bool] = DO_SAMPLE,
+    temperature: Optional[float] = TEMPERATURE,
+    top_p: Optional[float] = TOP_P,
+    top_k: Optional[int] = TOP_K,
+    generate: list[str] = GENERATE,
     out: Path = OUT,
     device_map: Optional[str] = DEVICE_MAP,
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, bfloat16, float16 or float32 (default: bf16 "
-                                                              "for large aliases on CUDA, else auto)"),
+    dtype: Optional[str] = MODEL_DTYPE,
     attn: Optional[str] = ATTN,
     trust_remote_code: bool = TRUST,
     revision: Optional[str] = REVISION,
@@ -337,7 +345,7 @@ def analyze(
     model: str = MODEL,
     tasks: Optional[Path] = typer.Option(None, help="image tasks with text_reference (default: lab data, or with a "
                                                     "paper alias the paper's Sections 3.2-3.3)"),
-    preset: Optional[str] = typer.Option(None, help="apply an alias's settings (e.g. qwen3-vl) to a local dir or hub id"),
+    preset: Optional[str] = PRESET,
     data_dir: list[str] = typer.Option([], "--data-dir", help="local copies: DIR holding gsm8k/, alpaca/, MATH-500/ or "
                                                               "NAME=DIR (repeatable); default: the HF cache / hub"),
     n_samples: int = typer.Option(20, help="seeded samples per dataset (paper analysis)"),
@@ -348,8 +356,7 @@ def analyze(
     limit: Optional[int] = LIMIT,
     out: Path = OUT,
     device_map: Optional[str] = DEVICE_MAP,
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, bfloat16, float16 or float32 (default: bf16 "
-                                                              "for large aliases on CUDA, else auto)"),
+    dtype: Optional[str] = MODEL_DTYPE,
     attn: Optional[str] = ATTN,
     trust_remote_code: bool = TRUST,
     revision: Optional[str] = REVISION,
@@ -558,13 +565,20 @@ def eval_cmd(
     trials: int = typer.Option(1, help="trials per item"),
     seed: int = typer.Option(0, help="base seed"),
     limit: Optional[int] = LIMIT,
-    max_new_tokens: int = typer.Option(512, help="tokens generated per answer"),
+    preset: Optional[str] = PRESET,
+    max_new_tokens: Optional[int] = MAX_NEW_TOKENS,
+    repetition_penalty: Optional[float] = REPETITION_PENALTY,
+    do_sample: Optional[bool] = DO_SAMPLE,
+    temperature: Optional[float] = TEMPERATURE,
+    top_p: Optional[float] = TOP_P,
+    top_k: Optional[int] = TOP_K,
+    generate: list[str] = GENERATE,
     batch_size: int = typer.Option(8, help="generation batch size"),
     out: Path = typer.Option(Path("runs/eval.jsonl"), "--out", "-o", help="results JSONL (resumable)"),
     allow_mismatch: bool = typer.Option(False, "--allow-mismatch",
                                         help="use --experts recorded on other router weights (warns)"),
     device_map: Optional[str] = DEVICE_MAP,
-    dtype: str = DTYPE,
+    dtype: Optional[str] = MODEL_DTYPE,
     attn: Optional[str] = ATTN,
     trust_remote_code: bool = TRUST,
     revision: Optional[str] = REVISION,
@@ -580,12 +594,19 @@ def eval_cmd(
     """
     from moehooks import distributed, models, pipeline
 
+    spec = models.resolve(model, preset)
     _check_counts(trials=trials, limit=limit, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    _check_model(model, trust_remote_code, revision, dtype=dtype, attn=attn)
-    plan = pipeline.plan_eval(items, out, experts=experts, mode=mode,
-                              beta=models.resolve(model).beta if beta is None else beta, as_text=as_text, limit=limit,
-                              trials=trials, seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens)
-    lm, processor, spec = _load(model, device_map, dtype, attn, trust_remote_code, revision)
+    generation = spec.settings()["generation"] | _generation(max_new_tokens, repetition_penalty, do_sample,
+                                                             temperature, top_p, top_k, generate)
+    tokens = generation.pop("max_new_tokens")
+    load = spec.load_defaults() | {k: v for k, v in (("device_map", device_map), ("dtype", dtype)) if v is not None}
+    _check_model(model, trust_remote_code, revision, dtype=load.get("dtype", "auto"), attn=attn)
+    plan = pipeline.plan_eval(items, out, experts=experts, mode=mode, beta=spec.beta if beta is None else beta,
+                              as_text=as_text, limit=limit, trials=trials, seed=seed, batch_size=batch_size,
+                              max_new_tokens=tokens)
+    lm, processor, spec = _load(model, load.get("device_map"), load.get("dtype", "auto"), attn, trust_remote_code,
+                                revision, preset)
+    spec = dataclasses.replace(spec, generation_kwargs=generation)
     with progress_bar(f"eval {plan.method}") as update:
         result = pipeline.run_plan(lm, processor, plan, out, spec=spec, allow_mismatch=allow_mismatch,
                                    progress=update)

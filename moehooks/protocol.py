@@ -351,7 +351,8 @@ def missing_checkpoint(source: str) -> str | None:
         return f"checkpoint {source}: no config.json in {path.resolve()}; pass a model directory or a hub id"
     if _checkpoint_cached(source):
         return None
-    hint = f"get it with `huggingface-cli download {source}` (or pass its local directory with --model DIR --preset ALIAS)"
+    hint = (f"get it with `huggingface-cli download {source}` (or pass its local directory with --model DIR "
+            "--preset ALIAS)")
     if constants.is_offline_mode():
         return f"checkpoint {source}: not (fully) in the Hugging Face cache at {constants.HF_HUB_CACHE}; {hint}"
     why = _hub_reachable(source, "model")
@@ -592,7 +593,8 @@ def run(plan: Plan, *, stage: Stage = None) -> Table1:
             model, processor, items, dict(experts), folder, methods=plan.methods, beta=b.beta, layers=b.layers,
             seed=plan.seed, trials=plan.trials, batch_size=plan.batch_size,
             max_new_tokens=generation.pop("max_new_tokens"), generation_kwargs=generation,
-            settings={"benchmark": b.name, "data": b.data, "references": b.references}, progress=(lambda d, t, name=b.name: stage(name, d, t)) if stage else None)
+            settings={"benchmark": b.name, "data": b.data, "references": b.references},
+            progress=(lambda d, t, name=b.name: stage(name, d, t)) if stage else None)
         if main:
             pipeline.write_json(folder / "summary.json", {m: vars(s) for m, s in result.summary.items()}
                                 | {"experts": result.experts, "items": len(items), "not_typeset": skipped})

@@ -75,7 +75,8 @@ def test_dry_run_prints_the_plan_and_loads_nothing(tmp_path: Path, offline_cache
                            "--repetition-penalty", "1.1", "--generate", "num_beams=2")
     assert code == 0, output
     for text in ("checkpoint: Qwen/Qwen3-VL-30B-A3B-Instruct (alias qwen3-vl)", "HuggingFaceH4/MATH-500, split test",
-                 "Idavidrein/gpqa (gpqa_diamond), split train", "AI4Math/MathVerse, split testmini + testmini_text_only",
+                 "Idavidrein/gpqa (gpqa_diamond), split train",
+                 "AI4Math/MathVerse, split testmini + testmini_text_only",
                  "MathLLMs/MathVision, split testmini", "ZJU-REAL/GSM8K-V, split test",
                  "general data: tatsu-lab/alpaca, split train, 20 seeded samples", "layers 6-42, tau 0.3, beta 0.5",
                  "max_new_tokens=8192, repetition_penalty=1.1, num_beams=2", "the official text-only version",
@@ -133,10 +134,10 @@ def _tiny_checkpoint(path: Path) -> Path:
 
 def _data_root(root: Path) -> Path:
     write_jsonl(root / "MATH-500" / "test.jsonl", MATH_ROWS)
+    answers = [("B", "multi-choice"), ("Area $=12 \\mathrm{~cm}^{2}$", "free-form")]
     vision = [{"sample_index": str(k), "problem_index": str(k), "problem_version": "Vision Only", "question": "",
                "image": {"bytes": png_bytes(40 * k), "path": f"image_{k}.png"}, "answer": answer,
-               "question_type": kind} for k, (answer, kind) in enumerate([("B", "multi-choice"),
-                                                                            ("Area $=12 \\mathrm{~cm}^{2}$", "free-form")])]
+               "question_type": kind} for k, (answer, kind) in enumerate(answers)]
     text = [{"sample_index": str(10 + k), "problem_index": str(k), "problem_version": "Text Only",
              "question": f"Text version {k}", "image": "", "answer": row["answer"],
              "question_type": row["question_type"]} for k, row in enumerate(vision)]
@@ -259,3 +260,23 @@ def test_mathvision_figures_described_by_the_model(tmp_path: Path, monkeypatch: 
     assert described[0].text_reference == f"How many dots are there in figure 1?\n\nFigure: {found['1']}"
     with pytest.raises(ValueError, match="no figure description for mathvision items"):
         protocol.with_descriptions(items, {})
+
+
+def test_eval_takes_the_preset_generation_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from moehooks import distributed
+
+    seen: dict = {}
+    monkeypatch.setattr(distributed, "sharded_eval", lambda *a, **k: seen.update(k) or [])
+    items = write_jsonl(tmp_path / "items.jsonl", [{"id": "1", "question": "2+3=", "answer": "5"}])
+    model = str(_tiny_checkpoint(tmp_path / "ckpt"))
+    code, output = _invoke("eval", str(items), "--model", model, "--preset", "qwen3-vl", "--out",
+                           str(tmp_path / "e.jsonl"))
+    assert code == 0, output
+    assert seen["max_new_tokens"] == 8192
+    assert seen["generation_kwargs"] == {"do_sample": False, "repetition_penalty": 1.2}
+    code, output = _invoke("eval", str(items), "--model", model, "--preset", "qwen3-vl", "--max-new-tokens", "16",
+                           "--do-sample", "--temperature", "0.7", "--generate", "num_beams=2",
+                           "--out", str(tmp_path / "e.jsonl"))
+    assert code == 0, output
+    assert (seen["max_new_tokens"], seen["generation_kwargs"]) == (
+        16, {"do_sample": True, "repetition_penalty": 1.2, "temperature": 0.7, "num_beams": 2})
