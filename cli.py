@@ -300,11 +300,13 @@ def steer(
     data = _data(tasks, references, general, model, lab_tasks)
     load = spec.load_defaults() | {k: v for k, v in (("device_map", device_map), ("dtype", dtype)) if v is not None}
     if dry_run:
+        steered = layers or (f"{spec.layers[0]}-{spec.layers[1]}" if spec.layers else "all MoE layers")
+        generation_text = ", ".join(f"{k}={v}" for k, v in {"max_new_tokens": options["max_new_tokens"],
+                                                             **settings}.items())
         typer.echo(f"checkpoint: {spec.source}\nloading: {load or 'defaults'}\ntasks: {data.tasks}\n"
                    f"references: {data.references or 'the tasks text_reference'}\ngeneral: {data.general}\n"
-                   f"layers: {layers or spec.layers}, tau {spec.tau if tau is None else tau}, beta "
-                   f"{spec.beta if beta is None else beta}\ngeneration: max_new_tokens={options['max_new_tokens']}, "
-                   f"{settings}\noutputs: {out / 'steer'}")
+                   f"layers {steered}, tau {spec.tau if tau is None else tau}, beta "
+                   f"{spec.beta if beta is None else beta}\ngeneration: {generation_text}\noutputs: {out / 'steer'}")
         return
     _check_model(model, trust_remote_code, revision, options["layers"], dtype=load.get("dtype", "auto"), attn=attn)
     pipeline.load_study(data, limit)

@@ -36,6 +36,7 @@ import os
 import random
 import re
 import shutil
+import subprocess
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -71,6 +72,10 @@ HANDWRITING_INSTALL_HINT = "apt-get install fonts-dkg-handwriting"
 DPI = 100
 PAGE_WIDTH = 1600
 """Width in pixels that long problems are wrapped to (about 70 characters at the default font size)."""
+LATEX_PREAMBLE = r"\usepackage{amsmath}\usepackage{amssymb}"
+"""Packages of every LaTeX rendering (the benchmarks use amsmath environments and amssymb symbols)."""
+LATEX_DPI = 200
+"""Resolution of LaTeX pages (the paper typesets at 200 dpi)."""
 PRINTED_FONTS: tuple[tuple[str, str], ...] = (
     ("DejaVu Sans", "dejavusans"),
     ("DejaVu Serif", "dejavuserif"),
@@ -184,6 +189,8 @@ def _handwriting_style(strict: bool) -> _Style:
 def _rc(style: _Style) -> dict[str, object]:
     """Return the matplotlib rc settings that draw ``style``."""
     rc: dict[str, object] = {"text.usetex": style.usetex, "mathtext.fontset": style.fontset}
+    if style.usetex:
+        rc["text.latex.preamble"] = LATEX_PREAMBLE
     if style.fontset == "custom":
         rc.update({"mathtext.rm": style.family, "mathtext.it": style.family, "mathtext.bf": style.family})
     return rc
@@ -509,14 +516,9 @@ def _page(text: str, pen: _Pen, width: int) -> Image.Image:
     return page
 
 
-LATEX_PREAMBLE = r"\usepackage{amsmath}\usepackage{amssymb}"
-LATEX_DPI = 200
-
-
-def _latex_page(text: str, width: int, font_size: float) -> Image.Image:
-    """A LaTeX document of ``text`` in a minipage ``width`` pixels wide, rasterised by dvipng at LATEX_DPI."""
-    import subprocess
-
+def _latex_page(text: str, width: int) -> Image.Image:
+    """A LaTeX document (12 pt) of ``text`` in a minipage ``width`` pixels wide, rasterised by dvipng at
+    LATEX_DPI; ``[asy]`` blocks become ``verbatim`` (monospace)."""
     from .typeset import BLOCK
 
     body = BLOCK.sub(lambda m: f"\n\\begin{{verbatim}}\n{m.group('code').strip()}\n\\end{{verbatim}}\n"
@@ -531,8 +533,8 @@ def _latex_page(text: str, width: int, font_size: float) -> Image.Image:
         if run.returncode != 0:
             errors = [line for line in run.stdout.splitlines() if line.startswith("!")]
             raise ValueError(f"latex failed: {errors[0] if errors else run.stdout[-200:]}")
-        subprocess.run(["dvipng", "-D", str(LATEX_DPI), "-T", "tight", "-bg", "White", "-fg", "Black", "-o",
-                        "page.png", "page.dvi"], cwd=folder, capture_output=True, check=True, timeout=60)
+        subprocess.run(["dvipng", "-D", str(LATEX_DPI), "-T", "tight", "-bg", "rgb 1 1 1", "-fg", "rgb 0 0 0",
+                        "-o", "page.png", "page.dvi"], cwd=folder, capture_output=True, check=True, timeout=60)
         with Image.open(Path(folder) / "page.png") as image:
             return Image.fromarray(255 - np.asarray(image.convert("L")), mode="L")
 
@@ -555,9 +557,9 @@ def _typeset(text: str, variant: str, font_size: float, seed: int, strict: bool,
     """The ink of a page, or :class:`TypesetError` naming what could not be typeset."""
     try:
         if variant == "v1" and has_latex():
-            return _latex_page(text, width, font_size)
+            return _latex_page(text, width)
         return _page(text, _Pen(variant, font_size, seed, strict), width)
-    except (ValueError, RuntimeError) as err:
+    except (ValueError, RuntimeError, subprocess.SubprocessError) as err:
         if isinstance(err, MissingFontError):
             raise
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

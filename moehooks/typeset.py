@@ -7,14 +7,15 @@ display math, math environments and Asymptote code, for :func:`moehooks.render.r
     >>> to_mathtext(r"\dbinom{5}{2} \le n \pmod{7}")
     '\\binom{5}{2} \\leq n \\ (\\mathrm{mod}\\ 7)'
 
-With real LaTeX installed (Debian: ``apt-get install texlive-latex-base texlive-latex-recommended dvipng``;
-``latex`` and ``dvipng`` on PATH) the printed variant is a LaTeX document set in a minipage of the page width
-and rasterised by ``dvipng`` at :data:`LATEX_DPI`, and the math of the handwritten variants is drawn by LaTeX.
-Without it, math goes through matplotlib's mathtext after :func:`to_mathtext` rewrites what mathtext lacks
-(``\le``, ``\dbinom``, ``\pmod``, ``\displaystyle``, ...), and the environments mathtext has none of
-(``pmatrix``/``bmatrix``/``vmatrix``/``matrix``, ``cases``, ``array``, ``aligned``) are laid out as grids of
-cells here. Text that neither path can typeset raises :class:`moehooks.render.TypesetError`: it is never drawn
-as source.
+With real LaTeX installed (Debian: ``apt-get install texlive-latex-base dvipng`` puts ``latex`` and ``dvipng``
+on PATH) the printed variant is a LaTeX document set in a minipage of the page width and rasterised by
+``dvipng`` at :data:`moehooks.render.LATEX_DPI`, and the math of the handwritten variants is drawn by
+matplotlib's ``usetex`` (which also wants ``texlive-latex-extra texlive-fonts-recommended cm-super``; tables are
+then still laid out here). Without it, math goes through matplotlib's mathtext after :func:`to_mathtext`
+rewrites what mathtext lacks (``\le``, ``\dbinom``, ``\pmod``, ``\displaystyle``, ...), and the environments
+mathtext has none of (``pmatrix``/``bmatrix``/``vmatrix``/``matrix``, ``cases``, ``array``, ``aligned``) are
+laid out as grids of cells here, as are ``tabular`` tables. Text that neither path can typeset raises
+:class:`moehooks.render.TypesetError`: it is never drawn as source.
 """
 
 from __future__ import annotations

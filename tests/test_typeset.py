@@ -108,8 +108,7 @@ def test_items_that_cannot_be_typeset_are_skipped_by_id(tmp_path: Path) -> None:
 def test_real_latex_typesets_the_page(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.undo()
     if not rendering.has_latex():
-        pytest.skip("LaTeX is not installed (Debian: apt-get install texlive-latex-base texlive-latex-recommended "
-                    "dvipng)")
+        pytest.skip("LaTeX is not installed (Debian: apt-get install texlive-latex-base dvipng)")
     image = render(PROBLEMS["matrix"], "v1")
     assert image.width <= PAGE_WIDTH + 40
     assert not SOURCE.search(ocr(image, tmp_path))
