@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import weakref
 from contextlib import AbstractContextManager, ExitStack
-from typing import Callable
 
 import torch
 from torch import nn
@@ -142,8 +141,3 @@ class HookContext(AbstractContextManager):
 
     def _closed(self) -> None:
         """Drop per-run references once the hooks are gone."""
-
-    @staticmethod
-    def hook_router(stack: ExitStack, router: nn.Module, fn: Callable, *, first: bool = False) -> None:
-        """Register a forward hook on ``router`` (``first``: before hooks already there) until ``stack`` closes."""
-        stack.callback(router.register_forward_hook(fn, prepend=first).remove)

@@ -1,4 +1,5 @@
-"""Record which experts every token really chose, read from the routers' own outputs.
+"""Record which experts every token really chose: the experts modules' own inputs where the MoE block has one,
+else the routers' outputs.
 
     with moehooks.record(model, per_sample=True) as rec:
         model.generate(**inputs, max_new_tokens=32)
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from .adapters import MoELayer
+from .adapters.base import hook_routing
 from .batch import Batch
 from .hooks import MODALITIES, PHASES, HookContext, check_choice
 from .trace import TraceWriter
@@ -88,13 +90,12 @@ class Recorder(HookContext):
         self.tracker.listeners.append(self._retract)
         stack.callback(self.tracker.listeners.remove, self._retract)
         for i, entry in enumerate(routing.layers):
-            self.hook_router(stack, entry.router, self._hook(i, entry))
+            hook_routing(stack, entry, self._hook(i, entry))
 
     def _hook(self, i: int, entry: MoELayer):
         adapter, tracker, branch, experts = entry.adapter, self.tracker, entry.branch, self.num_experts
 
-        def record_hook(module: nn.Module, args: tuple, output: object) -> None:
-            logits, weights, indices = adapter.unpack(output, args[0] if args else None)
+        def record_hook(logits: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> None:
             batch = tracker.batch
             if batch is None:
                 raise RuntimeError("a router ran outside a forward call of the model the recorder was opened on")

@@ -10,11 +10,13 @@
     with moehooks.record(model) as rec, moehooks.steer(model, {12: [3]}, mode="hard"):
         model(**inputs)                             # rec sees the steered choices
 
-Every steered router's output is rewritten by a forward hook registered *before* any other hook: the hook
-reads the router logits ``z`` ``[tokens, experts]``, boosts the listed experts' logits, and recomputes the
-top-k indices *and* the gate weights from the boosted logits with the family's own rule
-(``adapter.select``), so the MoE block runs the steered experts with the weights the model itself would give
-them. Modes (``w`` is 1 for a listed expert in a steered row, else 0):
+Every steered MoE block's choices are rewritten by hooks registered *before* any other (a registered
+family's router output; for a block whose rule was identified by probing, its experts module's inputs,
+``moehooks.adapters.base.hook_routing``): the hook reads the router logits ``z`` ``[tokens, experts]``, boosts
+the listed experts' logits, and recomputes the top-k indices *and* the gate weights from the boosted logits
+with the block's own rule (``adapter.select``), so the MoE block runs the steered experts with the weights the
+model itself would give them. A block no known rule reproduces is recorded but not steered
+(``UnsupportedModelError`` when it is asked to be). Modes (``w`` is 1 for a listed expert in a steered row, else 0):
 
 * ``soft``   ``z_i <- z_i + beta * sigma * w_i``; ``sigma="token"`` is each token's logit standard deviation
   at that router; a calibrated value per router can be given instead (see ``calibrate_sigma``).
@@ -40,8 +42,8 @@ from typing import Any, Callable, Mapping, Sequence, Union
 import torch
 from torch import nn
 
-from .adapters import MoELayer, RouterAdapter, RoutingMap, adapt
-from .adapters.base import on_device
+from .adapters import MoELayer, RouterAdapter, RoutingMap, UnsupportedModelError, adapt
+from .adapters.base import Edit, hook_routing, on_device
 from .batch import Batch, Tracker
 from .hooks import MODALITIES, PHASES, HookContext, check_choice, check_finite
 
@@ -135,6 +137,7 @@ class Steering(HookContext):
         chosen = {layer: ids for layer, ids in chosen.items() if layer in steered and ids}
         if mode == "random":
             chosen = _draw(routing, chosen, int(seed))
+        _check_rules(routing, chosen)
         if mode == "hard":
             _check_groups(routing, chosen)
         sigmas = _sigmas(routing, sigma, chosen)
@@ -150,21 +153,17 @@ class Steering(HookContext):
         for i, entry in enumerate(self.routing.layers):
             if entry.layer in self.experts:
                 plan = _RouterSteering(entry, self.experts[entry.layer], sigma=self._sigmas[i], **self._options)
-                self.hook_router(stack, entry.router, self._hook(plan, self.tracker), first=True)
+                hook_routing(stack, entry, self._hook(plan, self.tracker), edits=True, first=True)
 
-    def _hook(self, plan: _RouterSteering, tracker: Tracker) -> Callable[[nn.Module, tuple, Any], Any]:
-        adapter = plan.adapter
-
-        def steer_hook(module: nn.Module, args: tuple, output: Any) -> Any:
+    def _hook(self, plan: _RouterSteering, tracker: Tracker) -> Edit:
+        def steer_hook(logits: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> Any:
             batch = tracker.batch
             if batch is None:
                 raise RuntimeError("a router ran outside a forward call of the model the steering was opened on")
             if not any(p in self._phases for p in batch.phases):
                 return None
-            logits, _, _ = adapter.unpack(output, args[0] if args else None)
             scope = self._scope(batch, logits.device, logits.shape[0], plan.branch)
-            boosted, weights, indices = plan.fn(logits, plan.gain(logits.device), scope)
-            return adapter.pack(output, boosted, weights, indices)
+            return plan.fn(logits, plan.gain(logits.device), scope)
 
         return steer_hook
 
@@ -229,13 +228,12 @@ class SigmaCalibration(HookContext):
     def _attach(self, stack: ExitStack) -> None:
         self._sums = [None] * len(self.routing.layers)
         for i, entry in enumerate(self.routing.layers):
-            self.hook_router(stack, entry.router, self._hook(i, entry, self.tracker))
+            hook_routing(stack, entry, self._hook(i, entry, self.tracker))
 
-    def _hook(self, i: int, entry: MoELayer, tracker: Tracker) -> Callable[[nn.Module, tuple, Any], None]:
-        adapter, branch = entry.adapter, entry.branch
+    def _hook(self, i: int, entry: MoELayer, tracker: Tracker) -> Edit:
+        branch = entry.branch
 
-        def sigma_hook(module: nn.Module, args: tuple, output: Any) -> None:
-            logits, _, _ = adapter.unpack(output, args[0] if args else None)
+        def sigma_hook(logits: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> None:
             batch = tracker.batch
             if batch is None:
                 raise RuntimeError("a router ran outside a forward call of the model the calibration was opened on")
@@ -333,6 +331,13 @@ def _draw(routing: RoutingMap, chosen: dict[int, list[int]], seed: int) -> dict[
         count = min(e.num_experts for e in routing.layers if e.layer == layer)
         drawn[layer] = sorted(torch.randperm(count, generator=generator)[: len(ids)].tolist())
     return drawn
+
+
+def _check_rules(routing: RoutingMap, chosen: dict[int, list[int]]) -> None:
+    """Steered layers need a routing rule; a block only recorded (no rule reproduces it) is refused here."""
+    for entry in routing.layers:
+        if entry.layer in chosen and entry.rule_error:
+            raise UnsupportedModelError(f"layer {entry.layer} cannot be steered: {entry.rule_error}")
 
 
 def _check_groups(routing: RoutingMap, chosen: dict[int, list[int]]) -> None:

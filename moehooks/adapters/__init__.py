@@ -1,7 +1,8 @@
 """Router adapters and their registry; importing this package registers every family."""
 
-from . import cohere, deepseek, ernie, gpt_oss, jamba, llama4, mixtral, olmoe, qwen, softmax_grouped  # noqa: F401
-from .base import MoELayer, RouterAdapter, RoutingMap, UnsupportedModelError, adapt, families, register, supported_architectures
+from . import cohere, deepseek, ernie, gpt_oss, jamba, jetmoe, llama4, mixtral, olmoe, qwen, softmax_grouped  # noqa: F401
+from .base import (MoELayer, RouterAdapter, RoutingMap, UnsupportedModelError, adapt, covered, families, register,
+                   supported_architectures)
 
 __all__ = [
     "MoELayer",
@@ -9,6 +10,7 @@ __all__ = [
     "RoutingMap",
     "UnsupportedModelError",
     "adapt",
+    "covered",
     "families",
     "register",
     "supported_architectures",

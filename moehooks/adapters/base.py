@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator, Sequence
+from contextlib import ExitStack
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -166,6 +167,12 @@ class MoELayer:
     shared_experts: bool
     adapter: RouterAdapter = field(repr=False)
     branch: str = ""
+    #: the module consuming ``(hidden, indices, weights)`` where the block has one (choices are read there)
+    experts: nn.Module | None = field(default=None, repr=False)
+    #: position of the logits in the router's output tuple (-1: the output is the logits tensor)
+    logits_at: int = 0
+    #: why this block cannot be steered (no known rule reproduces it); "" when it can
+    rule_error: str = ""
 
 
 @dataclass(frozen=True)
@@ -230,9 +237,20 @@ def register(cls: type[RouterAdapter]) -> type[RouterAdapter]:
     return cls
 
 
+def covered() -> dict[str, tuple[str, str]]:
+    """Model type -> (rule, status) for every covered type: the sweep's verified table
+    (``adapters/verified.py``: ``"ok"`` records and steers, ``"partial"`` steers some layers, ``"record-only"``),
+    and the hand-written families' model types (``"ok"``)."""
+    from .verified import VERIFIED
+
+    table = {t: (cls.name, "ok") for t, cls in _BY_MODEL_TYPE.items()}
+    table.update(VERIFIED)
+    return table
+
+
 def supported_architectures() -> list[str]:
-    """Model types (``config.model_type``) with a registered routing rule, sorted."""
-    return sorted(_BY_MODEL_TYPE)
+    """Model types (``config.model_type``) moehooks covers (``covered()``), sorted."""
+    return sorted(covered())
 
 
 def families() -> dict[str, type[RouterAdapter]]:
@@ -249,34 +267,37 @@ def adapt(model: nn.Module) -> RoutingMap:
         routing = moehooks.adapt(model)
         routing.layers[0].layer, routing.layers[0].top_k, routing.layers[0].adapter.select(logits)
 
-    Raises ``UnsupportedModelError`` naming the model type and listing the supported ones.
+    MoE blocks are found by structure (a module consuming ``(hidden, top_k_index, top_k_weights)`` next to
+    the gate producing them) and each block's rule is identified by probing it (``moehooks.adapters.probe``);
+    routers of a registered class without such an experts module (Llama-4, remote-code ``MoEGate``) are
+    found by class. A block whose choices can be read but no rule reproduces is kept for recording
+    (``entry.rule_error`` says why steering is refused). Raises ``UnsupportedModelError`` when no MoE block is
+    found, or when a block exposes no choices to read, naming the block and the rules tried.
     """
+    from .probe import find_blocks
+
     model_type = _model_type(model)
     entries: list[MoELayer] = []
     parents: set[str] = set()
-    for name, module in model.named_modules():
-        cls = _BY_ROUTER_CLASS.get(type(module).__name__)
-        if cls is None:
-            continue
-        found = _LAYER_RE.match(name)
+    covered: set[int] = set()
+    for block in find_blocks(model):
+        found = _LAYER_RE.match(block.name + ".")
         if found is None:
             continue
-        parent_name, block_name = name.rsplit(".", 1)[0], name
-        block = model.get_submodule(parent_name)
+        entry = _probed_entry(model, block, int(found.group(2)))
+        if entry is None:
+            continue
+        covered.add(id(entry.router))
+        entries.append(entry)
+        parents.add((found.group(1) or "") + "layers")
+    for name, module in model.named_modules():
+        cls = _BY_ROUTER_CLASS.get(type(module).__name__)
+        found = _LAYER_RE.match(name)
+        if cls is None or found is None or id(module) in covered:
+            continue
+        parent_name = name.rsplit(".", 1)[0]
         adapter = cls(module)
-        entries.append(
-            MoELayer(
-                layer=int(found.group(2)),
-                name=block_name,
-                router=module,
-                num_experts=adapter.num_experts,
-                top_k=adapter.top_k,
-                shared_experts=any(getattr(block, a, None) is not None for a in cls.shared_attrs)
-                or _has_shared_sibling(model, parent_name, cls),
-                adapter=adapter,
-                branch=_branch(parent_name),
-            )
-        )
+        entries.append(_entry(model, name, parent_name, module, int(found.group(2)), adapter, cls.shared_attrs))
         parents.add((found.group(1) or "") + "layers")
     if not entries:
         raise UnsupportedModelError(
@@ -295,22 +316,127 @@ def adapt(model: nn.Module) -> RoutingMap:
     )
 
 
+def _entry(model: nn.Module, name: str, parent_name: str, router: nn.Module, layer: int, adapter: RouterAdapter,
+           shared_attrs: tuple[str, ...], experts: nn.Module | None = None, logits_at: int = 0,
+           rule_error: str = "") -> MoELayer:
+    block = model.get_submodule(parent_name)
+    return MoELayer(
+        layer=layer,
+        name=name,
+        router=router,
+        num_experts=adapter.num_experts,
+        top_k=adapter.top_k,
+        shared_experts=any(getattr(block, a, None) is not None for a in shared_attrs)
+        or _has_shared_sibling(model, parent_name, shared_attrs),
+        adapter=adapter,
+        branch=_branch(parent_name),
+        experts=experts,
+        logits_at=logits_at,
+        rule_error=rule_error,
+    )
+
+
+def _probed_entry(model: nn.Module, block, layer: int) -> MoELayer | None:
+    """The entry of a structurally found block: probed, its rule identified (or its absence recorded)."""
+    from .probe import identify, probe, unsupported
+
+    block = probe(block)
+    if block.router is None:
+        hinted = [m for m in block.module.modules() if type(m).__name__ in _BY_ROUTER_CLASS]
+        if hinted:  # a registered router the probe could not run (e.g. it needs more than hidden states)
+            return None
+        raise unsupported(block.name, block.error, ())
+    hinted_cls = _BY_ROUTER_CLASS.get(type(block.router).__name__)
+    identified = identify(block, hinted_cls)
+    adapter, error = identified.adapter, ""
+    if adapter is None:
+        error = str(unsupported(block.name, "no known rule reproduces the experts' inputs from the router logits",
+                                identified.tried))
+        adapter = Unidentified(block.indices.shape[1], block.num_experts, error)
+    shared = (hinted_cls or RouterAdapter).shared_attrs
+    return _entry(model, block.router_name, block.name, block.router, layer, adapter, shared, experts=block.experts,
+                  logits_at=block.logits_at, rule_error=error)
+
+
+class Unidentified(RouterAdapter):
+    """A block whose choices are read from its experts' inputs but whose rule no candidate reproduced:
+    recording works (``probs`` is a softmax of the logits), selecting raises ``UnsupportedModelError``."""
+
+    name = "unidentified"
+    model_types = ()
+    router_classes = ()
+
+    def __init__(self, top_k: int, num_experts: int, reason: str) -> None:
+        self.top_k, self.num_experts, self.reason = top_k, num_experts, reason
+        self._tensors, self._on_device = {}, {}
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits[:, : self.num_experts], dim=-1, dtype=torch.float32)
+
+    def select(self, logits: torch.Tensor, force: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        raise UnsupportedModelError(self.reason)
+
+
+# ---- where the choices are read and replaced ---------------------------------------------------------------
+Edit = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], "Routed | None"]
+
+
+def hook_routing(stack: ExitStack, entry: MoELayer, edit: Edit, *, edits: bool = False, first: bool = False) -> None:
+    """Call ``edit(logits, weights, indices)`` at every call of ``entry``'s MoE block until ``stack`` closes;
+    with ``edits``, a returned ``(logits, weights, indices)`` replaces what the block consumes.
+
+    Reading: where the block has an experts module, the weights and indices are the experts' own inputs (what
+    they really consume) and the logits are the router's output of the same call; otherwise all three come
+    from the router's output (``adapter.unpack``). Editing: a registered family's router output is rewritten
+    (``adapter.pack``; the probe verified that the experts consume it as it is), any other block's experts
+    inputs are. ``first``: before hooks already there.
+    """
+    adapter, router = entry.adapter, entry.router
+    if entry.experts is None or (edits and type(adapter) in _FAMILIES.values()):
+        def router_hook(module: nn.Module, args: tuple, output: Any) -> Any:
+            logits, weights, indices = adapter.unpack(output, args[0] if args else None)
+            new = edit(logits, weights, indices)
+            return None if new is None else adapter.pack(output, *new)
+
+        stack.callback(router.register_forward_hook(router_hook, prepend=first).remove)
+        return
+    from .probe import arg_names, read_logits, replace_routing_args, routing_args
+
+    at, slot, names = entry.logits_at, {}, arg_names(type(entry.experts))
+
+    def logits_hook(module: nn.Module, args: tuple, output: Any) -> None:
+        slot["logits"] = read_logits(at, output)
+
+    def experts_hook(module: nn.Module, args: tuple, kwargs: dict) -> Any:
+        indices, weights = routing_args(names, args, kwargs)
+        new = edit(slot.pop("logits"), weights, indices)
+        if new is None:
+            return None
+        return replace_routing_args(names, args, kwargs, new[2].to(indices.dtype), new[1].to(weights.dtype))
+
+    stack.callback(router.register_forward_hook(logits_hook, prepend=first).remove)
+    stack.callback(entry.experts.register_forward_pre_hook(experts_hook, prepend=first, with_kwargs=True).remove)
+
+
 def _model_type(model: nn.Module) -> str:
     config = getattr(model, "config", None)
     return str(getattr(config, "model_type", type(model).__name__))
 
 
 def _branch(parent_name: str) -> str:
-    last = parent_name.rsplit(".", 1)[-1]
-    return {"text_moe": "text", "vision_moe": "vision"}.get(last, "")
+    """Which router of a layer with several: Ernie-4.5-VL's per-modality gates, JetMoE's attention-head gate."""
+    parts = parent_name.split(".")
+    if parts[-2:] == ["self_attention", "experts"]:
+        return "attention"
+    return {"text_moe": "text", "vision_moe": "vision"}.get(parts[-1], "")
 
 
-def _has_shared_sibling(model: nn.Module, block_name: str, cls: type[RouterAdapter]) -> bool:
+def _has_shared_sibling(model: nn.Module, block_name: str, shared_attrs: tuple[str, ...]) -> bool:
     """Ernie-4.5-VL keeps shared experts one level up from the per-modality blocks."""
     if "." not in block_name or not _branch(block_name):
         return False
     outer = model.get_submodule(block_name.rsplit(".", 1)[0])
-    return any(getattr(outer, a, None) is not None for a in cls.shared_attrs)
+    return any(getattr(outer, a, None) is not None for a in shared_attrs)
 
 
 def _image_token_id(model: nn.Module) -> int | None:

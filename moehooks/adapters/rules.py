@@ -146,3 +146,122 @@ class TopKSigmoidDense(RouterAdapter):
         dense, old_logits = output
         scores = torch.zeros_like(dense).scatter_(1, indices, weights.to(dense.dtype))
         return scores, logits.to(old_logits.dtype)
+
+
+class ProbedRule(RouterAdapter):
+    """A routing rule assembled from parts and identified by probing (``moehooks.adapters.probe``).
+
+    ``score`` maps the logits to choice scores (``softmax`` in float32, ``softmax_native``, ``sigmoid`` of the
+    float32 logits, ``sigmoid_native``, ``logits``, or the router's own ``score_fn``); ``bias`` (a ``[E]``
+    tensor, e.g. a correction bias) is added to them for the choice only; ``groups = (n_group, topk_group)``
+    limits the choice to the best groups (a group scores the sum of its top two). The weights are the chosen
+    experts' ``gate`` scores: the same scores (``same``), ``sigmoid`` of all logits, ``sigmoid_k`` of the chosen
+    logits (not always the same bits: vectorised and scalar kernel paths round differently), or a softmax over
+    the chosen logits (``softmax_k`` in float32, ``softmax_k_native``); then renormalised (``norm``) and scaled
+    (``post = ("mul", s)`` or ``("div", d)``).
+    """
+
+    SCORES = ("softmax", "softmax_native", "sigmoid", "sigmoid_native", "logits")
+    GATES = ("same", "sigmoid", "sigmoid_k", "softmax_k", "softmax_k_native")
+    name = "probed"
+    model_types = ()
+    router_classes = ()
+
+    def __init__(self, top_k: int, num_experts: int, *, score: str, gate: str, bias: tuple[str, torch.Tensor] | None,
+                 groups: tuple[int, int], norm: bool, post: tuple[str, float], sort: bool = True,
+                 score_fn: Any = None) -> None:
+        self.top_k, self.num_experts, self.sort = top_k, num_experts, sort
+        self.score, self.gate, self.norm, self.post = score, gate, norm, post
+        self.n_group, self.topk_group = groups
+        self._score_fn = score_fn
+        self._tensors = {} if bias is None else {"bias": bias[1]}
+        self._on_device = {}
+        parts = [score if score != "router" else type(score_fn).__name__]
+        if bias is not None:
+            parts.append(f"+{bias[0]}")
+        if self.n_group > 1:
+            parts.append(f"groups {self.n_group}/{self.topk_group}")
+        parts.append("top-k" if sort else "top-k(unsorted)")
+        if gate != "same":
+            parts.append(gate)
+        if norm:
+            parts.append("renorm")
+        if post != ("mul", 1.0):
+            parts.append(("x" if post[0] == "mul" else "/") + f"{post[1]:g}")
+        self.name = " -> ".join(parts)
+
+    def _apply(self, kind: str, logits: torch.Tensor) -> torch.Tensor:
+        if kind == "softmax":
+            return torch.softmax(logits, dim=-1, dtype=torch.float32)
+        if kind == "softmax_native":
+            return logits.softmax(dim=-1)
+        if kind == "sigmoid":
+            return logits.float().sigmoid()
+        if kind == "sigmoid_native":
+            return logits.sigmoid()
+        if kind == "router":
+            return self._score_fn(logits)
+        return logits
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        kind = "sigmoid" if self.score in ("sigmoid", "sigmoid_native", "router") else "softmax"
+        return self._apply(kind, logits).float()
+
+    def scores(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = self._apply(self.score, logits)
+        choice = scores + self.tensor("bias", logits.device) if "bias" in self._tensors else scores
+        if self.gate == "same":
+            return choice, scores
+        return choice, (logits.float().sigmoid() if self.gate == "sigmoid" else logits)  # *_k: applied in finish
+
+    def choose(self, choice: torch.Tensor) -> torch.Tensor:
+        if self.n_group > 1:
+            tokens, per_group = choice.shape[0], self.num_experts // self.n_group
+            grouped = choice.view(tokens, self.n_group, per_group)
+            group_idx = torch.topk(SigmoidGrouped.group_scores(grouped), k=self.topk_group, dim=-1)[1]
+            keep = torch.zeros(tokens, self.n_group, dtype=torch.bool, device=choice.device).scatter_(1, group_idx, True)
+            choice = choice.masked_fill(~keep.unsqueeze(-1).expand(-1, -1, per_group).reshape(tokens, -1), float("-inf"))
+        return torch.topk(choice, self.top_k, dim=-1, sorted=self.sort)[1]
+
+    def finish(self, gate_topk: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        if self.gate == "sigmoid_k":
+            gate_topk = gate_topk.float().sigmoid()
+        elif self.gate == "softmax_k":
+            gate_topk = torch.softmax(gate_topk, dim=-1, dtype=torch.float32)
+        elif self.gate == "softmax_k_native":
+            gate_topk = torch.softmax(gate_topk, dim=-1, dtype=gate_topk.dtype)
+        if self.norm:
+            gate_topk = gate_topk / (gate_topk.sum(dim=-1, keepdim=True) + 1e-20)
+        op, value = self.post
+        if value != 1.0:
+            gate_topk = gate_topk * value if op == "mul" else gate_topk / value
+        return gate_topk
+
+
+class Sparsemixer(RouterAdapter):
+    """Phi-MoE's inference-time ``sparsemixer`` (top-2): each of the two picks is the best remaining logit;
+    its weight is its softmax over the logits within a relative ``2 * jitter_eps`` of it."""
+
+    name = "sparsemixer"
+    model_types = ()
+    router_classes = ()
+
+    def __init__(self, top_k: int, num_experts: int, jitter_eps: float) -> None:
+        self.top_k, self.num_experts, self.jitter_eps = top_k, num_experts, jitter_eps
+        self._tensors, self._on_device = {}, {}
+
+    def select(self, logits: torch.Tensor, force: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        choice = logits if force is None else logits + force * margin(logits.float()).to(logits.dtype)
+        first = choice.argmax(dim=-1, keepdim=True)
+        w1 = self._weight(logits, first)
+        rest = torch.scatter(logits, -1, first, float("-inf"))
+        second = torch.scatter(choice, -1, first, float("-inf")).argmax(dim=-1, keepdim=True)
+        w2 = self._weight(rest, second, logits)
+        return torch.cat((w1, w2), dim=-1), torch.cat((first, second), dim=-1)
+
+    def _weight(self, scores: torch.Tensor, pick: torch.Tensor, full: torch.Tensor | None = None) -> torch.Tensor:
+        full = scores if full is None else full
+        threshold = scores.gather(-1, pick)
+        factor = full.abs().clamp(min=threshold)
+        masked = scores.masked_fill(((threshold - full) / factor) > (2 * self.jitter_eps), float("-inf"))
+        return torch.softmax(masked, dim=-1).gather(-1, pick)

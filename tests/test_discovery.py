@@ -1,0 +1,92 @@
+"""Structural discovery and probing: routers of classes moehooks has never seen, checked against the experts'
+own inputs (torch hooks on the experts module, not moehooks' reading)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import moehooks
+from tiny import VOCAB, build
+
+IDS = torch.randint(3, VOCAB, (2, 7), generator=torch.Generator().manual_seed(3))
+
+
+def _rename_routers(model: nn.Module, forward=None) -> nn.Module:
+    """Give every router a class name no family registers (optionally a new forward)."""
+    for module in model.modules():
+        if type(module).__name__ == "Qwen3MoeTopKRouter":
+            body = {} if forward is None else {"forward": forward}
+            module.__class__ = type("BrandNewTopKRouter", (type(module),), body)
+    return model
+
+
+def _consumed(model: nn.Module) -> tuple[list[torch.Tensor], list]:
+    seen: list[torch.Tensor] = []
+    handles = [e.experts.register_forward_pre_hook(lambda m, a: seen.append(a[1].clone()))
+               for e in moehooks.adapt(model).layers]
+    return seen, handles
+
+
+def _forward(model: nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return model(IDS).logits
+
+
+def test_an_unregistered_router_class_is_identified_by_probing():
+    model = _rename_routers(build("qwen3_moe"))
+    routing = moehooks.adapt(model)
+    assert routing.family == "softmax -> top-k -> renorm"
+    assert all(e.experts is not None and not e.rule_error for e in routing.layers)
+    reference = _forward(model)
+    with moehooks.steer(model, {0: [1], 1: [1], 2: [1]}, beta=0.0):
+        assert torch.equal(_forward(model), reference)
+    seen, handles = _consumed(model)
+    with moehooks.steer(model, {0: [5], 1: [5], 2: [5]}, mode="hard"):
+        _forward(model)
+    for h in handles:
+        h.remove()
+    assert all(bool((idx == 5).any(-1).all()) for idx in seen)
+
+
+def _squared_softmax(self, hidden_states):
+    logits = nn.functional.linear(hidden_states.reshape(-1, self.hidden_dim), self.weight)
+    weights, indices = torch.topk(torch.softmax(logits, dim=-1) ** 2, self.top_k, dim=-1)
+    return logits, weights, indices
+
+
+def test_a_block_no_rule_reproduces_is_recorded_exactly_and_refused_for_steering():
+    model = _rename_routers(build("qwen3_moe"), _squared_softmax)
+    routing = moehooks.adapt(model)
+    entry = routing.layers[0]
+    assert entry.adapter.name == "unidentified"
+    assert "MoE block model.layers.0.mlp: no known rule reproduces" in entry.rule_error
+    assert "rules tried: softmax -> top-k -> renorm" in entry.rule_error
+    seen, handles = _consumed(model)
+    with moehooks.record(model) as rec:
+        _forward(model)
+    for h in handles:
+        h.remove()
+    expected = torch.stack([torch.bincount(i.reshape(-1), minlength=8) for i in seen])
+    assert torch.equal(rec.counts(), expected)
+    with pytest.raises(moehooks.UnsupportedModelError, match=r"layer 0 cannot be steered: MoE block model\.layers\.0"):
+        moehooks.steer(model, {0: [1]})
+
+
+def test_probing_inside_an_open_context_does_not_reach_its_hooks():
+    model = build("qwen3_moe")
+    with moehooks.record(model) as rec:
+        _forward(model)
+        moehooks.adapt(model.to(torch.float64).to(torch.float32))  # new tensors: the blocks are probed again
+        tokens = rec.tokens().clone()
+    assert torch.equal(tokens, torch.full((3,), IDS.numel()))
+
+
+def test_probed_rules_reproduce_the_router_in_bf16():
+    model = _rename_routers(build("qwen3_moe")).to(torch.bfloat16)
+    routing = moehooks.adapt(model)
+    assert all(not e.rule_error for e in routing.layers)
+    reference = _forward(model)
+    with moehooks.steer(model, {0: [2]}, beta=0.0):
+        assert torch.equal(_forward(model), reference)
