@@ -314,8 +314,7 @@ class Tracker:
                 raise ValueError(f"{self._model_name}.forward inside generate_batch: a segment of {b - a} tokens at "
                                  f"position {positions[a]} is neither a whole prompt nor a decode step")
         real = bounds[-1]
-        valid = torch.zeros(seq, dtype=torch.long)
-        valid[:real] = 1  # columns past the last segment pad static shapes
+        valid = [1] * real + [0] * (seq - real)  # columns past the last segment pad static shapes
         phase_t, sample_t, valid = (torch.tensor(x, dtype=torch.long).to(device) for x in (phase, sample, valid))
         phases = tuple(sorted(set(phase[:real]))) or (0,)
         batch = self._batch(inputs, ids, 1, seq, device, 0, 0, 0, valid, valid, packed.first_sample,

@@ -28,6 +28,7 @@ with other settings starts a new result set in the same file (the old rows are k
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import dataclasses
 import json
@@ -379,21 +380,8 @@ def build_inputs(processor: Any, items: Sequence[Item], *, as_text: bool = False
     prompts: list[str] = []
     images: list[Any] = []
     for item in items:
-        text = prompt_text(item, as_text=as_text)
-        with_image = item.image is not None and not as_text
-        if with_image and not multimodal:
-            raise ValueError(
-                f"item {item.id!r} has an image but the processor ({type(processor).__name__}) has no image "
-                "processor: pass a multimodal processor or as_text=True"
-            )
-        if multimodal:
-            content: Any = [{"type": "image"}] * len(item.image_paths()) if with_image else []
-            content.append({"type": "text", "text": text})
-        else:
-            content = text
-        messages = [{"role": "user", "content": content}]
-        prompts.append(processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-        if with_image:
+        prompts.append(_chat_prompt(processor, item, as_text=as_text, multimodal=multimodal))
+        if item.image is not None and not as_text:
             images.extend(_open_rgb(item))
     tokenizer = _tokenizer(processor)
     side = tokenizer.padding_side
@@ -404,6 +392,24 @@ def build_inputs(processor: Any, items: Sequence[Item], *, as_text: bool = False
         return tokenizer(prompts, padding=True, return_tensors="pt", add_special_tokens=False)
     finally:
         tokenizer.padding_side = side
+
+
+def _chat_prompt(processor: Any, item: Item, *, as_text: bool, multimodal: bool) -> str:
+    """The single-turn chat prompt of ``item`` ending in the assistant turn (see :func:`build_inputs`)."""
+    text = prompt_text(item, as_text=as_text)
+    with_image = item.image is not None and not as_text
+    if with_image and not multimodal:
+        raise ValueError(
+            f"item {item.id!r} has an image but the processor ({type(processor).__name__}) has no image "
+            "processor: pass a multimodal processor or as_text=True"
+        )
+    if multimodal:
+        content: Any = [{"type": "image"}] * len(item.image_paths()) if with_image else []
+        content.append({"type": "text", "text": text})
+    else:
+        content = text
+    messages = [{"role": "user", "content": content}]
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def _batches(items: Sequence[Item], batch_size: int) -> Iterator[Sequence[Item]]:
@@ -424,6 +430,7 @@ def generate_answers(
     generation_kwargs: Mapping[str, Any] | None = None,
     context: Callable[[], AbstractContextManager[Any]] | None = None,
     as_text: bool = False,
+    continuous: bool = False,
 ) -> list[str]:
     """Generate one answer per item (greedy unless ``generation_kwargs`` says otherwise), in item order.
 
@@ -438,6 +445,9 @@ def generate_answers(
         generation_kwargs: extra ``generate`` arguments, overriding ``do_sample=False``.
         context: zero-argument callable returning a context manager entered around each ``generate`` call.
         as_text: prompt image items with their ``text_reference`` instead of the image.
+        continuous: generate with continuous batching (``model.generate_batch``, paged attention): ``batch_size``
+            requests are scheduled together and each ends when its answer does, instead of padded batches
+            that run until their longest answer. Text prompts only (``generate_batch`` takes token ids).
     """
     tokenizer = _tokenizer(processor)
     kwargs: dict[str, Any] = {"do_sample": False, "max_new_tokens": max_new_tokens, **(generation_kwargs or {})}
@@ -446,6 +456,9 @@ def generate_answers(
         kwargs.setdefault("pad_token_id", pad)
     device = getattr(model, "device", torch.device("cpu"))
     torch.manual_seed(trial_seed)
+    if continuous:
+        return [answer for batch in _batches(items, batch_size)
+                for answer in _generate_continuous(model, processor, batch, kwargs, context, as_text)]
     answers: list[str] = []
     for batch in _batches(items, batch_size):
         inputs = build_inputs(processor, batch, as_text=as_text).to(device)
@@ -454,6 +467,47 @@ def generate_answers(
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
         answers.extend(text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
     return answers
+
+
+def _generate_continuous(model: Any, processor: Any, items: Sequence[Item], kwargs: Mapping[str, Any],
+                         context: Callable[[], AbstractContextManager[Any]] | None, as_text: bool) -> list[str]:
+    """Answers of ``items`` from one ``model.generate_batch`` call (paged attention while it runs)."""
+    pictured = [item.id for item in items if item.image is not None and not as_text]
+    if pictured:
+        raise ValueError(f"continuous batching takes text prompts only (transformers' generate_batch has no image "
+                         f"inputs); items with images: {pictured[:5]}; prompt them as text or use padded batches")
+    tokenizer = _tokenizer(processor)
+    multimodal = _has_image_processor(processor)
+    prompts = [tokenizer(_chat_prompt(processor, item, as_text=as_text, multimodal=multimodal),
+                         add_special_tokens=False)["input_ids"] for item in items]
+    config = copy.deepcopy(model.generation_config)
+    config.update(**kwargs)
+    attention = model.config._attn_implementation
+    if attention == "eager":
+        model.set_attn_implementation("paged|eager")
+    try:
+        with context() if context is not None else contextlib.nullcontext():
+            outputs = model.generate_batch(inputs=prompts, generation_config=config, warmup=False,
+                                           continuous_batching_config=_paged_cache(prompts, config.max_new_tokens))
+    finally:
+        model.set_attn_implementation(attention)
+    failed = [out.error for out in outputs.values() if getattr(out, "error", None)]
+    if len(outputs) != len(prompts) or failed:
+        raise RuntimeError(f"generate_batch answered {len(outputs) - len(failed)} of {len(prompts)} prompts"
+                           + (f": {failed[0]}" if failed else ""))
+    return [tokenizer.decode(out.generated_tokens, skip_special_tokens=True).strip() for out in outputs.values()]
+
+
+def _paged_cache(prompts: Sequence[Sequence[int]], max_new_tokens: int) -> Any:
+    """A paged cache sized for this workload (the default sizes it from free memory, which on a CPU means
+    allocating gigabytes), with a token budget that takes every prompt whole in the first step: the recorder
+    counts whole prompts (a prompt split into chunks cannot be told from decode steps in a packed row)."""
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    page = 256
+    pages = sum(math.ceil((len(p) + max_new_tokens) / page) for p in prompts)
+    return ContinuousBatchingConfig(num_blocks=pages + len(prompts), page_size=page,
+                                    max_batch_tokens=sum(map(len, prompts)) + len(prompts))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -787,6 +841,7 @@ def run_eval(
     as_text: bool = False,
     settings: Mapping[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    continuous: bool = False,
 ) -> list[dict[str, Any]]:
     """Generate, grade and append one result row per (method, trial, item) to ``out_path``; resumable.
 
@@ -807,6 +862,7 @@ def run_eval(
             (e.g. ``lambda: moehooks.steer(model, experts, mode="soft")``).
         settings: what else keys the rows (see :func:`eval_settings`).
         progress: called with ``(done, total)`` rows at the start and after each batch.
+        continuous: continuous batching (see :func:`generate_answers`); part of the run's settings.
 
     Returns:
         All rows of this run (``method`` with these settings) for these items, in trial then item order.
@@ -830,7 +886,8 @@ def run_eval(
     path = Path(out_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     current = eval_settings(model, items, method=method, seed=seed, max_new_tokens=max_new_tokens,
-                            generation_kwargs=generation_kwargs, as_text=as_text, settings=settings)
+                            generation_kwargs=generation_kwargs, as_text=as_text,
+                            settings={**(settings or {}), **({"batching": "continuous"} if continuous else {})})
     key = runs.settings_key(current)
     existing = read_results(path, repair=True)
     _other_settings(path, existing, method, current, key)
@@ -855,6 +912,7 @@ def run_eval(
                     generation_kwargs=generation_kwargs,
                     context=context,
                     as_text=as_text,
+                    continuous=continuous,
                 )
                 rows = []
                 for item, prediction in zip(batch, predictions):

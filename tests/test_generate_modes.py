@@ -247,6 +247,13 @@ def _cb_model():
     return net
 
 
+def _cb_options() -> dict:
+    """A small paged cache (the default sizes it from free memory) that takes the prompts whole."""
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    return dict(warmup=False, continuous_batching_config=ContinuousBatchingConfig(num_blocks=16, max_batch_tokens=64))
+
+
 def test_continuous_batching_counts_what_padded_generate_counts():
     from transformers import GenerationConfig
 
@@ -254,7 +261,7 @@ def test_continuous_batching_counts_what_padded_generate_counts():
     net, padded = _cb_model(), build("qwen3_moe")
     config = GenerationConfig(max_new_tokens=NEW, do_sample=False, eos_token_id=None, pad_token_id=0)
     with moehooks.record(net, per_sample=True) as cb:
-        out = net.generate_batch(inputs=prompts, generation_config=config)
+        out = net.generate_batch(inputs=prompts, generation_config=config, **_cb_options())
     width = max(map(len, prompts))
     ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
     mask = (torch.arange(width)[None] >= torch.tensor([width - len(p) for p in prompts])[:, None]).long()
@@ -284,7 +291,7 @@ def test_continuous_batching_steers_the_rows_padded_generate_steers():
     with moehooks.record(padded) as ref, moehooks.steer(padded, experts, mode="hard", phase="decode"):
         reference = padded.generate(**run)
     with moehooks.record(net) as cb, moehooks.steer(net, experts, mode="hard", phase="decode"):
-        out = net.generate_batch(inputs=prompts, generation_config=config)
+        out = net.generate_batch(inputs=prompts, generation_config=config, **_cb_options())
     assert [out[f"req_{i}"].generated_tokens for i in range(2)] == reference[:, 7:].tolist()
     assert torch.equal(cb.counts(phase="decode"), ref.counts(phase="decode"))
     assert not torch.equal(ref.counts(phase="decode"), plain.counts(phase="decode"))

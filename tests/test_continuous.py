@@ -1,0 +1,51 @@
+"""Evaluation with continuous batching (``generate_batch``) answers what padded ``generate`` answers."""
+
+from __future__ import annotations
+
+import pytest
+
+import moehooks
+from moehooks.evaluate import Item, generate_answers, run_eval
+from moehooks.lab import load_lab
+
+
+@pytest.fixture(scope="module")
+def lab():
+    return load_lab()
+
+
+def _items() -> list[Item]:
+    # mixed lengths: one- and two-digit sums, and a longer general-task prompt
+    questions = ["3+4=", "12+9=", "7+7=", "Reverse: QXB", "1+1=", "25+30="]
+    return [Item(id=str(i), question=q, answer="") for i, q in enumerate(questions)]
+
+
+@pytest.mark.parametrize("steered", [False, True])
+def test_continuous_batching_answers_like_padded_batches(lab, steered):
+    model, processor = lab
+    experts = {layer: [0, 1] for layer in moehooks.adapt(model).layer_ids}
+
+    def context():
+        return moehooks.steer(model, experts, mode="soft", beta=1.0)
+
+    options = dict(max_new_tokens=6, context=context if steered else None, batch_size=4)
+    padded = generate_answers(model, processor, _items(), **options)
+    continuous = generate_answers(model, processor, _items(), continuous=True, **options)
+    assert continuous == padded
+    assert not model.config._attn_implementation.startswith("paged")  # restored after generate_batch
+
+
+def test_continuous_batching_is_part_of_the_run_settings(lab, tmp_path):
+    model, processor = lab
+    items = [Item(id="a", question="3+4=", answer="7"), Item(id="b", question="2+2=", answer="4")]
+    first = run_eval(model, processor, items, tmp_path / "r.jsonl", max_new_tokens=4)
+    second = run_eval(model, processor, items, tmp_path / "r.jsonl", max_new_tokens=4, continuous=True)
+    assert first[0]["run"] != second[0]["run"]
+    assert [r["prediction"] for r in first] == [r["prediction"] for r in second]
+
+
+def test_continuous_batching_refuses_image_prompts(lab):
+    model, processor = lab
+    item = Item(id="img", question="?", answer="1", image=str(moehooks.lab.DATA_DIR / "missing.png"))
+    with pytest.raises(ValueError, match="text prompts only.*img"):
+        generate_answers(model, processor, [item], continuous=True, max_new_tokens=2)
