@@ -575,7 +575,9 @@ def eval_cmd(
     top_p: Optional[float] = TOP_P,
     top_k: Optional[int] = TOP_K,
     generate: list[str] = GENERATE,
-    batch_size: int = typer.Option(8, help="generation batch size"),
+    batch_size: int = typer.Option(8, help="generation batch size (requests per call with --continuous-batching)"),
+    continuous_batching: bool = typer.Option(False, "--continuous-batching",
+                                             help="schedule requests with generate_batch (text prompts only)"),
     out: Path = typer.Option(Path("runs/eval.jsonl"), "--out", "-o", help="results JSONL (resumable)"),
     allow_mismatch: bool = typer.Option(False, "--allow-mismatch",
                                         help="use --experts recorded on other router weights (warns)"),
@@ -605,7 +607,7 @@ def eval_cmd(
     _check_model(model, trust_remote_code, revision, dtype=load.get("dtype", "auto"), attn=attn)
     plan = pipeline.plan_eval(items, out, experts=experts, mode=mode, beta=spec.beta if beta is None else beta,
                               as_text=as_text, limit=limit, trials=trials, seed=seed, batch_size=batch_size,
-                              max_new_tokens=tokens)
+                              max_new_tokens=tokens, continuous=continuous_batching)
     lm, processor, spec = _load(model, load.get("device_map"), load.get("dtype", "auto"), attn, trust_remote_code,
                                 revision, preset)
     spec = dataclasses.replace(spec, generation_kwargs=generation)

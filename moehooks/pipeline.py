@@ -220,7 +220,8 @@ def steer_eval(model: nn.Module, processor: Any, items: Sequence[Item], experts:
                out_dir: str | Path, *, methods: Sequence[str] = METHODS, beta: float = 0.5, epsilon: float = 1e-3,
                layers: Sequence[int] | None = None, seed: int = 0, trials: int = 1, batch_size: int = 32,
                max_new_tokens: int = 16, generation_kwargs: dict[str, Any] | None = None,
-               settings: dict[str, Any] | None = None, progress: Progress = None) -> SteerResult:
+               settings: dict[str, Any] | None = None, progress: Progress = None,
+               continuous: bool = False) -> SteerResult:
     """Evaluate ``items`` without steering and with each steering method; resumable (results JSONL).
 
     ``soft`` boosts ``experts`` by ``beta`` sigma, ``hard`` forces them, ``random`` soft-boosts as many random
@@ -229,7 +230,8 @@ def steer_eval(model: nn.Module, processor: Any, items: Sequence[Item], experts:
     :func:`method_settings`), so a rerun with other settings starts a new result set and the summary counts
     only this run's rows. Launched as several processes, each evaluates its share of the items into
     ``results.rank{r}.jsonl`` and the main process merges them into ``results.jsonl``
-    (``moehooks.distributed.sharded_eval``).
+    (``moehooks.distributed.sharded_eval``). ``continuous=True`` generates with continuous batching
+    (``moehooks.evaluate.generate_answers``; text prompts only).
     """
     methods = check_steer_options(methods=methods, beta=beta, epsilon=epsilon, trials=trials, batch_size=batch_size,
                                   max_new_tokens=max_new_tokens)
@@ -237,6 +239,8 @@ def steer_eval(model: nn.Module, processor: Any, items: Sequence[Item], experts:
     common = dict(settings or {})
     common.setdefault("model", runs.model_identity(model))
     common.setdefault("items", {"digest": evaluate.items_digest(items)})
+    if continuous:
+        common["batching"] = "continuous"
     used: dict[str, dict[int, list[int]]] = {}
     contexts: dict[str, Callable[[], Any] | None] = {"baseline": None}
     for mode in [m for m in methods if m != "baseline"]:
@@ -259,7 +263,7 @@ def steer_eval(model: nn.Module, processor: Any, items: Sequence[Item], experts:
         try:
             rows += distributed.sharded_eval(model, processor, items, results, state=state, trials=trials,
                                              batch_size=batch_size, context=contexts[method], settings=extra,
-                                             progress=step, **options)
+                                             progress=step, continuous=continuous, **options)
         except runs.RunInterrupted as stop:
             raise runs.RunInterrupted(results, offset + stop.saved, total) from None
         offset += trials * share
@@ -328,7 +332,8 @@ class EvalPlan:
 
 def plan_eval(items_path: str | Path, out_path: str | Path, *, experts: str | Path | None = None,
               mode: str | None = None, beta: float = 0.5, as_text: bool = False, limit: int | None = None,
-              trials: int = 1, seed: int = 0, batch_size: int = 8, max_new_tokens: int = 512) -> EvalPlan:
+              trials: int = 1, seed: int = 0, batch_size: int = 8, max_new_tokens: int = 512,
+              continuous: bool = False) -> EvalPlan:
     """Check an evaluation before any model is loaded: options, the items file, the expert-set artefact (content
     hash, kind, expert ids) and the output file. ``mode`` (soft, hard, random; default soft) needs ``experts``.
 
@@ -359,7 +364,7 @@ def plan_eval(items_path: str | Path, out_path: str | Path, *, experts: str | Pa
     return EvalPlan(items_path=Path(items_path), items=items, method=method, beta=beta, artefact=artefact,
                     experts_path=None if experts is None else Path(experts),
                     options=dict(as_text=as_text, trials=trials, seed=seed, batch_size=batch_size,
-                                 max_new_tokens=max_new_tokens))
+                                 max_new_tokens=max_new_tokens, continuous=continuous))
 
 
 @dataclass
@@ -384,6 +389,8 @@ def run_plan(model: nn.Module, processor: Any, plan: EvalPlan, out_path: str | P
     out = Path(out_path)
     settings: dict[str, Any] = {"items": runs.file_identity(plan.items_path),
                                 "model": runs.model_identity(model, spec.alias or spec.source)}
+    if plan.options.get("continuous"):
+        settings["batching"] = "continuous"
     context = None
     if plan.artefact is not None:
         artefacts.check_model(plan.artefact, model, allow_mismatch=allow_mismatch, path=plan.experts_path)

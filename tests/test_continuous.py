@@ -49,3 +49,23 @@ def test_continuous_batching_refuses_image_prompts(lab):
     item = Item(id="img", question="?", answer="1", image=str(moehooks.lab.DATA_DIR / "missing.png"))
     with pytest.raises(ValueError, match="text prompts only.*img"):
         generate_answers(model, processor, [item], continuous=True, max_new_tokens=2)
+
+
+def test_eval_command_runs_with_continuous_batching(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps({"id": str(i), "question": f"{i}+2=", "answer": str(i + 2)}) + "\n"
+                             for i in range(4)))
+    out = tmp_path / "eval.jsonl"
+    cli = Path(__file__).resolve().parents[1] / "cli.py"
+    done = subprocess.run([sys.executable, str(cli), "eval", str(items), "--model", "lab", "--continuous-batching",
+                           "--max-new-tokens", "4", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 4 and sum(r["correct"] for r in rows) >= 3
+    summary = json.loads(out.with_name("eval.summary.json").read_text())
+    assert summary["settings"]["batching"] == "continuous"
