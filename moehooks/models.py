@@ -41,6 +41,7 @@ PAPER_BENCHMARKS: tuple[str, ...] = ("math500", "gpqa-physics", "gpqa-chemistry"
 """The paper's six benchmarks (names of ``moehooks.benchmarks.RECIPES``), the default set of its aliases."""
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_CACHED_SNAPSHOT = re.compile(r"/models--([^/]+?)--([^/]+)/snapshots/[^/]+$")
 
 
 class ModelNotFoundError(MissingFileError):
@@ -180,8 +181,9 @@ ALIASES: dict[str, ModelSpec] = {
 def resolve(name_or_path: str | Path, preset: str | None = None) -> ModelSpec:
     """Turn an alias, a local directory or a hub id into a :class:`ModelSpec`.
 
-    A hub id or directory that belongs to an alias gets that alias's settings; anything else gets the defaults,
-    or with ``preset`` (an alias) that alias's settings applied to it.
+    A hub id or directory that belongs to an alias gets that alias's settings (a directory also when it is the
+    alias's snapshot in a Hugging Face cache, ``.../models--Qwen--Qwen3-VL-30B-A3B-Instruct/snapshots/<commit>``);
+    anything else gets the defaults, or with ``preset`` (an alias) that alias's settings applied to it.
 
     Example:
         >>> resolve("llama4-scout").beta
@@ -205,9 +207,12 @@ def resolve(name_or_path: str | Path, preset: str | None = None) -> ModelSpec:
             return spec
     path = Path(name).expanduser()
     if path.is_dir():
+        cached = _CACHED_SNAPSHOT.search(path.resolve().as_posix())
         for spec in ALIASES.values():
             if Path(spec.source).is_dir() and path.resolve() == Path(spec.source).resolve():
                 return spec
+            if cached and f"{cached[1]}/{cached[2]}" == spec.source:
+                return dataclasses.replace(spec, source=str(path))
         return ModelSpec(source=str(path))
     if _HUB_ID.match(name):
         return ModelSpec(source=name)

@@ -288,3 +288,13 @@ def test_dry_run_with_task_files_prints_the_settings(nothing_loads: None) -> Non
     for text in ("arith_image_noisy.jsonl", "layers 2-3, tau 0.1, beta 1.0",
                  "generation: max_new_tokens=8, do_sample=False, repetition_penalty=1.1"):
         assert text in output, text
+
+
+def test_a_cached_snapshot_directory_keeps_its_alias(tmp_path: Path) -> None:
+    snapshot = tmp_path / "hub" / "models--Qwen--Qwen3-VL-30B-A3B-Instruct" / "snapshots" / "0123abc"
+    snapshot.mkdir(parents=True)
+    spec = models.resolve(str(snapshot))
+    assert (spec.alias, spec.source, spec.layers) == ("qwen3-vl", str(snapshot), (6, 42))
+    other = tmp_path / "hub" / "models--org--other" / "snapshots" / "0123abc"
+    other.mkdir(parents=True)
+    assert models.resolve(str(other)).alias is None
