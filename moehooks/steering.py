@@ -101,7 +101,7 @@ class _RouterSteering:
                  sigma: float | None, compiled: bool) -> None:
         self.adapter = entry.adapter
         self.branch = entry.branch
-        mask = torch.zeros(entry.num_experts)  # [E] 0/1
+        mask = torch.zeros(entry.adapter.logit_width)  # [E] 0/1 (a skip class, if any, is never boosted)
         mask[ids] = 1.0
         self._gain = mask if mode == "hard" else mask * (beta * (1.0 if sigma is None else sigma))  # [E]
         fn = hard_select(self.adapter, epsilon) if mode == "hard" else soft_select(self.adapter, sigma is None)

@@ -13,6 +13,7 @@ The registry is the hand-written families (``moehooks.adapters.families()``, by 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import pprint
 import sys
@@ -88,6 +89,9 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     if args.sweep is not None:
         write_verified(args.sweep)
+        import moehooks.adapters.verified
+
+        importlib.reload(moehooks.adapters.verified)
     text = README.read_text()
     new = render(text)
     if args.check:

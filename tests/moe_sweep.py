@@ -3,9 +3,11 @@
     python tests/moe_sweep.py afmoe            # one type: prints a JSON line {type, status, rule, detail}
     python tests/moe_sweep.py --all            # every type, two processes at a time, then the table
 
-A type is found by its config: a ``PreTrainedConfig`` subclass with an expert-count field. Its config is
-shrunk field by field (hidden 32, 3 layers, 8 or 16 experts, per-layer lists cut to the new depth) and the
-model is built from the transformers class the auto mappings name. ``check`` then verifies, in fp32 and bf16,
+A type is found by its config: a ``PreTrainedConfig`` subclass (or one of its sub-configs) with an
+expert-count field. Its config is shrunk field by field (hidden 32, 3 layers, 8 or 16 experts, per-layer lists
+cut to the new depth, keeping one layer of each kind) unless ``tiny.py`` / ``tiny_vl.py`` have a hand-made one,
+and the model is built from the transformers class the auto mappings name. ``sweep`` checks each type in its
+own forked process (imports shared, address space capped). ``check`` then verifies, in fp32 and bf16,
 against the model itself (torch hooks on the modules that consume the routing, not moehooks' own reading):
 
 * ``moehooks.adapt`` finds the MoE blocks;
@@ -20,9 +22,9 @@ import contextlib
 import dataclasses
 import inspect
 import json
+import multiprocessing
 import os
 import resource
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -321,20 +323,31 @@ def check(model_type: str) -> dict[str, Any]:
 
 
 def run_isolated(model_type: str, timeout: float = 240.0) -> dict[str, Any]:
-    """``check`` in its own process, its address space capped at ``MEMORY_BYTES``."""
-    def cap() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_BYTES, MEMORY_BYTES))
-
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    """``check`` in its own forked process (torch and transformers already imported), its address space capped
+    at ``MEMORY_BYTES`` above what it inherits."""
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_isolated_check, args=(model_type, sender), daemon=True)
+    process.start()
+    sender.close()
     try:
-        done = subprocess.run([sys.executable, __file__, model_type], capture_output=True, text=True, timeout=timeout,
-                              preexec_fn=cap, env=env, cwd=os.path.dirname(__file__))
-    except subprocess.TimeoutExpired:
-        return dict(type=model_type, status="timeout", rule=[], detail=f"over {timeout:.0f} s")
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if not lines:
-        return dict(type=model_type, status="crashed", rule=[], detail=done.stderr.strip()[-300:])
-    return json.loads(lines[-1])
+        if not receiver.poll(timeout):
+            return dict(type=model_type, status="timeout", rule=[], detail=f"over {timeout:.0f} s")
+        return receiver.recv()
+    except EOFError:
+        return dict(type=model_type, status="crashed", rule=[], detail=f"exit code {process.exitcode}")
+    finally:
+        if process.is_alive():
+            process.kill()
+        process.join()
+
+
+def _isolated_check(model_type: str, sender) -> None:
+    inherited = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+    resource.setrlimit(resource.RLIMIT_AS, (inherited + MEMORY_BYTES, inherited + MEMORY_BYTES))
+    torch.set_num_threads(1)
+    sender.send(check(model_type))
+    sender.close()
 
 
 def sweep(types: list[str] | None = None, workers: int = 2) -> list[dict[str, Any]]:

@@ -91,6 +91,11 @@ class RouterAdapter:
                 return getattr(router, attr)
         return router.weight.shape[0]
 
+    @property
+    def logit_width(self) -> int:
+        """Columns of the router logits: ``num_experts``, plus one for a "no expert" class (ZAYA)."""
+        return self.num_experts
+
     def tensor(self, name: str, device: torch.device) -> torch.Tensor:
         """A rule tensor on ``device``; copied there once, then cached."""
         return on_device(self._on_device, self._tensors[name], device, key=name)

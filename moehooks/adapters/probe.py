@@ -312,11 +312,10 @@ def candidates(block: Block, hinted: type[RouterAdapter] | None) -> Iterator[Rou
         except Exception:  # noqa: BLE001 - the hint does not fit this router's attributes
             pass
     top_k, experts = block.indices.shape[1], block.num_experts
-    if block.logits.shape[1] != experts:
-        return
-    if top_k == 2 and hasattr(router, "router_jitter_noise"):
+    skip = block.logits.shape[1] == experts + 1  # a "no expert" class (ZAYA)
+    if top_k == 2 and hasattr(router, "router_jitter_noise") and not skip:
         yield Sparsemixer(top_k, experts, float(router.router_jitter_noise))
-    biases = [None, *_bias_candidates(block)]
+    biases = [None, *_bias_candidates(block, block.logits.shape[1])]
     group_options = [(1, 1), *_groups(block, experts, top_k)]
     scales = _scale_candidates(block, top_k)
     score_fns = list(ProbedRule.SCORES) + (["router"] if _router_score_fn(router) is not None else [])
@@ -325,13 +324,14 @@ def candidates(block: Block, hinted: type[RouterAdapter] | None) -> Iterator[Rou
             for gate, norm, post, sort in itertools.product(ProbedRule.GATES,
                                                             (True, False), scales, (True, False)):
                 yield ProbedRule(top_k, experts, score=score, gate=gate, bias=bias, groups=groups, norm=norm,
-                                 post=post, sort=sort, score_fn=_router_score_fn(router))
+                                 post=post, sort=sort, score_fn=_router_score_fn(router), skip=skip)
 
 
-def _bias_candidates(block: Block) -> list[tuple[str, torch.Tensor]]:
+def _bias_candidates(block: Block, width: int) -> list[tuple[str, torch.Tensor]]:
+    """``[width]`` float tensors of the block outside its experts: possible correction biases."""
     found = []
     for name, t in itertools.chain(block.module.named_buffers(), block.module.named_parameters()):
-        if t.dim() == 1 and t.shape[0] == block.num_experts and not _under(name, block) and t.is_floating_point():
+        if t.dim() == 1 and t.shape[0] == width and not _under(name, block) and t.is_floating_point():
             owner, _, attr = name.rpartition(".")
             found.append((name, module_tensor(block.module.get_submodule(owner) if owner else block.module, attr)))
     return found

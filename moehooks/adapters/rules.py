@@ -169,14 +169,16 @@ class ProbedRule(RouterAdapter):
 
     def __init__(self, top_k: int, num_experts: int, *, score: str, gate: str, bias: tuple[str, torch.Tensor] | None,
                  groups: tuple[int, int], norm: bool, post: tuple[str, float], sort: bool = True,
-                 score_fn: Any = None) -> None:
-        self.top_k, self.num_experts, self.sort = top_k, num_experts, sort
+                 score_fn: Any = None, skip: bool = False) -> None:
+        self.top_k, self.num_experts, self.sort, self.skip = top_k, num_experts, sort, skip
         self.score, self.gate, self.norm, self.post = score, gate, norm, post
         self.n_group, self.topk_group = groups
         self._score_fn = score_fn
         self._tensors = {} if bias is None else {"bias": bias[1]}
         self._on_device = {}
         parts = [score if score != "router" else type(score_fn).__name__]
+        if skip:
+            parts.append("+skip class")
         if bias is not None:
             parts.append(f"+{bias[0]}")
         if self.n_group > 1:
@@ -203,9 +205,24 @@ class ProbedRule(RouterAdapter):
             return self._score_fn(logits)
         return logits
 
+    @property
+    def logit_width(self) -> int:
+        return self.num_experts + int(self.skip)
+
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         kind = "sigmoid" if self.score in ("sigmoid", "sigmoid_native", "router") else "softmax"
-        return self._apply(kind, logits).float()
+        return self._apply(kind, logits).float()[:, : self.num_experts]
+
+    def select(self, logits: torch.Tensor, force: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """As ``RouterAdapter.select``; with a skip class (ZAYA: logits ``[T, E + 1]``, the last column meaning
+        "no expert") a row that picks it gets expert 0 with weight 0, as the model feeds its experts."""
+        if not self.skip:
+            return super().select(logits, force)
+        if force is not None and force.shape[-1] == self.num_experts:
+            force = nn.functional.pad(force, (0, 1))
+        weights, indices = super().select(logits, force)
+        skipped = indices == self.num_experts
+        return weights.masked_fill(skipped, 0), indices.masked_fill(skipped, 0)
 
     def scores(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scores = self._apply(self.score, logits)

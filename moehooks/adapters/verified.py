@@ -77,4 +77,4 @@ VERIFIED: dict[str, tuple[str, str]] = {'afmoe': ('sigmoid -> +expert_bias -> to
  'solar_open': ('deepseek_v3', 'ok'),
  'step3p7': ('sigmoid -> +gate.e_score_correction_bias -> top-k -> renorm', 'ok'),
  'unlimited_ocr': ('deepseek_v2', 'ok'),
- 'zaya': ('unidentified', 'record-only')}
+ 'zaya': ('softmax -> +skip class -> +gate.balancing_biases -> top-k', 'ok')}
