@@ -74,7 +74,7 @@ class Batch:
     speculative: bool = False
     packed: bool = False  # one packed row of continuous batching: columns are several requests' tokens
     modality_ids: torch.Tensor | None = None  # [batch, seq] token-type ids, for per-modality routers
-    _cache: dict[tuple[str, torch.device], torch.Tensor] = field(default_factory=dict, repr=False)
+    _cache: dict[tuple, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def rows(self) -> int:
@@ -94,6 +94,13 @@ class Batch:
             if rows != self.rows:
                 full = self._branch_rows(full, branch, rows)
             cached = self._cache[key] = full.to(device)
+        return cached
+
+    def memo(self, key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``make()`` once per call for ``key`` (row tensors that every router of the call shares)."""
+        cached = self._cache.get(key)  # type: ignore[arg-type]
+        if cached is None:
+            cached = self._cache[key] = make()  # type: ignore[index]
         return cached
 
     def _branch_rows(self, full: torch.Tensor, branch: str, rows: int) -> torch.Tensor:
@@ -121,6 +128,7 @@ class _Generate:
     first_sample: int = 0
     seen: int = 0  # positions counted so far
     alive: torch.Tensor | None = None  # [rows] 0 once a row was fed an end-of-sequence token
+    eos_ids: torch.Tensor | None = None
     cache: Any = None  # weakref to the last dynamic cache seen
 
 
@@ -343,8 +351,9 @@ class Tracker:
         if gen.alive is None:
             gen.alive = torch.ones(batch, dtype=torch.long, device=device)
         fed = ids[:, -1]
-        ended = torch.isin(fed, torch.tensor(gen.eos, device=fed.device)).long().to(device)
-        gen.alive = gen.alive * (1 - ended)
+        if gen.eos_ids is None:
+            gen.eos_ids = torch.tensor(gen.eos, device=fed.device)
+        gen.alive = gen.alive * (~torch.isin(fed, gen.eos_ids)).to(device=device, dtype=torch.long)
         return gen.alive[:, None]
 
     def _batch(self, inputs: dict[str, Any], ids: Any, batch: int, seq: int, device: torch.device, start: int,

@@ -34,25 +34,27 @@ _CELLS = len(PHASES) * len(MODALITIES)
 
 @dataclass
 class _Tables:
-    """One router's accumulators; the first axis is the cell ``phase * 2 + modality``. Token totals are the
-    counts over ``k``: every counted token adds exactly ``top_k`` distinct experts."""
+    """One router's accumulators. Rows are slots: the (phase, modality) cells ``phase * 2 + modality`` (or a
+    sample's ``sample * 2 + modality``), then one last slot that rows weighing 0 are sent to, so that no row
+    weight multiplies anything. Token totals are the counts over ``k``: every counted token adds exactly
+    ``top_k`` distinct experts."""
 
-    counts: torch.Tensor  # [cells, experts] long
-    gates: torch.Tensor  # [cells, experts] float32
-    probs: torch.Tensor  # [cells, experts] float32
+    counts: torch.Tensor  # [slots + 1, experts] long
+    gates: torch.Tensor  # [slots + 1, experts] float32
+    probs: torch.Tensor  # [slots + 1, experts] float32
     top_k: int
 
     @classmethod
-    def zeros(cls, cells: int, experts: int, top_k: int, device: torch.device) -> "_Tables":
+    def zeros(cls, slots: int, experts: int, top_k: int, device: torch.device) -> "_Tables":
         return cls(
-            torch.zeros(cells, experts, dtype=torch.long, device=device),
-            torch.zeros(cells, experts, dtype=torch.float32, device=device),
-            torch.zeros(cells, experts, dtype=torch.float32, device=device),
+            torch.zeros(slots + 1, experts, dtype=torch.long, device=device),
+            torch.zeros(slots + 1, experts, dtype=torch.float32, device=device),
+            torch.zeros(slots + 1, experts, dtype=torch.float32, device=device),
             top_k,
         )
 
     @property
-    def tokens(self) -> torch.Tensor:  # [cells] long
+    def tokens(self) -> torch.Tensor:  # [slots + 1] long
         return self.counts.sum(-1) // self.top_k
 
 
@@ -100,25 +102,21 @@ class Recorder(HookContext):
             if batch is None:
                 raise RuntimeError("a router ran outside a forward call of the model the recorder was opened on")
             rows, device = indices.shape[0], indices.device
-            count = batch.get("count", device, rows, branch)  # [rows] 0/1
-            cell = batch.get("cell", device, rows, branch)  # [rows] phase*2 + modality
             tables = self._tables[i]
             if tables is None:
                 self.top_k[i] = indices.shape[1]  # the choices each row really carries
                 tables = self._tables[i] = _Tables.zeros(_CELLS, experts, self.top_k[i], device)
+            slot = _slots(batch, device, rows, branch, "cell", _CELLS)
             logits, weights = logits.detach(), weights.detach()
-            call = (cell, count, logits, weights, indices)
-            _accumulate(tables, *call, adapter.probs, experts)
-            self._last[i] = (call, batch.seq) if batch.speculative else None
+            _accumulate(tables, slot, logits, weights, indices, adapter.probs, experts)
+            self._last[i] = (batch, device, rows, branch, logits, weights, indices) if batch.speculative else None
             if self._trace is not None:
-                self._trace.add(f"layer{i}", indices, weights, count, batch.get("image", device, rows, branch),
-                                batch.get("phase", device, rows, branch))
+                self._trace.add(f"layer{i}", indices, weights, batch.get("count", device, rows, branch),
+                                batch.get("image", device, rows, branch), batch.get("phase", device, rows, branch))
             if self.per_sample and 0 in batch.phases:
-                sample_tables = self._sample_tables(i, batch, device)
-                image = batch.get("image", device, rows, branch)
-                sample = batch.get("sample", device, rows, branch) * len(MODALITIES) + image
-                prompt = count * (1 - batch.get("phase", device, rows, branch))
-                _accumulate(sample_tables, sample, prompt, logits, weights, indices, adapter.probs, experts)
+                sample = _slots(batch, device, rows, branch, "sample", batch.samples * len(MODALITIES))
+                _accumulate(self._sample_tables(i, batch, device), sample, logits, weights, indices, adapter.probs,
+                            experts)
 
         return record_hook
 
@@ -127,12 +125,15 @@ class Recorder(HookContext):
         for i, last in enumerate(self._last):
             if last is None:
                 continue
-            (cell, count, logits, weights, indices), seq = last
-            keep = (torch.arange(seq, device=count.device) < seq - positions).long().repeat(count.shape[0] // seq)
-            _accumulate(self._tables[i], cell, -(count * (1 - keep)), logits, weights, indices,
-                        self._probs[i], self.num_experts)
+            batch, device, rows, branch, logits, weights, indices = last
+            seq = batch.seq
+            rejected = (torch.arange(seq, device=device) >= seq - positions).long().repeat(rows // seq)
+            count = batch.get("count", device, rows, branch) * rejected
+            cell = batch.get("cell", device, rows, branch)
+            slot = cell + (_CELLS - cell) * (1 - count)
+            _accumulate(self._tables[i], slot, logits, weights, indices, self._probs[i], self.num_experts, alpha=-1)
             if self._trace is not None:
-                self._trace.retract(f"layer{i}", keep)
+                self._trace.retract(f"layer{i}", 1 - rejected)
             self._last[i] = None
 
     def _closed(self) -> None:
@@ -187,7 +188,8 @@ class Recorder(HookContext):
         device = self._tables[0].counts.device
         per_layer = []
         for chunks in self._samples:
-            parts = [getattr(t, what).to(device).unflatten(0, (-1, len(MODALITIES)))[:, mods].sum(1) for _, t in chunks]
+            parts = [getattr(t, what)[:-1].to(device).unflatten(0, (-1, len(MODALITIES)))[:, mods].sum(1)
+                     for _, t in chunks]
             per_layer.append(torch.cat(parts) if parts else torch.zeros(0, device=device))
         return torch.stack(per_layer, dim=1)
 
@@ -197,15 +199,38 @@ class Recorder(HookContext):
         return self._tables  # type: ignore[return-value]
 
 
-def _accumulate(tables: _Tables, cell: torch.Tensor, valid: torch.Tensor, logits: torch.Tensor,
-                weights: torch.Tensor, indices: torch.Tensor, probs_fn, experts: int) -> None:
-    """Add one router call to ``tables`` (rows weighted by ``valid``, 0/1 or -1 to retract); no host sync."""
-    k = indices.shape[1]
-    flat = ((cell * experts).unsqueeze(1) + indices).reshape(-1)  # [rows * k] into tables.counts.view(-1)
-    column = valid.unsqueeze(1)
-    tables.counts.view(-1).index_add_(0, flat, column.expand(-1, k).reshape(-1))
-    tables.gates.view(-1).index_add_(0, flat, (weights.float() * column).reshape(-1))
-    tables.probs.index_add_(0, cell, probs_fn(logits) * column)
+def _slots(batch: Batch, device: torch.device, rows: int, branch: str, kind: str, trash: int) -> torch.Tensor:
+    """Each row's slot (shared by the routers of a call): ``kind`` ``"cell"`` (phase, modality) where the row
+    is counted, ``"sample"`` (sample, modality) where it is a counted prompt row; else the last slot ``trash``."""
+
+    def make() -> torch.Tensor:
+        counted = batch.get("count", device, rows, branch)
+        if kind == "cell":
+            cells = batch.get("cell", device, rows, branch)
+        else:
+            image = batch.get("image", device, rows, branch)
+            cells = batch.get("sample", device, rows, branch) * len(MODALITIES) + image
+            counted = counted * (1 - batch.get("phase", device, rows, branch))
+        return cells + (trash - cells) * (1 - counted)
+
+    return batch.memo(("slot", kind, device, rows, branch), make)
+
+
+_ONES: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
+def _accumulate(tables: _Tables, slot: torch.Tensor, logits: torch.Tensor, weights: torch.Tensor,
+                indices: torch.Tensor, probs_fn, experts: int, alpha: int = 1) -> None:
+    """Add one router call to ``tables`` by slot (``alpha=-1`` takes it back); no host synchronisation."""
+    flat = (slot.unsqueeze(1) * experts + indices).reshape(-1)  # [rows * k] into tables.counts.view(-1)
+    ones = _ONES.get((flat.shape[0], flat.device))
+    if ones is None:
+        if len(_ONES) > 64:
+            _ONES.clear()
+        ones = _ONES[(flat.shape[0], flat.device)] = torch.ones(flat.shape[0], dtype=torch.long, device=flat.device)
+    tables.counts.view(-1).index_add_(0, flat, ones, alpha=alpha)
+    tables.gates.view(-1).index_add_(0, flat, weights.float().reshape(-1), alpha=alpha)
+    tables.probs.index_add_(0, slot, probs_fn(logits).float(), alpha=alpha)
 
 
 def _modalities(modality: str) -> list[int]:

@@ -268,6 +268,6 @@ def test_recorder_memory_does_not_grow_with_generated_tokens(per_sample: bool) -
         assert int(rec.tokens(phase="decode")[0]) == 3 * (new_tokens - 1)
     assert retained[8] == retained[64]
     routers, experts = len(rec.layers), rec.num_experts
-    cells = 4 + (3 * 2 if per_sample else 0)  # (phase, modality) cells, plus (sample, modality) rows
+    cells = 4 + 1 + (3 * 2 + 1 if per_sample else 0)  # (phase, modality) cells, (sample, modality) rows, +1 unused slot each
     tables = 3 * routers * (2 if per_sample else 1)  # counts, gates, probs (token totals are counts / top-k)
     assert retained[64][1] == (tables, routers * cells * experts * (8 + 4 + 4))
