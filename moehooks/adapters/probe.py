@@ -30,7 +30,7 @@ from .rules import ProbedRule, Sparsemixer
 
 #: tokens of each probe call: odd sizes, so that vectorised kernels also run their scalar tails (whose rounding
 #: can differ from the vector path's), and a rule must reproduce every call
-PROBE_TOKENS = (61, 7, 3)
+PROBE_TOKENS = (61, 13, 7, 3, 1)
 _INDEX_ARG = re.compile(r"ind|idx|selected")
 _WEIGHT_ARG = re.compile(r"weight|score|prob|gate")
 
