@@ -296,3 +296,29 @@ def test_continuous_batching_steers_the_rows_padded_generate_steers():
     assert torch.equal(cb.counts(phase="decode"), ref.counts(phase="decode"))
     assert not torch.equal(ref.counts(phase="decode"), plain.counts(phase="decode"))
     assert torch.equal(cb.counts(phase="prefill"), plain.counts(phase="prefill"))
+
+
+@pytest.mark.parametrize("phase", ["prefill", "decode"])
+def test_phase_scoped_steering_under_prompt_lookup_is_greedy_steering(model, phase):
+    """Prompt-lookup decoding is lossless for greedy search: steered, it must give the steered greedy tokens."""
+    ids = torch.tensor([[5, 6, 7, 8, 5, 6, 7, 8, 5, 6, 7]])
+    experts = {layer: [0, 1] for layer in moehooks.adapt(model).layer_ids}
+    run = dict(input_ids=ids, attention_mask=torch.ones_like(ids), **{**GREEDY, "max_new_tokens": 10})
+    with moehooks.steer(model, experts, mode="hard", phase=phase):
+        reference = model.generate(**run)
+    with moehooks.steer(model, experts, mode="hard", phase=phase):
+        looked_up = model.generate(**run, prompt_lookup_num_tokens=3)
+    assert torch.equal(looked_up, reference)
+
+
+def test_phase_scoped_steering_under_beam_search_touches_only_its_phase(model):
+    ids, mask = _prompts()
+    experts = {layer: [0, 1] for layer in moehooks.adapt(model).layer_ids}
+    run = dict(input_ids=ids, attention_mask=mask, num_beams=2, **GREEDY)
+    with moehooks.record(model) as plain:
+        model.generate(**run)
+    with moehooks.record(model) as rec, moehooks.steer(model, experts, mode="hard", phase="decode"):
+        model.generate(**run)
+    assert torch.equal(rec.counts(phase="prefill"), plain.counts(phase="prefill"))
+    forced = rec.counts(phase="decode")[:, :2]
+    assert torch.equal(forced, rec.tokens(phase="decode")[:, None].expand(-1, 2))  # every decode row chose 0 and 1
