@@ -307,14 +307,18 @@ def format_plan(plan: Plan) -> str:
 
 
 def _hub_reachable(repo_id: str, repo_type: str) -> str | None:
-    """``None`` when the hub answers for ``repo_id``, else why not (one line)."""
-    from huggingface_hub import HfApi
+    """``None`` when ``repo_id`` can be downloaded now, else why not (one line): the hub does not answer, or
+    the repository is gated and no Hugging Face token is set."""
+    from huggingface_hub import HfApi, get_token
 
     api = HfApi()
     try:
-        (api.dataset_info if repo_type == "dataset" else api.model_info)(repo_id, timeout=10)
-    except Exception as err:  # no network, unknown or gated repository: all mean it cannot be fetched now
+        info = (api.dataset_info if repo_type == "dataset" else api.model_info)(repo_id, timeout=10)
+    except Exception as err:  # no network, unknown or private repository: all mean it cannot be fetched now
         return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".strip()
+    if getattr(info, "gated", False) and get_token() is None:
+        return (f"{repo_id} is gated: accept its terms on https://huggingface.co/{repo_type}s/{repo_id} and log in "
+                "with `huggingface-cli login`")
     return None
 
 
@@ -357,7 +361,7 @@ def missing_checkpoint(source: str) -> str | None:
         return f"checkpoint {source}: not (fully) in the Hugging Face cache at {constants.HF_HUB_CACHE}; {hint}"
     why = _hub_reachable(source, "model")
     return None if why is None else (f"checkpoint {source}: not in the Hugging Face cache at "
-                                     f"{constants.HF_HUB_CACHE} and the hub cannot be reached ({why}); {hint}")
+                                     f"{constants.HF_HUB_CACHE} and not downloadable now ({why}); {hint}")
 
 
 def _missing_dataset(name: str, data_dir: str | None, split: str | None = None) -> str | None:
@@ -378,7 +382,7 @@ def _missing_dataset(name: str, data_dir: str | None, split: str | None = None) 
     unreachable = _hub_reachable(str(recipe.hub_id), "dataset")
     if unreachable is None:
         return None
-    return (f"{label}: not in the Hugging Face cache at {constants.HF_HUB_CACHE} and the hub cannot be reached "
+    return (f"{label}: not in the Hugging Face cache at {constants.HF_HUB_CACHE} and not downloadable now "
             f"({unreachable}); {hint}")
 
 

@@ -298,3 +298,23 @@ def test_a_cached_snapshot_directory_keeps_its_alias(tmp_path: Path) -> None:
     other = tmp_path / "hub" / "models--org--other" / "snapshots" / "0123abc"
     other.mkdir(parents=True)
     assert models.resolve(str(other)).alias is None
+
+
+def test_online_preflight_names_a_gated_dataset_without_token(offline_cache: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    gated = {"Idavidrein/gpqa": "manual"}
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info",
+                        lambda self, repo_id, **_: types.SimpleNamespace(gated=gated.get(repo_id, False)))
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", lambda self, repo_id, **_: types.SimpleNamespace())
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    pieces = protocol.missing(protocol.make_plan("qwen3-vl", "math500,gpqa-physics", cuda=False))
+    assert len(pieces) == 1 and pieces[0].startswith("dataset Idavidrein/gpqa (gpqa_diamond), split train")
+    assert "is gated: accept its terms on https://huggingface.co/datasets/Idavidrein/gpqa" in pieces[0]
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_x")
+    assert protocol.missing(protocol.make_plan("qwen3-vl", "gpqa-physics", cuda=False)) == []
