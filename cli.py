@@ -33,7 +33,7 @@ console = Console()
 
 MODEL = typer.Option("lab", "--model", "-m", help="alias (lab, qwen3-vl, kimi-vl, llama4-scout), local dir or hub id")
 OUT = typer.Option(Path("runs"), "--out", "-o", help="output directory")
-LAB_TASKS = typer.Option("noisy", help="lab image tasks without --tasks: noisy (unseen degradation) or clean")
+LAB_TASKS = typer.Option("test", help="lab image tasks without --tasks: test, dev, clean or noisy (unseen degradation)")
 DEVICE_MAP = typer.Option(None, "--device-map", help="accelerate device map, e.g. auto")
 DTYPE = typer.Option("auto", "--dtype", help="auto, bfloat16, float16 or float32")
 ATTN = typer.Option(None, "--attn", help="attention implementation (default: flash_attention_2 on CUDA if installed, else sdpa)")
@@ -247,9 +247,11 @@ def steer(
     tau: Optional[float] = typer.Option(None, help="expert threshold in [0, 1) (default: the alias's)"),
     beta: Optional[float] = typer.Option(None, help="soft-steering strength >= 0 (default: the alias's)"),
     layers: Optional[str] = typer.Option(None, help="decoder layers, e.g. 6-42 or 3,5,7 (default: the alias's)"),
-    methods: str = typer.Option("baseline,soft,hard,random", help="comma-separated: baseline, soft, hard, random"),
+    methods: str = typer.Option("text,baseline,soft,hard,random",
+                                help="comma-separated: text, baseline, soft, hard, random"),
     trials: int = typer.Option(1, help="trials per item (seed + trial)"),
     seed: int = typer.Option(0, help="base seed (random experts, trials, samples)"),
+    random_seeds: Optional[str] = typer.Option(None, help="also report one random-expert draw per seed, e.g. 0-4"),
     limit: Optional[int] = LIMIT,
     batch_size: Optional[int] = typer.Option(None, help="generation batch size (default 8 with --benchmark, else 32)"),
     max_new_tokens: Optional[int] = MAX_NEW_TOKENS,
@@ -266,7 +268,8 @@ def steer(
     trust_remote_code: bool = TRUST,
     revision: Optional[str] = REVISION,
 ) -> None:
-    """Identify domain experts from text references, then evaluate image tasks baseline / soft / hard / random.
+    """Identify domain experts from text references, then evaluate the tasks as text, and as images baseline /
+    soft / hard / random.
 
     With a paper alias (or --preset) and no --tasks: the paper's protocol on --benchmark (default: the alias's
     six benchmarks), ending in a Table 1. Results are keyed by every setting: a rerun with the same command
@@ -295,7 +298,8 @@ def steer(
     settings = spec.settings()["generation"] | generation
     options = dict(tau=tau, beta=beta, layers=parsed_layers, methods=chosen, trials=trials, seed=seed, limit=limit,
                    batch_size=batch_size or 32, max_new_tokens=settings.pop("max_new_tokens"),
-                   generation_kwargs=settings)
+                   generation_kwargs=settings,
+                   random_seeds=runs.parse_layers(random_seeds, name="--random-seeds") or ())
     _check_steer(options)
     data = _data(tasks, references, general, model, lab_tasks)
     load = spec.load_defaults() | {k: v for k, v in (("device_map", device_map), ("dtype", dtype)) if v is not None}
@@ -337,8 +341,123 @@ def _steer(lm, processor, spec, data, out: Path, options: dict[str, Any], *, tit
         console.print(f"{mode} experts:", json.dumps(chosen))
     count = next(iter(result.summary.values())).n_items if result.summary else 0
     _print_summary(f"{title}: accuracy on {data.tasks.name}, {count} items", pipeline.format_table(result.summary))
+    if result.random_draws:
+        draws = ", ".join(f"seed {s} {100 * a:.1f}%" for s, a in result.random_draws.items())
+        mean = sum(result.random_draws.values()) / len(result.random_draws)
+        console.print(f"random experts, one draw per seed: {draws} (mean {100 * mean:.1f}%)")
     console.print(f"results: {result.results}  summary: {out / 'summary.json'}  plots: "
                   f"{', '.join(map(str, result.files))}", highlight=False, markup=False)
+
+
+@app.command()
+@command
+def tune(
+    model: str = MODEL,
+    tasks: Optional[Path] = typer.Option(None, help="development image tasks (default: the lab dev split)"),
+    references: Optional[Path] = typer.Option(None, help="domain text references (default: the tasks' text_reference)"),
+    general: Optional[Path] = typer.Option(None, help="general-domain text items"),
+    taus: str = typer.Option("0.05,0.1,0.2", help="comma-separated expert thresholds in [0, 1)"),
+    betas: str = typer.Option("0.5,1,2", help="comma-separated soft-steering strengths >= 0"),
+    layer_sets: str = typer.Option("all", help="';'-separated layer sets, e.g. 'all;1-4'"),
+    limit: Optional[int] = LIMIT,
+    max_new_tokens: int = typer.Option(8, help="tokens generated per answer"),
+    out: Path = OUT,
+    device_map: Optional[str] = DEVICE_MAP,
+    dtype: str = DTYPE,
+    attn: Optional[str] = ATTN,
+    trust_remote_code: bool = TRUST,
+    revision: Optional[str] = REVISION,
+) -> None:
+    """Choose tau, beta and layers on a development split by soft-steering accuracy; writes tune/tune.json.
+
+    Example: python cli.py tune --layer-sets 'all;1-4'    # the lab dev split
+    """
+    from moehooks import pipeline
+
+    grid = _tune_grid(taus, betas, layer_sets)
+    _check_counts(limit=limit, max_new_tokens=max_new_tokens)
+    _check_model(model, trust_remote_code, revision, dtype=dtype, attn=attn)
+    data = _data(tasks, references, general, model, "dev")
+    loaded = pipeline.load_study(data, limit)
+    runs.check_output_dir(out / "tune")
+    lm, processor, spec = _load(model, device_map, dtype, attn, trust_remote_code, revision)
+    _tune(lm, processor, spec, loaded, data.tasks.name, grid, max_new_tokens, out / "tune", title=model)
+
+
+def _tune_grid(taus: str, betas: str, layer_sets: str) -> dict[str, list]:
+    """The grid of ``tune``, parsed and checked with its flag names."""
+    try:
+        values = {"taus": [float(v) for v in taus.split(",")], "betas": [float(v) for v in betas.split(",")]}
+    except ValueError:
+        raise runs.UsageError(f"--taus {taus!r} / --betas {betas!r}: expected comma-separated numbers") from None
+    for tau in values["taus"]:
+        runs.check_tau("--taus", tau)
+    for beta in values["betas"]:
+        runs.check_number("--betas", beta, minimum=0.0)
+    values["layer_sets"] = [None if v.strip() == "all" else runs.parse_layers(v, name="--layer-sets")
+                            for v in layer_sets.split(";")]
+    return values
+
+
+def _tune(lm, processor, spec, loaded, dataset: str, grid: dict[str, list], max_new_tokens: int, out: Path, *,
+          title: str):
+    from moehooks import pipeline
+
+    with progress_bar("tune") as update:
+        result = pipeline.tune_steering(lm, processor, loaded.tasks, loaded.references, loaded.general, **grid,
+                                        max_new_tokens=max_new_tokens,
+                                        generation_kwargs=dict(spec.generation_kwargs) or None, progress=update)
+    table = Table(title=f"{title}: soft steering on {dataset}, {len(loaded.tasks)} items "
+                        f"(baseline {100 * result.baseline:.1f}%)")
+    for col in ("tau", "layers", "beta", "experts", "accuracy %"):
+        table.add_column(col, justify="right")
+    for row in result.rows:
+        layers = "all" if row["layers"] is None else f"{row['layers'][0]}-{row['layers'][-1]}"
+        table.add_row(f"{row['tau']:g}", layers, f"{row['beta']:g}", str(sum(map(len, row["experts"].values()))),
+                      f"{100 * row['accuracy']:.1f}")
+    console.print(table)
+    best = result.best
+    console.print(f"chosen: tau {best['tau']:g}, beta {best['beta']:g}, layers {best['layers'] or 'all'}")
+    pipeline.write_json(out / "tune.json", {"baseline": result.baseline, "rows": result.rows, "best": best})
+    return result
+
+
+@app.command()
+@command
+def read(
+    model: str = MODEL,
+    tasks: Optional[Path] = typer.Option(None, help="image tasks with text_reference (default: lab data)"),
+    lab_tasks: str = LAB_TASKS,
+    question: str = typer.Option("Read the image.", help="the prompt asking to transcribe the image"),
+    limit: Optional[int] = LIMIT,
+    device_map: Optional[str] = DEVICE_MAP,
+    dtype: str = DTYPE,
+    attn: Optional[str] = ATTN,
+    trust_remote_code: bool = TRUST,
+    revision: Optional[str] = REVISION,
+) -> None:
+    """Reading probe: share of image tasks whose image the model transcribes exactly (their text_reference).
+
+    Example: python cli.py read --lab-tasks test
+    """
+    from moehooks import evaluate, pipeline
+
+    _check_counts(limit=limit)
+    _check_model(model, trust_remote_code, revision, dtype=dtype, attn=attn)
+    path = _data(tasks, None, Path("-"), model, lab_tasks).tasks
+    items = evaluate.load_items(path)[:limit]
+    pipeline.read_versions(items, question)
+    lm, processor, _ = _load(model, device_map, dtype, attn, trust_remote_code, revision)
+    _read(lm, processor, items, path.name, question, title=model)
+
+
+def _read(lm, processor, items, dataset: str, question: str, *, title: str) -> None:
+    from moehooks import pipeline
+
+    with console.status("reading probe"):
+        accuracy = pipeline.read_probe(lm, processor, items, question=question)
+    console.print(f"{title}: reading probe on {dataset}: {100 * accuracy:.1f}% of {len(items)} images transcribed",
+                  highlight=False, markup=False)
 
 
 @app.command()
@@ -621,24 +740,32 @@ def eval_cmd(
 @app.command()
 @command
 def study(out: Path = OUT) -> None:
-    """The whole study on the embedded lab model, loaded once: analyze, steer (clean and noisy tasks), swap
-    (what `make run` runs).
+    """The whole study on the embedded lab model (what `make run` runs): the reading probe and routing on the test
+    split, tau / beta / layers chosen on the dev split, steering on the test split with them, the same routing and
+    steering on the undistracted control model, concept swap.
 
     Example: python cli.py study --out runs
     """
     from moehooks import evaluate, pipeline
+    from moehooks.lab import CONTROL_DIR
 
-    for lab_tasks in ("clean", "noisy"):
-        runs.check_output_dir(out / lab_tasks)
+    for name in ("dev", "test", "control", "swap"):
+        runs.check_output_dir(out / name)
+    test, dev = pipeline.lab_study("test"), pipeline.lab_study("dev")
+    items = evaluate.load_items(test.tasks)
     lm, processor, spec = _load("lab", None, "auto", None)
-    for lab_tasks in ("clean", "noisy"):
-        data = pipeline.lab_study(lab_tasks)
-        _analyze(lm, processor, evaluate.load_items(data.tasks), data.tasks.name, 0.1, out / lab_tasks / "analyze",
-                 title="lab")
-        options = dict(tau=None, beta=None, layers=None, methods=list(pipeline.METHODS), trials=1, seed=0,
-                       limit=None, batch_size=32, max_new_tokens=8)
-        _steer(lm, processor, spec, data, out / lab_tasks / "steer", options, title="lab")
+    _read(lm, processor, items, test.tasks.name, pipeline.LAB_READ_QUESTION, title="lab")
+    grid = _tune_grid("0.05,0.1,0.2", "0.5,1,2", "all;1-4")
+    best = _tune(lm, processor, spec, pipeline.load_study(dev), dev.tasks.name, grid, 8, out / "dev",
+                 title="lab").best
+    options = dict(tau=best["tau"], beta=best["beta"], layers=best["layers"], methods=list(pipeline.METHODS),
+                   trials=1, seed=0, random_seeds=range(5), limit=None, batch_size=32, max_new_tokens=8)
+    _analyze(lm, processor, items, test.tasks.name, 0.1, out / "test" / "analyze", title="lab")
+    _steer(lm, processor, spec, test, out / "test" / "steer", options, title="lab")
     _swap(lm, processor, None, "3", "5", 1.0, None, out / "swap")
+    control, processor, spec = _load(str(CONTROL_DIR), None, "auto", None)
+    _analyze(control, processor, items, test.tasks.name, 0.1, out / "control" / "analyze", title="control")
+    _steer(control, processor, spec, test, out / "control" / "steer", options, title="control")
 
 
 if __name__ == "__main__":

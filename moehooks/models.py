@@ -26,10 +26,13 @@ LAB_MODEL_DIR: Path = Path(moehooks.__file__).parent / "lab" / "model"
 """Where the embedded lab model is shipped."""
 
 LAB_TAU: float = 0.1
-"""Domain-expert threshold for the lab model: picks 9 of its 48 experts (1-3 per layer); see the README sweep."""
+"""Domain-expert threshold for the lab model, chosen on its dev split (``python cli.py tune``; README)."""
 
-LAB_BETA: float = 1.0
-"""Soft-steering strength for the lab model (the README reports 0.5, 1 and 2)."""
+LAB_BETA: float = 2.0
+"""Soft-steering strength for the lab model, chosen on its dev split with ``LAB_TAU`` and ``LAB_LAYERS``."""
+
+LAB_LAYERS: tuple[int, int] = (1, 4)
+"""Decoder layers steered on the lab model (inclusive), chosen on its dev split: its four inner layers."""
 
 DEFAULT_TAU: float = 0.3
 DEFAULT_BETA: float = 0.5
@@ -174,7 +177,8 @@ ALIASES: dict[str, ModelSpec] = {
         benchmarks=PAPER_BENCHMARKS,
         large=True,
     ),
-    "lab": ModelSpec(source=str(LAB_MODEL_DIR), alias="lab", layers=None, tau=LAB_TAU, beta=LAB_BETA, max_new_tokens=8),
+    "lab": ModelSpec(source=str(LAB_MODEL_DIR), alias="lab", layers=LAB_LAYERS, tau=LAB_TAU, beta=LAB_BETA,
+                     max_new_tokens=8),
 }
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,10 @@ from .recording import Recorder, record
 from .steering import steer
 
 Progress = Callable[[int, int], None] | None
-METHODS = ("baseline", "soft", "hard", "random")
+METHODS = ("text", "baseline", "soft", "hard", "random")
+"""Rows of a steering evaluation, as in the paper's Table 3: the text versions of the tasks (the ceiling), the
+image tasks unsteered, and with soft, hard or random steering."""
+STEER_MODES = ("soft", "hard", "random")
 
 
 @dataclass(frozen=True)
@@ -62,13 +66,14 @@ def load_study(data: StudyData, limit: int | None = None) -> StudyItems:
     return StudyItems(tasks=tasks, references=references, general=evaluate.load_items(data.general))
 
 
-def lab_study(tasks: str = "noisy") -> StudyData:
-    """The datasets shipped with the lab model: its arithmetic images, held-out renderings either ``"clean"``
-    (the trained look; image accuracy 100%) or ``"noisy"`` (lower contrast + pixel noise, never trained;
-    image accuracy well below the text accuracy, the setting the study is about)."""
+def lab_study(tasks: str = "test") -> StudyData:
+    """The datasets shipped with the lab model: its arithmetic images, held-out renderings of the ``"test"``
+    split (300: every pair in each render variant; the study reports these), the ``"dev"`` split (150; settings
+    are chosen on it), ``"clean"`` (90 more) or ``"noisy"`` (lower contrast + pixel noise, never trained)."""
     from .lab import DATA_DIR
 
-    names = {"clean": "arith_image.jsonl", "noisy": "arith_image_noisy.jsonl"}
+    names = {"test": "arith_image_test.jsonl", "dev": "arith_image_dev.jsonl", "clean": "arith_image.jsonl",
+             "noisy": "arith_image_noisy.jsonl"}
     runs.check_choice("lab tasks", tasks, tuple(names))
     return StudyData(tasks=DATA_DIR / names[tasks], references=DATA_DIR / "arith_text.jsonl",
                      general=DATA_DIR / "general_text.jsonl", swap=DATA_DIR / "swap.jsonl")
@@ -87,11 +92,24 @@ def load_model(name: str = "lab", *, device_map: str | dict[str, Any] | None = N
 
 
 def text_versions(items: Sequence[Item]) -> list[Item]:
-    """The same problems as text prompts: ``text_reference`` as the question, no image."""
+    """The same problems as text prompts: ``text_reference`` alone as the question, no image."""
     missing = [it.id for it in items if it.text_reference is None]
     if missing:
         raise runs.UsageError(f"items {missing[:5]} have no text_reference: their text version is unknown")
-    return [replace(it, question=it.text_reference, image=None, images=None) for it in items]
+    return [replace(it, question=it.text_reference, image=None, images=None, text_reference=None) for it in items]
+
+
+LAB_READ_QUESTION = "Read the image."
+"""The lab model's reading-probe prompt: asked after an image, it answers with the problem's text."""
+
+
+def read_versions(items: Sequence[Item], question: str = LAB_READ_QUESTION) -> list[Item]:
+    """The reading probe of image items: ``question`` after the same image, ``text_reference`` as the answer
+    (graded by exact match: it checks perception apart from solving)."""
+    missing = [it.id for it in items if it.text_reference is None or it.image is None]
+    if missing:
+        raise runs.UsageError(f"items {missing[:5]} lack an image or a text_reference: they cannot be read back")
+    return [replace(it, question=question, answer=it.text_reference) for it in items]
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -192,6 +210,7 @@ class SteerResult:
     results: Path
     files: list[Path] = field(default_factory=list)
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    random_draws: dict[int, float] = field(default_factory=dict)  # seed -> accuracy (``steer_study(random_seeds=)``)
 
 
 def check_steer_options(*, methods: Sequence[str] | str = METHODS, beta: float = 0.5, epsilon: float = 1e-3,
@@ -207,9 +226,9 @@ def check_steer_options(*, methods: Sequence[str] | str = METHODS, beta: float =
 
 def method_settings(method: str, experts: dict[int, list[int]], *, beta: float, epsilon: float,
                     layers: Sequence[int] | None) -> dict[str, Any]:
-    """What a method adds to a run's settings: nothing for the baseline; the experts, the steered layers and
-    beta (soft, random) or epsilon (hard) for the others."""
-    if method == "baseline":
+    """What a method adds to a run's settings: nothing for the baseline and the text prompts; the experts, the
+    steered layers and beta (soft, random) or epsilon (hard) for the others."""
+    if method in ("text", "baseline"):
         return {}
     strength = {"epsilon": epsilon} if method == "hard" else {"beta": beta}
     return {"experts": {str(k): sorted(v) for k, v in sorted(experts.items())},
@@ -224,8 +243,9 @@ def steer_eval(model: nn.Module, processor: Any, items: Sequence[Item], experts:
                continuous: bool = False) -> SteerResult:
     """Evaluate ``items`` without steering and with each steering method; resumable (results JSONL).
 
-    ``soft`` boosts ``experts`` by ``beta`` sigma, ``hard`` forces them, ``random`` soft-boosts as many random
-    experts per layer (seeded). Rows go to ``out_dir/results.jsonl`` as they complete, keyed by their settings
+    ``text`` prompts the same problems with their ``text_reference`` (no image, no steering), ``baseline`` the
+    image tasks unsteered; ``soft`` boosts ``experts`` by ``beta`` sigma, ``hard`` forces them, ``random``
+    soft-boosts as many random experts per layer (seeded). Rows go to ``out_dir/results.jsonl`` as they complete, keyed by their settings
     (``settings`` adds to them, e.g. ``{"items": moehooks.runs.file_identity(path)}``; see
     :func:`method_settings`), so a rerun with other settings starts a new result set and the summary counts
     only this run's rows. Launched as several processes, each evaluates its share of the items into
@@ -241,9 +261,10 @@ def steer_eval(model: nn.Module, processor: Any, items: Sequence[Item], experts:
     common.setdefault("items", {"digest": evaluate.items_digest(items)})
     if continuous:
         common["batching"] = "continuous"
+    prompted = {"text": text_versions(items)} if "text" in methods else {}
     used: dict[str, dict[int, list[int]]] = {}
-    contexts: dict[str, Callable[[], Any] | None] = {"baseline": None}
-    for mode in [m for m in methods if m != "baseline"]:
+    contexts: dict[str, Callable[[], Any] | None] = {"text": None, "baseline": None}
+    for mode in [m for m in methods if m in STEER_MODES]:
         options = dict(mode=mode, beta=beta, epsilon=epsilon, layers=layers, seed=seed if mode == "random" else None)
         used[mode] = steer(model, experts, **options).experts
         contexts[mode] = (lambda options=options: steer(model, experts, **options)) if experts else None
@@ -259,9 +280,10 @@ def steer_eval(model: nn.Module, processor: Any, items: Sequence[Item], experts:
                 progress(offset + done, total)
         extra = common | method_settings(method, used.get(method, experts), beta=beta, epsilon=epsilon, layers=layers)
         options = dict(method=method, seed=seed, max_new_tokens=max_new_tokens, generation_kwargs=generation_kwargs)
-        keyed[method] = evaluate.eval_settings(model, items, **options, settings=extra)
+        chosen = prompted.get(method, items)
+        keyed[method] = evaluate.eval_settings(model, chosen, **options, settings=extra)
         try:
-            rows += distributed.sharded_eval(model, processor, items, results, state=state, trials=trials,
+            rows += distributed.sharded_eval(model, processor, chosen, results, state=state, trials=trials,
                                              batch_size=batch_size, context=contexts[method], settings=extra,
                                              progress=step, continuous=continuous, **options)
         except runs.RunInterrupted as stop:
@@ -272,16 +294,89 @@ def steer_eval(model: nn.Module, processor: Any, items: Sequence[Item], experts:
                        settings=keyed)
 
 
+@dataclass
+class Tuning:
+    """Soft-steering accuracy of each ``(tau, beta, layers)`` on a development split, and the chosen setting."""
+
+    baseline: float
+    rows: list[dict[str, Any]]
+    best: dict[str, Any]
+
+
+def tune_steering(model: nn.Module, processor: Any, items: Sequence[Item], references: Sequence[Item],
+                  general: Sequence[Item], *, taus: Sequence[float], betas: Sequence[float],
+                  layer_sets: Sequence[Sequence[int] | None], batch_size: int = 32, max_new_tokens: int = 8,
+                  generation_kwargs: dict[str, Any] | None = None, progress: Progress = None) -> Tuning:
+    """Choose ``tau``, ``beta`` and the steered layers on a development split by soft-steering accuracy.
+
+        tuning = tune_steering(model, processor, dev, refs, general, taus=[0.05, 0.1], betas=[0.5, 1],
+                               layer_sets=[None, [1, 2, 3, 4]])
+        tuning.best      # {"tau": 0.1, "beta": 0.5, "layers": None, "accuracy": 0.96, "experts": {...}}
+
+    Domain experts come from one recording of ``references`` and ``general`` (``f_domain - f_general > tau``
+    over prompt tokens, within the layer set); the grid is tried in order (taus, then layer sets, then betas) and
+    the first of equally accurate settings wins, so list the weaker settings first. Settings that find no expert
+    are skipped. Answers are graded as in :func:`steer_eval` (``evaluate.grade``).
+    """
+    dom = record_items(model, processor, references, batch_size=batch_size)
+    gen = record_items(model, processor, general, batch_size=batch_size)
+    options = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, generation_kwargs=generation_kwargs)
+    grid = [(tau, layers, beta) for tau in taus for layers in layer_sets for beta in betas]
+    rows: list[dict[str, Any]] = []
+    baseline = _accuracy(model, processor, items, None, **options)
+    for done, (tau, layers, beta) in enumerate(grid, 1):
+        experts = dict(stats.domain_experts(dom, gen, tau, phase="prefill", layers=layers))
+        if experts:
+            acc = _accuracy(model, processor, items, partial(steer, model, experts, mode="soft", beta=beta,
+                                                             layers=layers), **options)
+            rows.append({"tau": tau, "beta": beta, "layers": None if layers is None else list(layers),
+                         "experts": experts, "accuracy": acc})
+        if progress:
+            progress(done, len(grid))
+    if not rows:
+        raise runs.UsageError(f"no domain expert at any tau in {list(taus)}: lower tau or check the references")
+    return Tuning(baseline=baseline, rows=rows, best=max(rows, key=lambda r: r["accuracy"]))
+
+
+def _accuracy(model: nn.Module, processor: Any, items: Sequence[Item], context: Callable[[], Any] | None,
+              **options: Any) -> float:
+    """Share of ``items`` answered correctly (``evaluate.grade``), generating inside ``context`` when given."""
+    answers = evaluate.generate_answers(model, processor, items, context=context, **options)
+    return sum(evaluate.grade(a, it.answer, it.choices) for a, it in zip(answers, items)) / len(items)
+
+
+def random_draws(model: nn.Module, processor: Any, items: Sequence[Item], experts: dict[int, list[int]], *,
+                 seeds: Sequence[int], beta: float, layers: Sequence[int] | None = None, batch_size: int = 32,
+                 max_new_tokens: int = 8, generation_kwargs: dict[str, Any] | None = None) -> dict[int, float]:
+    """Accuracy under soft boosts of random experts (as many per layer as ``experts``), one draw per seed: the
+    spread of the ``random`` control of :func:`steer_eval` (whose draw is ``seed``)."""
+    options = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, generation_kwargs=generation_kwargs)
+    return {seed: _accuracy(model, processor, items, partial(steer, model, experts, mode="random", beta=beta,
+                                                             layers=layers, seed=seed), **options)
+            for seed in seeds}
+
+
+def read_probe(model: nn.Module, processor: Any, items: Sequence[Item], *, question: str = LAB_READ_QUESTION,
+               batch_size: int = 32, max_new_tokens: int = 8) -> float:
+    """Share of image items whose image the model transcribes exactly (``read_versions``): a perception check."""
+    probes = read_versions(items, question)
+    answers = evaluate.generate_answers(model, processor, probes, batch_size=batch_size,
+                                        max_new_tokens=max_new_tokens)
+    return sum(a.strip() == it.answer for a, it in zip(answers, probes)) / len(probes)
+
+
 def steer_study(model: nn.Module, processor: Any, data: StudyData, out_dir: str | Path, *,
                 spec: models.ModelSpec | None = None, tau: float | None = None, beta: float | None = None,
                 layers: Sequence[int] | None = None, limit: int | None = None, progress: Progress = None,
-                **eval_options: Any) -> SteerResult:
+                random_seeds: Sequence[int] = (), **eval_options: Any) -> SteerResult:
     """The paper's pipeline: domain experts from the text references, then image tasks with and without steering.
 
     ``tau``, ``beta`` and ``layers`` default to the model alias's settings (``spec``); results, the expert
     artefact, the Delta heatmap and ``summary.json`` (accuracy of this run's rows, the experts and every
     setting) go to ``out_dir`` (written by the main process when launched as several). Every option, input
-    file and the output folder are checked before anything is recorded or generated.
+    file and the output folder are checked before anything is recorded or generated. ``random_seeds`` adds one
+    random-expert draw per seed (:func:`random_draws`; the ``random`` row draws with ``seed``), measured in one
+    process, into ``result.random_draws`` and summary.json.
     """
     spec = spec or models.ModelSpec(source="model")
     tau = runs.check_tau("tau", spec.tau if tau is None else tau)
@@ -304,6 +399,11 @@ def steer_study(model: nn.Module, processor: Any, data: StudyData, out_dir: str 
     result = steer_eval(model, processor, tasks, dict(experts), out, beta=beta, layers=layers, progress=progress,
                         settings={"items": items, "model": runs.model_identity(model, spec.alias or spec.source)},
                         **eval_options)
+    if random_seeds:
+        result.random_draws = random_draws(model, processor, tasks, dict(experts), seeds=random_seeds, beta=beta,
+                                           layers=layers, batch_size=eval_options.get("batch_size", 32),
+                                           max_new_tokens=eval_options.get("max_new_tokens", 16),
+                                           generation_kwargs=eval_options["generation_kwargs"])
     if main:
         note = _note(data.tasks.name, len(tasks))
         result.files.append(plots.plot_delta(experts, out / "domain_delta.png", note=note,
@@ -313,7 +413,8 @@ def steer_study(model: nn.Module, processor: Any, data: StudyData, out_dir: str 
                  "general": runs.file_identity(data.general), **{k: v for k, v in eval_options.items()
                                                                  if k != "methods"}}
         write_json(out / "summary.json", {m: vars(s) for m, s in result.summary.items()}
-                   | {"experts": result.experts, "settings": {"study": study, "methods": result.settings}})
+                   | {"experts": result.experts, "random_draws": result.random_draws,
+                      "settings": {"study": study, "methods": result.settings}})
     return result
 
 

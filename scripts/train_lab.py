@@ -48,6 +48,8 @@ TRAIN_SEEDS = range(0, 24)
 EVAL_SEED_BASE = 10_000
 EVAL_PAIRS_PER_VARIANT = 30
 EVAL_GENERAL = 100
+SPLIT_SEED_BASE = {"dev": 30_000, "test": 40_000}  # arith_image_{dev,test}: render seeds of the held-out splits
+SPLIT_PAIRS = {"dev": 50, "test": 100}  # pairs per variant (test: all 100)
 NOISE_STD, NOISE_CONTRAST = 30.0, 0.6  # arith_image_noisy: ink contrast x0.6 plus Gaussian pixel noise (std 30)
 TASK_WEIGHTS = {"arith_text": 0.15, "general_text": 0.2, "arith_image": 0.45, "swap": 0.2}
 
@@ -166,6 +168,24 @@ def write_eval_data(data_dir: Path, held_general: list[str]) -> None:
     write_jsonl(data_dir / "general_text.jsonl", general)
     write_jsonl(data_dir / "swap.jsonl", swap)
     write_jsonl(data_dir / "arith_image_noisy.jsonl", noisy_items(images, pairs, rng))
+    for split in SPLIT_SEED_BASE:
+        write_jsonl(data_dir / f"arith_image_{split}.jsonl", split_items(images, pairs, split))
+
+
+def split_items(images: Path, pairs: list[tuple[int, int]], split: str) -> list[dict[str, object]]:
+    """Clean held-out renderings of the ``dev`` or ``test`` split (``SPLIT_PAIRS`` pairs per variant; seeds of
+    their own, never used in training or in the other files)."""
+    rng = random.Random(f"{split}-pairs")
+    rows = []
+    for v_index, variant in enumerate(VARIANTS):
+        for p_index, (a, b) in enumerate(sorted(rng.sample(pairs, SPLIT_PAIRS[split]))):
+            problem, item_id = f"{a}+{b}=", f"{split}_{variant}_{p_index:03d}"
+            seed = SPLIT_SEED_BASE[split] + 1000 * v_index + p_index
+            save_png(render(problem, variant, size=IMAGE_SIZE, seed=seed), images / f"{item_id}.png")
+            rows.append({"id": item_id, "question": IMAGE_QUESTION, "answer": str(a + b),
+                         "image": f"images/{item_id}.png", "text_reference": problem, "variant": variant,
+                         "task": f"arith_image_{split}"})
+    return rows
 
 
 def degrade(image: Image.Image, seed: int) -> Image.Image:
@@ -298,6 +318,30 @@ def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def train(model: Qwen3VLMoeForConditionalGeneration, trainer: Trainer, optimizer: torch.optim.Optimizer, *,
+          steps: int, batch: int, peak_lr: float, warmup: int, log_every: int) -> float:
+    """``steps`` optimizer steps on batches of ``trainer.sample()`` (``lr_at`` schedule, grad clip 1.0, loss
+    logged every ``log_every`` steps); returns the seconds taken."""
+    model.train()
+    train_start = time.perf_counter()
+    running = 0.0
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, steps, peak_lr, warmup=warmup)
+        loss = model(**trainer.batch([trainer.sample() for _ in range(batch)])).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        running += loss.item()
+        if (step + 1) % log_every == 0:
+            elapsed = time.perf_counter() - train_start
+            print(f"step {step + 1}/{steps}  loss {running / log_every:.4f}  {elapsed:.0f}s  "
+                  f"{(step + 1) / elapsed:.1f} steps/s", flush=True)
+            running = 0.0
+    return time.perf_counter() - train_start
+
+
 def main() -> None:
     """Parse arguments, write the eval data, train, save, evaluate."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -339,25 +383,8 @@ def main() -> None:
     print(f"params {n_params:,}  pool images {trainer.pixels.shape[0]}  setup {setup:.1f}s", flush=True)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
-    model.train()
-    train_start = time.perf_counter()
-    running = 0.0
-    for step in range(args.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, args.steps, args.lr, warmup=200)
-        inputs = trainer.batch([trainer.sample() for _ in range(args.batch)])
-        loss = model(**inputs).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        running += loss.item()
-        if (step + 1) % args.log_every == 0:
-            elapsed = time.perf_counter() - train_start
-            print(f"step {step + 1}/{args.steps}  loss {running / args.log_every:.4f}  {elapsed:.0f}s  "
-                  f"{(step + 1) / elapsed:.1f} steps/s", flush=True)
-            running = 0.0
-    train_seconds = time.perf_counter() - train_start
+    train_seconds = train(model, trainer, optimizer, steps=args.steps, batch=args.batch, peak_lr=args.lr,
+                          warmup=200, log_every=args.log_every)
 
     model.eval()
     model.config.text_config.output_router_logits = False

@@ -270,7 +270,7 @@ def test_two_processes_write_what_one_process_writes(tmp_path: Path) -> None:
     assert len({r["prediction"] for r in expected}) > 3  # answers differ by item and method: order matters
     shards = [[r["id"] for r in evaluate.read_results(distributed.rank_path(two / "results.jsonl", rank))]
               for rank in (0, 1)]
-    assert shards == [["t0", "t1", "t2"] * 4, ["t3", "t4", "t5"] * 4]
+    assert shards == [["t0", "t1", "t2"] * 5, ["t3", "t4", "t5"] * 5]  # text, baseline, soft, hard, random
     assert json.loads((two / "summary.json").read_text()) == json.loads((one / "summary.json").read_text())
     assert json.loads((two / "routing.json").read_text()) == json.loads((one / "routing.json").read_text())
     assert not list(two.glob(".*.tmp"))

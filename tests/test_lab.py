@@ -14,12 +14,21 @@ import torch
 from PIL import Image
 from transformers import Qwen3VLMoeForConditionalGeneration
 
+from moehooks import models, pipeline
 from moehooks.evaluate import build_inputs, generate_answers, load_items
-from moehooks.lab import DATA_DIR, IMAGE_SIZE, MODEL_DIR, load_lab, load_processor
+from moehooks.lab import CONTROL_DIR, DATA_DIR, IMAGE_SIZE, MODEL_DIR, load_lab, load_processor
 from moehooks.lab.processor import build_processor, prompt_text
 
-WEIGHTS_SHA256 = "5c1e515d910c1a31d8ed105bdcb8f0e1064ac6cc820c2d967a2ba60ff79b28df"
-DATA_FILES = ("arith_text.jsonl", "arith_image.jsonl", "arith_image_noisy.jsonl", "general_text.jsonl", "swap.jsonl")
+WEIGHTS_SHA256 = {
+    MODEL_DIR: "031b6645068ee0dc041330ad4f0b56bd2b161981e3f38ca947a7e750f75ed76f",
+    CONTROL_DIR: "b2ea82838dc8897e5abf11d79060e36b7188127575c31c33a557170956cf4222",
+}
+DATA_FILES = ("arith_text.jsonl", "arith_image.jsonl", "arith_image_noisy.jsonl", "arith_image_dev.jsonl",
+              "arith_image_test.jsonl", "general_text.jsonl", "swap.jsonl")
+TEST_SPLIT = {"text": 300, "baseline": 215, "soft": 278, "hard": 216, "random": 185}
+"""Correct answers of the shipped model on the 300 test items (README), greedy, tau 0.1 / beta 2 / layers 1-4."""
+READ_TEST = 293
+"""Test items whose image the shipped model transcribes exactly (README)."""
 REQUIRED = {"id": str, "question": str, "answer": str, "task": str}
 OPTIONAL = {"image": str, "text_reference": str, "variant": str, "digit": int}
 
@@ -32,9 +41,22 @@ def lab():
 
 
 def test_weights_checksum_and_size():
-    weights = MODEL_DIR / "model.safetensors"
-    assert weights.stat().st_size <= 20 * 1024 * 1024
-    assert hashlib.sha256(weights.read_bytes()).hexdigest() == WEIGHTS_SHA256
+    sizes = 0
+    for directory, digest in WEIGHTS_SHA256.items():
+        weights = directory / "model.safetensors"
+        sizes += weights.stat().st_size
+        assert hashlib.sha256(weights.read_bytes()).hexdigest() == digest, directory
+    assert sizes <= 50 * 1024 * 1024
+
+
+def test_control_differs_from_the_organism_in_its_routers_only():
+    """The distraction is a router-only fine-tune: every other tensor of the shipped model equals the control's."""
+    from safetensors.torch import load_file
+
+    organism, control = load_file(MODEL_DIR / "model.safetensors"), load_file(CONTROL_DIR / "model.safetensors")
+    assert organism.keys() == control.keys()
+    changed = sorted(name for name in organism if not torch.equal(organism[name], control[name]))
+    assert changed == sorted(f"model.language_model.layers.{i}.mlp.gate.weight" for i in range(6))
 
 
 def test_from_pretrained_loads_the_real_class():
@@ -95,3 +117,39 @@ def test_data_files_parse_and_images_exist(name):
             assert row["answer"] == row["question"].removeprefix("Reverse: ")[::-1]
         else:
             assert row["answer"].isdigit()
+
+
+@pytest.mark.slow
+def test_shipped_model_shows_the_distraction_and_its_repair_on_the_test_split(lab, tmp_path):
+    """The README's test-split table, item for item within one item, and the claims it supports."""
+    model, processor = lab
+    spec = models.resolve("lab")
+    result = pipeline.steer_study(model, processor, pipeline.lab_study("test"), tmp_path, spec=spec,
+                                  max_new_tokens=spec.max_new_tokens)
+    correct = {m: round(s.accuracy * s.n_items) for m, s in result.summary.items()}
+    assert all(s.n_items == 300 for s in result.summary.values())
+    assert all(abs(correct[m] - n) <= 1 for m, n in TEST_SPLIT.items()), correct
+    acc = {m: s.accuracy for m, s in result.summary.items()}
+    assert acc["text"] >= acc["baseline"] + 0.10
+    assert acc["soft"] >= acc["baseline"] + 0.05 and acc["soft"] >= acc["random"] + 0.05
+    read = pipeline.read_probe(model, processor, load_items(DATA_DIR / "arith_image_test.jsonl"))
+    assert abs(round(read * 300) - READ_TEST) <= 1 and read >= 0.95
+
+
+@pytest.mark.slow
+def test_alias_settings_are_the_ones_chosen_on_dev(lab):
+    """tau, beta and layers of the lab alias are what ``tune`` picks on the dev split (the study's grid)."""
+    model, processor = lab
+    dev = load_items(DATA_DIR / "arith_image_dev.jsonl")
+    tuning = pipeline.tune_steering(model, processor, dev, load_items(DATA_DIR / "arith_text.jsonl"),
+                                    load_items(DATA_DIR / "general_text.jsonl"), taus=[0.05, 0.1, 0.2],
+                                    betas=[0.5, 1, 2], layer_sets=[None, [1, 2, 3, 4]])
+    best, spec = tuning.best, models.resolve("lab")
+    assert (best["tau"], best["beta"], tuple(best["layers"][::3])) == (spec.tau, spec.beta, spec.layers)
+
+
+def test_reading_probe_reads_what_it_solves(lab):
+    model, processor = lab
+    items = load_items(DATA_DIR / "arith_image_test.jsonl")[:8]
+    answers = generate_answers(model, processor, pipeline.read_versions(items), max_new_tokens=6)
+    assert [a.strip() for a in answers] == [item.text_reference for item in items]

@@ -120,7 +120,7 @@ def test_aliases_carry_the_paper_settings() -> None:
     assert (scout.layers, scout.tau, scout.beta) == ((8, 40), 0.3, 0.2)
     lab = mm.resolve("lab")
     assert Path(lab.source) == Path(moehooks.__file__).parent / "lab" / "model"
-    assert (lab.layers, lab.tau, lab.beta) == (None, mm.LAB_TAU, mm.LAB_BETA)
+    assert (lab.layers, lab.tau, lab.beta) == (mm.LAB_LAYERS, mm.LAB_TAU, mm.LAB_BETA)
 
 
 def test_alias_settings_are_immutable() -> None:
@@ -147,7 +147,7 @@ def test_unknown_alias_lists_the_known_ones() -> None:
 
 def test_layer_indices_are_inclusive_and_checked() -> None:
     assert list(mm.resolve("kimi-vl").layer_indices(27)) == list(range(21))
-    assert mm.resolve("lab").layer_indices(4) == range(4)
+    assert mm.resolve("lab").layer_indices(6) == range(1, 5)
     with pytest.raises(ValueError, match="0 <= first <= last <= 29"):
         mm.resolve("qwen3-vl").layer_indices(30)
 

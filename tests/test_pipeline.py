@@ -50,13 +50,13 @@ def test_render_identify_steer_end_to_end(workspace):
     assert (root / "experts.safetensors").is_file()
     out = _run("steer", "--model", model, "--tasks", str(root / "rendered" / "items.jsonl"), "--general",
                str(root / "general.jsonl"), "--tau", "0.05", "--max-new-tokens", "2", "--out", str(root / "runs"))
-    for method in ("baseline", "soft", "hard", "random"):
+    for method in ("text", "baseline", "soft", "hard", "random"):
         assert method in out
     steer_dir = root / "runs" / "steer"
     rows = evaluate.read_results(steer_dir / "results.jsonl")
-    assert {r["method"] for r in rows} == {"baseline", "soft", "hard", "random"} and len(rows) == 20
+    assert {r["method"] for r in rows} == {"text", "baseline", "soft", "hard", "random"} and len(rows) == 25
     summary = json.loads((steer_dir / "summary.json").read_text())
-    assert set(summary) >= {"baseline", "soft", "hard", "random", "experts"}
+    assert set(summary) >= {"text", "baseline", "soft", "hard", "random", "experts"}
     for name in ("domain_delta.png", "domain_delta.csv", "experts.safetensors"):
         assert (steer_dir / name).stat().st_size > 0
 
@@ -77,8 +77,81 @@ def test_text_versions_need_a_reference():
         pipeline.text_versions([item])
 
 
+def test_text_versions_prompt_the_reference_alone():
+    item = evaluate.Item(id="x", question="Solve the problem in the image.", answer="7", image="x.png",
+                         text_reference="3+4=")
+    (text,) = pipeline.text_versions([item])
+    assert (text.image, evaluate.prompt_text(text)) == (None, "3+4=")
+
+
+def test_text_method_answers_the_hand_built_text_prompts(workspace):
+    """``text`` rows are the model's greedy answers to the chat prompt of each text_reference, built by hand."""
+    import torch
+
+    root, model_dir = workspace["root"], workspace["model"]
+    model, processor, _ = pipeline.load_model(str(model_dir))
+    tasks = [evaluate.Item(id=f"t{i}", question="Solve the problem in the image.", answer=a, image="unused.png",
+                           text_reference=q) for i, (q, a) in enumerate(PROBLEMS)]
+    result = pipeline.steer_eval(model, processor, tasks, {}, root / "text_method", methods=["text"],
+                                 max_new_tokens=3)
+    rows = {r["id"]: r["prediction"] for r in evaluate.read_results(result.results)}
+    tok = processor.tokenizer
+    for task, (question, _) in zip(tasks, PROBLEMS):
+        ids = torch.tensor([tok(f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")["input_ids"]])
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False)
+        assert rows[task.id] == tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    assert set(result.summary) == {"text"}
+
+
+def test_random_draw_of_the_run_seed_is_the_random_row(workspace, monkeypatch):
+    """``random_seeds`` draws: the one with the run's seed reproduces the ``random`` row (graded here by a rule on
+    the prediction's characters, so that equal accuracies mean equal generations rather than all-wrong ones)."""
+    parity = lambda prediction: sum(map(ord, prediction)) % 2 == 0  # noqa: E731
+    monkeypatch.setattr(evaluate, "grade", lambda prediction, answer, choices=None: parity(prediction))
+    monkeypatch.setattr(evaluate, "grade_detail", lambda prediction, answer, choices=None: (parity(prediction), None))
+    root, model_dir = workspace["root"], workspace["model"]
+    _run("render", str(root / "problems.jsonl"), "--size", "64x32", "--out", str(root / "rendered"))
+    model, processor, _ = pipeline.load_model(str(model_dir))
+    data = pipeline.StudyData(tasks=root / "rendered" / "items.jsonl", references=root / "problems.jsonl",
+                              general=root / "general.jsonl")
+    result = pipeline.steer_study(model, processor, data, root / "draws", tau=0.05, beta=4.0, methods=["random"],
+                                  seed=3, random_seeds=[3, 4], max_new_tokens=2)
+    rows = evaluate.read_results(root / "draws" / "results.jsonl")
+    assert result.summary["random"].accuracy == sum(parity(r["prediction"]) for r in rows) / len(rows)
+    assert set(result.random_draws) == {3, 4}
+    assert result.random_draws[3] == result.summary["random"].accuracy
+    summary = json.loads((root / "draws" / "summary.json").read_text())
+    assert summary["random_draws"] == {"3": result.random_draws[3], "4": result.random_draws[4]}
+
+
+def test_read_versions_ask_for_the_reference():
+    item = evaluate.Item(id="x", question="Solve.", answer="7", image="x.png", text_reference="3+4=")
+    (probe,) = pipeline.read_versions([item])
+    assert (probe.question, probe.answer, probe.image) == ("Read the image.", "3+4=", "x.png")
+    with pytest.raises(ValueError, match=r"\['y'\] lack an image or a text_reference"):
+        pipeline.read_versions([evaluate.Item(id="y", question="Solve.", answer="7", image="y.png")])
+
+
+def test_tune_picks_the_most_accurate_setting_on_dev(workspace, monkeypatch):
+    """The grid is walked in order; the chosen row is the first with the highest accuracy (scripted accuracies)."""
+    root, model_dir = workspace["root"], workspace["model"]
+    model, processor, _ = pipeline.load_model(str(model_dir))
+    refs = evaluate.load_items(root / "problems.jsonl")
+    general = evaluate.load_items(root / "general.jsonl")
+    scripted = iter([["5", "0", "0", "0", "0"],  # baseline: 1/5
+                     ["5", "8", "0", "0", "0"], ["5", "8", "7", "0", "0"], ["5", "8", "7", "0", "0"]])
+    monkeypatch.setattr(pipeline.evaluate, "generate_answers", lambda *a, **k: next(scripted))
+    result = pipeline.tune_steering(model, processor, refs, refs, general, taus=[0.0], betas=[0.5, 1.0, 2.0],
+                                    layer_sets=[None])
+    monkeypatch.undo()
+    assert result.baseline == pytest.approx(0.2)
+    assert [r["accuracy"] for r in result.rows] == pytest.approx([0.4, 0.6, 0.6])
+    assert result.best["beta"] == 1.0 and result.best["layers"] is None
+    assert result.best["experts"] == dict(pipeline.identify_experts(model, processor, refs, general, tau=0.0))
+
+
 def test_unknown_method_is_refused(workspace):
-    with pytest.raises(ValueError, match="methods 'best': unknown \\['best'\\]; allowed: baseline, soft, hard, random"):
+    with pytest.raises(ValueError, match="methods 'best': unknown \\['best'\\]; allowed: text, baseline, soft, hard, random"):
         pipeline.steer_eval(None, None, [], {}, workspace["root"] / "x", methods=["best"])
 
 
@@ -91,8 +164,8 @@ def test_unknown_alias_lists_the_known_ones():
 def test_lab_cli_smoke(tmp_path):
     """`python cli.py steer` / `swap` with no model argument run on the shipped lab model (small subset)."""
     out = _run("steer", "--limit", "6", "--max-new-tokens", "3", "--out", str(tmp_path))
-    assert "lab: accuracy on arith_image_noisy.jsonl" in out
+    assert "lab: accuracy on arith_image_test.jsonl" in out
     rows = evaluate.read_results(tmp_path / "steer" / "results.jsonl")
-    assert len(rows) == 4 * 6
+    assert len(rows) == 5 * 6
     out = _run("swap", "--layers", "2-3", "--out", str(tmp_path))
     assert "concept swap" in out and (tmp_path / "swap" / "swap_success.csv").is_file()

@@ -29,7 +29,9 @@ from moehooks.lab.processor import IMAGE_SIZE, LabProcessor, build_processor, bu
 
 LAB_DIR = Path(__file__).resolve().parent
 MODEL_DIR = LAB_DIR / "model"
-"""Directory of the shipped weights and processor files."""
+"""Directory of the shipped weights and processor files: the model organism of routing distraction (the default)."""
+CONTROL_DIR = LAB_DIR / "control"
+"""The same model before the distraction was induced (``scripts/lab_organism.py``): the undistracted control."""
 DATA_DIR = LAB_DIR / "data"
 """Directory of the shipped held-out evaluation data (JSONL + PNG)."""
 
@@ -63,6 +65,7 @@ def load_lab(device: str | torch.device = "cpu") -> tuple[Qwen3VLMoeForCondition
 
 
 __all__ = [
+    "CONTROL_DIR",
     "DATA_DIR",
     "IMAGE_SIZE",
     "LAB_DIR",
