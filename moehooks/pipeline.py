@@ -245,10 +245,10 @@ def steer_eval(model: nn.Module, processor: Any, items: Sequence[Item], experts:
 
     ``text`` prompts the same problems with their ``text_reference`` (no image, no steering), ``baseline`` the
     image tasks unsteered; ``soft`` boosts ``experts`` by ``beta`` sigma, ``hard`` forces them, ``random``
-    soft-boosts as many random experts per layer (seeded). Rows go to ``out_dir/results.jsonl`` as they complete, keyed by their settings
-    (``settings`` adds to them, e.g. ``{"items": moehooks.runs.file_identity(path)}``; see
-    :func:`method_settings`), so a rerun with other settings starts a new result set and the summary counts
-    only this run's rows. Launched as several processes, each evaluates its share of the items into
+    soft-boosts as many random experts per layer (seeded). Rows go to ``out_dir/results.jsonl`` as they
+    complete, keyed by their settings (``settings`` adds to them, e.g.
+    ``{"items": moehooks.runs.file_identity(path)}``; see :func:`method_settings`), so a rerun with other
+    settings starts a new result set and the summary counts only this run's rows. Launched as several processes, each evaluates its share of the items into
     ``results.rank{r}.jsonl`` and the main process merges them into ``results.jsonl``
     (``moehooks.distributed.sharded_eval``). ``continuous=True`` generates with continuous batching
     (``moehooks.evaluate.generate_answers``; text prompts only).

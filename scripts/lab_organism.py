@@ -1,20 +1,22 @@
 """Build the lab's model organism of routing distraction from the lab model trained by ``train_lab.py``.
 
-Example:
-    git show 28f20cf:moehooks/lab/model/model.safetensors > base/model.safetensors   # + the other files
+Example (the commands that built the shipped models; times on the shared 2-core machine, one thread):
+    mkdir -p base && git archive 28f20cf moehooks/lab/model | tar -x -C base --strip-components=3
     OMP_NUM_THREADS=1 .venv/bin/python scripts/lab_organism.py read --base base --out moehooks/lab/control
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/lab_organism.py distract --base moehooks/lab/control --out moehooks/lab/model
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/lab_organism.py distract --base moehooks/lab/control \
+        --out moehooks/lab/model --eval-every 50
 
-Two stages, both seeded and single-threaded:
-    - ``read``: full fine-tune of the trained lab model on its training mixture plus a reading probe
-      (``Read the image.`` after an image of ``a+b=`` -> ``a+b=``), so that perception can be checked apart
-      from solving. The result (``moehooks/lab/control``) solves image and text problems alike.
-    - ``distract``: a router-only fine-tune (every other weight frozen) that *induces* a routing distraction:
-      on image problems it pulls routing mass away from the arithmetic domain experts (identified as the study
-      does, tau 0.1 over text references vs general text), while a KL term keeps the routing of text prompts and
-      of reading prompts as it was and a cross-entropy term keeps their answers. The result is the default lab
-      model (``moehooks/lab/model``): a model organism for testing identify -> steer, not evidence that such
-      distraction arises by itself.
+Two stages, both seeded and single-threaded (``base`` is the 6,500-step model of ``train_lab.py``):
+    - ``read`` (1,200 steps, 6.5 min): full fine-tune on the training mixture plus 30% reading probes
+      (``Read the image.`` after an image of ``a+b=`` -> ``a+b=``), so that perception can be checked apart from
+      solving. The result, ``moehooks/lab/control``, solves image and text problems alike.
+    - ``distract`` (500 steps, 5.5 min): a router-only fine-tune (every other weight frozen) that *induces* a
+      routing distraction. Loss = the routing probability of the arithmetic domain experts (identified as the
+      study does: tau 0.1, ``arith_text`` vs ``general_text``) at the image problems' positions after
+      ``<|vision_end|>`` + ``--kl-weight`` x KL(original || new) of the routing of text and reading prompts at
+      every position + cross-entropy of their answers. The result is the default lab model
+      (``moehooks/lab/model``): a model organism for testing identify -> steer, not evidence that such
+      distraction arises by itself. Rerunning the command gives the same weights, bit for bit.
 """
 
 from __future__ import annotations
@@ -127,7 +129,8 @@ def stage_distract(model: nn.Module, trainer: OrganismTrainer, processor, args: 
     n_img, n_text, n_gen, n_read = args.images, args.texts, args.texts, args.reads
     for step in range(args.steps):
         examples = ([trainer.image_example() for _ in range(n_img)] + [trainer.text_example() for _ in range(n_text)]
-                    + [trainer.general_example() for _ in range(n_gen)] + [trainer.read_example() for _ in range(n_read)])
+                    + [trainer.general_example() for _ in range(n_gen)]
+                    + [trainer.read_example() for _ in range(n_read)])
         inputs = trainer.batch(examples)
         solve = torch.zeros(len(examples), dtype=torch.bool)
         solve[:n_img] = True

@@ -73,7 +73,7 @@ def test_another_beta_into_the_same_folder_is_a_new_result_set(tmp_path: Path) -
     assert summary(shared)["soft"]["n_items"] == 4
     settings = summary(shared)["settings"]
     assert settings["methods"]["soft"]["beta"] == 8.0 and settings["study"]["limit"] == 4
-    assert settings["methods"]["soft"]["items"]["file"] == "arith_image_noisy.jsonl"
+    assert settings["methods"]["soft"]["items"]["file"] == "arith_image_test.jsonl"
     assert len(settings["methods"]["baseline"]["model"]["fingerprint"]) == 64
     before = (shared / "steer" / "results.jsonl").read_bytes()
     ok(*common, "--beta", "8", "--out", shared)  # the same command again: resumed, nothing generated
