@@ -119,7 +119,7 @@ def test_settings_keys_and_differences() -> None:
     (("steer", "--layers", "abc"), "error: --layers 'abc': expected FIRST-LAST or a comma list"),
     (("steer", "--tau", "-1"), "error: --tau -1.0: must be a finite number >= 0 and < 1"),
     (("steer", "--beta", "nan"), "error: --beta nan: must be a finite number >= 0"),
-    (("steer", "--methods", "soft,bogus"), "error: --methods 'soft,bogus': unknown ['bogus']; allowed: baseline, soft"),
+    (("steer", "--methods", "soft,bogus"), "error: --methods 'soft,bogus': unknown ['bogus']; allowed: text, baseline, soft"),
     (("steer", "--limit", "0"), "error: --limit 0: must be an integer >= 1"),
     (("steer", "--limit", "-3"), "error: --limit -3: must be an integer >= 1"),
     (("swap", "--target", "x"), "error: target 'x': expected an integer"),
@@ -283,13 +283,27 @@ def test_the_cli_says_what_will_run() -> None:
     assert f"model: {models.LAB_MODEL_DIR} (alias lab), library code only" in out.replace("\n", "")
 
 
-def test_study_loads_the_model_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_study_loads_each_model_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lab model and its control load once each; the settings chosen on dev are the ones steered with."""
+    from types import SimpleNamespace
+
+    from moehooks.lab import CONTROL_DIR
+
     loads, steps = [], []
-    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: loads.append(a) or ("model", "processor", "spec"))
-    for name in ("_analyze", "_steer", "_swap"):
-        monkeypatch.setattr(cli, name, lambda *a, name=name, **k: steps.append(name))
+    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: loads.append(a[0]) or ("model", "processor", "spec"))
+    for name in ("_read", "_analyze", "_steer", "_swap"):
+        monkeypatch.setattr(cli, name, lambda *a, name=name, **k: steps.append((name, a)))
+    best = {"tau": 0.05, "beta": 1.0, "layers": [2, 3]}
+    monkeypatch.setattr(cli, "_tune", lambda *a, **k: steps.append(("_tune", a)) or SimpleNamespace(best=best))
     ok("study", "--out", tmp_path)
-    assert len(loads) == 1 and steps == ["_analyze", "_steer", "_analyze", "_steer", "_swap"]
+    assert loads == ["lab", str(CONTROL_DIR)]
+    assert [name for name, _ in steps] == ["_read", "_tune", "_analyze", "_steer", "_swap", "_analyze", "_steer"]
+    for name, args in steps:
+        if name == "_steer":
+            assert {k: args[5][k] for k in ("tau", "beta", "layers")} == best
+            assert args[3].tasks.name == "arith_image_test.jsonl"
+        if name == "_tune":
+            assert args[4] == "arith_image_dev.jsonl"
 
 
 def test_an_expert_set_that_does_not_fit_the_model_is_one_line(tmp_path: Path) -> None:

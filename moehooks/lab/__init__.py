@@ -1,5 +1,9 @@
 """The moehooks lab: a tiny trained Qwen3-VL-MoE (vision tower + MoE text model) with its processor and eval data.
 
+The default model (``MODEL_DIR``) is a model organism of routing distraction: a router-only fine-tune of
+``CONTROL_DIR`` pulled its image problems off the experts its text problems use (``scripts/lab_organism.py``;
+numbers in ``FACTS.md``), so identify -> steer has a known distraction to repair.
+
 Example:
     >>> from moehooks.lab import load_lab
     >>> model, processor = load_lab()
