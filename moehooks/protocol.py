@@ -225,9 +225,11 @@ def make_plan(model: str, benchmark_names: str | Sequence[str] | None = None, *,
                          (batch_size, "batch_size")):
         if count < 1:
             raise UsageError(f"{label} must be >= 1, got {count}")
-    unknown = [m for m in methods if m not in ("baseline", "soft", "hard", "random")]
+    from .pipeline import METHODS
+
+    unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise UsageError(f"unknown methods {unknown}; allowed: baseline, soft, hard, random")
+        raise UsageError(f"unknown methods {unknown}; allowed: {', '.join(METHODS)}")
     loading = spec.load_defaults(cuda)
     loading.update({k: v for k, v in (("device_map", device_map), ("dtype", dtype), ("attn_implementation", attn))
                     if v is not None})

@@ -182,20 +182,21 @@ def test_the_protocol_end_to_end_on_local_copies(tmp_path: Path) -> None:
     counts = {"math500": 2, "gpqa-physics": 2, "mathverse": 2, "mathvision": 2, "gsm8k-v": 2}
     for name, n in counts.items():
         rows = evaluate.read_results(root / name / "results.jsonl")
-        assert len(rows) == 4 * 2 * n and {r["method"] for r in rows} == {"baseline", "soft", "hard", "random"}
+        assert len(rows) == 5 * 2 * n
+        assert {r["method"] for r in rows} == {"text", "baseline", "soft", "hard", "random"}
         assert (root / name / "experts.safetensors").is_file()
     for name in ("math500", "gpqa-physics"):
         assert len(list((root / name / "images-v2").glob("*.png"))) == 2
     table = json.loads((root / "table1.json").read_text())
-    assert set(table) == {"baseline", "soft", "hard", "random"}
+    assert set(table) == {"text", "baseline", "soft", "hard", "random"}
     for method, entry in table.items():
         assert set(entry["benchmarks"]) == set(counts)
         average = sum(v["accuracy"] for v in entry["benchmarks"].values()) / len(counts)
         assert entry["average"] == pytest.approx(average)
     csv_lines = (root / "table1.csv").read_text().splitlines()
     assert csv_lines[0] == "method,math500,gpqa-physics,mathverse,mathvision,gsm8k-v,average"
-    assert len(csv_lines) == 5
-    assert "±" in csv_lines[1] and "(" in csv_lines[2]
+    assert len(csv_lines) == 6
+    assert csv_lines[2].startswith("baseline,") and "±" in csv_lines[2] and "(" in csv_lines[3]
     with Image.open(root / "accuracy.png") as picture:
         assert picture.width > 400
     assert "average" in output and "soft" in output
