@@ -765,7 +765,8 @@ def study(out: Path = OUT) -> None:
     _swap(lm, processor, None, "3", "5", 1.0, None, out / "swap")
     control, processor, spec = _load(str(CONTROL_DIR), None, "auto", None)
     _analyze(control, processor, items, test.tasks.name, 0.1, out / "control" / "analyze", title="control")
-    _steer(control, processor, spec, test, out / "control" / "steer", options, title="control")
+    _steer(control, processor, spec, test, out / "control" / "steer", options | {"random_seeds": ()},
+           title="control")
 
 
 if __name__ == "__main__":
