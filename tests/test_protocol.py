@@ -286,7 +286,7 @@ def test_eval_takes_the_preset_generation_settings(tmp_path: Path, monkeypatch: 
 def test_dry_run_with_task_files_prints_the_settings(nothing_loads: None) -> None:
     code, output = _invoke("steer", "--dry-run", "--repetition-penalty", "1.1", "--layers", "2-3")
     assert code == 0, output
-    for text in ("arith_image_noisy.jsonl", "layers 2-3, tau 0.1, beta 1.0",
+    for text in ("arith_image_test.jsonl", "layers 2-3, tau 0.1, beta 2.0",
                  "generation: max_new_tokens=8, do_sample=False, repetition_penalty=1.1"):
         assert text in output, text
 
