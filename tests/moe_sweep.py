@@ -34,6 +34,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers.models.auto import configuration_auto, modeling_auto  # noqa: E402
@@ -308,6 +309,8 @@ def check(model_type: str) -> dict[str, Any]:
     start = time.time()
     try:
         build(model_type)
+    except pytest.skip.Exception as skipped:  # a tiny_vl builder's known upstream breakage of this release
+        return dict(type=model_type, status="model-fails", rule=[], detail=str(skipped)[:160])
     except Exception as error:  # noqa: BLE001 - the shrunk config is rejected, or the class is not loadable
         return dict(type=model_type, status="no-tiny-model", rule=[], detail=f"{type(error).__name__}: {str(error)[:160]}")
     verdicts = {}
@@ -335,6 +338,7 @@ def run_isolated(model_type: str, timeout: float = 240.0) -> dict[str, Any]:
             return dict(type=model_type, status="timeout", rule=[], detail=f"over {timeout:.0f} s")
         return receiver.recv()
     except EOFError:
+        process.join(10)
         return dict(type=model_type, status="crashed", rule=[], detail=f"exit code {process.exitcode}")
     finally:
         if process.is_alive():
