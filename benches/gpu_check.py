@@ -26,7 +26,6 @@ import statistics
 import sys
 import time
 import warnings
-from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
 from common import RESULTS, Shape, build_model, machine, prompt  # noqa: E402
+from overhead import variants  # noqa: E402
 
 import moehooks  # noqa: E402
 
@@ -58,24 +58,10 @@ class Timer:
 
 
 def contexts(model: torch.nn.Module, shape: Shape, mask: torch.Tensor) -> dict[str, Callable[[], Any]]:
-    experts = {layer: [3, 7] for layer in range(shape.layers)}
-    hidden = shape.hidden
-    source, target = torch.randn(2, hidden, generator=torch.Generator().manual_seed(0)).to(mask.device)
-
-    def combined() -> ExitStack:
-        stack = ExitStack()
-        stack.enter_context(moehooks.record(model))
-        stack.enter_context(moehooks.steer(model, experts, mode="soft"))
-        stack.enter_context(moehooks.swap(model, shape.layers // 2, source, target, 1.0, positions=mask.bool()))
-        return stack
-
-    return {
-        "unhooked": nullcontext,
-        "record": lambda: moehooks.record(model),
-        "record per_sample": lambda: moehooks.record(model, per_sample=True),
-        "soft steer": lambda: moehooks.steer(model, experts, mode="soft"),
-        "record+steer+swap": combined,
-    }
+    """The overhead bench's variants that the GPU check times."""
+    every = variants(model, shape, mask)
+    return {name: every[name] for name in ("unhooked", "record", "record per_sample", "soft steer",
+                                           "record+steer+swap")}
 
 
 def overhead(generate: Callable[..., Any], variants: dict[str, Callable[[], Any]], timer: Timer,

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
-from common import Bench, parse_args, report  # noqa: E402
+from common import Bench, Shape, parse_args, report  # noqa: E402
 
 import moehooks  # noqa: E402
 
@@ -27,12 +27,12 @@ TARGETS = {"record": 1.03, "record per_sample": 1.05, "soft steer": 1.05, "hard 
            "record+steer+swap": 1.08}
 
 
-def variants(bench: Bench) -> dict[str, object]:
-    model, shape = bench.model, bench.shape
+def variants(model: torch.nn.Module, shape: Shape, mask: torch.Tensor) -> dict[str, object]:
+    """The hooked variants of ``model`` (of ``shape``, prompted with attention ``mask``): context factories."""
     experts = {layer: [3, 7] for layer in range(shape.layers)}
     generator = torch.Generator().manual_seed(0)
-    source, target = torch.randn(2, shape.hidden, generator=generator)
-    positions = bench.inputs["attention_mask"].bool()
+    source, target = torch.randn(2, shape.hidden, generator=generator).to(mask.device)
+    positions = mask.bool()
 
     def swap() -> moehooks.Swap:
         return moehooks.swap(model, shape.layers // 2, source, target, 1.0, positions=positions)
@@ -59,7 +59,7 @@ def variants(bench: Bench) -> dict[str, object]:
 def main() -> None:
     args = parse_args(__doc__)
     bench = Bench.create(args)
-    contexts = variants(bench)
+    contexts = variants(bench.model, bench.shape, bench.inputs["attention_mask"])
     times = bench.measure(contexts)
     result = report("overhead", args, bench, times, baseline="unhooked", hooks=bench.hook_times(contexts),
                     notes={"targets": TARGETS})

@@ -170,14 +170,22 @@ def _text_field(row: Mapping[str, Any], key: str) -> str:
     return str(value)
 
 
-def _choices_field(value: Any) -> list[str] | None:
+def _json_list(value: Any, field: str) -> Any:
+    """``value`` itself, or parsed when it is a JSON string (CSV cells); ``None`` when blank."""
     if _blank(value):
         return None
     if isinstance(value, str):
         try:
-            value = json.loads(value)
+            return json.loads(value)
         except json.JSONDecodeError as err:
-            raise ValueError(f"field 'choices' is not a JSON list: {err}") from err
+            raise ValueError(f"field {field!r} is not a JSON list: {err}") from err
+    return value
+
+
+def _choices_field(value: Any) -> list[str] | None:
+    value = _json_list(value, "choices")
+    if value is None:
+        return None
     if not isinstance(value, (list, tuple)) or len(value) < 2 or any(_blank(c) for c in value):
         raise ValueError(f"field 'choices' must be a list of at least 2 non-empty options, got {value!r}")
     return [str(c) for c in value]
@@ -244,13 +252,9 @@ def item_from_row(row: Mapping[str, Any], base_dir: Path) -> Item:
 
 
 def _images_field(value: Any, base_dir: Path) -> list[str] | None:
-    if _blank(value):
+    value = _json_list(value, "images")
+    if value is None:
         return None
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"field 'images' is not a JSON list: {err}") from err
     if not isinstance(value, (list, tuple)) or not value:
         raise ValueError(f"field 'images' must be a non-empty list of paths, got {value!r}")
     paths = [base_dir / str(v) for v in value]
