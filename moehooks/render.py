@@ -19,8 +19,9 @@ Variants:
       seeded from the text and ``seed``;
     - ``v3``: the ``v2`` handwriting on a light grey grid.
 
-Math between ``$...$`` is typeset with real LaTeX (matplotlib ``usetex``) when ``latex`` and ``dvipng``
-are installed, with matplotlib mathtext otherwise. The handwriting font is a system font found by
+Math between ``$...$`` is typeset with real LaTeX (matplotlib ``usetex``) when :func:`has_usetex` finds it
+working (Debian: ``texlive-latex-base texlive-latex-extra texlive-fonts-recommended cm-super dvipng``), with
+matplotlib mathtext otherwise. The handwriting font is a system font found by
 matplotlib's font manager (fonts-dkg-handwriting, Comic Neue, Humor Sans, xkcd Script, ...); without
 one, ``strict=True`` raises :class:`MissingFontError` and the default draws a synthetic handwriting
 from matplotlib's bundled fonts (DejaVu Sans Oblique, Computer Modern math) and warns once.
@@ -126,13 +127,37 @@ def _check_variant(variant: str) -> None:
 
 @functools.cache
 def has_latex() -> bool:
-    """Return True when real LaTeX rendering is possible (``latex`` and ``dvipng`` on PATH).
+    """Return True when ``latex`` and ``dvipng`` are on PATH (Debian: ``texlive-latex-base dvipng``): the printed
+    variant is then a LaTeX page.
 
     Example:
         >>> isinstance(has_latex(), bool)
         True
     """
     return shutil.which("latex") is not None and shutil.which("dvipng") is not None
+
+
+@functools.cache
+def has_usetex() -> bool:
+    """Return True when matplotlib's ``usetex`` typesets with the installed LaTeX (probed once per process): it
+    needs the packages of Debian's ``texlive-latex-extra texlive-fonts-recommended cm-super`` besides
+    :func:`has_latex`; with ``texlive-latex-base`` alone it fails, and math falls back to mathtext.
+
+    Example:
+        >>> isinstance(has_usetex(), bool)
+        True
+    """
+    if not has_latex():
+        return False
+    try:
+        with rc_context({"text.usetex": True}):
+            figure = Figure(figsize=(1, 1))
+            FigureCanvasAgg(figure)
+            figure.text(0.1, 0.1, r"$x^2$")
+            figure.canvas.draw()
+    except (RuntimeError, OSError):
+        return False
+    return True
 
 
 def _normalize_family(name: str) -> str:
@@ -245,7 +270,7 @@ def _escape_tex(plain: str) -> str:
 def _printed(text: str, font_size: float, seed: int) -> _Piece:
     """Draw ``text`` in one go in the printed font chosen by ``seed`` (LaTeX when installed)."""
     family, fontset = PRINTED_FONTS[seed % len(PRINTED_FONTS)]
-    if has_latex():
+    if has_usetex():
         tex = "".join(s if _MATH_RE.fullmatch(s) else _escape_tex(s) for s in _split(text))
         return _draw(tex, _Style(family="serif", fontset=fontset, italic=False, usetex=True), font_size)
     return _draw(text, _Style(family=family, fontset=fontset, italic=False, usetex=False), font_size)
@@ -281,7 +306,7 @@ def _crop_columns(piece: _Piece, blank_width: int) -> _Piece:
 def _handwritten(text: str, font_size: float, seed: int, strict: bool) -> _Piece:
     """Draw ``text`` glyph by glyph (math segments whole) with jitter seeded from the text and ``seed``."""
     style = _handwriting_style(strict)
-    math_style = _Style(family=style.family, fontset=style.fontset, italic=False, usetex=has_latex(), fontfile=None)
+    math_style = _Style(family=style.family, fontset=style.fontset, italic=False, usetex=has_usetex(), fontfile=None)
     rng = _rng(text, seed)
     space = max(1, round(0.35 * font_size))
     pieces = []
@@ -341,9 +366,9 @@ class _Pen:
 
     def math_style(self) -> _Style:
         if self.variant == "v1":
-            return replace(self.text_style(), usetex=has_latex())
+            return replace(self.text_style(), usetex=has_usetex())
         style = _handwriting_style(self.strict)
-        return _Style(family=style.family, fontset=style.fontset, italic=False, usetex=has_latex())
+        return _Style(family=style.family, fontset=style.fontset, italic=False, usetex=has_usetex())
 
     def math(self, math: str, inline: bool) -> _Piece:
         piece = _math_piece(math, self.math_style(), self.font_size)

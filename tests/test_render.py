@@ -119,9 +119,28 @@ def test_synthetic_handwriting_warns_once():
 
 def test_latex_renders_with_mathtext_fallback(monkeypatch):
     monkeypatch.setattr(rendering, "has_latex", lambda: False)
+    monkeypatch.setattr(rendering, "has_usetex", lambda: False)
     rendering._draw.cache_clear()
     fraction = render(r"$\frac{1}{2}$", "v1")
     one = render("1", "v1")
     left, top, right, bottom = ink_box(fraction)
     assert bottom - top > 1.5 * (ink_box(one)[3] - ink_box(one)[1])
     assert right - left < bottom - top
+
+
+def test_a_partial_latex_install_falls_back_to_mathtext(monkeypatch):
+    """``latex`` and ``dvipng`` present but matplotlib's usetex failing (no cm-super): not LaTeX."""
+    import matplotlib.figure
+
+    from moehooks import render as rendering
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("Missing cm-super package, required by Matplotlib")
+
+    rendering.has_usetex.cache_clear()
+    monkeypatch.setattr(rendering.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(matplotlib.figure.Figure, "draw", broken)
+    try:
+        assert rendering.has_latex() and rendering.has_usetex() is False
+    finally:
+        rendering.has_usetex.cache_clear()

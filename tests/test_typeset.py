@@ -45,6 +45,7 @@ SOURCE = re.compile(r"\\[A-Za-z]{2,}|begin\s*\{|end\s*\{|\[/?asy\]|\\\[|\\\]|\\[
 def fallback(monkeypatch: pytest.MonkeyPatch):
     """Typeset without LaTeX (the fallback under test), with the synthetic-handwriting warning silenced."""
     monkeypatch.setattr(rendering, "has_latex", lambda: False)
+    monkeypatch.setattr(rendering, "has_usetex", lambda: False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         yield
