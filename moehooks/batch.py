@@ -87,20 +87,20 @@ class Batch:
         A router that sees only one modality's rows (Ernie-4.5-VL's ``text``/``vision`` gates) gets those
         rows selected with a boolean mask; that one case synchronises with the device.
         """
-        key = (f"{name}:{branch}:{rows}", device)
-        cached = self._cache.get(key)
-        if cached is None:
+
+        def make() -> torch.Tensor:
             full = self.image + 2 * self.phase if name == "cell" else getattr(self, name)
             if rows != self.rows:
                 full = self._branch_rows(full, branch, rows)
-            cached = self._cache[key] = full.to(device)
-        return cached
+            return full.to(device)
+
+        return self.memo((name, branch, rows, device), make)
 
     def memo(self, key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
         """``make()`` once per call for ``key`` (row tensors that every router of the call shares)."""
-        cached = self._cache.get(key)  # type: ignore[arg-type]
+        cached = self._cache.get(key)
         if cached is None:
-            cached = self._cache[key] = make()  # type: ignore[index]
+            cached = self._cache[key] = make()
         return cached
 
     def _branch_rows(self, full: torch.Tensor, branch: str, rows: int) -> torch.Tensor:

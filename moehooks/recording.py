@@ -129,8 +129,7 @@ class Recorder(HookContext):
             seq = batch.seq
             rejected = (torch.arange(seq, device=device) >= seq - positions).long().repeat(rows // seq)
             count = batch.get("count", device, rows, branch) * rejected
-            cell = batch.get("cell", device, rows, branch)
-            slot = cell + (_CELLS - cell) * (1 - count)
+            slot = _to_slot(batch.get("cell", device, rows, branch), count, _CELLS)
             _accumulate(self._tables[i], slot, logits, weights, indices, self._probs[i], self.num_experts, alpha=-1)
             if self._trace is not None:
                 self._trace.retract(f"layer{i}", 1 - rejected)
@@ -211,9 +210,14 @@ def _slots(batch: Batch, device: torch.device, rows: int, branch: str, kind: str
             image = batch.get("image", device, rows, branch)
             cells = batch.get("sample", device, rows, branch) * len(MODALITIES) + image
             counted = counted * (1 - batch.get("phase", device, rows, branch))
-        return cells + (trash - cells) * (1 - counted)
+        return _to_slot(cells, counted, trash)
 
     return batch.memo(("slot", kind, device, rows, branch), make)
+
+
+def _to_slot(cells: torch.Tensor, counted: torch.Tensor, trash: int) -> torch.Tensor:
+    """``cells`` where ``counted`` is 1, the spare slot ``trash`` where it is 0."""
+    return cells + (trash - cells) * (1 - counted)
 
 
 _ONES: dict[tuple[int, torch.device], torch.Tensor] = {}
