@@ -33,6 +33,8 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from torch import nn  # noqa: E402
 
+from moehooks.hooks import _TRACKERS  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results"
 Run = Callable[[], Any]
 Variant = Callable[[], AbstractContextManager]
@@ -165,7 +167,8 @@ def machine() -> dict[str, Any]:
 
 
 def hook_seconds(model: nn.Module, run: Run) -> float:
-    """CPU seconds spent inside the forward hooks and pre-hooks registered on ``model``'s modules during ``run()``.
+    """CPU seconds spent inside the forward hooks and pre-hooks registered on ``model``'s modules during ``run()``,
+    and in what moehooks does when a ``generate`` call returns (the recorder adds the router calls it held).
 
     Each hook is wrapped with a timer for the call and put back afterwards; this isolates the hooks' own cost
     from the run-to-run noise of a shared machine (it does not see effects on the rest of the forward, such as
@@ -189,12 +192,18 @@ def hook_seconds(model: nn.Module, run: Run) -> float:
             saved.append((hooks, dict(hooks)))
             for key, hook in list(hooks.items()):
                 hooks[key] = timed(hook)
+    tracker = _TRACKERS.get(model)
+    finished = list(tracker.finished) if tracker is not None else []
+    if tracker is not None:
+        tracker.finished[:] = [timed(listener) for listener in finished]
     try:
         run()
     finally:
         for hooks, original in saved:
             hooks.clear()
             hooks.update(original)
+        if tracker is not None:
+            tracker.finished[:] = finished
     return spent[0]
 
 

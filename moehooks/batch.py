@@ -38,7 +38,7 @@ from __future__ import annotations
 import inspect
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -149,10 +149,11 @@ class Tracker:
         self.batch: Batch | None = None
         self.samples = 0
         self.users = 0
-        self.listeners: list[Callable[[int], None]] = []
+        self.listeners: list[Callable[[int], None]] = []  # told how many trailing positions were rejected
+        self.finished: list[Callable[[], None]] = []  # told when a generate / generate_batch call returns
         self._gen: _Generate | None = None
         self._packed: _Packed | None = None
-        self._shapes: dict[tuple, torch.Tensor] = {}
+        self._shapes: dict[tuple, _Layout] = {}
         self._model_name = type(model).__name__
         self._params = _forward_params(model)
         self._generation_config = getattr(model, "generation_config", None)
@@ -186,6 +187,7 @@ class Tracker:
             if isinstance(length, int) and length < gen.seen:
                 self._retract(gen.seen - length)
             self.batch = None
+            self._finish()
 
     def batching(self, generate_batch: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
         """Run ``generate_batch(*args, **kwargs)`` (continuous batching) knowing its prompts."""
@@ -200,6 +202,7 @@ class Tracker:
         finally:
             self._packed = None
             self.batch = None
+            self._finish()
 
     def _prompt_facts(self, args: tuple, kwargs: dict[str, Any]) -> _Generate:
         ids = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
@@ -219,6 +222,10 @@ class Tracker:
     def _retract(self, positions: int) -> None:
         for listener in list(self.listeners):
             listener(positions)
+
+    def _finish(self) -> None:
+        for listener in list(self.finished):
+            listener()
 
     # ---- one forward call ----------------------------------------------------------------------------------
     def _pre(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
@@ -332,11 +339,15 @@ class Tracker:
 
     def _generate_valid(self, gen: _Generate, inputs: dict[str, Any], batch: int, seq: int, start: int,
                         prompt: int, device: torch.device) -> torch.Tensor:
+        """Real rows of a call inside ``generate``: generated columns always are; prompt columns where the call's
+        2-D mask (when it covers the call) or else the prompt's mask says so."""
+        if not prompt:
+            return self._layout(batch, seq, 0, gen.factor, device).ones
         mask = inputs.get("attention_mask")
         if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[1] >= start + seq:
             return mask[:, start:start + seq].reshape(-1).to(device=device, dtype=torch.long).contiguous()
         valid = torch.ones(batch, seq, dtype=torch.long, device=device)
-        if gen.mask is not None and prompt:
+        if gen.mask is not None:
             part = gen.mask[:, start:start + prompt].to(device=device, dtype=torch.long)
             valid[:, :prompt] = part.repeat_interleave(gen.factor, dim=0)
         return valid.reshape(-1)
@@ -359,30 +370,43 @@ class Tracker:
     def _batch(self, inputs: dict[str, Any], ids: Any, batch: int, seq: int, device: torch.device, start: int,
                prompt: int, prompt_len: int, valid: torch.Tensor, count: torch.Tensor, first: int, samples: int,
                factor: int, speculative: bool = False) -> Batch:
+        layout = self._layout(batch, seq, prompt, factor, device)
         types = _last(inputs.get("moe_mm_token_type_ids", inputs.get("mm_token_type_ids")), seq)
         if types is not None:
             image = (types != 0).reshape(-1).long().to(device)
         elif isinstance(ids, torch.Tensor) and self.image_token_id is not None:
             image = (ids == self.image_token_id).reshape(-1).long()
         else:
-            image = self._shaped(("zeros", batch * seq, device),
-                                 lambda: torch.zeros(batch * seq, dtype=torch.long, device=device))
-        phase = self._shaped(("phase", batch, seq, prompt, device),
-                             lambda: (torch.arange(seq, device=device) >= prompt).long().repeat(batch))
-        sample = self._shaped(("sample", batch, seq, factor, device),
-                              lambda: (torch.arange(batch, device=device) // factor).repeat_interleave(seq))
-        phases = (0,) if prompt == seq else (1,) if prompt == 0 else (0, 1)
-        return Batch(batch, seq, valid, count.contiguous(), phase, image, sample, first, samples, phases, start,
-                     prompt, prompt_len, factor, speculative, modality_ids=types)
+            image = layout.zeros
+        return Batch(batch, seq, valid, count.contiguous(), layout.phase, image, layout.sample, first, samples,
+                     layout.phases, start, prompt, prompt_len, factor, speculative, modality_ids=types)
 
-    def _shaped(self, key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def _layout(self, batch: int, seq: int, prompt: int, factor: int, device: torch.device) -> "_Layout":
         """Row tensors that depend only on the call's shape, made once (decode steps repeat the same shape)."""
-        tensor = self._shapes.get(key)
-        if tensor is None:
+        key = (batch, seq, prompt, factor, device)
+        layout = self._shapes.get(key)
+        if layout is None:
             if len(self._shapes) > 64:
                 self._shapes.clear()
-            tensor = self._shapes[key] = make()
-        return tensor
+            rows = batch * seq
+            layout = self._shapes[key] = _Layout(
+                torch.ones(rows, dtype=torch.long, device=device),
+                torch.zeros(rows, dtype=torch.long, device=device),
+                (torch.arange(seq, device=device) >= prompt).long().repeat(batch),
+                (torch.arange(batch, device=device) // factor).repeat_interleave(seq),
+                (0,) if prompt == seq else (1,) if prompt == 0 else (0, 1),
+            )
+        return layout
+
+
+class _Layout(NamedTuple):
+    """A call shape's constant row tensors (``[rows]`` long) and the phases it holds."""
+
+    ones: torch.Tensor
+    zeros: torch.Tensor
+    phase: torch.Tensor
+    sample: torch.Tensor
+    phases: tuple[int, ...]
 
 
 def _forward_params(model: nn.Module) -> list[str]:

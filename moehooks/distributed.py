@@ -160,6 +160,7 @@ def reduce_recorder_tables(rec: Recorder, state: PartialState | None) -> Recorde
         return rec
     if not rec.layers:
         raise RuntimeError("the recorder was never opened: record the model before reducing its tables")
+    rec.flush()
     devices = [state.device if t is None else t.counts.device for t in rec._tables]
     tables = [_Tables.zeros(_CELLS, rec.num_experts, k, state.device) if t is None else t
               for t, k in zip(rec._tables, rec.top_k)]

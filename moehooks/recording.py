@@ -8,10 +8,13 @@ else the routers' outputs.
     rec.sample_counts(modality="text")              # LongTensor [samples, moe_layers, experts]
 
 Each router keeps on its own device a small table per (phase, modality) cell — counts, summed gate weights,
-summed routing probabilities and token totals — filled with ``index_add_`` using 0/1 row weights (padding
-rows weigh 0), so recording never synchronises with the device. Memory is O(layers x experts), plus
-O(samples x layers x experts) with ``per_sample=True`` (prompt tokens only). A per-token trace is opt-in
-(``trace=``) and streams to disk in chunks (``moehooks.trace``).
+summed routing probabilities and token totals — filled with ``index_add_`` by slot (rows that weigh 0 go to a
+spare slot), so recording never synchronises with the device. Where the probe saw that a block leaves its
+choices as they are (``MoELayer.stable``), a router call only keeps references to them, and the calls held are
+added in a few batched operations per router when ``generate`` returns, when a table is read, when the context
+closes, or once ``PENDING_LIMIT`` logits are held (so a long prefill is added right away). Memory is
+O(layers x experts), plus O(samples x layers x experts) with ``per_sample=True`` (prompt tokens only). A
+per-token trace is opt-in (``trace=``) and streams to disk in chunks (``moehooks.trace``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from .hooks import MODALITIES, PHASES, HookContext, check_choice
 from .trace import TraceWriter
 
 _CELLS = len(PHASES) * len(MODALITIES)
+#: logits elements held before the held router calls are added to the tables
+PENDING_LIMIT = 1 << 22
 
 
 @dataclass
@@ -73,7 +78,9 @@ class Recorder(HookContext):
         self._tables: list[_Tables | None] = []
         self._samples: list[list[tuple[int, _Tables]]] = []
         self._last: list[tuple | None] = []  # per router: its last call's inputs while they may be retracted
-        self._probs: list = []
+        self._pending: list[list[tuple]] = []  # per router: calls held, not yet in the tables
+        self._held = 0  # logits elements held in _pending
+        self._entries: list[MoELayer] = []
 
     # ---- hooks ------------------------------------------------------------------------------------
     def _attach(self, stack: ExitStack) -> None:
@@ -81,6 +88,7 @@ class Recorder(HookContext):
         self.layers = routing.layer_ids
         self.num_experts = routing.num_experts
         self.top_k = [entry.top_k for entry in routing.layers]
+        self._entries = list(routing.layers)
         self._tables = [None] * len(routing.layers)
         self._samples = [[] for _ in routing.layers]
         directory, chunk = self._trace_options
@@ -88,57 +96,91 @@ class Recorder(HookContext):
             self._trace = TraceWriter(directory, [f"layer{i}" for i in range(len(routing.layers))], chunk)
             stack.callback(self._trace.flush)
         self._last = [None] * len(routing.layers)
-        self._probs = [entry.adapter.probs for entry in routing.layers]
-        self.tracker.listeners.append(self._retract)
-        stack.callback(self.tracker.listeners.remove, self._retract)
+        self._pending = [[] for _ in routing.layers]
+        for listeners, listener in ((self.tracker.listeners, self._retract), (self.tracker.finished, self.flush)):
+            listeners.append(listener)
+            stack.callback(listeners.remove, listener)
         for i, entry in enumerate(routing.layers):
             hook_routing(stack, entry, self._hook(i, entry))
 
     def _hook(self, i: int, entry: MoELayer):
-        adapter, tracker, branch, experts = entry.adapter, self.tracker, entry.branch, self.num_experts
+        tracker, pending, now = self.tracker, self._pending[i], not entry.stable
 
         def record_hook(logits: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> None:
             batch = tracker.batch
             if batch is None:
                 raise RuntimeError("a router ran outside a forward call of the model the recorder was opened on")
-            rows, device = indices.shape[0], indices.device
-            tables = self._tables[i]
-            if tables is None:
-                self.top_k[i] = indices.shape[1]  # the choices each row really carries
-                tables = self._tables[i] = _Tables.zeros(_CELLS, experts, self.top_k[i], device)
-            slot = _slots(batch, device, rows, branch, "cell", _CELLS)
-            logits, weights = logits.detach(), weights.detach()
-            _accumulate(tables, slot, logits, weights, indices, adapter.probs, experts)
-            self._last[i] = (batch, device, rows, branch, logits, weights, indices) if batch.speculative else None
+            call = (batch, logits, weights, indices)
+            self._last[i] = call if batch.speculative else None
             if self._trace is not None:
+                rows, device, branch = indices.shape[0], indices.device, entry.branch
                 self._trace.add(f"layer{i}", indices, weights, batch.get("count", device, rows, branch),
                                 batch.get("image", device, rows, branch), batch.get("phase", device, rows, branch))
-            if self.per_sample and 0 in batch.phases:
-                sample = _slots(batch, device, rows, branch, "sample", batch.samples * len(MODALITIES))
-                _accumulate(self._sample_tables(i, batch, device), sample, logits, weights, indices, adapter.probs,
-                            experts)
+            if now or torch.compiler.is_compiling():  # compiled code adds inside its graph, with no Python state
+                self._add(i, [call], {})
+                return
+            if self._tables[i] is None:  # made here, in eager code, so that compiled steps find it made
+                self._table(i, indices)
+            pending.append(call)
+            self._held += logits.numel()
+            if self._held > PENDING_LIMIT:
+                self.flush()
 
         return record_hook
 
+    def flush(self) -> None:
+        """Add the router calls held so far to the tables (done for you by ``generate``, reads and closing)."""
+        self._held, slots = 0, {}
+        for i, calls in enumerate(self._pending):
+            if calls:
+                self._add(i, calls, slots)
+                calls.clear()
+
+    def _add(self, i: int, calls: list[tuple], slots: dict) -> None:
+        """One router's held calls into its tables: concatenated, a few operations for them all (``slots``: the
+        rows' slots, shared by the routers that saw the same calls)."""
+        entry, device = self._entries[i], calls[0][3].device
+        tables = self._tables[i] or self._table(i, calls[0][3])
+        slot = _cell_slots(calls, device, entry.branch, slots)
+        logits, weights, indices = (_cat([call[n] for call in calls]) for n in (1, 2, 3))
+        _accumulate(tables, slot, logits, weights, indices, entry.adapter.probs, self.num_experts)
+        if not self.per_sample:
+            return
+        for batch, logits, weights, indices in calls:
+            if 0 in batch.phases:
+                rows = indices.shape[0]
+                sample = _sample_slots(batch, device, rows, entry.branch)
+                _accumulate(self._sample_tables(i, batch, device), sample, logits.detach(), weights.detach(),
+                            indices, entry.adapter.probs, self.num_experts)
+
+    def _table(self, i: int, indices: torch.Tensor) -> _Tables:
+        self.top_k[i] = indices.shape[1]  # the choices each row really carries
+        tables = self._tables[i] = _Tables.zeros(_CELLS, self.num_experts, self.top_k[i], indices.device)
+        return tables
+
     def _retract(self, positions: int) -> None:
         """Take back the last ``positions`` columns of each router's last (speculative) call: rejected candidates."""
+        self.flush()
         for i, last in enumerate(self._last):
             if last is None:
                 continue
-            batch, device, rows, branch, logits, weights, indices = last
-            seq = batch.seq
+            batch, logits, weights, indices = last
+            rows, device, branch, seq = indices.shape[0], indices.device, self._entries[i].branch, batch.seq
             rejected = (torch.arange(seq, device=device) >= seq - positions).long().repeat(rows // seq)
             count = batch.get("count", device, rows, branch) * rejected
             slot = _to_slot(batch.get("cell", device, rows, branch), count, _CELLS)
-            _accumulate(self._tables[i], slot, logits, weights, indices, self._probs[i], self.num_experts, alpha=-1)
+            _accumulate(self._tables[i], slot, logits.detach(), weights.detach(), indices,
+                        self._entries[i].adapter.probs, self.num_experts, alpha=-1)
             if self._trace is not None:
                 self._trace.retract(f"layer{i}", 1 - rejected)
             self._last[i] = None
 
     def _closed(self) -> None:
+        self.flush()
         self._trace = None
         self._last = []
-        self._probs = []
+        self._pending = []
+        self._entries = []
 
     def _sample_tables(self, i: int, batch: Batch, device: torch.device) -> _Tables:
         chunks = self._samples[i]
@@ -193,26 +235,48 @@ class Recorder(HookContext):
         return torch.stack(per_layer, dim=1)
 
     def _require_tables(self) -> list[_Tables]:
+        self.flush()
         if not self._tables or any(t is None for t in self._tables):
             raise RuntimeError("nothing recorded yet: run the model (forward or generate) inside the record() block first")
         return self._tables  # type: ignore[return-value]
 
 
-def _slots(batch: Batch, device: torch.device, rows: int, branch: str, kind: str, trash: int) -> torch.Tensor:
-    """Each row's slot (shared by the routers of a call): ``kind`` ``"cell"`` (phase, modality) where the row
-    is counted, ``"sample"`` (sample, modality) where it is a counted prompt row; else the last slot ``trash``."""
+def _cell_slots(calls: list[tuple], device: torch.device, branch: str, slots: dict) -> torch.Tensor:
+    """The slot of every row of ``calls`` (a router's held calls), in order: its (phase, modality) cell where the
+    row is counted, else the spare slot; made once for all routers (of ``branch``) that saw the same calls."""
+    if len(calls) == 1:
+        batch, _, _, ix = calls[0]
+        rows = ix.shape[0]
+        return batch.memo(("slot", device, rows, branch), lambda: _to_slot(
+            batch.get("cell", device, rows, branch), batch.get("count", device, rows, branch), _CELLS))
+    key = (device, branch, tuple(id(call[0]) for call in calls))
+    slot = slots.get(key)
+    if slot is None:
+        whole = all(ix.shape[0] == batch.rows for batch, _, _, ix in calls)  # no router saw a subset of rows
+
+        def rows(name: str) -> torch.Tensor:
+            if whole:
+                return _cat([getattr(batch, name) for batch, _, _, _ in calls]).to(device)
+            return _cat([batch.get(name, device, ix.shape[0], branch) for batch, _, _, ix in calls])
+
+        slot = slots[key] = _to_slot(rows("image") + 2 * rows("phase"), rows("count"), _CELLS)
+    return slot
+
+
+def _sample_slots(batch: Batch, device: torch.device, rows: int, branch: str) -> torch.Tensor:
+    """Each row's (sample, modality) slot where it is a counted prompt row, else the spare slot."""
 
     def make() -> torch.Tensor:
-        counted = batch.get("count", device, rows, branch)
-        if kind == "cell":
-            cells = batch.get("cell", device, rows, branch)
-        else:
-            image = batch.get("image", device, rows, branch)
-            cells = batch.get("sample", device, rows, branch) * len(MODALITIES) + image
-            counted = counted * (1 - batch.get("phase", device, rows, branch))
-        return _to_slot(cells, counted, trash)
+        image = batch.get("image", device, rows, branch)
+        cells = batch.get("sample", device, rows, branch) * len(MODALITIES) + image
+        counted = batch.get("count", device, rows, branch) * (1 - batch.get("phase", device, rows, branch))
+        return _to_slot(cells, counted, batch.samples * len(MODALITIES))
 
-    return batch.memo(("slot", kind, device, rows, branch), make)
+    return batch.memo(("sample slot", device, rows, branch), make)
+
+
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    return (parts[0] if len(parts) == 1 else torch.cat(parts)).detach()
 
 
 def _to_slot(cells: torch.Tensor, counted: torch.Tensor, trash: int) -> torch.Tensor:
@@ -220,19 +284,11 @@ def _to_slot(cells: torch.Tensor, counted: torch.Tensor, trash: int) -> torch.Te
     return cells + (trash - cells) * (1 - counted)
 
 
-_ONES: dict[tuple[int, torch.device], torch.Tensor] = {}
-
-
 def _accumulate(tables: _Tables, slot: torch.Tensor, logits: torch.Tensor, weights: torch.Tensor,
                 indices: torch.Tensor, probs_fn, experts: int, alpha: int = 1) -> None:
-    """Add one router call to ``tables`` by slot (``alpha=-1`` takes it back); no host synchronisation."""
+    """Add router calls (rows) to ``tables`` by slot (``alpha=-1`` takes it back); no host synchronisation."""
     flat = (slot.unsqueeze(1) * experts + indices).reshape(-1)  # [rows * k] into tables.counts.view(-1)
-    ones = _ONES.get((flat.shape[0], flat.device))
-    if ones is None:
-        if len(_ONES) > 64:
-            _ONES.clear()
-        ones = _ONES[(flat.shape[0], flat.device)] = torch.ones(flat.shape[0], dtype=torch.long, device=flat.device)
-    tables.counts.view(-1).index_add_(0, flat, ones, alpha=alpha)
+    tables.counts.view(-1).index_add_(0, flat, torch.ones_like(flat), alpha=alpha)
     tables.gates.view(-1).index_add_(0, flat, weights.float().reshape(-1), alpha=alpha)
     tables.probs.index_add_(0, slot, probs_fn(logits).float(), alpha=alpha)
 

@@ -50,21 +50,21 @@ from .hooks import MODALITIES, PHASES, HookContext, check_choice, check_finite
 MODES = ("soft", "hard", "random")
 TOKEN_SCOPES = ("all", *MODALITIES)
 PHASE_SCOPES = ("all", *PHASES)
-_ONE = torch.ones(1, 1)  # row scope when every row is steered
 
 Layers = Union[range, Sequence[int], tuple[int, int], None]
 Sigma = Union[str, torch.Tensor, Sequence[float], Mapping[int, float]]
-# (logits [T, E], per-expert gain or mask [E], row scope [T, 1] or [1, 1]) -> (boosted, weights, indices)
-BoostSelect = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+# (logits [T, E], per-expert gain or mask [E], row scope [T, 1] or None for every row) -> (boosted, weights, indices)
+BoostSelect = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"],
+                       tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 # ---- the boosted selection (pure tensor functions, compiled per router when asked) ------------------------
 def soft_select(adapter: RouterAdapter, token_sigma: bool) -> BoostSelect:
     """``z + gain * scope (* per-token std)`` then the family's selection; ``gain = beta * sigma * mask``."""
 
-    def select(logits: torch.Tensor, gain: torch.Tensor, scope: torch.Tensor):
+    def select(logits: torch.Tensor, gain: torch.Tensor, scope: torch.Tensor | None):
         z = logits.float()  # [T, E]
-        step = gain * scope  # [T or 1, E]
+        step = gain if scope is None else gain * scope  # [E] or [T, E]
         if token_sigma:
             step = step * z.std(dim=-1, keepdim=True)  # [T, E]
         boosted = (z + step).to(logits.dtype)
@@ -78,9 +78,9 @@ def hard_select(adapter: RouterAdapter, epsilon: float) -> BoostSelect:
     """Listed experts' logits set to ``max + epsilon`` and the top-k of them (by unboosted choice score)
     forced into the selection; ``mask`` is the 0/1 expert mask."""
 
-    def select(logits: torch.Tensor, mask: torch.Tensor, scope: torch.Tensor):
+    def select(logits: torch.Tensor, mask: torch.Tensor, scope: torch.Tensor | None):
         info = torch.finfo(logits.dtype)
-        weight = mask * scope  # [T or 1, E] 0/1
+        weight = mask if scope is None else mask * scope  # [E] or [T, E] 0/1
         z = logits.float()  # [T, E]
         top = z.amax(dim=-1, keepdim=True)  # [T, 1]
         lift = torch.clamp(top.abs() * (2 * info.eps), min=max(epsilon, info.tiny))  # >= 2 ulps of |top|
@@ -147,7 +147,6 @@ class Steering(HookContext):
         self._phases = [0, 1] if phase == "all" else [PHASES.index(phase)]
         self._options = dict(mode=mode, beta=beta, epsilon=epsilon, compiled=compile)
         self._sigmas = sigmas
-        self._ones: dict[tuple, torch.Tensor] = {}
 
     def _attach(self, stack: ExitStack) -> None:
         for i, entry in enumerate(self.routing.layers):
@@ -156,19 +155,23 @@ class Steering(HookContext):
                 hook_routing(stack, entry, self._hook(plan, self.tracker), edits=True, first=True)
 
     def _hook(self, plan: _RouterSteering, tracker: Tracker) -> Edit:
+        every = self.tokens == "all" and len(self._phases) == len(PHASES)  # no row scope to compute
+
         def steer_hook(logits: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> Any:
             batch = tracker.batch
             if batch is None:
                 raise RuntimeError("a router ran outside a forward call of the model the steering was opened on")
-            if not any(p in self._phases for p in batch.phases):
-                return None
-            scope = self._scope(batch, logits.device, logits.shape[0], plan.branch)
+            scope = None
+            if not every:
+                if not any(p in self._phases for p in batch.phases):
+                    return None
+                scope = self._scope(batch, logits.device, logits.shape[0], plan.branch)
             return plan.fn(logits, plan.gain(logits.device), scope)
 
         return steer_hook
 
-    def _scope(self, batch: Batch, device: torch.device, rows: int, branch: str) -> torch.Tensor:
-        """0/1 float row weights ``[rows, 1]`` (or ``[1, 1]`` ones when every row is steered)."""
+    def _scope(self, batch: Batch, device: torch.device, rows: int, branch: str) -> torch.Tensor | None:
+        """0/1 float row weights ``[rows, 1]``, or ``None`` when every row of the call is steered."""
         scope = None
         if self.tokens != "all":
             image = batch.get("image", device, rows, branch).unsqueeze(1).float()  # [rows, 1]
@@ -177,10 +180,7 @@ class Steering(HookContext):
             phase = batch.get("phase", device, rows, branch).unsqueeze(1).float()
             wanted = phase if self._phases == [1] else 1.0 - phase
             scope = wanted if scope is None else scope * wanted
-        return on_device(self._ones, _ONE, device) if scope is None else scope
-
-    def _closed(self) -> None:
-        self._ones.clear()
+        return scope
 
 
 def steer(model: nn.Module, experts: Mapping[int, Sequence[int]], mode: str = "soft", beta: float = 0.5,

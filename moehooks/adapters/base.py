@@ -178,6 +178,9 @@ class MoELayer:
     logits_at: int = 0
     #: why this block cannot be steered (no known rule reproduces it); "" when it can
     rule_error: str = ""
+    #: the probe saw the block leave its router's logits and its experts' inputs as they were, so a call's
+    #: choices may be read after the block ran (the recorder adds them up in batches)
+    stable: bool = False
 
 
 @dataclass(frozen=True)
@@ -323,7 +326,7 @@ def adapt(model: nn.Module) -> RoutingMap:
 
 def _entry(model: nn.Module, name: str, parent_name: str, router: nn.Module, layer: int, adapter: RouterAdapter,
            shared_attrs: tuple[str, ...], experts: nn.Module | None = None, logits_at: int = 0,
-           rule_error: str = "") -> MoELayer:
+           rule_error: str = "", stable: bool = False) -> MoELayer:
     block = model.get_submodule(parent_name)
     return MoELayer(
         layer=layer,
@@ -338,6 +341,7 @@ def _entry(model: nn.Module, name: str, parent_name: str, router: nn.Module, lay
         experts=experts,
         logits_at=logits_at,
         rule_error=rule_error,
+        stable=stable,
     )
 
 
@@ -360,7 +364,7 @@ def _probed_entry(model: nn.Module, block, layer: int) -> MoELayer | None:
         adapter = Unidentified(block.indices.shape[1], block.num_experts, error)
     shared = (hinted_cls or RouterAdapter).shared_attrs
     return _entry(model, block.router_name, block.name, block.router, layer, adapter, shared, experts=block.experts,
-                  logits_at=block.logits_at, rule_error=error)
+                  logits_at=block.logits_at, rule_error=error, stable=block.stable)
 
 
 class Unidentified(RouterAdapter):

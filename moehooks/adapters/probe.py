@@ -62,6 +62,9 @@ class Block:
     indices: torch.Tensor | None = None  # [T, k] what the experts consumed
     weights: torch.Tensor | None = None  # [T, k]
     calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)  # every probe call
+    #: the router's logits and the experts' inputs were not changed in place by the rest of the block in any probe
+    #: call, so they may be read after the block ran
+    stable: bool = True
     error: str = ""
 
 
@@ -109,7 +112,7 @@ def probe(block: Block) -> Block:
     for tokens in PROBE_TOKENS:
         x = torch.randn(1, tokens, hidden, generator=torch.Generator().manual_seed(tokens))
         x[:, tokens // 2:] *= 8.0  # half the tokens with a wide logit spread, where rounding differences show
-        seen, consumed = _run_block(block, x.to(device=device, dtype=dtype))
+        seen, consumed, held = _run_block(block, x.to(device=device, dtype=dtype))
         if block.error:
             break
         if not consumed:
@@ -119,7 +122,9 @@ def probe(block: Block) -> Block:
             _find_router(block, seen, consumed[0][0].shape[0])
             if block.router is None:
                 break
-        logits = read_logits(block.logits_at, seen[block.router_at][1]).detach()
+        _, output, versions = seen[block.router_at]
+        block.stable = block.stable and _unchanged(output, versions) and _unchanged(*held[0])
+        logits = read_logits(block.logits_at, output).detach()
         block.calls.append((logits, *consumed[0]))
     if block.calls:
         block.logits, block.indices, block.weights = block.calls[0]
@@ -136,14 +141,16 @@ def _extra_inputs(module: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]
     return {"input_ids": torch.zeros(x.shape[:2], dtype=torch.long, device=x.device)} if "input_ids" in names else {}
 
 
-def _run_block(block: Block, x: torch.Tensor) -> tuple[dict, list]:
-    """One call of the block with its own hooks set aside: every submodule's (args, output), the experts' inputs."""
-    seen: dict[str, tuple[Any, Any]] = {}
+def _run_block(block: Block, x: torch.Tensor) -> tuple[dict, list, list]:
+    """One call of the block with its own hooks set aside: every submodule's ``(args, output, versions)``, copies
+    of the experts' inputs, and those inputs themselves with their versions when they were consumed."""
+    seen: dict[str, tuple[Any, Any, tuple]] = {}
     consumed: list[tuple[torch.Tensor, torch.Tensor]] = []
+    held: list[tuple[tuple, tuple]] = []
     inner = [(n, m) for n, m in block.module.named_modules() if n and not _under(n, block)]
     with _hooks_set_aside(block.module), torch.no_grad():
         handles = [m.register_forward_hook(_saver(seen, n)) for n, m in inner]
-        handles.append(block.experts.register_forward_pre_hook(_consumer(consumed), with_kwargs=True))
+        handles.append(block.experts.register_forward_pre_hook(_consumer(consumed, held), with_kwargs=True))
         try:
             block.module(x, **_extra_inputs(block.module, x))
         except Exception as error:  # noqa: BLE001 - any failure means: this block cannot be probed alone
@@ -151,7 +158,7 @@ def _run_block(block: Block, x: torch.Tensor) -> tuple[dict, list]:
         finally:
             for h in handles:
                 h.remove()
-    return seen, consumed
+    return seen, consumed, held
 
 
 def _under(name: str, block: Block) -> bool:
@@ -209,17 +216,29 @@ class _hooks_set_aside:
 
 def _saver(seen: dict, name: str):
     def hook(module, args, output):
-        seen.setdefault(name, (args, output))
+        seen.setdefault(name, (args, output, _versions(output)))
 
     return hook
 
 
-def _consumer(consumed: list):
+def _consumer(consumed: list, held: list):
     def hook(module, args, kwargs):
         indices, weights = routing_args(arg_names(type(module)), args, kwargs)
         consumed.append((indices.detach().clone(), weights.detach().clone()))
+        held.append(((indices, weights), _versions((indices, weights))))
 
     return hook
+
+
+def _versions(output: Any) -> tuple:
+    """The in-place version counter of each tensor in ``output`` (a tensor or a tuple)."""
+    items = output if isinstance(output, (tuple, list)) else (output,)
+    return tuple(t._version if isinstance(t, torch.Tensor) else None for t in items)
+
+
+def _unchanged(output: Any, versions: tuple) -> bool:
+    """No tensor of ``output`` was changed in place since ``versions`` were read."""
+    return _versions(output) == versions
 
 
 def routing_args(names: list[str], args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -249,7 +268,7 @@ def arg_names(cls: type) -> list[str]:
 def _find_router(block: Block, seen: dict, tokens: int) -> None:
     """The outermost submodule returning a float ``[tokens, >= experts]`` tensor: the gate."""
     for name in sorted(seen, key=lambda n: (n.count("."), list(seen).index(n))):
-        args, output = seen[name]
+        args, output, _ = seen[name]
         items = list(output) if isinstance(output, (tuple, list)) else [output]
         for at, item in enumerate(items):
             if (isinstance(item, torch.Tensor) and item.is_floating_point() and item.dim() == 2
