@@ -213,9 +213,11 @@ def report(name: str, args: argparse.Namespace, bench: Bench, times: dict[str, l
 
     Columns: median CPU s; ratio = median over rounds of (variant / ``baseline`` in the same round), which cancels
     the slow drifts of a shared machine; overhead = median over rounds of (variant - baseline); and, where
-    ``hooks`` has the variant, the CPU s spent inside hooks (``hook_seconds``) and its share of the baseline.
+    ``hooks`` has the variant, the CPU s spent inside hooks (``hook_seconds``), that per router call (one
+    ``generate`` makes ``new_tokens`` forward calls through ``layers`` MoE layers) and its share of the baseline.
     """
     base = times[baseline]
+    router_calls = bench.shape.layers * bench.shape.new_tokens
     hooks = hooks or {}
     rows = {}
     for variant, values in times.items():
@@ -224,18 +226,21 @@ def report(name: str, args: argparse.Namespace, bench: Bench, times: dict[str, l
             "ratio": statistics.median(v / b for v, b in zip(values, base)),
             "overhead_s": statistics.median(v - b for v, b in zip(values, base)),
             "hooks_s": hooks.get(variant),
+            "hooks_us_per_router_call": None if variant not in hooks else hooks[variant] / router_calls * 1e6,
             "times_s": values,
         }
     name = f"{name}_{args.tag}" if args.tag else name
     result = {"bench": name, "shape": asdict(bench.shape), "repeats": bench.repeats, "warmup": bench.warmup,
               "baseline": baseline, "machine": machine(), "rows": rows, **(notes or {})}
     print(f"\n{name}: {bench.shape} — {bench.repeats} rounds (CPU s, one thread)")
-    print("| variant | median CPU s | paired ratio | paired overhead s | in hooks s | hooks / baseline |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| variant | median CPU s | paired ratio | paired overhead s | in hooks s | µs / router call "
+          "| hooks / baseline |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     base_median = statistics.median(base)
     for variant, row in rows.items():
         spent = row["hooks_s"]
-        inside = "— | —" if spent is None else f"{spent:.4f} | {spent / base_median:.2%}"
+        inside = "— | — | —" if spent is None else (
+            f"{spent:.4f} | {row['hooks_us_per_router_call']:.1f} | {spent / base_median:.2%}")
         print(f"| {variant} | {row['median_s']:.3f} | {row['ratio']:.3f} | {row['overhead_s']:+.3f} | {inside} |")
     for key, value in (notes or {}).items():
         print(f"{key}: {value}")

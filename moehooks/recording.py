@@ -12,7 +12,7 @@ summed routing probabilities and token totals — filled with ``index_add_`` by 
 spare slot), so recording never synchronises with the device. Where the probe saw that a block leaves its
 choices as they are (``MoELayer.stable``), a router call only keeps references to them, and the calls held are
 added in a few batched operations per router when ``generate`` returns, when a table is read, when the context
-closes, or once ``PENDING_LIMIT`` logits are held (so a long prefill is added right away). Memory is
+closes, or once ``PENDING_LIMIT`` logits elements are held (so a long prefill is added right away). Memory is
 O(layers x experts), plus O(samples x layers x experts) with ``per_sample=True`` (prompt tokens only). A
 per-token trace is opt-in (``trace=``) and streams to disk in chunks (``moehooks.trace``).
 """
@@ -33,8 +33,10 @@ from .hooks import MODALITIES, PHASES, HookContext, check_choice
 from .trace import TraceWriter
 
 _CELLS = len(PHASES) * len(MODALITIES)
-#: logits elements held before the held router calls are added to the tables
+#: held router calls are added to the tables once they hold this many logits elements, a call counting
+#: ``CALL_COST`` more for its tensors' fixed costs (so at most 4096 calls are held)
 PENDING_LIMIT = 1 << 22
+CALL_COST = 1024
 
 
 @dataclass
@@ -122,7 +124,7 @@ class Recorder(HookContext):
             if self._tables[i] is None:  # made here, in eager code, so that compiled steps find it made
                 self._table(i, indices)
             pending.append(call)
-            self._held += logits.numel()
+            self._held += logits.numel() + CALL_COST
             if self._held > PENDING_LIMIT:
                 self.flush()
 

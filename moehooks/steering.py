@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from .adapters import MoELayer, RouterAdapter, RoutingMap, UnsupportedModelError, adapt
-from .adapters.base import Edit, hook_routing, on_device
+from .adapters.base import Edit, cast, hook_routing, on_device
 from .batch import Batch, Tracker
 from .hooks import MODALITIES, PHASES, HookContext, check_choice, check_finite
 
@@ -63,11 +63,11 @@ def soft_select(adapter: RouterAdapter, token_sigma: bool) -> BoostSelect:
     """``z + gain * scope (* per-token std)`` then the family's selection; ``gain = beta * sigma * mask``."""
 
     def select(logits: torch.Tensor, gain: torch.Tensor, scope: torch.Tensor | None):
-        z = logits.float()  # [T, E]
+        z = cast(logits, torch.float32)  # [T, E]
         step = gain if scope is None else gain * scope  # [E] or [T, E]
         if token_sigma:
             step = step * z.std(dim=-1, keepdim=True)  # [T, E]
-        boosted = (z + step).to(logits.dtype)
+        boosted = cast(z + step, logits.dtype)
         weights, indices = adapter.select(boosted)
         return boosted, weights, indices
 

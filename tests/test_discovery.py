@@ -90,3 +90,31 @@ def test_probed_rules_reproduce_the_router_in_bf16():
     reference = _forward(model)
     with moehooks.steer(model, {0: [2]}, beta=0.0):
         assert torch.equal(_forward(model), reference)
+
+
+def test_a_block_changing_its_choices_in_place_is_recorded_call_by_call():
+    """The probe watches the version counters of the router's logits and the experts' inputs: a block that edits
+    them in place after they were produced (here: the weights, after the experts ran) is not ``stable``, so the
+    recorder adds its calls as they come, and what it records is what the experts consumed at that moment."""
+    model = build("qwen3_moe")
+    experts = model.model.layers[1].mlp.experts
+    consumed = experts.forward
+
+    def consume_then_scale(hidden, top_k_index, top_k_weights):
+        out = consumed(hidden, top_k_index, top_k_weights)
+        top_k_weights.mul_(0.5)
+        top_k_index.fill_(0)
+        return out
+
+    experts.forward = consume_then_scale
+    routing = moehooks.adapt(model)
+    assert [e.stable for e in routing.layers] == [True, False, True]
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    handle = experts.register_forward_pre_hook(lambda m, a: seen.append((a[1].clone(), a[2].clone())))
+    with moehooks.record(model) as rec:
+        _forward(model)
+    handle.remove()
+    indices, weights = seen[0]
+    assert torch.equal(rec.counts()[1], torch.bincount(indices.reshape(-1), minlength=8))
+    dense = torch.zeros(indices.shape[0], 8).scatter_add_(1, indices, weights.float())
+    torch.testing.assert_close(rec.gates()[1], dense.sum(0), rtol=0, atol=1e-6)

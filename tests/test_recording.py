@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import moehooks
+from moehooks import recording
 from tiny import FAMILIES, VOCAB, build
 from tiny_vl import VL_FAMILIES, build_vl, image_positions, vl_batch
 
@@ -141,3 +142,30 @@ def test_model_without_moe_layers_is_refused_before_attaching():
         with moehooks.record(dense):
             pass
     assert not dense._forward_pre_hooks and not dense._forward_hooks
+
+
+@pytest.mark.parametrize("limit", [0, 3 * recording.CALL_COST])
+@pytest.mark.parametrize("family", ["qwen3_moe", "deepseek_v3", "gpt_oss"])
+def test_held_calls_add_up_to_the_tables_of_calls_added_one_by_one(family, limit, monkeypatch):
+    """Router calls are held and added when ``generate`` returns; adding each call as it comes (limit 0) or a
+    few at a time (the limit reached inside ``generate``) gives the same tables."""
+    model = build(family)
+    ids, mask = _padded_ids()
+    kwargs = dict(max_new_tokens=4, do_sample=False, pad_token_id=0, eos_token_id=None)
+    assert all(e.stable for e in moehooks.adapt(model).layers)
+
+    def tables() -> list[torch.Tensor]:
+        with moehooks.record(model, per_sample=True) as rec:
+            model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+            mid = rec.counts(phase="decode").clone()  # read inside the block: what was held is added first
+            model.generate(input_ids=ids[:2], attention_mask=mask[:2], **kwargs)
+        return [mid, rec.counts(), rec.tokens(), rec.sample_counts(), rec.gates(), rec.probs()]
+
+    held = tables()
+    monkeypatch.setattr(recording, "PENDING_LIMIT", limit)
+    added = tables()
+    for a, b in zip(held[:4], added[:4]):
+        assert torch.equal(a, b)
+    for a, b in zip(held[4:], added[4:]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-5)
+    assert held[0].sum() == 3 * 3 * moehooks.adapt(model).layers[0].top_k * len(moehooks.adapt(model).layers)

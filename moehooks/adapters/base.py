@@ -145,7 +145,12 @@ class RouterAdapter:
     def pack(self, output: Any, logits: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> Any:
         """The router output with ``logits/weights/indices`` replaced, in the module's own format/dtypes."""
         old_logits, old_weights, _ = self.unpack(output)
-        return (logits.to(old_logits.dtype), weights.to(old_weights.dtype), indices, *tuple(output[3:]))
+        return (cast(logits, old_logits.dtype), cast(weights, old_weights.dtype), indices, *output[3:])
+
+
+def cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``tensor`` in ``dtype``; itself when it already is (cheaper than a no-op ``.to`` on a hot path)."""
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
 def margin(choice: torch.Tensor) -> torch.Tensor:
@@ -421,7 +426,7 @@ def hook_routing(stack: ExitStack, entry: MoELayer, edit: Edit, *, edits: bool =
         new = edit(slot.pop("logits"), weights, indices)
         if new is None:
             return None
-        return replace_routing_args(names, args, kwargs, new[2].to(indices.dtype), new[1].to(weights.dtype))
+        return replace_routing_args(names, args, kwargs, cast(new[2], indices.dtype), cast(new[1], weights.dtype))
 
     stack.callback(router.register_forward_hook(logits_hook, prepend=first).remove)
     stack.callback(entry.experts.register_forward_pre_hook(experts_hook, prepend=first, with_kwargs=True).remove)

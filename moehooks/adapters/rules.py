@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .base import RouterAdapter, margin
+from .base import RouterAdapter, cast, margin
 
 
 class SoftmaxTopK(RouterAdapter):
@@ -35,7 +35,7 @@ class SoftmaxTopK(RouterAdapter):
     def finish(self, gate_topk: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         if self.norm:
             gate_topk = gate_topk / gate_topk.sum(dim=-1, keepdim=True)
-        return gate_topk.to(logits.dtype) if self.cast_weights else gate_topk
+        return cast(gate_topk, logits.dtype) if self.cast_weights else gate_topk
 
 
 class TopKSoftmax(RouterAdapter):
