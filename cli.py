@@ -254,6 +254,9 @@ def steer(
     random_seeds: Optional[str] = typer.Option(None, help="also report one random-expert draw per seed, e.g. 0-4"),
     limit: Optional[int] = LIMIT,
     batch_size: Optional[int] = typer.Option(None, help="generation batch size (default 8 with --benchmark, else 32)"),
+    continuous_batching: bool = typer.Option(False, "--continuous-batching",
+                                             help="generate text prompts (the text method) with continuous "
+                                                  "batching; image prompts keep padded batches"),
     max_new_tokens: Optional[int] = MAX_NEW_TOKENS,
     repetition_penalty: Optional[float] = REPETITION_PENALTY,
     do_sample: Optional[bool] = DO_SAMPLE,
@@ -293,12 +296,13 @@ def steer(
         _benchmark_study(model, benchmark, preset, data_dir, general, descriptions, dry_run, out,
                          n_references=n_references, n_general=n_general, limit=limit, methods=chosen, trials=trials,
                          seed=seed, batch_size=batch_size or 8, tau=tau, beta=beta, layers=parsed_layers,
-                         generation=generation, device_map=device_map, dtype=dtype, attn=attn, load=load)
+                         generation=generation, device_map=device_map, dtype=dtype, attn=attn, load=load,
+                         continuous=continuous_batching)
         return
     settings = spec.settings()["generation"] | generation
     options = dict(tau=tau, beta=beta, layers=parsed_layers, methods=chosen, trials=trials, seed=seed, limit=limit,
                    batch_size=batch_size or 32, max_new_tokens=settings.pop("max_new_tokens"),
-                   generation_kwargs=settings,
+                   generation_kwargs=settings, continuous=continuous_batching,
                    random_seeds=runs.parse_layers(random_seeds, name="--random-seeds") or ())
     _check_steer(options)
     data = _data(tasks, references, general, model, lab_tasks)

@@ -250,8 +250,9 @@ def steer_eval(model: nn.Module, processor: Any, items: Sequence[Item], experts:
     ``{"items": moehooks.runs.file_identity(path)}``; see :func:`method_settings`), so a rerun with other
     settings starts a new result set and the summary counts only this run's rows. Launched as several processes, each evaluates its share of the items into
     ``results.rank{r}.jsonl`` and the main process merges them into ``results.jsonl``
-    (``moehooks.distributed.sharded_eval``). ``continuous=True`` generates with continuous batching
-    (``moehooks.evaluate.generate_answers``; text prompts only).
+    (``moehooks.distributed.sharded_eval``). ``continuous=True`` generates the methods whose prompts are all text
+    (``text``; every method on text-only items) with continuous batching (``moehooks.evaluate.generate_answers``),
+    the others with padded batches; the rows say which (``batching``).
     """
     methods = check_steer_options(methods=methods, beta=beta, epsilon=epsilon, trials=trials, batch_size=batch_size,
                                   max_new_tokens=max_new_tokens)
@@ -259,8 +260,6 @@ def steer_eval(model: nn.Module, processor: Any, items: Sequence[Item], experts:
     common = dict(settings or {})
     common.setdefault("model", runs.model_identity(model))
     common.setdefault("items", {"digest": evaluate.items_digest(items)})
-    if continuous:
-        common["batching"] = "continuous"
     prompted = {"text": text_versions(items)} if "text" in methods else {}
     used: dict[str, dict[int, list[int]]] = {}
     contexts: dict[str, Callable[[], Any] | None] = {"text": None, "baseline": None}
@@ -278,14 +277,16 @@ def steer_eval(model: nn.Module, processor: Any, items: Sequence[Item], experts:
         def step(done: int, _total: int, offset: int = offset) -> None:
             if progress:
                 progress(offset + done, total)
-        extra = common | method_settings(method, used.get(method, experts), beta=beta, epsilon=epsilon, layers=layers)
-        options = dict(method=method, seed=seed, max_new_tokens=max_new_tokens, generation_kwargs=generation_kwargs)
         chosen = prompted.get(method, items)
+        packed = continuous and all(item.image is None for item in chosen)
+        extra = common | method_settings(method, used.get(method, experts), beta=beta, epsilon=epsilon, layers=layers)
+        extra |= {"batching": "continuous"} if packed else {}
+        options = dict(method=method, seed=seed, max_new_tokens=max_new_tokens, generation_kwargs=generation_kwargs)
         keyed[method] = evaluate.eval_settings(model, chosen, **options, settings=extra)
         try:
             rows += distributed.sharded_eval(model, processor, chosen, results, state=state, trials=trials,
                                              batch_size=batch_size, context=contexts[method], settings=extra,
-                                             progress=step, continuous=continuous, **options)
+                                             progress=step, continuous=packed, **options)
         except runs.RunInterrupted as stop:
             raise runs.RunInterrupted(results, offset + stop.saved, total) from None
         offset += trials * share

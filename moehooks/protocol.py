@@ -107,6 +107,7 @@ class Plan:
     batch_size: int
     out_dir: str
     benchmarks: list[BenchmarkPlan] = field(default_factory=list)
+    continuous: bool = False  # continuous batching for the methods whose prompts are text
 
     def to_json(self) -> dict[str, Any]:
         """The plan as JSON-ready data (what ``plan.json`` holds)."""
@@ -205,14 +206,15 @@ def make_plan(model: str, benchmark_names: str | Sequence[str] | None = None, *,
               beta: float | None = None, layers: Sequence[int] | None = None,
               generation: Mapping[str, Any] | None = None, device_map: str | None = None, dtype: str | None = None,
               attn: str | None = None, load: Mapping[str, Any] | None = None, out_dir: str | Path = "runs",
-              cuda: bool | None = None) -> Plan:
+              cuda: bool | None = None, continuous: bool = False) -> Plan:
     """Resolve every setting of a study without loading anything.
 
     The alias (or ``preset``) gives layers, tau, beta and generation per benchmark; any argument given here
     overrides it (``generation`` entries override single ``generate`` arguments, ``None`` drops one). Large
     aliases load with ``device_map="auto"`` and bf16 on a CUDA machine unless ``device_map`` / ``dtype`` say
     otherwise; ``load`` adds ``from_pretrained`` options (``trust_remote_code``, ``revision``). ``general`` is an
-    item file of general-domain text (default: Alpaca, from ``data_dir`` or the hub).
+    item file of general-domain text (default: Alpaca, from ``data_dir`` or the hub). ``continuous``: generate
+    the methods whose prompts are text with continuous batching (``pipeline.steer_eval``).
 
     Example:
         >>> plan = make_plan("qwen3-vl", "math500", cuda=False)
@@ -261,7 +263,8 @@ def make_plan(model: str, benchmark_names: str | Sequence[str] | None = None, *,
                 general=f"items of {general}" if general is not None else benchmarks.RECIPES[GENERAL].describe(),
                 general_file=str(general) if general is not None else None,
                 general_dir=str(general_dir) if general_dir else None, n_general=n_general, methods=list(methods),
-                trials=trials, seed=seed, batch_size=batch_size, out_dir=str(root), benchmarks=plans)
+                trials=trials, seed=seed, batch_size=batch_size, out_dir=str(root), benchmarks=plans,
+                continuous=continuous)
 
 
 def _layers_text(layers: list[int] | None) -> str:
@@ -285,7 +288,8 @@ def format_plan(plan: Plan) -> str:
         f"checkpoint: {plan.checkpoint}" + (f" (alias {plan.alias})" if plan.alias else ""),
         f"loading: {load}",
         f"general data: {general}, {plan.n_general} seeded samples (seed {plan.seed})",
-        f"methods: {', '.join(plan.methods)}; trials {plan.trials}; batch size {plan.batch_size}",
+        f"methods: {', '.join(plan.methods)}; trials {plan.trials}; batch size {plan.batch_size}"
+        + ("; continuous batching for text prompts" if plan.continuous else ""),
         f"outputs: {plan.out_dir}/plan.json, {plan.out_dir}/table1.csv, {plan.out_dir}/table1.json, "
         f"{plan.out_dir}/accuracy.png",
     ]
@@ -600,7 +604,7 @@ def run(plan: Plan, *, stage: Stage = None) -> Table1:
             seed=plan.seed, trials=plan.trials, batch_size=plan.batch_size,
             max_new_tokens=generation.pop("max_new_tokens"), generation_kwargs=generation,
             settings={"benchmark": b.name, "data": b.data, "references": b.references},
-            progress=(lambda d, t, name=b.name: stage(name, d, t)) if stage else None)
+            progress=(lambda d, t, name=b.name: stage(name, d, t)) if stage else None, continuous=plan.continuous)
         if main:
             pipeline.write_json(folder / "summary.json", {m: vars(s) for m, s in result.summary.items()}
                                 | {"experts": result.experts, "items": len(items), "not_typeset": skipped})

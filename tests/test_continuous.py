@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import moehooks
@@ -69,3 +71,21 @@ def test_eval_command_runs_with_continuous_batching(tmp_path):
     assert len(rows) == 4 and sum(r["correct"] for r in rows) >= 3
     summary = json.loads(out.with_name("eval.summary.json").read_text())
     assert summary["settings"]["batching"] == "continuous"
+
+
+def test_steer_eval_packs_the_text_method_and_pads_image_prompts(lab, tmp_path):
+    """``continuous=True``: the ``text`` method (text prompts) runs with continuous batching, the image
+    ``baseline`` with padded batches, and both answer as they do without it."""
+    from moehooks import evaluate, pipeline
+
+    model, processor = lab
+    items = evaluate.load_items(moehooks.lab.DATA_DIR / "arith_image_dev.jsonl")[:4]
+    options = dict(methods=["text", "baseline"], max_new_tokens=4, batch_size=4)
+    padded = pipeline.steer_eval(model, processor, items, {}, tmp_path / "padded", **options)
+    packed = pipeline.steer_eval(model, processor, items, {}, tmp_path / "packed", continuous=True, **options)
+    assert packed.summary["text"].accuracy == padded.summary["text"].accuracy
+    assert packed.summary["baseline"].accuracy == padded.summary["baseline"].accuracy
+    assert packed.settings["text"]["batching"] == "continuous" and "batching" not in packed.settings["baseline"]
+    rows = {(r["method"], r["id"]): r["prediction"] for r in map(json.loads, packed.results.read_text().splitlines())}
+    before = {(r["method"], r["id"]): r["prediction"] for r in map(json.loads, padded.results.read_text().splitlines())}
+    assert rows == before
