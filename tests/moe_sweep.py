@@ -61,6 +61,8 @@ _SIZES: dict[str, Any] = dict(
     num_experts_per_tok=2, moe_k=2, moe_topk=2, moe_top_k=2, top_k_experts=2,
     num_shared_experts=1, n_shared_experts=1, moe_num_shared_experts=1, text_hidden_size=32,
 )
+#: fields a type needs beyond the shrunk default to be an MoE model at all (Doge: ``is_moe``; 16 experts = 4² keys)
+_OVERRIDES: dict[str, dict[str, Any]] = {"doge": dict(is_moe=True, num_experts=16)}
 _GROUP_FIELDS = ("n_group", "num_expert_group", "num_group")
 _TOP_K_FIELDS = ("num_experts_per_tok", "moe_k", "moe_topk", "moe_top_k", "top_k_experts")
 
@@ -153,7 +155,7 @@ def tiny_config(model_type: str):
         cfg_name, _, kwargs = FAMILIES[model_type]
         return getattr(transformers, cfg_name)(**kwargs)
     cls = _config_class(model_type)
-    return cls(**_shrink(cls))
+    return cls(**_shrink(cls, _OVERRIDES.get(model_type)))
 
 
 def model_class(model_type: str):
@@ -214,9 +216,20 @@ def _run(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tenso
     return out.logits if getattr(out, "logits", None) is not None else out[0]
 
 
+def _router_watch(router: torch.nn.Module, outputs: dict[int, Any]):
+    """A hook keeping the first output of a block without an experts module (``outputs[id(router)]``); for
+    Doge, whose experts are embedding rows, the indices its ``down_embed`` consumed."""
+    if type(router).__name__ == "DogeCDMoE":
+        return router.down_embed.register_forward_pre_hook(lambda m, a: outputs.setdefault(id(router), a[0]))
+    return router.register_forward_hook(lambda m, a, o: outputs.setdefault(id(router), o))
+
+
 def _router_counts(router: torch.nn.Module, output: Any, experts: int) -> torch.Tensor:
     """Tokens per expert read from a router's own output, for blocks without an experts module: Llama-4's
-    dense scores (non-zero at the chosen experts), JetMoE's dispatch plan (``expert_size``)."""
+    dense scores (non-zero at the chosen experts), JetMoE's dispatch plan (``expert_size``), Doge's consumed
+    indices."""
+    if type(router).__name__ == "DogeCDMoE":
+        return torch.bincount(output.reshape(-1), minlength=experts)
     if type(router).__name__ == "JetMoeTopKGating":
         return torch.tensor(output[3])
     return (output[0] > 0).sum(0)
@@ -227,8 +240,7 @@ def _observe(model: torch.nn.Module, routing, inputs: dict[str, torch.Tensor], *
     ``contexts`` (a block that did not run, e.g. a vision-only router on text, counts zeros)."""
     seen = _consumers(model)
     outputs: dict[int, Any] = {}
-    handles = [e.router.register_forward_hook(lambda m, a, o, key=id(e.router): outputs.setdefault(key, o))
-               for e in routing.layers if e.experts is None]
+    handles = [_router_watch(e.router, outputs) for e in routing.layers if e.experts is None]
     try:
         with contextlib.ExitStack() as stack:
             for context in contexts:
@@ -245,7 +257,8 @@ def _observe(model: torch.nn.Module, routing, inputs: dict[str, torch.Tensor], *
             counts.append((torch.bincount(consumed.reshape(-1).long(), minlength=e.num_experts), consumed.shape[0]))
         elif e.experts is None and id(e.router) in outputs:
             output = outputs[id(e.router)]
-            counts.append((_router_counts(e.router, output, e.num_experts), int(output[-1].shape[0])))
+            rows = output.shape[0] if isinstance(output, torch.Tensor) else output[-1].shape[0]
+            counts.append((_router_counts(e.router, output, e.num_experts), int(rows)))
         else:
             counts.append((torch.zeros(e.num_experts, dtype=torch.long), 0))
     return counts

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
+import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import moehooks
 from moehooks.adapters import base
-from tiny import FAMILIES, VOCAB, build
+from tiny import _TEXT, FAMILIES, VOCAB, build
 from tiny_vl import VL_FAMILIES, build_vl, vl_batch
 
 REQUIRED = ("qwen3_vl_moe", "llama4", "llama4_text", "deepseek_v3", "kimi_vl", "qwen3_moe", "qwen2_moe", "mixtral",
@@ -212,3 +215,64 @@ def test_kimi_moegate_follows_the_deepseek_rule():
     gate.scoring_func = "softmax"
     with pytest.raises(moehooks.UnsupportedModelError, match="scoring_func='softmax'"):
         base.families()["kimi_vl"](gate)
+
+
+def _doge(dtype: torch.dtype, norm: bool = False) -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = transformers.DogeConfig(**dict(_TEXT, is_moe=True, num_experts=16, num_experts_per_tok=2,
+                                            norm_topk_prob=norm))
+    return transformers.DogeForCausalLM(config).eval().to(dtype)
+
+
+def _doge_calls(model: torch.nn.Module, ids: torch.Tensor, *contexts) -> tuple[torch.Tensor, list]:
+    """The model's logits and, per DogeCDMoE block, (input, output, indices its down_embed consumed)."""
+    seen: list = []
+    handles = []
+    for layer in model.model.layers:
+        call: dict = {}
+        seen.append(call)
+        handles.append(layer.mlp.register_forward_hook(lambda m, a, o, c=call: c.update(x=a[0], out=o)))
+        handles.append(layer.mlp.down_embed.register_forward_pre_hook(lambda m, a, c=call: c.update(idx=a[0])))
+    try:
+        with contextlib.ExitStack() as stack, torch.no_grad():
+            for context in contexts:
+                stack.enter_context(context)
+            logits = model(ids).logits
+    finally:
+        for h in handles:
+            h.remove()
+    return logits, [(c["x"], c["out"], c["idx"]) for c in seen]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("norm", [False, True])
+def test_doge_product_keys_are_read_exactly_and_steered(dtype, norm):
+    from moehooks.adapters.doge import mix
+
+    model = _doge(dtype, norm)
+    ids = torch.randint(3, VOCAB, (2, 7), generator=torch.Generator().manual_seed(3))
+    routing = moehooks.adapt(model)
+    assert routing.family == "doge" and [e.num_experts for e in routing.layers] == [16] * 3
+    reference, calls = _doge_calls(model, ids)
+    for entry, (x, out, consumed) in zip(routing.layers, calls):
+        logits, weights, indices = entry.adapter.unpack(out, x)
+        assert torch.equal(indices, consumed)
+        block = entry.router
+        shared = block.down_proj(block.act_fn(block.gate_proj(x)) * block.up_proj(x))
+        assert torch.equal(mix(block, x, shared, indices, weights), out[0])  # the weights are the block's
+        assert torch.equal(entry.adapter.logits(block, x), logits)
+        idx = entry.adapter.select(logits)[1]  # the block's choice up to ties between equal pairwise sums (bf16)
+        assert torch.equal(logits.gather(-1, idx).sort(-1).values, logits.gather(-1, consumed).sort(-1).values)
+    with moehooks.record(model) as rec:
+        _doge_calls(model, ids)
+    for row, (_, _, consumed) in enumerate(calls):
+        assert torch.equal(rec.counts()[row, :16], torch.bincount(consumed.reshape(-1), minlength=16))
+    steered, _ = _doge_calls(model, ids, moehooks.steer(model, {0: [5], 1: [5], 2: [5]}, beta=0.0))
+    assert torch.equal(steered, reference)
+    rec = moehooks.record(model)
+    steered, calls = _doge_calls(model, ids, moehooks.steer(model, {0: [5, 9], 2: [5]}, mode="hard"), rec)
+    assert not torch.equal(steered, reference)
+    for layer, listed in ((0, {5, 9}), (2, {5})):
+        x, out, consumed = calls[layer]
+        assert all(set(row.tolist()) >= listed for row in consumed)
+        assert (rec.counts()[layer, sorted(listed)] == consumed.shape[0]).all()  # the recorder sees the steering

@@ -16,9 +16,7 @@ from moe_sweep import moe_model_types, sweep, table
 #: or the model's own limits at this size, ``record-only`` / ``partial`` are blocks no known rule reproduces)
 DEFECTS = ("fail", "error", "crashed", "timeout", "unsupported")
 #: model types moehooks knowingly cannot adapt, and why
-KNOWN_GAPS = {
-    "doge": "product-key routing computed inline in DogeCDMoE.forward: no module consumes the chosen experts",
-}
+KNOWN_GAPS: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")

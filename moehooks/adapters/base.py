@@ -76,6 +76,9 @@ class RouterAdapter:
     shared_attrs: ClassVar[tuple[str, ...]] = ("shared_expert", "shared_experts", "shared_mlp")
     #: tensors read from the router once at adapt time (e.g. correction biases)
     tensor_names: ClassVar[tuple[str, ...]] = ()
+    #: the family places its own hooks on the block (``hook_block``): its choices are not a router output or
+    #: an experts module's inputs (Doge's product keys)
+    hooks_block: ClassVar[bool] = False
 
     def __init__(self, router: nn.Module) -> None:
         self.top_k: int = int(router.top_k)
@@ -105,6 +108,11 @@ class RouterAdapter:
         """Router logits ``[tokens, experts]`` from the router input (reads the router's weight)."""
         x = x.reshape(-1, x.shape[-1])
         return nn.functional.linear(x, router.weight)
+
+    def read(self, logits: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+        """The logits the rule selects from, given the logits the router returned and the router input ``x``;
+        they are the router's own, except in families whose weights also use logits it does not return."""
+        return logits
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         """Per-expert routing probabilities ``[tokens, experts]`` (float32)."""
@@ -146,6 +154,10 @@ class RouterAdapter:
         """The router output with ``logits/weights/indices`` replaced, in the module's own format/dtypes."""
         old_logits, old_weights, _ = self.unpack(output)
         return (cast(logits, old_logits.dtype), cast(weights, old_weights.dtype), indices, *output[3:])
+
+    def hook_block(self, stack: ExitStack, entry: "MoELayer", edit: "Edit", *, edits: bool, first: bool) -> None:
+        """``hook_routing`` of a family with ``hooks_block``."""
+        raise NotImplementedError
 
 
 def cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -403,9 +415,13 @@ def hook_routing(stack: ExitStack, entry: MoELayer, edit: Edit, *, edits: bool =
     they really consume) and the logits are the router's output of the same call; otherwise all three come
     from the router's output (``adapter.unpack``). Editing: a registered family's router output is rewritten
     (``adapter.pack``; the probe verified that the experts consume it as it is), any other block's experts
-    inputs are. ``first``: before hooks already there.
+    inputs are; a family that hooks the block itself does so (``adapter.hook_block``). ``first``: before hooks
+    already there.
     """
     adapter, router = entry.adapter, entry.router
+    if adapter.hooks_block:
+        adapter.hook_block(stack, entry, edit, edits=edits, first=first)
+        return
     if entry.experts is None or (edits and type(adapter) in _FAMILIES.values()):
         def router_hook(module: nn.Module, args: tuple, output: Any) -> Any:
             logits, weights, indices = adapter.unpack(output, args[0] if args else None)
@@ -419,7 +435,7 @@ def hook_routing(stack: ExitStack, entry: MoELayer, edit: Edit, *, edits: bool =
     at, slot, names = entry.logits_at, {}, arg_names(type(entry.experts))
 
     def logits_hook(module: nn.Module, args: tuple, output: Any) -> None:
-        slot["logits"] = read_logits(at, output)
+        slot["logits"] = adapter.read(read_logits(at, output), args[0] if args else None)
 
     def experts_hook(module: nn.Module, args: tuple, kwargs: dict) -> Any:
         indices, weights = routing_args(names, args, kwargs)
