@@ -276,3 +276,19 @@ def test_doge_product_keys_are_read_exactly_and_steered(dtype, norm):
         x, out, consumed = calls[layer]
         assert all(set(row.tolist()) >= listed for row in consumed)
         assert (rec.counts()[layer, sorted(listed)] == consumed.shape[0]).all()  # the recorder sees the steering
+
+
+def test_inkling_weights_and_shared_gammas_normalise_together_when_steered():
+    model = build("inkling_text")
+    routing = moehooks.adapt(model)
+    assert routing.family == "inkling" and all(e.adapter.logit_width == e.num_experts + 2 for e in routing.layers)
+    listed = {e.layer: [3] for e in routing.layers}
+    with moehooks.steer(model, listed, mode="hard"):
+        calls = _router_io(model, _text_call)
+    for entry, (x, (routed, weights, indices, gammas)) in zip(routing.layers, calls):
+        router = entry.router
+        shared = torch.nn.functional.linear(x.reshape(-1, x.shape[-1]).float(), router.weight.float())[:, -2:]
+        assert (indices == 3).any(dim=-1).all()
+        chosen = torch.cat((routed.gather(-1, indices), shared), dim=-1)  # the steered routed logits, unsteered shared
+        joint = torch.softmax(torch.nn.functional.logsigmoid(chosen), dim=-1) * router.route_scale * router.global_scale
+        torch.testing.assert_close(torch.cat((weights, gammas), dim=-1), joint, rtol=0, atol=1e-6)

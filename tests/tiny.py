@@ -64,6 +64,8 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
                   dict(_TEXT, num_experts=8, num_experts_per_tok=2, norm_topk_prob=True)),
     "mixtral": ("MixtralConfig", "MixtralForCausalLM", dict(_TEXT, num_local_experts=8, num_experts_per_tok=2)),
     "olmoe": ("OlmoeConfig", "OlmoeForCausalLM", dict(_TEXT, num_experts=8, num_experts_per_tok=2)),
+    "inkling_text": ("InklingTextConfig", "InklingForCausalLM",  # weights normalise with 2 shared experts' logits
+                     dict(_TEXT, n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=2)),
     "gpt_oss": ("GptOssConfig", "GptOssForCausalLM",
                 dict(_TEXT, num_local_experts=8, num_experts_per_tok=2, intermediate_size=16,
                      layer_types=["full_attention"] * 3)),

@@ -1,6 +1,7 @@
 """Router adapters and their registry; importing this package registers every family."""
 
-from . import cohere, deepseek, doge, ernie, gpt_oss, jamba, jetmoe, llama4, mixtral, olmoe, qwen, softmax_grouped  # noqa: F401
+from . import (cohere, deepseek, doge, ernie, gpt_oss, inkling, jamba, jetmoe, llama4, mixtral, olmoe,  # noqa: F401
+               qwen, softmax_grouped)
 from .base import (MoELayer, RouterAdapter, RoutingMap, UnsupportedModelError, adapt, covered, families, register,
                    supported_architectures)
 

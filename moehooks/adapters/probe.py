@@ -62,6 +62,7 @@ class Block:
     indices: torch.Tensor | None = None  # [T, k] what the experts consumed
     weights: torch.Tensor | None = None  # [T, k]
     calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)  # every probe call
+    inputs: list[torch.Tensor | None] = field(default_factory=list)  # the router's input in each probe call
     #: the router's logits and the experts' inputs were not changed in place by the rest of the block in any probe
     #: call, so they may be read after the block ran
     stable: bool = True
@@ -122,10 +123,11 @@ def probe(block: Block) -> Block:
             _find_router(block, seen, consumed[0][0].shape[0])
             if block.router is None:
                 break
-        _, output, versions = seen[block.router_at]
+        args, output, versions = seen[block.router_at]
         block.stable = block.stable and _unchanged(output, versions) and _unchanged(*held[0])
         logits = read_logits(block.logits_at, output).detach()
         block.calls.append((logits, *consumed[0]))
+        block.inputs.append(args[0].detach() if args else None)
     if block.calls:
         block.logits, block.indices, block.weights = block.calls[0]
     _PROBES[block.module] = (key, block)
@@ -293,11 +295,13 @@ class Identified:
 
 
 def identify(block: Block, hinted: type[RouterAdapter] | None) -> Identified:
-    """The adapter whose selection from the probe's logits reproduces what the experts consumed."""
+    """The adapter whose selection from the probe's logits (as the adapter reads them) reproduces what the experts
+    consumed."""
     tried: list[str] = []
     for adapter in candidates(block, hinted):
         tried.append(adapter.name)
-        if all(_reproduces(adapter, *call) for call in block.calls):
+        if all(_reproduces(adapter, adapter.read(logits, x), *consumed)
+               for (logits, *consumed), x in zip(block.calls, block.inputs)):
             return Identified(adapter, tuple(dict.fromkeys(tried)))
     return Identified(None, tuple(dict.fromkeys(tried)))
 
