@@ -74,6 +74,35 @@ def test_a_block_no_rule_reproduces_is_recorded_exactly_and_refused_for_steering
         moehooks.steer(model, {0: [1]})
 
 
+def test_hash_routed_blocks_are_recorded_exactly_and_refused_for_steering_with_why():
+    from moe_sweep import build as build_type
+
+    model = build_type("deepseek_v4")  # layers 0 and 1: hash_moe (tid2eid[input_ids]); layer 2: top-k routed
+    g = torch.Generator().manual_seed(0)
+    for layer in model.model.layers[:2]:
+        table = layer.mlp.gate.tid2eid
+        table.copy_(torch.stack([torch.randperm(8, generator=g)[: table.shape[1]] for _ in range(table.shape[0])]))
+    routing = moehooks.adapt(model)
+    hashed = [e for e in routing.layers if e.rule_error]
+    assert [e.layer for e in hashed] == [0, 1] and [e.layer for e in routing.layers if not e.rule_error] == [2]
+    assert all("router (DeepseekV4HashRouter) chooses the experts by token id" in e.rule_error for e in hashed)
+    seen, handles = _consumed(model)
+    with moehooks.record(model) as rec:
+        _forward(model)
+    for h in handles:
+        h.remove()
+    assert torch.equal(seen[0], model.model.layers[0].mlp.gate.tid2eid[IDS.reshape(-1)])
+    assert torch.equal(rec.counts(), torch.stack([torch.bincount(i.reshape(-1), minlength=8) for i in seen]))
+    with pytest.raises(moehooks.UnsupportedModelError, match=r"layer 1 cannot be steered: .* by token id"):
+        moehooks.steer(model, {1: [3]}, mode="hard")
+    with moehooks.steer(model, {2: [3]}, mode="hard"):
+        seen, handles = _consumed(model)
+        _forward(model)
+    for h in handles:
+        h.remove()
+    assert (seen[2] == 3).any(dim=-1).all()  # the top-k routed layer steers
+
+
 def test_probing_inside_an_open_context_does_not_reach_its_hooks():
     model = build("qwen3_moe")
     with moehooks.record(model) as rec:

@@ -364,7 +364,7 @@ def _entry(model: nn.Module, name: str, parent_name: str, router: nn.Module, lay
 
 def _probed_entry(model: nn.Module, block, layer: int) -> MoELayer | None:
     """The entry of a structurally found block: probed, its rule identified (or its absence recorded)."""
-    from .probe import identify, probe, unsupported
+    from .probe import identify, probe, takes_token_ids, unsupported
 
     block = probe(block)
     if block.router is None:
@@ -376,8 +376,12 @@ def _probed_entry(model: nn.Module, block, layer: int) -> MoELayer | None:
     identified = identify(block, hinted_cls)
     adapter, error = identified.adapter, ""
     if adapter is None:
-        error = str(unsupported(block.name, "no known rule reproduces the experts' inputs from the router logits",
-                                identified.tried))
+        reason = "no known rule reproduces the experts' inputs from the router logits"
+        if takes_token_ids(block.router):
+            reason = (f"its router ({type(block.router).__name__}) chooses the experts by token id (input_ids), not "
+                      "from its logits: boosting logits cannot change that choice, and forcing experts would discard "
+                      "it, so this block is recorded but not steered")
+        error = str(unsupported(block.name, reason, identified.tried))
         adapter = Unidentified(block.indices.shape[1], block.num_experts, error)
     shared = (hinted_cls or RouterAdapter).shared_attrs
     return _entry(model, block.router_name, block.name, block.router, layer, adapter, shared, experts=block.experts,

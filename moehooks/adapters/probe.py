@@ -134,13 +134,19 @@ def probe(block: Block) -> Block:
     return block
 
 
+def takes_token_ids(module: nn.Module) -> bool:
+    """``module.forward`` takes ``input_ids`` (a hash-routed block or router: experts chosen by token id)."""
+    try:
+        return "input_ids" in inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _extra_inputs(module: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Token ids for blocks whose forward also takes ``input_ids`` (hash-routed layers): all token 0."""
-    try:
-        names = inspect.signature(module.forward).parameters
-    except (TypeError, ValueError):
+    if not takes_token_ids(module):
         return {}
-    return {"input_ids": torch.zeros(x.shape[:2], dtype=torch.long, device=x.device)} if "input_ids" in names else {}
+    return {"input_ids": torch.zeros(x.shape[:2], dtype=torch.long, device=x.device)}
 
 
 def _run_block(block: Block, x: torch.Tensor) -> tuple[dict, list, list]:
