@@ -19,6 +19,7 @@ VERIFIED: dict[str, tuple[str, str]] = {'afmoe': ('sigmoid -> +expert_bias -> to
  'deepseek_v4': ('SqrtSoftplusActivation -> +gate.e_score_correction_bias -> top-k -> renorm -> x1.5 + '
                  'unidentified',
                  'partial'),
+ 'doge': ('doge', 'ok'),
  'dots1': ('deepseek_v3', 'ok'),
  'ernie4_5_moe': ('ernie4_5_moe', 'ok'),
  'ernie4_5_vl_moe': ('ernie4_5_moe', 'ok'),
@@ -39,8 +40,8 @@ VERIFIED: dict[str, tuple[str, str]] = {'afmoe': ('sigmoid -> +expert_bias -> to
  'hy_v4': ('deepseek_v3', 'ok'),
  'inkling2': ('sigmoid -> +gate.e_score_correction_bias -> top-k -> renorm -> x8', 'ok'),
  'inkling2_text': ('sigmoid -> +gate.e_score_correction_bias -> top-k -> renorm -> x8', 'ok'),
- 'inkling_mm_model': ('unidentified', 'record-only'),
- 'inkling_text': ('unidentified', 'record-only'),
+ 'inkling_mm_model': ('inkling', 'ok'),
+ 'inkling_text': ('inkling', 'ok'),
  'jamba': ('jamba', 'ok'),
  'jetmoe': ('jetmoe', 'ok'),
  'kimi_linear': ('deepseek_v3', 'ok'),
