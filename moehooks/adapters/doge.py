@@ -13,8 +13,9 @@ follow from the rule on the gathered sums (the same values the block softmaxes).
 
 Steering replaces the indices both embeddings consume and, since the weights never pass through a module,
 recomputes the block's expert mixing op for op from its own tensors with the steered weights (its shared expert's
-output is reused as the block computed it). Rows whose logits the steering left unchanged keep the block's own
-choice, so ``beta=0`` leaves the block untouched, ties between equal pairwise sums included.
+output is reused as the block computed it, and weights are read through accelerate's map when offloaded). Rows
+whose logits the steering left unchanged keep the block's own choice, so ``beta=0`` gives the block's own output,
+ties between equal pairwise sums included; the choice is made with ``torch.where``, with no host sync.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .base import Edit, MoELayer, RouterAdapter, cast, register
+from .base import Edit, MoELayer, RouterAdapter, cast, module_tensor, register
 
 #: the current call of each hooked block: its keys, pairwise logits and (once steered) its new choices
 _CALLS: "weakref.WeakKeyDictionary[nn.Module, dict[str, Any]]" = weakref.WeakKeyDictionary()
@@ -88,8 +89,6 @@ class DogeProductKeys(RouterAdapter):
             if new is None or not edits:
                 return None
             kept = (new[0] == logits).all(dim=-1, keepdim=True)  # rows the steering left as they were
-            if bool(kept.all()):
-                return None
             call["indices"] = torch.where(kept, indices, cast(new[2], indices.dtype))
             call["weights"] = torch.where(kept, weights, cast(new[1], weights.dtype))
             return (call["indices"],)
@@ -123,8 +122,8 @@ def mix(block: nn.Module, hidden: torch.Tensor, shared: torch.Tensor, indices: t
     """``DogeCDMoE``'s output for ``(indices, weights)``: its expert mixing, op for op, plus ``shared`` (its
     shared expert's output on ``hidden``)."""
     bsz, seq_len, _ = hidden.shape
-    down = F.embedding(indices, block.down_embed.weight)
-    up = F.embedding(indices, block.up_embed.weight)
+    down = F.embedding(indices, module_tensor(block.down_embed, "weight"))
+    up = F.embedding(indices, module_tensor(block.up_embed, "weight"))
     experts = torch.matmul(down, hidden.view(bsz * seq_len, -1, 1)).view(bsz * seq_len, -1)
     experts = block.act_fn(experts) * weights
     return shared + torch.matmul(experts.view(bsz * seq_len, 1, -1), up).view(bsz, seq_len, -1)
