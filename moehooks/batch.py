@@ -89,7 +89,7 @@ class Batch:
         """
 
         def make() -> torch.Tensor:
-            full = self.image + 2 * self.phase if name == "cell" else getattr(self, name)
+            full = cells(self.image, self.phase) if name == "cell" else getattr(self, name)
             if rows != self.rows:
                 full = self._branch_rows(full, branch, rows)
             return full.to(device)
@@ -113,6 +113,11 @@ class Batch:
             f"a router saw {rows} rows but the forward call has {self.batch}x{self.seq} tokens; "
             "call the model object the context was opened on"
         )
+
+
+def cells(image: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+    """Each row's (phase, modality) cell ``phase * 2 + image`` from its 0/1 ``image`` and ``phase``."""
+    return image + 2 * phase
 
 
 @dataclass

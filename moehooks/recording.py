@@ -28,7 +28,7 @@ from torch import nn
 
 from .adapters import MoELayer
 from .adapters.base import hook_routing
-from .batch import Batch
+from .batch import Batch, cells
 from .hooks import MODALITIES, PHASES, HookContext, check_choice
 from .trace import TraceWriter
 
@@ -246,7 +246,7 @@ class Recorder(HookContext):
 def _cell_slots(calls: list[tuple], device: torch.device, branch: str, slots: dict) -> torch.Tensor:
     """The slot of every row of ``calls`` (a router's held calls), in order: its (phase, modality) cell where the
     row is counted, else the spare slot; made once for all routers (of ``branch``) that saw the same calls."""
-    if len(calls) == 1:
+    if len(calls) == 1:  # added as it came (compiled code, a block that is not stable): kept on its batch
         batch, _, _, ix = calls[0]
         rows = ix.shape[0]
         return batch.memo(("slot", device, rows, branch), lambda: _to_slot(
@@ -261,7 +261,7 @@ def _cell_slots(calls: list[tuple], device: torch.device, branch: str, slots: di
                 return _cat([getattr(batch, name) for batch, _, _, _ in calls]).to(device)
             return _cat([batch.get(name, device, ix.shape[0], branch) for batch, _, _, ix in calls])
 
-        slot = slots[key] = _to_slot(rows("image") + 2 * rows("phase"), rows("count"), _CELLS)
+        slot = slots[key] = _to_slot(cells(rows("image"), rows("phase")), rows("count"), _CELLS)
     return slot
 
 
