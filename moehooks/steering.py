@@ -30,12 +30,17 @@ model itself would give them. A block no known rule reproduces is recorded but n
 * ``random`` the same number of experts per layer as listed, drawn from a ``torch.Generator`` seeded with
   ``seed``, then soft-boosted; the drawn sets are ``ctx.experts``.
 
+A block that chooses its experts by token id (DeepSeek-V4's hash-routed layers, ``TokenTable``) keeps its
+table's choice under a boost, whose only effect there is on the listed experts' weights where the table chose
+them (a warning says so); ``hard`` forces the listed experts in, in place of the table's lowest-scored others.
+
 ``epsilon`` is raised per token to at least two units in the last place of ``|max_j z_j|`` in the logits'
 dtype (bf16 included), so ``max + epsilon`` is always strictly above ``max``.
 """
 
 from __future__ import annotations
 
+import warnings
 from contextlib import ExitStack
 from typing import Any, Callable, Mapping, Sequence, Union
 
@@ -53,8 +58,9 @@ PHASE_SCOPES = ("all", *PHASES)
 
 Layers = Union[range, Sequence[int], tuple[int, int], None]
 Sigma = Union[str, torch.Tensor, Sequence[float], Mapping[int, float]]
-# (logits [T, E], per-expert gain or mask [E], row scope [T, 1] or None for every row) -> (boosted, weights, indices)
-BoostSelect = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"],
+# (logits [T, E], per-expert gain or mask [E], row scope [T, 1] or None for every row, consumed indices [T, k])
+#   -> (boosted, weights, indices)
+BoostSelect = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", torch.Tensor],
                        tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
@@ -62,13 +68,13 @@ BoostSelect = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"],
 def soft_select(adapter: RouterAdapter, token_sigma: bool) -> BoostSelect:
     """``z + gain * scope (* per-token std)`` then the family's selection; ``gain = beta * sigma * mask``."""
 
-    def select(logits: torch.Tensor, gain: torch.Tensor, scope: torch.Tensor | None):
+    def select(logits: torch.Tensor, gain: torch.Tensor, scope: torch.Tensor | None, consumed: torch.Tensor):
         z = cast(logits, torch.float32)  # [T, E]
         step = gain if scope is None else gain * scope  # [E] or [T, E]
         if token_sigma:
             step = step * z.std(dim=-1, keepdim=True)  # [T, E]
         boosted = cast(z + step, logits.dtype)
-        weights, indices = adapter.select(boosted)
+        weights, indices = adapter.steered(boosted, consumed)
         return boosted, weights, indices
 
     return select
@@ -78,16 +84,16 @@ def hard_select(adapter: RouterAdapter, epsilon: float) -> BoostSelect:
     """Listed experts' logits set to ``max + epsilon`` and the top-k of them (by unboosted choice score)
     forced into the selection; ``mask`` is the 0/1 expert mask."""
 
-    def select(logits: torch.Tensor, mask: torch.Tensor, scope: torch.Tensor | None):
+    def select(logits: torch.Tensor, mask: torch.Tensor, scope: torch.Tensor | None, consumed: torch.Tensor):
         info = torch.finfo(logits.dtype)
         weight = mask if scope is None else mask * scope  # [E] or [T, E] 0/1
         z = logits.float()  # [T, E]
         top = z.amax(dim=-1, keepdim=True)  # [T, 1]
         lift = torch.clamp(top.abs() * (2 * info.eps), min=max(epsilon, info.tiny))  # >= 2 ulps of |top|
         boosted = torch.lerp(z, top + lift, weight).to(logits.dtype)  # exact z where weight 0, top+lift where 1
-        best = adapter.select(logits, force=weight)[1]  # the listed experts first, by unboosted choice [T, k]
+        best = adapter.steered(logits, consumed, weight)[1]  # the listed experts first, by unboosted choice [T, k]
         first = torch.zeros_like(z).scatter_(1, best, 1.0) * weight  # [T, E] the top-k of the listed
-        weights, indices = adapter.select(boosted, force=first)
+        weights, indices = adapter.steered(boosted, consumed, first)
         return boosted, weights, indices
 
     return select
@@ -140,6 +146,8 @@ class Steering(HookContext):
         _check_rules(routing, chosen)
         if mode == "hard":
             _check_groups(routing, chosen)
+        else:
+            _warn_token_chosen(routing, chosen, mode)
         sigmas = _sigmas(routing, sigma, chosen)
         super().__init__(model)
         self.experts: dict[int, list[int]] = chosen
@@ -166,7 +174,7 @@ class Steering(HookContext):
                 if not any(p in self._phases for p in batch.phases):
                     return None
                 scope = self._scope(batch, logits.device, logits.shape[0], plan.branch)
-            return plan.fn(logits, plan.gain(logits.device), scope)
+            return plan.fn(logits, plan.gain(logits.device), scope, indices)
 
         return steer_hook
 
@@ -338,6 +346,15 @@ def _check_rules(routing: RoutingMap, chosen: dict[int, list[int]]) -> None:
     for entry in routing.layers:
         if entry.layer in chosen and entry.rule_error:
             raise UnsupportedModelError(f"layer {entry.layer} cannot be steered: {entry.rule_error}")
+
+
+def _warn_token_chosen(routing: RoutingMap, chosen: dict[int, list[int]], mode: str) -> None:
+    """A boost of a block that chooses by token id reweights, it does not choose: say so once per steering."""
+    layers = sorted({e.layer for e in routing.layers if e.layer in chosen and e.adapter.chosen_by_token})
+    if layers:
+        warnings.warn(f"layers {layers} choose their experts by token id (a token-id table): mode={mode!r} there "
+                      "only reweights the listed experts where the table chose them; mode='hard' forces them in",
+                      stacklevel=4)
 
 
 def _check_groups(routing: RoutingMap, chosen: dict[int, list[int]]) -> None:

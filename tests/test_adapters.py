@@ -201,6 +201,39 @@ def test_forcing_selects_the_forced_experts(data, family):
         assert set(forced) <= set(row)
 
 
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**16), top_k=st.integers(1, 4), data=st.data())
+def test_a_token_table_keeps_its_choice_unless_forced_and_then_drops_its_weakest(seed, top_k, data):
+    from moehooks.adapters.rules import ProbedRule, TokenTable
+
+    experts, tokens = 8, 6
+    table = TokenTable(ProbedRule(top_k, experts, score="sigmoid", gate="same", bias=None, groups=(1, 1), norm=True,
+                                  post=("mul", 1.5)))
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(tokens, experts, generator=g)
+    consumed = torch.randint(0, experts, (tokens, top_k), generator=g)  # duplicates allowed (a degenerate table)
+    force = torch.zeros(tokens, experts)
+    for t in range(tokens):
+        force[t, data.draw(st.lists(st.integers(0, experts - 1), max_size=top_k, unique=True))] = 1.0
+
+    def model_weights(indices):  # DeepSeek-V4's formula, written out
+        w = logits.sigmoid().gather(1, indices)
+        return w / (w.sum(dim=-1, keepdim=True) + 1e-20) * 1.5
+
+    weights, indices = table.steered(logits, consumed)
+    assert torch.equal(indices, consumed) and torch.equal(weights, model_weights(consumed))
+    weights, indices = table.steered(logits, consumed, force)
+    assert torch.equal(weights, model_weights(indices))
+    score = logits.sigmoid()
+    for t in range(tokens):
+        forced = force[t].nonzero().flatten().tolist()
+        if not forced:
+            assert indices[t].tolist() == consumed[t].tolist()
+            continue
+        rest = sorted(set(range(experts)) - set(forced), key=lambda e: (e not in consumed[t].tolist(), -float(score[t, e])))
+        assert sorted(indices[t].tolist()) == sorted(forced + rest[: top_k - len(forced)])
+
+
 def test_kimi_moegate_follows_the_deepseek_rule():
     from remote_moegate import MoEGate, gate_config
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 import moehooks
-from moehooks.evaluate import Item, generate_answers, run_eval
+from moehooks.evaluate import Item, OtherSettingsWarning, generate_answers, run_eval
 from moehooks.lab import load_lab
 
 
@@ -41,7 +41,8 @@ def test_continuous_batching_is_part_of_the_run_settings(lab, tmp_path):
     model, processor = lab
     items = [Item(id="a", question="3+4=", answer="7"), Item(id="b", question="2+2=", answer="4")]
     first = run_eval(model, processor, items, tmp_path / "r.jsonl", max_new_tokens=4)
-    second = run_eval(model, processor, items, tmp_path / "r.jsonl", max_new_tokens=4, continuous=True)
+    with pytest.warns(OtherSettingsWarning, match=r"batching: \(unset\) -> continuous"):
+        second = run_eval(model, processor, items, tmp_path / "r.jsonl", max_new_tokens=4, continuous=True)
     assert first[0]["run"] != second[0]["run"]
     assert [r["prediction"] for r in first] == [r["prediction"] for r in second]
 

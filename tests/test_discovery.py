@@ -74,18 +74,40 @@ def test_a_block_no_rule_reproduces_is_recorded_exactly_and_refused_for_steering
         moehooks.steer(model, {0: [1]})
 
 
-def test_hash_routed_blocks_are_recorded_exactly_and_refused_for_steering_with_why():
+def _hash_model(table: str = "random") -> nn.Module:
+    """DeepSeek-V4, layers 0 and 1 hash-routed (``tid2eid[input_ids]``), layer 2 top-k routed; ``table``:
+    ``random`` (distinct experts per token id, as a checkpoint has) or ``zeros`` (as transformers initialises it)."""
     from moe_sweep import build as build_type
 
-    model = build_type("deepseek_v4")  # layers 0 and 1: hash_moe (tid2eid[input_ids]); layer 2: top-k routed
+    model = build_type("deepseek_v4")
     g = torch.Generator().manual_seed(0)
     for layer in model.model.layers[:2]:
-        table = layer.mlp.gate.tid2eid
-        table.copy_(torch.stack([torch.randperm(8, generator=g)[: table.shape[1]] for _ in range(table.shape[0])]))
+        t = layer.mlp.gate.tid2eid
+        if table == "random":
+            t.copy_(torch.stack([torch.randperm(8, generator=g)[: t.shape[1]] for _ in range(t.shape[0])]))
+    return model
+
+
+def _hash_call(model: nn.Module, layer: int) -> tuple[dict, list]:
+    """The router's logits and what the experts consumed (after any steering) at ``layer``, by torch hooks."""
+    mlp, seen = model.model.layers[layer].mlp, {}
+    handles = [mlp.gate.register_forward_hook(lambda m, a, out: seen.update(logits=out[0].detach())),
+               mlp.experts.register_forward_pre_hook(lambda m, a: seen.update(indices=a[1], weights=a[2]))]
+    return seen, handles
+
+
+def _model_weights(gate: nn.Module, logits: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """DeepseekV4HashRouter's weights of ``indices`` from ``logits``, by its own score function and formula."""
+    w = gate.score_fn(logits).gather(1, indices)
+    return w / (w.sum(dim=-1, keepdim=True) + 1e-20) * gate.routed_scaling_factor
+
+
+def test_hash_routed_blocks_identify_their_weights_and_record_exactly():
+    model = _hash_model()
     routing = moehooks.adapt(model)
-    hashed = [e for e in routing.layers if e.rule_error]
-    assert [e.layer for e in hashed] == [0, 1] and [e.layer for e in routing.layers if not e.rule_error] == [2]
-    assert all("router (DeepseekV4HashRouter) chooses the experts by token id" in e.rule_error for e in hashed)
+    assert [e.adapter.name for e in routing.layers] == ["token-id table -> SqrtSoftplusActivation -> renorm -> x1.5"] * 2 + [
+        "SqrtSoftplusActivation -> +gate.e_score_correction_bias -> top-k -> renorm -> x1.5"]
+    assert not any(e.rule_error for e in routing.layers)
     seen, handles = _consumed(model)
     with moehooks.record(model) as rec:
         _forward(model)
@@ -93,14 +115,61 @@ def test_hash_routed_blocks_are_recorded_exactly_and_refused_for_steering_with_w
         h.remove()
     assert torch.equal(seen[0], model.model.layers[0].mlp.gate.tid2eid[IDS.reshape(-1)])
     assert torch.equal(rec.counts(), torch.stack([torch.bincount(i.reshape(-1), minlength=8) for i in seen]))
-    with pytest.raises(moehooks.UnsupportedModelError, match=r"layer 1 cannot be steered: .* by token id"):
-        moehooks.steer(model, {1: [3]}, mode="hard")
-    with moehooks.steer(model, {2: [3]}, mode="hard"):
-        seen, handles = _consumed(model)
+
+
+def test_hash_routed_blocks_keep_the_tables_choice_under_a_boost_and_reweight_it():
+    model = _hash_model()
+    gate = model.model.layers[1].mlp.gate
+    reference = _forward(model)
+    with pytest.warns(UserWarning, match=r"layers \[0, 1\] choose their experts by token id"):
+        ctx = moehooks.steer(model, {0: [3], 1: [3], 2: [3]}, beta=0.0)
+    with ctx:
+        assert torch.equal(_forward(model), reference)
+    seen, handles = _hash_call(model, 1)
+    with pytest.warns(UserWarning), moehooks.steer(model, {1: [3]}, beta=2.0, sigma=[1.0, 1.0, 1.0]):
         _forward(model)
     for h in handles:
         h.remove()
-    assert (seen[2] == 3).any(dim=-1).all()  # the top-k routed layer steers
+    assert torch.equal(seen["indices"], gate.tid2eid[IDS.reshape(-1)])  # the table's choice, as it is
+    boosted = seen["logits"].clone()
+    boosted[:, 3] += 2.0
+    assert torch.equal(seen["weights"], _model_weights(gate, boosted, seen["indices"]))
+    assert not torch.equal(seen["weights"], _model_weights(gate, seen["logits"], seen["indices"]))
+
+
+@pytest.mark.parametrize("table", ["random", "zeros"])
+def test_hard_steering_of_a_hash_routed_block_forces_the_listed_experts_in_place_of_the_tables_weakest(table):
+    model = _hash_model(table)
+    gate = model.model.layers[1].mlp.gate
+    seen, handles = _hash_call(model, 1)
+    with moehooks.steer(model, {1: [3]}, mode="hard"):
+        _forward(model)
+    for h in handles:
+        h.remove()
+    logits, rows = seen["logits"], gate.tid2eid[IDS.reshape(-1)].tolist()
+    scores = gate.score_fn(logits)
+    for t, row in enumerate(rows):  # hand count: expert 3, then the table's best-scored other expert
+        others = sorted({e for e in row if e != 3}, key=lambda e: -float(scores[t, e]))
+        expected = sorted([3, *others[: len(row) - 1]]) if 3 not in row else sorted(row)
+        assert sorted(seen["indices"][t].tolist()) == expected, (t, row)
+    z = logits.clone()
+    top = z.amax(dim=-1)
+    z[:, 3] = top + torch.clamp(top.abs() * 2 * torch.finfo(z.dtype).eps, min=1e-3)
+    assert torch.equal(seen["weights"], _model_weights(gate, z, seen["indices"]))
+
+
+def test_hard_steering_a_hash_routed_block_to_more_experts_than_it_runs_keeps_those_its_table_chose():
+    model = _hash_model()
+    rows = model.model.layers[1].mlp.gate.tid2eid[IDS.reshape(-1)].tolist()
+    assert any(set(r) & {3, 5, 6} for r in rows) and any(not set(r) & {3, 5, 6} for r in rows)
+    seen, handles = _hash_call(model, 1)
+    with moehooks.steer(model, {1: [3, 5, 6]}, mode="hard"):
+        _forward(model)
+    for h in handles:
+        h.remove()
+    for row, got in zip(rows, seen["indices"].tolist()):
+        assert len(set(got)) == 2 and set(got) <= {3, 5, 6}
+        assert set(row) & {3, 5, 6} <= set(got), (row, got)
 
 
 def test_probing_inside_an_open_context_does_not_reach_its_hooks():

@@ -79,6 +79,9 @@ class RouterAdapter:
     #: the family places its own hooks on the block (``hook_block``): its choices are not a router output or
     #: an experts module's inputs (Doge's product keys)
     hooks_block: ClassVar[bool] = False
+    #: the experts are chosen by token id, not from the logits (``TokenTable``): steering can force experts in but
+    #: a boost only reweights the table's choice
+    chosen_by_token: ClassVar[bool] = False
 
     def __init__(self, router: nn.Module) -> None:
         self.top_k: int = int(router.top_k)
@@ -142,6 +145,12 @@ class RouterAdapter:
             choice = choice + force * margin(choice)
         indices = self.choose(choice)
         return self.finish(gate.gather(-1, indices), logits), indices
+
+    def steered(self, logits: torch.Tensor, consumed: torch.Tensor,
+                force: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``select`` as steering calls it, with ``consumed`` (the indices the block consumed in this call): they
+        matter only to a rule that does not choose from the logits (``TokenTable``)."""
+        return self.select(logits, force)
 
     # ---- the router module's own output -----------------------------------------------------------
     def unpack(self, output: Any, x: torch.Tensor | None = None) -> Routed:
@@ -364,7 +373,7 @@ def _entry(model: nn.Module, name: str, parent_name: str, router: nn.Module, lay
 
 def _probed_entry(model: nn.Module, block, layer: int) -> MoELayer | None:
     """The entry of a structurally found block: probed, its rule identified (or its absence recorded)."""
-    from .probe import identify, probe, takes_token_ids, unsupported
+    from .probe import identify, identify_table, probe, takes_token_ids, unsupported
 
     block = probe(block)
     if block.router is None:
@@ -374,14 +383,14 @@ def _probed_entry(model: nn.Module, block, layer: int) -> MoELayer | None:
         raise unsupported(block.name, block.error, ())
     hinted_cls = _BY_ROUTER_CLASS.get(type(block.router).__name__)
     identified = identify(block, hinted_cls)
+    tried = identified.tried
+    if identified.adapter is None and takes_token_ids(block.router):  # hash routing: a token-id table chooses
+        identified = identify_table(block)
+        tried += identified.tried
     adapter, error = identified.adapter, ""
     if adapter is None:
-        reason = "no known rule reproduces the experts' inputs from the router logits"
-        if takes_token_ids(block.router):
-            reason = (f"its router ({type(block.router).__name__}) chooses the experts by token id (input_ids), not "
-                      "from its logits: boosting logits cannot change that choice, and forcing experts would discard "
-                      "it, so this block is recorded but not steered")
-        error = str(unsupported(block.name, reason, identified.tried))
+        error = str(unsupported(block.name, "no known rule reproduces the experts' inputs from the router logits",
+                                tried))
         adapter = Unidentified(block.indices.shape[1], block.num_experts, error)
     shared = (hinted_cls or RouterAdapter).shared_attrs
     return _entry(model, block.router_name, block.name, block.router, layer, adapter, shared, experts=block.experts,

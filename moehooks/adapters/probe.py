@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .base import RouterAdapter, UnsupportedModelError, module_tensor
-from .rules import ProbedRule, Sparsemixer
+from .rules import ProbedRule, Sparsemixer, TokenTable
 
 #: tokens of each probe call: odd sizes, so that vectorised kernels also run their scalar tails (whose rounding
 #: can differ from the vector path's), and a rule must reproduce every call
@@ -143,10 +143,12 @@ def takes_token_ids(module: nn.Module) -> bool:
 
 
 def _extra_inputs(module: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Token ids for blocks whose forward also takes ``input_ids`` (hash-routed layers): all token 0."""
+    """Token ids for blocks whose forward also takes ``input_ids`` (hash-routed layers): ids 0..31 in turn, so
+    that a token-id table gives the probe different choices (any vocabulary holds them)."""
     if not takes_token_ids(module):
         return {}
-    return {"input_ids": torch.zeros(x.shape[:2], dtype=torch.long, device=x.device)}
+    ids = torch.arange(x.shape[0] * x.shape[1], device=x.device) % 32
+    return {"input_ids": ids.view(x.shape[:2])}
 
 
 def _run_block(block: Block, x: torch.Tensor) -> tuple[dict, list, list]:
@@ -310,6 +312,28 @@ def identify(block: Block, hinted: type[RouterAdapter] | None) -> Identified:
                for (logits, *consumed), x in zip(block.calls, block.inputs)):
             return Identified(adapter, tuple(dict.fromkeys(tried)))
     return Identified(None, tuple(dict.fromkeys(tried)))
+
+
+def identify_table(block: Block) -> Identified:
+    """The rule of a block whose router takes token ids and whose choice no rule makes from its logits: a token-id
+    table chooses, so only the weights are identified, by the first gate (the router's own score function tried
+    first) whose weights of the consumed experts reproduce the consumed weights bit for bit in every probe call.
+
+    A table that sends every probed token to one expert cannot tell gates that renormalise apart; the router's
+    own score function is then the one taken.
+    """
+    score_fn = _router_score_fn(block.router)
+    scores = (["router"] if score_fn is not None else []) + list(ProbedRule.SCORES)
+    top_k, tried = block.indices.shape[1], []
+    for score, gate, norm, post in itertools.product(scores, ProbedRule.GATES, (True, False),
+                                                     _scale_candidates(block, top_k)):
+        table = TokenTable(ProbedRule(top_k, block.num_experts, score=score, gate=gate, bias=None, groups=(1, 1),
+                                      norm=norm, post=post, score_fn=score_fn))
+        tried.append(table.name)
+        if all(same_choices(indices, table.weights(logits, indices), indices, weights)
+               for logits, indices, weights in block.calls):
+            return Identified(table, tuple(tried))
+    return Identified(None, tuple(tried))
 
 
 def _reproduces(adapter: RouterAdapter, logits: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor) -> bool:

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .base import RouterAdapter, cast, margin
+from .base import RouterAdapter, UnsupportedModelError, cast, margin
 
 
 class SoftmaxTopK(RouterAdapter):
@@ -176,7 +176,7 @@ class ProbedRule(RouterAdapter):
         self._score_fn = score_fn
         self._tensors = {} if bias is None else {"bias": bias[1]}
         self._on_device = {}
-        parts = [score if score != "router" else type(score_fn).__name__]
+        parts = [self.score_name]
         if skip:
             parts.append("+skip class")
         if bias is not None:
@@ -184,13 +184,21 @@ class ProbedRule(RouterAdapter):
         if self.n_group > 1:
             parts.append(f"groups {self.n_group}/{self.topk_group}")
         parts.append("top-k" if sort else "top-k(unsorted)")
-        if gate != "same":
-            parts.append(gate)
-        if norm:
+        self.name = " -> ".join(parts + self.weight_parts)
+
+    @property
+    def score_name(self) -> str:
+        return self.score if self.score != "router" else type(self._score_fn).__name__
+
+    @property
+    def weight_parts(self) -> list[str]:
+        """How the chosen experts' weights follow from their scores: the steps after the top-k in ``name``."""
+        parts = [] if self.gate == "same" else [self.gate]
+        if self.norm:
             parts.append("renorm")
-        if post != ("mul", 1.0):
-            parts.append(("x" if post[0] == "mul" else "/") + f"{post[1]:g}")
-        self.name = " -> ".join(parts)
+        if self.post != ("mul", 1.0):
+            parts.append(("x" if self.post[0] == "mul" else "/") + f"{self.post[1]:g}")
+        return parts
 
     def _apply(self, kind: str, logits: torch.Tensor) -> torch.Tensor:
         if kind == "softmax":
@@ -253,6 +261,53 @@ class ProbedRule(RouterAdapter):
         if value != 1.0:
             gate_topk = gate_topk * value if op == "mul" else gate_topk / value
         return gate_topk
+
+
+class TokenTable(RouterAdapter):
+    """Hash routing (DeepSeek-V4's first layers): a token-id table picks each token's experts, and the router's
+    logits only weight them, by ``gate``'s rule (its gate scores of the table's experts, renormalised, scaled).
+
+    The choice needs the indices the block consumed (``steered``); ``select`` alone cannot make it. Steering
+    keeps the table's choice except where experts are forced: a soft boost reweights the listed experts where
+    the table chose them; forced experts take the places of the table's lowest-scored other experts, and rows
+    with nothing forced keep the table's indices as they are. Its choice score ranks the table's experts first,
+    then by gate score, so of more than ``top_k`` listed experts hard steering keeps those the table chose.
+    """
+
+    model_types = ()
+    router_classes = ()
+    chosen_by_token = True
+
+    def __init__(self, gate: ProbedRule) -> None:
+        self.gate = gate
+        self.top_k, self.num_experts = gate.top_k, gate.num_experts
+        self._tensors, self._on_device = {}, {}
+        self.name = " -> ".join(["token-id table", gate.score_name, *gate.weight_parts])
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.gate.probs(logits)
+
+    def weights(self, logits: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """The weights ``[T, k]`` the block gives the experts ``indices`` from ``logits``."""
+        return self.gate.finish(self.gate.scores(logits)[1].gather(-1, indices), logits)
+
+    def select(self, logits: torch.Tensor, force: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        raise UnsupportedModelError(
+            "this block chooses its experts by token id (a token-id table): its choice cannot be made from the "
+            "logits alone; steering reads it from what the experts consumed (TokenTable.steered)")
+
+    def steered(self, logits: torch.Tensor, consumed: torch.Tensor,
+                force: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        consumed = cast(consumed, torch.long)
+        if force is None:
+            return self.weights(logits, consumed), consumed
+        gate = self.gate.scores(logits)[1].float()  # [T, E]
+        choice = gate + torch.zeros_like(gate).scatter_(1, consumed, 1.0) * margin(gate)  # the table's experts first
+        choice = choice + force * margin(choice)  # the forced experts before them
+        forced = torch.topk(choice, self.top_k, dim=-1)[1]
+        any_forced = (torch.zeros_like(gate) + force).amax(dim=-1, keepdim=True) > 0  # [T, 1]
+        indices = torch.where(any_forced, forced, consumed)
+        return self.weights(logits, indices), indices
 
 
 class Sparsemixer(RouterAdapter):

@@ -16,9 +16,9 @@ VERIFIED: dict[str, tuple[str, str]] = {'afmoe': ('sigmoid -> +expert_bias -> to
  'deepseek_v2': ('deepseek_v2', 'ok'),
  'deepseek_v3': ('deepseek_v3', 'ok'),
  'deepseek_v32': ('deepseek_v3', 'ok'),
- 'deepseek_v4': ('SqrtSoftplusActivation -> +gate.e_score_correction_bias -> top-k -> renorm -> x1.5 + '
-                 'unidentified',
-                 'partial'),
+ 'deepseek_v4': ('SqrtSoftplusActivation -> +gate.e_score_correction_bias -> top-k -> renorm -> x1.5 + token-id '
+                 'table -> SqrtSoftplusActivation -> renorm -> x1.5',
+                 'ok'),
  'doge': ('doge', 'ok'),
  'dots1': ('deepseek_v3', 'ok'),
  'ernie4_5_moe': ('ernie4_5_moe', 'ok'),
