@@ -87,7 +87,7 @@ def hard_select(adapter: RouterAdapter, epsilon: float) -> BoostSelect:
     def select(logits: torch.Tensor, mask: torch.Tensor, scope: torch.Tensor | None, consumed: torch.Tensor):
         info = torch.finfo(logits.dtype)
         weight = mask if scope is None else mask * scope  # [E] or [T, E] 0/1
-        z = logits.float()  # [T, E]
+        z = cast(logits, torch.float32)  # [T, E]
         top = z.amax(dim=-1, keepdim=True)  # [T, 1]
         lift = torch.clamp(top.abs() * (2 * info.eps), min=max(epsilon, info.tiny))  # >= 2 ulps of |top|
         boosted = torch.lerp(z, top + lift, weight).to(logits.dtype)  # exact z where weight 0, top+lift where 1
