@@ -90,7 +90,7 @@ def hard_select(adapter: RouterAdapter, epsilon: float) -> BoostSelect:
         z = cast(logits, torch.float32)  # [T, E]
         top = z.amax(dim=-1, keepdim=True)  # [T, 1]
         lift = torch.clamp(top.abs() * (2 * info.eps), min=max(epsilon, info.tiny))  # >= 2 ulps of |top|
-        boosted = torch.lerp(z, top + lift, weight).to(logits.dtype)  # exact z where weight 0, top+lift where 1
+        boosted = cast(torch.lerp(z, top + lift, weight), logits.dtype)  # exact z where weight 0, top+lift where 1
         best = adapter.steered(logits, consumed, weight)[1]  # the listed experts first, by unboosted choice [T, k]
         first = torch.zeros_like(z).scatter_(1, best, 1.0) * weight  # [T, E] the top-k of the listed
         weights, indices = adapter.steered(boosted, consumed, first)

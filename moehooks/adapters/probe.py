@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from .base import RouterAdapter, UnsupportedModelError, module_tensor
+from .base import RouterAdapter, UnsupportedModelError, cast, module_tensor
 from .rules import ProbedRule, Sparsemixer, TokenTable
 
 #: tokens of each probe call: odd sizes, so that vectorised kernels also run their scalar tails (whose rounding
@@ -330,7 +330,7 @@ def identify_table(block: Block) -> Identified:
         table = TokenTable(ProbedRule(top_k, block.num_experts, score=score, gate=gate, bias=None, groups=(1, 1),
                                       norm=norm, post=post, score_fn=score_fn))
         tried.append(table.name)
-        if all(same_choices(indices, table.weights(logits, indices), indices, weights)
+        if all(torch.equal(cast(table.weights(logits, indices), weights.dtype), weights)
                for logits, indices, weights in block.calls):
             return Identified(table, tuple(tried))
     return Identified(None, tuple(tried))

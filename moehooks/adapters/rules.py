@@ -289,7 +289,7 @@ class TokenTable(RouterAdapter):
 
     def weights(self, logits: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """The weights ``[T, k]`` the block gives the experts ``indices`` from ``logits``."""
-        return self.gate.finish(self.gate.scores(logits)[1].gather(-1, indices), logits)
+        return self.steered(logits, indices)[0]
 
     def select(self, logits: torch.Tensor, force: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         raise UnsupportedModelError(
@@ -298,16 +298,16 @@ class TokenTable(RouterAdapter):
 
     def steered(self, logits: torch.Tensor, consumed: torch.Tensor,
                 force: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        consumed = cast(consumed, torch.long)
-        if force is None:
-            return self.weights(logits, consumed), consumed
-        gate = self.gate.scores(logits)[1].float()  # [T, E]
-        choice = gate + torch.zeros_like(gate).scatter_(1, consumed, 1.0) * margin(gate)  # the table's experts first
-        choice = choice + force * margin(choice)  # the forced experts before them
-        forced = torch.topk(choice, self.top_k, dim=-1)[1]
-        any_forced = (torch.zeros_like(gate) + force).amax(dim=-1, keepdim=True) > 0  # [T, 1]
-        indices = torch.where(any_forced, forced, consumed)
-        return self.weights(logits, indices), indices
+        indices = consumed = cast(consumed, torch.long)
+        gate = self.gate.scores(logits)[1]  # [T, E]
+        if force is not None:
+            score = gate.float()
+            choice = score + torch.zeros_like(score).scatter_(1, consumed, 1.0) * margin(score)  # table's experts first
+            choice = choice + force * margin(choice)  # the forced experts before them
+            forced = torch.topk(choice, self.top_k, dim=-1)[1]
+            any_forced = torch.broadcast_to(force, score.shape).amax(dim=-1, keepdim=True) > 0  # [T, 1]
+            indices = torch.where(any_forced, forced, consumed)
+        return self.gate.finish(gate.gather(-1, indices), logits), indices
 
 
 class Sparsemixer(RouterAdapter):
