@@ -5,7 +5,7 @@
 
 The small published files (config, processor, preprocessor, video preprocessor, tokenizer and generation
 configs, chat template) are committed under ``tests/data/snapshots/<repo name>/`` (their provenance is in
-``SOURCES.md`` there); this module adds what is built at test time: a tiny byte-level BPE ``tokenizer.json``
+``tests/data/snapshots/SOURCES.md``); this module adds what is built at test time: a tiny byte-level BPE ``tokenizer.json``
 holding the checkpoint's real special tokens at their real ids (plus ``vocab.json`` / ``merges.txt`` where the
 repository ships them), and seeded random weights of the real class, sharded with ``model.safetensors.index.json``
 as the published repository is.
@@ -130,8 +130,7 @@ def snapshot(root: Path, alias: str, weights: bool = True) -> Path:
     folder = repo / "snapshots" / COMMIT
     folder.mkdir(parents=True)
     for path in published.folder.iterdir():
-        if path.name != "SOURCES.md":
-            shutil.copy(path, folder / path.name)
+        shutil.copy(path, folder / path.name)
     if published.special_tokens:
         write_tokenizer(folder, published)
     if weights and published.weights:
