@@ -16,16 +16,16 @@ import pytest
 import torch
 from huggingface_hub import constants
 from PIL import Image
+from snapshots import COMMIT, PUBLISHED, snapshot
 
 from moehooks import evaluate, pipeline
 from moehooks import models as mm
-from snapshots import COMMIT, PUBLISHED, snapshot
 
 
 def _torchvision_loads() -> bool:
     try:
         import torchvision  # noqa: F401
-    except Exception:  # not installed, or installed but built for another torch (torchvision::nms)
+    except (ImportError, RuntimeError, OSError):  # missing, or built for another torch (torchvision::nms)
         return False
     return True
 
@@ -108,8 +108,8 @@ def test_qwen3_vl_alias_loads_offline_from_its_snapshot(offline: Path, images: l
     if TORCHVISION:
         assert notes == []
     else:
-        assert notes == ["torchvision not installed: built the Qwen3-VL image processor with PIL "
-                         "(video input unavailable)"]
+        assert notes == [("torchvision not installed: built the Qwen3-VL image processor with PIL "
+                          "(video input unavailable)")]
         assert type(processor.image_processor).__name__ == "Qwen2VLImageProcessorPil"
     assert processor.tokenizer.convert_tokens_to_ids("<|image_pad|>") == IMAGE_PAD == model.config.image_token_id
 
@@ -214,7 +214,7 @@ def test_published_qwen3_vl_processor_matches_the_pil_build(offline: Path, image
 @needs_torchvision
 def test_llama4_alias_loads_offline_with_its_published_processor(offline: Path,
                                                                  images: list[evaluate.Item]) -> None:
-    model, processor, spec, notes = _load("llama4-scout")
+    model, processor, _, notes = _load("llama4-scout")
     assert notes == [] and type(processor).__name__ == "Llama4Processor"
     batch = evaluate.build_inputs(processor, images)
     vc = model.config.vision_config
