@@ -441,8 +441,11 @@ class ProcessorFallbackWarning(UserWarning):
     """The published processor needs torchvision, which is missing: an equivalent one was built with PIL."""
 
 
-def published_processor(source: str, *, trust_remote_code: bool = False, revision: str | None = None) -> Any:
-    """The checkpoint's own processor through ``AutoProcessor``: the one place that needs torchvision.
+def published_processor(source: str, config: Any = None, *, trust_remote_code: bool = False,
+                        revision: str | None = None) -> Any:
+    """The checkpoint's own processor (the class its files name, else ``AutoProcessor``): the one place that needs
+    torchvision. ``config`` (from :func:`load_config`) is handed to the sub-processors' loaders, which would
+    otherwise read ``config.json`` again (a published Llama-4 one does not load as is).
 
     Example:
         >>> processor = published_processor("Qwen/Qwen3-VL-30B-A3B-Instruct")  # doctest: +SKIP
@@ -452,8 +455,13 @@ def published_processor(source: str, *, trust_remote_code: bool = False, revisio
             not load against this torch (``operator torchvision::nms does not exist``).
     """
     from transformers import AutoProcessor
+    from transformers.models.auto.processing_auto import processor_class_from_name
 
+    kind = _saved_processor_class(source, revision)
+    published = processor_class_from_name(kind) if kind and config is not None else None
     try:
+        if published is not None:
+            return published.from_pretrained(source, config=config, revision=revision)
         return AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
     except RuntimeError as err:
         if "torchvision" not in str(err):
@@ -487,21 +495,22 @@ def load_processor(spec: ModelSpec, config: Any, *, trust_remote_code: bool = Fa
 
         return LabProcessor.from_pretrained(spec.source)
     try:
-        return published_processor(spec.source, trust_remote_code=trust_remote_code, revision=revision)
+        return published_processor(spec.source, config, trust_remote_code=trust_remote_code, revision=revision)
     except ImportError as err:
         if _multimodal(config):
-            return _pil_processor(spec, err, revision)
+            return _pil_processor(spec, config, err, revision)
     except (OSError, ValueError, TypeError) as err:
         if _multimodal(config):
             raise ProcessorUnavailableError(
                 f"model {_name(spec)}: its processor cannot be loaded: {_cause(err)}") from None
     try:
-        return AutoTokenizer.from_pretrained(spec.source, trust_remote_code=trust_remote_code, revision=revision)
+        return AutoTokenizer.from_pretrained(spec.source, config=config, trust_remote_code=trust_remote_code,
+                                             revision=revision)
     except OSError as err:
         raise _not_found(spec, err) from None
 
 
-def _pil_processor(spec: ModelSpec, missing: ImportError, revision: str | None) -> Any:
+def _pil_processor(spec: ModelSpec, config: Any, missing: ImportError, revision: str | None) -> Any:
     """The processor built without torchvision (see :func:`load_processor`), or the one-line error."""
     import torch
     import transformers
@@ -523,7 +532,7 @@ def _pil_processor(spec: ModelSpec, missing: ImportError, revision: str | None) 
     warnings.warn(f"torchvision {state}: built the Qwen3-VL image processor with PIL (video input unavailable)",
                   ProcessorFallbackWarning, stacklevel=3)
     return LabProcessor(Qwen2VLImageProcessorPil.from_pretrained(spec.source, revision=revision),
-                        AutoTokenizer.from_pretrained(spec.source, revision=revision),
+                        AutoTokenizer.from_pretrained(spec.source, config=config, revision=revision),
                         chat_template=_chat_template(spec.source, revision))
 
 

@@ -136,7 +136,7 @@ def test_the_torchvision_seam_decides_which_processor(offline: Path, monkeypatch
     spec = mm.resolve("qwen3-vl")
     config = mm.load_config(spec)
     published = object()
-    monkeypatch.setattr(mm, "published_processor", lambda source, **kwargs: published)
+    monkeypatch.setattr(mm, "published_processor", lambda source, config, **kwargs: published)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert mm.load_processor(spec, config) is published
@@ -158,7 +158,7 @@ def test_a_torchvision_that_does_not_load_counts_as_missing(offline: Path, monke
 
 
 def test_a_vision_model_never_falls_back_to_its_tokenizer(offline: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def unreadable(source, **kwargs):
+    def unreadable(source, config, **kwargs):
         raise ValueError("Unrecognized processing class")
 
     monkeypatch.setattr(mm, "published_processor", unreadable)
@@ -167,6 +167,22 @@ def test_a_vision_model_never_falls_back_to_its_tokenizer(offline: Path, monkeyp
         mm.load_processor(spec, mm.load_config(spec))
     assert str(err.value) == ("model 'qwen3-vl' (Qwen/Qwen3-VL-30B-A3B-Instruct): its processor cannot be loaded: "
                               "ValueError: Unrecognized processing class")
+
+
+def test_published_llama4_config_loads_and_its_tokenizer_reuses_it(offline: Path) -> None:
+    """transformers itself refuses the published ``attn_temperature_tuning: 4`` (a strict bool field); moehooks
+    reads it as True, and the tokenizer, which would read config.json again, is given that config."""
+    from huggingface_hub.errors import StrictDataclassFieldValidationError
+    from transformers import AutoConfig, AutoTokenizer
+
+    repo = PUBLISHED["llama4-scout"].repo_id
+    with pytest.raises(StrictDataclassFieldValidationError, match="attn_temperature_tuning"):
+        AutoConfig.from_pretrained(repo)
+    config = mm.load_config("llama4-scout")
+    assert config.text_config.attn_temperature_tuning is True
+    assert (config.image_token_index, config.text_config.vocab_size) == (200092, 202048)
+    tokenizer = AutoTokenizer.from_pretrained(repo, config=config)
+    assert tokenizer.convert_tokens_to_ids(["<|image_start|>", "<|patch|>", "<|eot|>"]) == [200080, 200092, 200008]
 
 
 @without_torchvision
@@ -200,10 +216,10 @@ def test_kimi_vl_needs_remote_code_allowed_and_pinned(offline: Path) -> None:
 @needs_torchvision
 def test_published_qwen3_vl_processor_matches_the_pil_build(offline: Path, images: list[evaluate.Item]) -> None:
     spec = mm.resolve("qwen3-vl")
-    published = mm.published_processor(spec.source)
+    published = mm.published_processor(spec.source, mm.load_config(spec))
     assert type(published.video_processor).__name__ == "Qwen3VLVideoProcessor"
     with pytest.warns(mm.ProcessorFallbackWarning):
-        pil = mm._pil_processor(spec, ImportError("torchvision"), None)
+        pil = mm._pil_processor(spec, mm.load_config(spec), ImportError("torchvision"), None)
     ours, theirs = evaluate.build_inputs(pil, images), evaluate.build_inputs(published, images)
     assert torch.equal(ours["input_ids"], theirs["input_ids"])
     assert torch.equal(ours["image_grid_thw"], theirs["image_grid_thw"])
