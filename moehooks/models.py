@@ -342,11 +342,10 @@ def load_config(name_or_path: str | Path | ModelSpec, *, trust_remote_code: bool
         ModelNotFoundError: as :func:`load`.
         moehooks.runs.UsageError: remote code not allowed or not pinned (:func:`remote_code`).
     """
+    from huggingface_hub.errors import StrictDataclassFieldValidationError
     from transformers import AutoConfig
 
     spec = name_or_path if isinstance(name_or_path, ModelSpec) else resolve(name_or_path)
-    from huggingface_hub.errors import StrictDataclassFieldValidationError
-
     pinned = remote_code(spec, trust_remote_code=trust_remote_code, revision=revision)
     try:
         return AutoConfig.from_pretrained(spec.source, trust_remote_code=trust_remote_code, revision=pinned)
@@ -516,10 +515,12 @@ def _pil_processor(spec: ModelSpec, config: Any, missing: ImportError, revision:
     import transformers
 
     kind = _saved_processor_class(spec.source, revision)
+    failure = f"model {_name(spec)}: its processor ({kind or 'unknown class'}) cannot be built: {_cause(missing)}"
+    if "torchvision" not in str(missing).lower():
+        raise ProcessorUnavailableError(failure)
     if kind != "Qwen3VLProcessor":
         raise ProcessorUnavailableError(
-            f"model {_name(spec)}: its processor ({kind or 'unknown class'}) cannot be built: {_cause(missing)}; "
-            f"transformers {transformers.__version__} has no PIL-only build of it. Install torchvision, the "
+            f"{failure}; transformers {transformers.__version__} has no PIL-only build of it. Install torchvision, the "
             f"release built for torch {torch.__version__} (`pip install torchvision`; `make install` does it on "
             "CUDA machines); where no torchvision build matches this torch, run this model on a machine where "
             "one does"

@@ -185,6 +185,18 @@ def test_published_llama4_config_loads_and_its_tokenizer_reuses_it(offline: Path
     assert tokenizer.convert_tokens_to_ids(["<|image_start|>", "<|patch|>", "<|eot|>"]) == [200080, 200092, 200008]
 
 
+def test_another_missing_library_is_named_without_a_fallback(offline: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def needs_tiktoken(source, config, **kwargs):
+        raise ImportError("This processor requires the tiktoken library")
+
+    monkeypatch.setattr(mm, "published_processor", needs_tiktoken)
+    spec = mm.resolve("qwen3-vl")
+    with pytest.raises(mm.ProcessorUnavailableError) as err:
+        mm.load_processor(spec, mm.load_config(spec))
+    assert str(err.value) == ("model 'qwen3-vl' (Qwen/Qwen3-VL-30B-A3B-Instruct): its processor (Qwen3VLProcessor) "
+                              "cannot be built: ImportError: This processor requires the tiktoken library")
+
+
 @without_torchvision
 def test_llama4_without_torchvision_is_one_line_before_the_weights(offline: Path) -> None:
     with pytest.raises(mm.ProcessorUnavailableError) as err:
