@@ -157,16 +157,25 @@ def test_a_torchvision_that_does_not_load_counts_as_missing(offline: Path, monke
     assert type(processor.image_processor).__name__ == "Qwen2VLImageProcessorPil"
 
 
-def test_a_vision_model_never_falls_back_to_its_tokenizer(offline: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def unreadable(source, config, **kwargs):
-        raise ValueError("Unrecognized processing class")
+QWEN = "model 'qwen3-vl' (Qwen/Qwen3-VL-30B-A3B-Instruct): its processor"
 
-    monkeypatch.setattr(mm, "published_processor", unreadable)
+
+@pytest.mark.parametrize(("error", "message"), [
+    (ValueError("Unrecognized processing class"),
+     f"{QWEN} cannot be loaded: ValueError: Unrecognized processing class"),
+    (ImportError("This processor requires the tiktoken library"),  # not torchvision: no PIL build, no advice
+     f"{QWEN} (Qwen3VLProcessor) cannot be built: ImportError: This processor requires the tiktoken library"),
+])
+def test_a_vision_model_never_falls_back_to_its_tokenizer(offline: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          error: Exception, message: str) -> None:
+    def fails(source, config, **kwargs):
+        raise error
+
+    monkeypatch.setattr(mm, "published_processor", fails)
     spec = mm.resolve("qwen3-vl")
     with pytest.raises(mm.ProcessorUnavailableError) as err:
         mm.load_processor(spec, mm.load_config(spec))
-    assert str(err.value) == ("model 'qwen3-vl' (Qwen/Qwen3-VL-30B-A3B-Instruct): its processor cannot be loaded: "
-                              "ValueError: Unrecognized processing class")
+    assert str(err.value) == message
 
 
 def test_published_llama4_config_loads_and_its_tokenizer_reuses_it(offline: Path) -> None:
@@ -183,18 +192,6 @@ def test_published_llama4_config_loads_and_its_tokenizer_reuses_it(offline: Path
     assert (config.image_token_index, config.text_config.vocab_size) == (200092, 202048)
     tokenizer = AutoTokenizer.from_pretrained(repo, config=config)
     assert tokenizer.convert_tokens_to_ids(["<|image_start|>", "<|patch|>", "<|eot|>"]) == [200080, 200092, 200008]
-
-
-def test_another_missing_library_is_named_without_a_fallback(offline: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def needs_tiktoken(source, config, **kwargs):
-        raise ImportError("This processor requires the tiktoken library")
-
-    monkeypatch.setattr(mm, "published_processor", needs_tiktoken)
-    spec = mm.resolve("qwen3-vl")
-    with pytest.raises(mm.ProcessorUnavailableError) as err:
-        mm.load_processor(spec, mm.load_config(spec))
-    assert str(err.value) == ("model 'qwen3-vl' (Qwen/Qwen3-VL-30B-A3B-Instruct): its processor (Qwen3VLProcessor) "
-                              "cannot be built: ImportError: This processor requires the tiktoken library")
 
 
 @without_torchvision
