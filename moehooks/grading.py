@@ -40,15 +40,15 @@ from collections.abc import Sequence
 __all__ = ["answer_letters", "extract_answer", "grade", "grade_detail", "normalize_answer", "strip_units"]
 
 
-def _last_braced(text: str, commands: Sequence[str]) -> str | None:
-    r"""Content of the last ``\cmd{...}`` (balanced braces) for any of ``commands``."""
-    starts = [m.end() for m in re.finditer("|".join(re.escape(c) + r"\s*\{" for c in commands), text)]
-    for start in reversed(starts):
+def _last_braced(text: str, commands: Sequence[str]) -> tuple[int, str] | None:
+    r"""``(position, content)`` of the last ``\cmd{...}`` (balanced braces) for any of ``commands``."""
+    starts = [(m.start(), m.end()) for m in re.finditer("|".join(re.escape(c) + r"\s*\{" for c in commands), text)]
+    for position, start in reversed(starts):
         depth = 1
         for pos in range(start, len(text)):
             depth += {"{": 1, "}": -1}.get(text[pos], 0)
             if depth == 0:
-                return text[start:pos].strip()
+                return position, text[start:pos].strip()
     return None
 
 
@@ -61,14 +61,15 @@ _SHORT_LINE = 30
 
 
 def _final_span(text: str) -> tuple[str, str] | None:
-    """``(span, source)``: the last boxed content (``"boxed"``), else what follows the last "answer is" up to
-    the end of its sentence (``"answer_is"``), else the last non-empty line (``"line"``)."""
+    """``(span, source)``: the last answer statement, a boxed content (``"boxed"``) or what follows an "answer
+    is" up to the end of its sentence (``"answer_is"``), whichever comes later (``\boxed{45}. The answer is:
+    (E)`` commits to E); else the last non-empty line (``"line"``)."""
     boxed = _last_braced(text, (r"\boxed", r"\fbox"))
+    stated = list(_ANSWER_IS.finditer(text))
+    if stated and (boxed is None or stated[-1].start() > boxed[0]):
+        return _unbold(_SENTENCE_END.split(stated[-1].group(1))[0]), "answer_is"
     if boxed is not None:
-        return boxed, "boxed"
-    matches = _ANSWER_IS.findall(text)
-    if matches:
-        return _unbold(_SENTENCE_END.split(matches[-1])[0]), "answer_is"
+        return boxed[1], "boxed"
     lines = [_unbold(line) for line in text.splitlines() if _unbold(line)]
     return (lines[-1], "line") if lines else None
 
@@ -100,8 +101,8 @@ def _line_value(line: str) -> str | None:
 def extract_answer(prediction: str) -> str | None:
     r"""Read the final answer of a free-form prediction.
 
-    The last ``\boxed{}`` wins as is. Else the text after the last "answer is" (its last ``$...$`` segment if
-    any) up to the end of that sentence. Else the final line: its last math segment and the right-hand side
+    The last answer statement wins: the last ``\boxed{}`` as is, or the text after an "answer is" that
+    follows it (its last ``$...$`` segment if any) up to the end of that sentence. Else the final line: its last math segment and the right-hand side
     of its last ``=``; for plain text the value it ends with, the whole line when it is short, or ``None`` for
     a line cut off mid-sentence.
 
@@ -146,7 +147,7 @@ def _clean(text: str) -> str:
     text = text.replace("\x0c", "\\f")
     boxed = _last_braced(text, (r"\boxed",))
     if boxed is not None:
-        text = boxed
+        text = boxed[1]
     for old, new in _SUPERSCRIPTS.items():
         text = text.replace(old, new)
     text = text.replace(r"\dfrac", r"\frac").replace(r"\tfrac", r"\frac").replace("\\$", "").replace("$", "")
