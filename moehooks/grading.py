@@ -26,7 +26,8 @@ thousands separators, case), or ``math_verify`` finds them equivalent (``\frac{1
 tuples, matrices; numbers compare as numbers, so ``100`` != ``10``), or they are after removing labels
 (``Area =``, ``x \in``), units (``\mathrm{~cm}^{2}``, ``dollars``, ``km/h``, ``\text{ eV}``), degree signs
 (``315^\circ T``, mojibake ``Â°`` / ``掳``) and percent signs from both (:func:`strip_units`), unless both carry
-different metric units (``4.4 cm`` is not ``4.4 m``). The hand-graded table ``tests/data/grading_pairs.jsonl``
+different known units (``4.4 cm`` is not ``4.4 m``, ``10 m/s`` is not ``10 km/h``); decimals agree when they
+do to the fewer places of the two (``452.39`` reaches ``452.389``). The hand-graded table ``tests/data/grading_pairs.jsonl``
 holds each benchmark's real answer forms with the verdicts this module must reach.
 """
 
@@ -36,6 +37,7 @@ import re
 import string
 import threading
 from collections.abc import Sequence
+from decimal import ROUND_HALF_UP, Decimal
 
 __all__ = ["answer_letters", "extract_answer", "grade", "grade_detail", "normalize_answer", "strip_units"]
 
@@ -52,8 +54,9 @@ def _last_braced(text: str, commands: Sequence[str]) -> tuple[int, str] | None:
     return None
 
 
-_ANSWER_IS = re.compile(r"(?:(?:answer|option|choice)(?:\*\*)?\s*(?:is|:)|\bI (?:choose|pick|select))\s*:?\s*(.+)",
-                        re.IGNORECASE)
+_ANSWER_IS = re.compile(
+    r"(?:(?:answers?|option|choice)(?:\*\*)?\s*(?:is|are|:)|\bI (?:choose|pick|select))\s*:?\s*(.+)", re.IGNORECASE
+)
 _SENTENCE_END = re.compile(r"\.\s+(?=[A-Z])")
 _MATH_SEGMENT = re.compile(r"\$+([^$]+)\$+|\\\((.+?)\\\)|\\\[(.+?)\\\]")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
@@ -182,7 +185,7 @@ _UNIT_WORDS = (
     "square", "cubic", "units?", "dollars?", "cents?", "metres?", "meters?", "centimet(?:er|re)s?",
     "millimet(?:er|re)s?", "kilomet(?:er|re)s?", "lit(?:er|re)s?", "inch(?:es)?", "feet", "foot", "ft", "yards?",
     "miles?", "mph", "hours?", "hrs?", "minutes?", "mins?", "seconds?", "secs?", "days?", "weeks?", "years?",
-    "degrees?", "grams?", "kilograms?", "pounds?", "lbs?", "ounces?", "oz", "km", "cm", "mm", "kg", "mg", "ml",
+    "degrees?", "grams?", "kilograms?", "pounds?", "lbs?", "ounces?", "oz", "km", "cm", "mm", "kg", "mg", "ml", "sq",
     "eV", "keV", "MeV", "GeV", "nm", "Hz", "kHz", "MHz", "mol", "[km]?J",
 )
 _TRAILING_UNIT = re.compile(
@@ -195,7 +198,17 @@ _VALUE_THEN_UNIT = re.compile(
     r"\s*\$?\s*(-?(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:\s*/\s*\d+(?:\.\d+)?)?)\s*~?\s*"
     r"(?:[A-Za-z][A-Za-z./]*(?:\s*\^\s*\{?\d\}?)?\s*)*"
 )
-_METRIC = {f"{prefix}{base}" for prefix in ("", "k", "c", "m") for base in ("m", "g", "l")}
+_UNIT_SPELLINGS = {
+    "mm": ("mm", "millimeter", "millimetre"), "cm": ("cm", "centimeter", "centimetre"), "m": ("m", "meter", "metre"),
+    "km": ("km", "kilometer", "kilometre"), "g": ("g", "gram"), "kg": ("kg", "kilogram"), "mg": ("mg", "milligram"),
+    "l": ("l", "liter", "litre"), "ml": ("ml", "milliliter", "millilitre"), "h": ("h", "hr", "hour"),
+    "min": ("min", "minute"), "s": ("s", "sec", "second"), "mi": ("mile",), "ft": ("ft", "foot", "feet"),
+    "in": ("inch",), "yd": ("yard",), "$": ("dollar",), "cent": ("cent",), "day": ("day",), "week": ("week",),
+    "year": ("year",), "lb": ("lb", "pound"), "oz": ("oz", "ounce"), "ev": ("ev",), "kev": ("kev",),
+    "mev": ("mev",), "gev": ("gev",), "mph": ("mph",),
+}
+_UNIT_NAME = {spelling: name for name, spellings in _UNIT_SPELLINGS.items() for spelling in spellings}
+_GENERIC_UNITS = {"unit", "square", "cubic", "sq"}
 
 
 def _without_trailing_units(text: str, units: list[str] | None = None) -> str:
@@ -209,10 +222,23 @@ def _without_trailing_units(text: str, units: list[str] | None = None) -> str:
         text = text[:match.start()].strip()
 
 
-def _split_unit(text: str) -> tuple[str, str]:
+def _unit_key(word: str) -> str | None:
+    """The canonical name of a unit word (``centimetres`` -> ``cm``), ``""`` for a generic one (``units``,
+    ``square``), ``None`` for a word that is not a known unit."""
+    word = word.lower()
+    for candidate in (word, word[:-1], word[:-2]):
+        if candidate in _GENERIC_UNITS:
+            return ""
+        if candidate in _UNIT_NAME and (candidate == word or len(word) > 2):
+            return _UNIT_NAME[candidate]
+    return None
+
+
+def _split_unit(text: str) -> tuple[str, str | None]:
     """``(value, unit)`` of an answer: labels (``Area =``, ``x \\in``, ``5=s``), units, degree and percent
-    signs and currency taken off; the unit lower-cased without spaces and powers (``""`` when none). Text that is only
-    words keeps them as its value."""
+    signs and currency taken off. The unit is its canonical name (``\\mathrm{~cm}^{2}``, ``cm²`` and
+    ``centimetres`` are all ``cm``; ``km/h``), ``""`` when none, ``None`` when it is not a known unit. Text
+    that is only words keeps them as its value."""
     value = _DEGREES.sub("", _clean(text)).replace(r"\%", "").replace("%", "").replace("\\$", "")
     while (label := _LABEL.match(value)) and not re.search(r"[\d+\-^*/]", label.group(0)):
         value = value[label.end():]
@@ -222,7 +248,9 @@ def _split_unit(text: str) -> tuple[str, str]:
     value = _without_trailing_units(_UNIT_COMMAND.sub("", value).strip(), units).rstrip(".").strip()
     if not re.search(r"[\d\\]", value):
         return _clean(text), ""
-    return value, re.sub(r"\^\{?-?\d\}?|[\s~{}]", "", "".join(units)).lower()
+    words = re.findall(r"[A-Za-z]+|/", re.sub(r"\^\s*\{?-?\d\}?", "", " ".join(units)))
+    keys = ["/" if word == "/" else _unit_key(word) for word in words]
+    return value, None if None in keys else "".join(k for k in keys if k).strip("/")
 
 
 def strip_units(text: str) -> str:
@@ -254,17 +282,27 @@ def _math_equal(prediction: str, answer: str) -> bool:
         return False
 
 
+def _rounded_equal(prediction: str, answer: str) -> bool:
+    """Two decimals that agree to the fewer decimal places of the two (``452.39`` and ``452.389``)."""
+    digits = [re.fullmatch(r"-?\d+\.(\d+)", text) for text in (prediction, answer)]
+    if not all(digits):
+        return False
+    step = Decimal(1).scaleb(-min(len(d.group(1)) for d in digits if d))
+    return Decimal(prediction).quantize(step, ROUND_HALF_UP) == Decimal(answer).quantize(step, ROUND_HALF_UP)
+
+
 def _equal(prediction: str, answer: str) -> bool:
-    return normalize_answer(prediction) == normalize_answer(answer) or _math_equal(_clean(prediction), _clean(answer))
+    normalized, gold = normalize_answer(prediction), normalize_answer(answer)
+    return normalized == gold or _rounded_equal(normalized, gold) or _math_equal(_clean(prediction), _clean(answer))
 
 
 def _same_answer(prediction: str, answer: str) -> bool:
-    """Whether two free-form answers agree: as they are, or without labels and units on both sides unless both
-    carry different metric units."""
+    """Whether two free-form answers agree: as they are, or without labels and units on both sides; never when
+    both carry different known units."""
     if not prediction.strip():
         return False
     (value, unit), (gold, gold_unit) = _split_unit(prediction), _split_unit(answer)
-    if unit and gold_unit and unit != gold_unit and {unit, gold_unit} <= _METRIC:
+    if unit and gold_unit and unit != gold_unit:
         return False
     if _equal(prediction, answer):
         return True
