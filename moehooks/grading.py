@@ -291,9 +291,18 @@ def _rounded_equal(prediction: str, answer: str) -> bool:
     return Decimal(prediction).quantize(step, ROUND_HALF_UP) == Decimal(answer).quantize(step, ROUND_HALF_UP)
 
 
+def _wordy(text: str) -> bool:
+    """Whether ``text`` holds a word of three letters or more outside LaTeX commands (``Evelyn``,
+    ``1,2,4-trimethylbenzene``): ``math_verify`` would read it as a product of symbols (``ESA`` = ``ASE``)."""
+    return re.search(r"[A-Za-z]{3,}", re.sub(r"\\(?:begin|end)\{\w+\*?\}|\\[A-Za-z]+", "", text)) is not None
+
+
 def _equal(prediction: str, answer: str) -> bool:
+    """Equal after normalisation, as decimals to the fewer places, or (for math, not words) by ``math_verify``."""
     normalized, gold = normalize_answer(prediction), normalize_answer(answer)
-    return normalized == gold or _rounded_equal(normalized, gold) or _math_equal(_clean(prediction), _clean(answer))
+    if normalized == gold or _rounded_equal(normalized, gold):
+        return True
+    return not (_wordy(prediction) or _wordy(answer)) and _math_equal(_clean(prediction), _clean(answer))
 
 
 def _same_answer(prediction: str, answer: str) -> bool:
@@ -313,9 +322,10 @@ def _same_answer(prediction: str, answer: str) -> bool:
 # Multiple choice
 
 _NAMED_LETTER = re.compile(
-    r"(?i:option|choice|answer|shape|figure|fig\.|graph|picture|image|diagram|letter)\s*\(?([A-Z])\)?(?![A-Za-z0-9])"
+    r"(?i:option|choice|answer|shape|figure|fig\.|graph|picture|image|diagram|letter)(?:\s+\(?|\s*\()([A-Z])\)?"
+    r"(?![A-Za-z0-9])"
 )
-_LABELLED_LETTER = re.compile(r"(?:\(([A-Z])\)|([A-Z])[).:,;])(?=\s|$)")
+_LABELLED_LETTER = re.compile(r"(?:\(([A-Z])\)|([A-Z])[).:,;])(?=\s|$)|([A-Z])(?=\s+(?:because|since)\b)")
 _LETTER_LIST = re.compile(r"\(?[A-Z]\)?(?:\s*(?:,|;|&|/|\\text\{\s*and\s*\}|and|\s)\s*\(?[A-Z]\)?)*")
 
 
