@@ -11,9 +11,9 @@ Example:
     >>> grade_detail(r"\boxed{100}", "A", ["10", "20", "30", "40"])
     (False, None)
 
-The final answer is read from answer-shaped places only: the last ``\boxed{}``, else what follows the last
-"answer is" / "answer:" / "correct option is" / "I choose", else the last line when it is short or ends a sentence with a
-value (:func:`extract_answer`).
+The final answer is read from answer-shaped places only: the last ``\boxed{}`` or a later "answer is" /
+"answer:" / "correct option is" / "I choose", else the last line when it is short or ends a sentence with a value
+(:func:`extract_answer`).
 
 Multiple choice (``choices`` given, or a reference that is an option letter such as ``B``, ``(C)``,
 ``\text{(C)}`` or MathVerse's two-letter ``C\nD``): the prediction commits to a letter when its final answer is
@@ -23,12 +23,13 @@ substring is not enough, and no letter inside a word counts).
 
 Free form: the answers are equal after normalisation (LaTeX spacing, ``\text{}``, ``\dfrac``, ``$``,
 thousands separators, case), or ``math_verify`` finds them equivalent (``\frac{1}{2}`` = ``0.5``, intervals,
-tuples, matrices; numbers compare as numbers, so ``100`` != ``10``), or they are after removing labels
+tuples, matrices; numbers compare as numbers, so ``100`` != ``10``; words only as text, ``ESA`` != ``ASE``), or they are after removing labels
 (``Area =``, ``x \in``), units (``\mathrm{~cm}^{2}``, ``dollars``, ``km/h``, ``\text{ eV}``), degree signs
 (``315^\circ T``, mojibake ``Â°`` / ``掳``) and percent signs from both (:func:`strip_units`), unless both carry
 different known units (``4.4 cm`` is not ``4.4 m``, ``10 m/s`` is not ``10 km/h``); decimals agree when they
-do to the fewer places of the two (``452.39`` reaches ``452.389``). The hand-graded table ``tests/data/grading_pairs.jsonl``
-holds each benchmark's real answer forms with the verdicts this module must reach.
+do to the fewer places of the two (``452.39`` reaches ``452.389``). The hand-graded table
+``tests/data/grading_pairs.jsonl`` holds each benchmark's real answer forms with the verdicts this module must
+reach.
 """
 
 from __future__ import annotations
@@ -105,9 +106,9 @@ def extract_answer(prediction: str) -> str | None:
     r"""Read the final answer of a free-form prediction.
 
     The last answer statement wins: the last ``\boxed{}`` as is, or the text after an "answer is" that
-    follows it (its last ``$...$`` segment if any) up to the end of that sentence. Else the final line: its last math segment and the right-hand side
-    of its last ``=``; for plain text the value it ends with, the whole line when it is short, or ``None`` for
-    a line cut off mid-sentence.
+    follows it (its last ``$...$`` segment if any) up to the end of that sentence. Else the final line: its
+    last math segment and the right-hand side of its last ``=``; for plain text the value it ends with, the
+    whole line when it is short, or ``None`` for a line cut off mid-sentence.
 
     Example:
         >>> extract_answer("so x = 3, hence \\boxed{\\frac{1}{2}}")

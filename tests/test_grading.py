@@ -25,8 +25,8 @@ from moehooks.grading import extract_answer, grade, grade_detail
 PAIRS = [json.loads(line) for line in (Path(__file__).parent / "data" / "grading_pairs.jsonl").open(encoding="utf-8")]
 
 KNOWN_DISAGREEMENTS = {
-    ("45^2", r"\boxed{45}\text{ square units}"): "MATH-V's published answer '45^2' is its solution's '45 units^2' with the unit lost; "
-                         "a grader that takes the answer as written reads 45^2 = 2025",
+    ("45^2", r"\boxed{45}\text{ square units}"): "MATH-V's published answer '45^2' is its solution's '45 units^2' "
+                                                "with the unit lost; a grader taking it as written reads 2025",
     ("False", r"\boxed{B}"): "MathVerse's multiple-choice items reach the grader without their option list, so "
                              "the letter of the option 'False' cannot be told from another",
 }
