@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from moehooks import benchmarks as bm
-from moehooks.evaluate import grade
+from moehooks.grading import grade
 
 
 def png_bytes(shade: int) -> bytes:
