@@ -65,13 +65,15 @@ _SHORT_LINE = 30
 
 
 def _final_span(text: str) -> tuple[str, str] | None:
-    """``(span, source)``: the last answer statement, a boxed content (``"boxed"``) or what follows an "answer
+    r"""``(span, source)``: the last answer statement, a boxed content (``"boxed"``) or what follows an "answer
     is" up to the end of its sentence (``"answer_is"``), whichever comes later (``\boxed{45}. The answer is:
-    (E)`` commits to E); else the last non-empty line (``"line"``)."""
+    (E)`` commits to E; a later "answer is" followed by a long or ``=`` sentence is a check, not an answer);
+    else the last non-empty line (``"line"``)."""
     boxed = _last_braced(text, (r"\boxed", r"\fbox"))
     stated = list(_ANSWER_IS.finditer(text))
-    if stated and (boxed is None or stated[-1].start() > boxed[0]):
-        return _unbold(_SENTENCE_END.split(stated[-1].group(1))[0]), "answer_is"
+    span = _unbold(_SENTENCE_END.split(stated[-1].group(1))[0]) if stated else ""
+    if stated and (boxed is None or (stated[-1].start() > boxed[0] and len(span) <= _SHORT_LINE and "=" not in span)):
+        return span, "answer_is"
     if boxed is not None:
         return boxed[1], "boxed"
     lines = [_unbold(line) for line in text.splitlines() if _unbold(line)]

@@ -222,6 +222,8 @@ def test_exact_match_fallback_when_math_verify_fails(monkeypatch: pytest.MonkeyP
         (r"\boxed{45 \mathrm{~km}}$.The answer is: (E).", "(E)"),
         ("Final Answer: The final answer is $5$. I hope it is correct.", "5"),
         ("He runs 180 meters per session, so in total he runs", None),
+        (r"so \boxed{5}.\n\nTo double-check the answer: 2*5=10, correct.", "5"),
+        (r"\boxed{5}. Let me verify the answer: it satisfies both equations given above.", "5"),
     ],
 )
 def test_extract_answer(prediction: str, extracted: str | None) -> None:
