@@ -3,9 +3,12 @@ r"""Tests of moehooks.grading against answers graded by hand.
 The oracle is ``tests/data/grading_pairs.jsonl``: one JSON object a line with ``benchmark``, ``response``,
 ``gold``, ``choices`` (the option texts the benchmark's recipe passes, or ``null``), ``verdict`` (decided by hand,
 reading the response as a careful human grader would), ``note`` (why, where it is not obvious) and ``source``
-(where the gold answer comes from: MATH-500's ``test.jsonl``, MathVerse's ``testmini_text_only.json``,
-MATH-V's ``data/test.jsonl`` with real model responses from MATH-V's ``outputs/``, GSM8K-V's
-``data/metadata``, the lab data; GPQA-Diamond is gated, so its rows have options written in its style).
+(where the gold answer comes from). Gold answers are the published ones: GitHub ``mathllm/MATH-V`` at a1f5cc3
+(``data/test.jsonl``, with real model responses from its ``outputs/``), ``ZrrSkywalker/MathVerse`` at 937b090
+(``data/testmini_text_only.json``, whose answers its Vision Only items share), ``ZJU-REAL/GSM8K-V`` at 4033cb0
+(``data/metadata``), MATH-500's ``test.jsonl`` (the copy in ``MobileLLM/BudgetThinker``
+``evaluation/data/math500``, answers as published), the lab data; GPQA-Diamond is gated, so its rows have
+options written in its style. Other responses are written by hand in the forms models produce.
 """
 
 from __future__ import annotations
