@@ -174,8 +174,7 @@ def normalize_answer(text: str) -> str:
         True
     """
     text = _TEXT_COMMAND.sub(r"\1", _clean(text))
-    text = _LATEX_NOISE.sub("", text).replace(r"\dfrac", r"\frac")
-    return re.sub(r"\s+", "", text).rstrip(".").lower()
+    return re.sub(r"\s+", "", _LATEX_NOISE.sub("", text)).rstrip(".").lower()
 
 
 _DEGREES = re.compile(r"(?:\^\s*\{?\\circ\}?|\\circ|\\degree|Â°|掳|°|\{degrees?\}|\\text\s*\{\s*degrees?\s*\})"
@@ -242,7 +241,7 @@ def _split_unit(text: str) -> tuple[str, str | None]:
     signs and currency taken off. The unit is its canonical name (``\\mathrm{~cm}^{2}``, ``cm²`` and
     ``centimetres`` are all ``cm``; ``km/h``), ``""`` when none, ``None`` when it is not a known unit. Text
     that is only words keeps them as its value."""
-    value = _DEGREES.sub("", _clean(text)).replace(r"\%", "").replace("%", "").replace("\\$", "")
+    value = _DEGREES.sub("", _clean(text)).replace(r"\%", "").replace("%", "")
     while (label := _LABEL.match(value)) and not re.search(r"[\d+\-^*/]", label.group(0)):
         value = value[label.end():]
     right = _RIGHT_LABEL.match(value)
