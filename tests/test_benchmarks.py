@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from moehooks import benchmarks as bm
-from moehooks.grading import grade
+from moehooks.evaluate import grade
 
 
 def png_bytes(shade: int) -> bytes:
