@@ -22,9 +22,11 @@ by, and the wrapped module is the one with the family's class and attributes.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
+import torch
 from torch import nn
 
 
@@ -83,11 +85,20 @@ def outermost(model: nn.Module, name: str) -> str:
 
 
 def holds_compiled_code() -> bool:
-    """Dynamo holds compiled code (any ``torch.compile``-d function or module has run since the last reset).
+    """Dynamo holds code it compiled from outside moehooks (a ``torch.compile``-d module or function has run
+    since the last reset; moehooks' own compiled routing functions hold no module hooks).
 
     Dynamo does not guard on module hooks: code compiled before hooks were added (a ``torch.compile(model)``
     wrapper moehooks cannot see from the model) would run without them, and code compiled with them would
     keep running them after they were removed, so moehooks drops compiled code when this is true.
     """
     frames = sys.modules.get("torch._dynamo.convert_frame")
-    return frames is not None and bool(frames.output_codes.seen_ids or frames.input_codes.seen_ids)
+    if frames is None:
+        return False
+    entries = getattr(torch._C._dynamo.eval_frame, "_debug_get_cache_entry_list", None)  # code -> compiled entries
+    codes = (ref() for ref in list(frames.input_codes.seen))  # every frame dynamo looked at, compiled or skipped
+    return any(code is not None and not code.co_filename.startswith(_PACKAGE) and (entries is None or entries(code))
+               for code in codes)
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
