@@ -258,3 +258,15 @@ def test_a_value_that_is_no_module_is_refused_in_one_line(value):
         with pytest.raises(TypeError, match=rf"^moehooks needs a torch.nn.Module .*got {type(value).__name__}") as err:
             open_context(value)
         assert "\n" not in str(err.value)
+
+
+def test_a_wrapped_model_has_the_fingerprint_of_the_model_it_wraps():
+    from moehooks import artefacts
+
+    model = build("qwen3_moe")
+    attention = _peft(copy.deepcopy(model), "attention")
+    router = _peft(copy.deepcopy(model), "router")
+    assert artefacts.fingerprint(torch.compile(model, backend="eager")) == artefacts.fingerprint(model)
+    assert artefacts.fingerprint(attention) == artefacts.fingerprint(model)  # the routers are untouched
+    assert artefacts.fingerprint(router) != artefacts.fingerprint(model)  # the adapter is part of the router
+    assert artefacts.describe(router).model_type == "qwen3_moe"
