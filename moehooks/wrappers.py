@@ -3,6 +3,7 @@
     model = see_through(peft_model)            # the transformers model under a PeftModel / LoraModel
     model = see_through(torch.compile(model))  # the module an OptimizedModule compiled
     model = see_through(nnsight_model)         # the module an nnsight Envoy (NNsight, LanguageModel) mirrors
+    model = see_through(nn.DataParallel(model))  # the module (DistributedDataParallel too)
     outermost(model, "model.layers.0.mlp.experts.base_layer")  # -> "model.layers.0.mlp.experts"
     base_of(peft_lora_router)                  # the router module a PEFT layer wraps
 
@@ -12,7 +13,8 @@ Every moehooks context and ``adapt`` hook the model ``see_through`` returns, so 
   ``forward``) and its forward (``LoraModel.forward`` calls the transformers model) pass the tracker;
 * a ``torch.compile(model)`` wrapper's ``generate`` (the eager model's) and its compiled forward (which calls
   the model, hooks and all, once recompiled: ``holds_compiled_code``) pass it;
-* an nnsight object's traces, which run the module it mirrors, pass it.
+* an nnsight object's traces, which run the module it mirrors, pass it;
+* a (Distributed)DataParallel wrapper's forward, which calls its module, passes it.
 
 Inside the model, a PEFT layer (``lora.Linear``, ``lora.ParamWrapper`` for ``target_parameters``) holds the
 module it adapts as ``base_layer`` (nested for several parameters of one module). Discovery treats the
@@ -45,6 +47,8 @@ def see_through(model: Any) -> nn.Module:
 
 
 def _unwrap_once(model: Any) -> Any:
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        return model.module
     dynamo = sys.modules.get("torch._dynamo.eval_frame")
     if dynamo is not None and isinstance(model, dynamo.OptimizedModule):
         return model._orig_mod

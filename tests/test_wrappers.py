@@ -95,11 +95,14 @@ def test_a_peft_model_records_and_steers_like_its_own_outputs(family, place):
         with HandCount(pm, _experts_count(family)) as hand_forward, moehooks.record(pm) as rec_forward, \
                 moehooks.steer(pm, experts, mode="soft", beta=0.0):
             hooked_logits = pm(IDS).logits
+        with HandCount(pm, _experts_count(family)) as hand_hard, moehooks.steer(pm, experts, mode="hard"):
+            pm(IDS)
     assert torch.equal(hooked, plain)
     assert torch.equal(hooked_logits, plain_logits)
     assert torch.equal(rec.counts(), hand.table())
     assert torch.equal(rec_forward.counts(), hand_forward.table())
     assert rec_forward.tokens().tolist() == [IDS.numel()] * len(layers)
+    assert hand_hard.table()[:, :2].tolist() == [[IDS.numel()] * 2] * len(layers)  # every token got 0 and 1
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -218,7 +221,7 @@ def test_a_context_on_the_compiled_wrapper_records_its_generate(fresh_dynamo):
 
 # ---- nnsight ---------------------------------------------------------------------------------------------
 def _language_model(model: torch.nn.Module):
-    nnsight = pytest.importorskip("nnsight", reason="nnsight is a bench extra (absent from .venv-latest)")
+    nnsight = pytest.importorskip("nnsight", reason="nnsight is the bench extra")
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -249,6 +252,14 @@ def test_a_context_on_an_nnsight_language_model_hooks_the_model_it_mirrors():
     assert torch.equal(rec.counts(), hand.table())
     assert torch.equal(rec_positional.counts(), hand.table())
     assert torch.equal(result, expected)
+
+
+# ---- DataParallel ----------------------------------------------------------------------------------------
+def test_a_context_on_a_data_parallel_wrapper_records_its_forward():
+    model = build("qwen3_moe")
+    with torch.no_grad(), HandCount(model, 8) as hand, moehooks.record(torch.nn.DataParallel(model)) as rec:
+        torch.nn.DataParallel(model)(IDS)  # on a machine without GPUs it calls the module itself
+    assert torch.equal(rec.counts(), hand.table())
 
 
 # ---- what cannot be seen through ---------------------------------------------------------------------------
