@@ -35,7 +35,8 @@ from torch import nn
 def see_through(model: Any) -> nn.Module:
     """The module to hook for ``model``: itself, or the model under the wrappers listed in the module docstring
     (unwrapped repeatedly: a PEFT model of a compiled model, ...). Anything that is not a ``torch.nn.Module``
-    at the end raises ``TypeError`` naming its type and what to pass."""
+    at the end raises ``TypeError`` naming its type and what to pass; a prompt-learning PEFT model (prompt or
+    prefix tuning) raises ``ValueError``."""
     seen: set[int] = set()
     while id(model) not in seen:
         seen.add(id(model))
@@ -58,6 +59,11 @@ def _unwrap_once(model: Any) -> Any:
     peft = sys.modules.get("peft")
     if peft is not None:
         if isinstance(model, peft.PeftModel):
+            config = model.active_peft_config
+            if config.is_prompt_learning:
+                raise ValueError(f"moehooks cannot count the tokens of a {config.peft_type.value} PEFT model (its "
+                                 "virtual tokens reach the model as part of every prompt); pass a model without "
+                                 "a prompt-learning adapter, e.g. peft_model.get_base_model()")
             return model.get_base_model()
         tuners = sys.modules.get("peft.tuners.tuners_utils")
         if tuners is not None and isinstance(model, tuners.BaseTuner):

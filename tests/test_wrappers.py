@@ -26,8 +26,12 @@ IDS = torch.randint(3, VOCAB, (2, 5), generator=torch.Generator().manual_seed(0)
 GREEDY = dict(do_sample=False, eos_token_id=None)
 
 
+def _peft_package():
+    return pytest.importorskip("peft", reason="peft is a dev extra (absent from .venv-latest)")
+
+
 def _peft(model: torch.nn.Module, place: str, seed: int = 0) -> torch.nn.Module:
-    peft = pytest.importorskip("peft", reason="peft is a dev extra (absent from .venv-latest)")
+    peft = _peft_package()
     torch.manual_seed(seed)  # init_lora_weights=False: random A and B, so the adapter changes the model
     config = peft.LoraConfig(r=4, lora_alpha=16, init_lora_weights=False, **PLACES[place])
     return peft.get_peft_model(model, config).eval()
@@ -282,3 +286,11 @@ def test_a_wrapped_model_has_the_fingerprint_of_the_model_it_wraps():
     assert artefacts.fingerprint(attention) == artefacts.fingerprint(model)  # the routers are untouched
     assert artefacts.fingerprint(router) != artefacts.fingerprint(model)  # the adapter is part of the router
     assert artefacts.describe(router).model_type == "qwen3_moe"
+
+
+def test_a_prompt_learning_peft_model_is_refused_in_one_line():
+    peft = _peft_package()
+    pm = peft.get_peft_model(build("qwen3_moe"), peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2))
+    with pytest.raises(ValueError, match=r"^moehooks cannot count the tokens of a PROMPT_TUNING PEFT model") as err:
+        moehooks.record(pm)
+    assert "\n" not in str(err.value)
