@@ -20,9 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import artefacts, distributed, evaluate, models, plots, runs, stats
-from .evaluate import Item, MethodSummary
+from . import artefacts, distributed, generation, grading, models, plots, runs, stats
+from .items import Item, load_items
 from .recording import Recorder, record
+from .results import MethodSummary, eval_settings, items_digest, summarize
 from .steering import steer
 
 Progress = Callable[[int, int], None] | None
@@ -61,9 +62,9 @@ def load_study(data: StudyData, limit: int | None = None) -> StudyItems:
     """
     if limit is not None:
         runs.check_int("limit", limit)
-    tasks = evaluate.load_items(data.tasks)[:limit]
-    references = evaluate.load_items(data.references) if data.references else text_versions(tasks)
-    return StudyItems(tasks=tasks, references=references, general=evaluate.load_items(data.general))
+    tasks = load_items(data.tasks)[:limit]
+    references = load_items(data.references) if data.references else text_versions(tasks)
+    return StudyItems(tasks=tasks, references=references, general=load_items(data.general))
 
 
 def lab_study(tasks: str = "test") -> StudyData:
@@ -128,7 +129,7 @@ def record_items(model: nn.Module, processor: Any, items: Sequence[Item], *, bat
     batches = [share[i:i + batch_size] for i in range(0, len(share), batch_size)]
     with torch.no_grad(), record(model, per_sample=per_sample) as rec:
         for done, batch in enumerate(batches, 1):
-            inputs = evaluate.build_inputs(processor, batch).to(_device(model))
+            inputs = generation.build_inputs(processor, batch).to(_device(model))
             model(**inputs)
             if progress:
                 progress(done, len(batches))
@@ -203,7 +204,7 @@ def analyze(model: nn.Module, processor: Any, items: Sequence[Item], *, tau: flo
 @dataclass
 class SteerResult:
     """Outcome of a steering evaluation: the expert sets used, the per-method accuracy of this run's rows and
-    the settings that keyed them (per method, see ``moehooks.evaluate.eval_settings``)."""
+    the settings that keyed them (per method, see ``moehooks.results.eval_settings``)."""
 
     experts: dict[str, dict[int, list[int]]]
     summary: dict[str, MethodSummary]
@@ -251,7 +252,7 @@ def steer_eval(model: nn.Module, processor: Any, items: Sequence[Item], experts:
     settings starts a new result set and the summary counts only this run's rows. Launched as several processes, each evaluates its share of the items into
     ``results.rank{r}.jsonl`` and the main process merges them into ``results.jsonl``
     (``moehooks.distributed.sharded_eval``). ``continuous=True`` generates the methods whose prompts are all text
-    (``text``; every method on text-only items) with continuous batching (``moehooks.evaluate.generate_answers``),
+    (``text``; every method on text-only items) with continuous batching (``moehooks.generation.generate_answers``),
     the others with padded batches; the rows say which (``batching``).
     """
     methods = check_steer_options(methods=methods, beta=beta, epsilon=epsilon, trials=trials, batch_size=batch_size,
@@ -259,7 +260,7 @@ def steer_eval(model: nn.Module, processor: Any, items: Sequence[Item], experts:
     results = runs.check_output_dir(out_dir) / "results.jsonl"
     common = dict(settings or {})
     common.setdefault("model", runs.model_identity(model))
-    common.setdefault("items", {"digest": evaluate.items_digest(items)})
+    common.setdefault("items", {"digest": items_digest(items)})
     prompted = {"text": text_versions(items)} if "text" in methods else {}
     used: dict[str, dict[int, list[int]]] = {}
     contexts: dict[str, Callable[[], Any] | None] = {"text": None, "baseline": None}
@@ -282,7 +283,7 @@ def steer_eval(model: nn.Module, processor: Any, items: Sequence[Item], experts:
         extra = common | method_settings(method, used.get(method, experts), beta=beta, epsilon=epsilon, layers=layers)
         extra |= {"batching": "continuous"} if packed else {}
         options = dict(method=method, seed=seed, max_new_tokens=max_new_tokens, generation_kwargs=generation_kwargs)
-        keyed[method] = evaluate.eval_settings(model, chosen, **options, settings=extra)
+        keyed[method] = eval_settings(model, chosen, **options, settings=extra)
         try:
             rows += distributed.sharded_eval(model, processor, chosen, results, state=state, trials=trials,
                                              batch_size=batch_size, context=contexts[method], settings=extra,
@@ -290,7 +291,7 @@ def steer_eval(model: nn.Module, processor: Any, items: Sequence[Item], experts:
         except runs.RunInterrupted as stop:
             raise runs.RunInterrupted(results, offset + stop.saved, total) from None
         offset += trials * share
-    summary = evaluate.summarize(rows)
+    summary = summarize(rows)
     return SteerResult(experts=used, summary={m: summary[m] for m in methods if m in summary}, results=results,
                        settings=keyed)
 
@@ -317,7 +318,7 @@ def tune_steering(model: nn.Module, processor: Any, items: Sequence[Item], refer
     Domain experts come from one recording of ``references`` and ``general`` (``f_domain - f_general > tau``
     over prompt tokens, within the layer set); the grid is tried in order (taus, then layer sets, then betas) and
     the first of equally accurate settings wins, so list the weaker settings first. Settings that find no expert
-    are skipped. Answers are graded as in :func:`steer_eval` (``evaluate.grade``).
+    are skipped. Answers are graded as in :func:`steer_eval` (``grading.grade``).
     """
     dom = record_items(model, processor, references, batch_size=batch_size)
     gen = record_items(model, processor, general, batch_size=batch_size)
@@ -341,9 +342,9 @@ def tune_steering(model: nn.Module, processor: Any, items: Sequence[Item], refer
 
 def _accuracy(model: nn.Module, processor: Any, items: Sequence[Item], context: Callable[[], Any] | None,
               **options: Any) -> float:
-    """Share of ``items`` answered correctly (``evaluate.grade``), generating inside ``context`` when given."""
-    answers = evaluate.generate_answers(model, processor, items, context=context, **options)
-    return sum(evaluate.grade(a, it.answer, it.choices) for a, it in zip(answers, items)) / len(items)
+    """Share of ``items`` answered correctly (``grading.grade``), generating inside ``context`` when given."""
+    answers = generation.generate_answers(model, processor, items, context=context, **options)
+    return sum(grading.grade(a, it.answer, it.choices) for a, it in zip(answers, items)) / len(items)
 
 
 def random_draws(model: nn.Module, processor: Any, items: Sequence[Item], experts: dict[int, list[int]], *,
@@ -361,7 +362,7 @@ def read_probe(model: nn.Module, processor: Any, items: Sequence[Item], *, quest
                batch_size: int = 32, max_new_tokens: int = 8) -> float:
     """Share of image items whose image the model transcribes exactly (``read_versions``): a perception check."""
     probes = read_versions(items, question)
-    answers = evaluate.generate_answers(model, processor, probes, batch_size=batch_size,
+    answers = generation.generate_answers(model, processor, probes, batch_size=batch_size,
                                         max_new_tokens=max_new_tokens)
     return sum(a.strip() == it.answer for a, it in zip(answers, probes)) / len(probes)
 
@@ -456,7 +457,7 @@ def plan_eval(items_path: str | Path, out_path: str | Path, *, experts: str | Pa
         runs.check_int(name, value)
     if limit is not None:
         runs.check_int("limit", limit)
-    items = evaluate.load_items(items_path)[:limit]
+    items = load_items(items_path)[:limit]
     if as_text:
         text_versions(items)
     artefact = None if experts is None else artefacts.load(experts)
@@ -508,8 +509,8 @@ def run_plan(model: nn.Module, processor: Any, plan: EvalPlan, out_path: str | P
     rows = distributed.sharded_eval(model, processor, plan.items, out, state=state, method=plan.method,
                                     generation_kwargs=dict(spec.generation_kwargs) or None, context=context,
                                     settings=settings, progress=progress, **plan.options)
-    summary = evaluate.summarize(rows)
-    keyed = evaluate.eval_settings(model, plan.items, method=plan.method, seed=plan.options["seed"],
+    summary = summarize(rows)
+    keyed = eval_settings(model, plan.items, method=plan.method, seed=plan.options["seed"],
                                    max_new_tokens=plan.options["max_new_tokens"],
                                    generation_kwargs=dict(spec.generation_kwargs) or None,
                                    as_text=plan.options["as_text"], settings=settings)
@@ -556,7 +557,7 @@ def swap_items(items_path: str | Path | None, *, source: str, target: str) -> tu
             ``source`` (the message lists the digits present).
     """
     shift = runs.check_integer_text("target", target) - runs.check_integer_text("source", source)
-    items = evaluate.load_items(items_path or lab_study().swap)
+    items = load_items(items_path or lab_study().swap)
     chosen = [it for it in items if str(it.meta.get("digit", source)) == source]
     if not chosen:
         raise runs.UsageError(f"no swap item shows digit {source!r}; digits present: "
@@ -584,7 +585,7 @@ def swap_study(model: nn.Module, processor: Any, items_path: str | Path | None, 
         runs.check_output_dir(out_dir)
     sweep = swap_sweep(model, processor, chosen, decoder_layers if layers is None else layers,
                        source_text=source, target_text=target, alpha=alpha, expected=expected,
-                       build_inputs=evaluate.build_inputs, batch_size=batch_size, progress=progress)
+                       build_inputs=generation.build_inputs, batch_size=batch_size, progress=progress)
     if out_dir is not None:
         plots.plot_swap(dict(zip(sweep.layers, sweep.success)), Path(out_dir) / "swap_success.png",
                         baseline=sweep.baseline_success, source=source, target=target, alpha=alpha,
@@ -597,7 +598,7 @@ def record_dataset(model: nn.Module, processor: Any, items_path: str | Path, out
                    progress: Progress = None) -> Path:
     """Record prompt routing of a dataset (image or text version) and save counts/tokens as an artefact
     (the main process saves it when launched as several). The items and the output path are checked first."""
-    items = evaluate.load_items(items_path)
+    items = load_items(items_path)
     runs.check_output_file(out_path)
     rec = record_items(model, processor, text_versions(items) if as_text else items, batch_size=batch_size,
                        progress=progress)
@@ -621,7 +622,7 @@ def render_dataset(items_path: str | Path, out_dir: str | Path, variant: str = "
     runs.check_choice("variant", variant, VARIANTS)
     out = runs.check_output_dir(out_dir)
     items = [it if it.text_reference else replace(it, text_reference=it.question)
-             for it in evaluate.load_items(items_path)]
+             for it in load_items(items_path)]
     rendered = render_images(items, out, variant, size=size)
     rows = [{"id": it.id, "question": "Solve the problem in the image.", "answer": it.answer,
              "image": str(Path(it.image).resolve().relative_to(out.resolve())), "text_reference": it.text_reference,

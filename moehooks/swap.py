@@ -6,7 +6,7 @@
         model.generate(**inputs, max_new_tokens=4)                  # image tokens now carry "5" instead of "3"
 
     sweep = moehooks.swap_sweep(model, processor, items, range(4), source_text="3", target_text="5",
-                                alpha=1.0, expected="7", build_inputs=moehooks.evaluate.build_inputs)
+                                alpha=1.0, expected="7", build_inputs=moehooks.generation.build_inputs)
     sweep.success            # [layers] fraction of items answering "7" with the swap at that layer
     sweep.baseline_success   # the same fraction without any swap
 
@@ -281,7 +281,7 @@ def swap_sweep(
     """Swap ``source_text`` for ``target_text`` at each layer in turn and measure how often the answer follows.
 
         sweep = moehooks.swap_sweep(model, processor, items, range(4), source_text="3", target_text="5",
-                                    alpha=1.0, expected="7", build_inputs=moehooks.evaluate.build_inputs)
+                                    alpha=1.0, expected="7", build_inputs=moehooks.generation.build_inputs)
         dict(zip(sweep.layers, sweep.success)), sweep.baseline_success
 
     For every layer: ``s`` / ``t`` = ``concept_vector`` of the two texts at that layer (token
