@@ -25,6 +25,7 @@ from .items import Item, load_items
 from .recording import Recorder, record
 from .results import MethodSummary, eval_settings, items_digest, summarize
 from .steering import steer
+from .util import atomic_write, check_choice, layer_span
 
 Progress = Callable[[int, int], None] | None
 METHODS = ("text", "baseline", "soft", "hard", "random")
@@ -75,7 +76,7 @@ def lab_study(tasks: str = "test") -> StudyData:
 
     names = {"test": "arith_image_test.jsonl", "dev": "arith_image_dev.jsonl", "clean": "arith_image.jsonl",
              "noisy": "arith_image_noisy.jsonl"}
-    runs.check_choice("lab tasks", tasks, tuple(names))
+    check_choice("lab tasks", tasks, tuple(names))
     return StudyData(tasks=DATA_DIR / names[tasks], references=DATA_DIR / "arith_text.jsonl",
                      general=DATA_DIR / "general_text.jsonl", swap=DATA_DIR / "swap.jsonl")
 
@@ -386,7 +387,7 @@ def steer_study(model: nn.Module, processor: Any, data: StudyData, out_dir: str 
     check_steer_options(beta=beta, **{k: eval_options[k] for k in ("methods", "trials", "batch_size",
                                                                     "max_new_tokens") if k in eval_options})
     if layers is None and spec.layers is not None:
-        layers = list(range(spec.layers[0], spec.layers[1] + 1))
+        layers = layer_span(spec.layers)
     check_layers(model, layers)
     loaded = load_study(data, limit)
     tasks, references, general = loaded.tasks, loaded.references, loaded.general
@@ -451,7 +452,7 @@ def plan_eval(items_path: str | Path, out_path: str | Path, *, experts: str | Pa
     if experts is None and mode is not None:
         raise runs.UsageError(f"mode {mode!r} needs an expert set (--experts: an artefact from `identify` or "
                               "`steer`); without one the evaluation is the baseline")
-    method = "baseline" if experts is None else runs.check_choice("mode", mode or "soft", MODES)
+    method = "baseline" if experts is None else check_choice("mode", mode or "soft", MODES)
     runs.check_number("beta", beta, minimum=0.0)
     for name, value in (("trials", trials), ("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
         runs.check_int(name, value)
@@ -536,7 +537,7 @@ def save_experts(model: nn.Module, experts: stats.ExpertSet, path: Path, *, data
 
 def write_json(path: Path, payload: Any) -> Path:
     """Atomic, pretty JSON."""
-    return artefacts.atomic_write(path, (json.dumps(payload, indent=2, default=str) + "\n").encode())
+    return atomic_write(path, (json.dumps(payload, indent=2, default=str) + "\n").encode())
 
 
 def format_table(summary: dict[str, MethodSummary]) -> list[tuple[str, str, str, str]]:
@@ -619,7 +620,7 @@ def render_dataset(items_path: str | Path, out_dir: str | Path, variant: str = "
     from .benchmarks import render_images
     from .render import VARIANTS
 
-    runs.check_choice("variant", variant, VARIANTS)
+    check_choice("variant", variant, VARIANTS)
     out = runs.check_output_dir(out_dir)
     items = [it if it.text_reference else replace(it, text_reference=it.question)
              for it in load_items(items_path)]
@@ -628,4 +629,4 @@ def render_dataset(items_path: str | Path, out_dir: str | Path, variant: str = "
              "image": str(Path(it.image).resolve().relative_to(out.resolve())), "text_reference": it.text_reference,
              **({"choices": it.choices} if it.choices else {})} for it in rendered]
     body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    return artefacts.atomic_write(out / "items.jsonl", body.encode())
+    return atomic_write(out / "items.jsonl", body.encode())

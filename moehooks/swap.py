@@ -42,6 +42,7 @@ from torch import nn
 from .adapters import RoutingMap, adapt
 from .adapters.base import on_device
 from .hooks import HookContext, check_choice, check_finite
+from .util import tokenizer_of
 
 POSITIONS = ("image",)
 Item = TypeVar("Item")
@@ -188,10 +189,6 @@ def swap(model: nn.Module, layer: int, source: torch.Tensor, target: torch.Tenso
     return Swap(model, layer, source, target, alpha, positions)
 
 
-def _tokenizer(processor_or_tokenizer: Any) -> Any:
-    return getattr(processor_or_tokenizer, "tokenizer", processor_or_tokenizer)
-
-
 def _model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -213,7 +210,7 @@ def concept_vector(model: nn.Module, processor_or_tokenizer: Any, text: str, lay
     if chat:
         messages = [{"role": "user", "content": text}]
         text = processor_or_tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    ids = _tokenizer(processor_or_tokenizer)(text, return_tensors="pt")["input_ids"]  # [1, seq]
+    ids = tokenizer_of(processor_or_tokenizer)(text, return_tensors="pt")["input_ids"]  # [1, seq]
     count = ids.shape[1]
     if not -count <= position < count:
         raise IndexError(
@@ -312,7 +309,7 @@ def swap_sweep(
         {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in build_inputs(processor, chunk).items()}
         for chunk in (items[i : i + batch_size] for i in range(0, len(items), batch_size))
     ]
-    tokenizer = _tokenizer(processor)
+    tokenizer = tokenizer_of(processor)
     total = (1 + len(layer_ids)) * len(batches)
     done = 0
 

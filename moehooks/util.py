@@ -49,9 +49,10 @@ def check_choice(name: str, value: str, allowed: Sequence[str]) -> str:
 
 
 def span(ids: Sequence[int]) -> str:
-    """``[0, 1, 2, 3]`` -> ``"0-3"``; other lists comma-separated (``"1, 5, 7"``), in ascending order."""
+    """Layer (or expert) ids as text, ascending: consecutive ones as a range (``[2, 0, 1]`` -> ``"0-2"``,
+    ``[1, 2]`` -> ``"1-2"``), others comma-separated (``"1, 5, 7"``)."""
     ids = sorted(ids)
-    if len(ids) > 2 and ids == list(range(ids[0], ids[-1] + 1)):
+    if len(ids) > 1 and ids == list(range(ids[0], ids[-1] + 1)):
         return f"{ids[0]}-{ids[-1]}"
     return ", ".join(map(str, ids))
 

@@ -126,7 +126,7 @@ def test_settings_keys_and_differences() -> None:
     (("swap", "--source", "12"), "error: no swap item shows digit '12'; digits present: "),
     (("swap", "--layers", "7"), "error: --layers 7: not decoder layers of this model; allowed: 0-5"),
     (("render", DATA_DIR / "arith_text.jsonl", "--size", "64"), "error: --size '64': expected WIDTHxHEIGHT"),
-    (("render", DATA_DIR / "arith_text.jsonl", "--variant", "v9"), "error: --variant 'v9': allowed: v1, v2, v3"),
+    (("render", DATA_DIR / "arith_text.jsonl", "--variant", "v9"), "error: unknown --variant 'v9'; allowed: v1, v2, v3"),
     (("eval", DATA_DIR / "arith_text.jsonl", "--mode", "hard"), "error: mode 'hard' needs an expert set (--experts"),
     (("eval", DATA_DIR / "arith_text.jsonl", "--limit", "0"), "error: --limit 0: must be an integer >= 1"),
     (("analyze", "--tau", "1.5"), "error: --tau 1.5: must be a finite number >= 0 and < 1"),
