@@ -1,4 +1,4 @@
-"""Hook lifetime and the per-forward batch description every hook reads.
+"""Hook lifetime: every moehooks context attaches its hooks on entry and leaves the model as it was on exit.
 
     with moehooks.record(model) as rec, moehooks.steer(model, {12: [3, 7]}):
         model.generate(**inputs)

@@ -1,5 +1,4 @@
-"""Runs a researcher can trust: user errors that name the bad value, checks before compute, results keyed by
-the settings that produced them.
+"""Runs a researcher can trust: every argument checked before compute, results keyed by the settings that made them.
 
     from moehooks import runs
     runs.parse_layers("6-42", name="--layers")                # [6, 7, ..., 42]
@@ -9,7 +8,7 @@ the settings that produced them.
     key = runs.settings_key(settings)                         # 16 hex digits; rows of a run carry it as "run"
     runs.differences(old_settings, settings)                  # ["beta: 1.0 -> 0.5"]
 
-Every check raises :class:`UsageError` (a ``ValueError``): the command line prints its message as one
+Every check raises :class:`UsageError` (a ``ValueError``, defined in ``moehooks.util``): the command line prints its message as one
 ``error: ...`` line and exits 2; library callers catch it like any ``ValueError``. Settings are JSON values;
 :func:`settings_key` hashes their canonical JSON, so two runs share results only when every setting is equal.
 Results files (``moehooks.evaluate.run_eval``) keep the settings of each key beside them in
