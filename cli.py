@@ -201,16 +201,20 @@ def stage_bars() -> Iterator:
 def _benchmark_study(model: str, benchmark: Optional[str], preset: Optional[str], data_dir: list[str],
                      general: Optional[Path], descriptions: Optional[Path], dry_run: bool, out: Path,
                      **options: Any) -> None:
-    """``steer --benchmark``: resolve the plan, print it, stop on --dry-run, else check, run and print Table 1."""
+    """``steer --benchmark``: resolve the plan; on --dry-run survey it (data read and counted, renderer, memory,
+    budget), print it and write plan.json; else check everything before any model loads (protocol.preflight),
+    print the plan, run it and print Table 1."""
     from moehooks import distributed, protocol
 
     plan = protocol.make_plan(model, benchmark, preset=preset, data_dir=protocol.parse_data_dirs(data_dir),
                               general=general, descriptions=descriptions, out_dir=out, **options)
-    typer.echo(protocol.format_plan(plan))
+    found = protocol.survey(plan) if dry_run else protocol.preflight(plan)
+    typer.echo(protocol.format_plan(plan, found))
     if dry_run:
+        typer.echo(f"plan written to {protocol.write_plan(plan, found)} (dry run: no model loaded)")
         return
     with stage_bars() as update:
-        table = protocol.run(plan, stage=update)
+        table = protocol.run(plan, found, stage=update)
     if not distributed.is_main(distributed.launched_state()):
         return
     shown = Table(title=f"{plan.alias or plan.checkpoint}: accuracy % (delta vs baseline, pp)")
@@ -316,8 +320,8 @@ def steer(
                    f"layers {steered}, tau {spec.tau if tau is None else tau}, beta "
                    f"{spec.beta if beta is None else beta}\ngeneration: {generation_text}\noutputs: {out / 'steer'}")
         return
-    _check_model(model, trust_remote_code, revision, options["layers"], dtype=load.get("dtype", "auto"), attn=attn)
     pipeline.load_study(data, limit)
+    _check_model(model, trust_remote_code, revision, options["layers"], dtype=load.get("dtype", "auto"), attn=attn)
     runs.check_output_dir(out / "steer")
     lm, processor, spec = _load(model, load.get("device_map"), load.get("dtype", "auto"), attn, trust_remote_code,
                                 revision, preset)
@@ -380,9 +384,9 @@ def tune(
 
     grid = _tune_grid(taus, betas, layer_sets)
     _check_counts(limit=limit, max_new_tokens=max_new_tokens)
-    _check_model(model, trust_remote_code, revision, dtype=dtype, attn=attn)
     data = _data(tasks, references, general, model, "dev")
     loaded = pipeline.load_study(data, limit)
+    _check_model(model, trust_remote_code, revision, dtype=dtype, attn=attn)
     runs.check_output_dir(out / "tune")
     lm, processor, spec = _load(model, device_map, dtype, attn, trust_remote_code, revision)
     _tune(lm, processor, spec, loaded, data.tasks.name, grid, max_new_tokens, out / "tune", title=model)
@@ -447,10 +451,10 @@ def read(
     from moehooks import evaluate, pipeline
 
     _check_counts(limit=limit)
-    _check_model(model, trust_remote_code, revision, dtype=dtype, attn=attn)
     path = _data(tasks, None, Path("-"), model, lab_tasks).tasks
     items = evaluate.load_items(path)[:limit]
     pipeline.read_versions(items, question)
+    _check_model(model, trust_remote_code, revision, dtype=dtype, attn=attn)
     lm, processor, _ = _load(model, device_map, dtype, attn, trust_remote_code, revision)
     _read(lm, processor, items, path.name, question, title=model)
 
@@ -515,10 +519,10 @@ def analyze(
     dtype = dtype or "auto"
     runs.check_tau("--tau", tau)
     _check_counts(limit=limit)
-    _check_model(model, trust_remote_code, revision, dtype=dtype, attn=attn)
     path = _data(tasks, None, Path("-"), model, lab_tasks).tasks
     items = evaluate.load_items(path)[:limit]
     pipeline.text_versions(items)
+    _check_model(model, trust_remote_code, revision, dtype=dtype, attn=attn)
     runs.check_output_dir(out / "analyze")
     lm, processor, _ = _load(model, device_map, dtype, attn, trust_remote_code, revision)
     _analyze(lm, processor, items, path.name, tau, out / "analyze", title=model)

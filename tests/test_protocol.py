@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 import cli
 from moehooks import benchmarks, evaluate, models, protocol
 from moehooks.lab.processor import build_processor
-from test_benchmarks import (MATH_ROWS, fake_hub_cache, gsm8k_v_copy, offline_cache, png_bytes,  # noqa: F401
-                             write_jsonl, write_parquet)
+from published_data import PUBLISHED, build_data_root, gsm8k_v_records, read_jsonl
+from test_benchmarks import fake_hub_cache, offline_cache, write_jsonl, write_parquet  # noqa: F401
 from test_models import tiny_vl_moe
 
 
@@ -83,7 +83,13 @@ def test_dry_run_prints_the_plan_and_loads_nothing(tmp_path: Path, offline_cache
                  "written by the model itself (a difference from the paper)", "shown as rendered v2",
                  f"{tmp_path / 'runs' / 'qwen3-vl' / 'gsm8k-v'}/results.jsonl"):
         assert text in output, text
-    assert output.count("text references:") == 6 and not (tmp_path / "runs").exists()
+    assert output.count("text references:") == 6
+    written = tmp_path / "runs" / "qwen3-vl" / "plan.json"
+    assert f"plan written to {written}" in output and [p for p in (tmp_path / "runs").rglob("*") if p.is_file()] == [
+        written]
+    saved = json.loads(written.read_text())
+    assert [b["name"] for b in saved["benchmarks"]] == list(models.PAPER_BENCHMARKS)
+    assert saved["survey"]["data"]["gsm8k-v"].startswith("not found: benchmark 'gsm8k-v'")
     code, output = _invoke("steer", "--model", "qwen3-vl", "--benchmark", "math500", "--dry-run")
     assert code == 0 and "gpqa" not in output and "do_sample=False, max_new_tokens=8192\n" in output
 
@@ -132,45 +138,15 @@ def _tiny_checkpoint(path: Path) -> Path:
     return path
 
 
-def _data_root(root: Path) -> Path:
-    write_jsonl(root / "MATH-500" / "test.jsonl", MATH_ROWS)
-    answers = [("B", "multi-choice"), ("Area $=12 \\mathrm{~cm}^{2}$", "free-form")]
-    vision = [{"sample_index": str(k), "problem_index": str(k), "problem_version": "Vision Only", "question": "",
-               "image": {"bytes": png_bytes(40 * k), "path": f"image_{k}.png"}, "answer": answer,
-               "question_type": kind} for k, (answer, kind) in enumerate(answers)]
-    text = [{"sample_index": str(10 + k), "problem_index": str(k), "problem_version": "Text Only",
-             "question": f"Text version {k}", "image": "", "answer": row["answer"],
-             "question_type": row["question_type"]} for k, row in enumerate(vision)]
-    write_parquet(root / "MathVerse" / "testmini.parquet", vision)
-    write_parquet(root / "MathVerse" / "testmini_text_only.parquet", text)
-    gsm8k_v_copy(root / "GSM8K-V")
-    write_parquet(root / "MathVision" / "data" / "testmini-00000-of-00001.parquet", [
-        {"id": str(k), "question": f"<image1>\nHow many dots are there in figure {k}?", "options": [],
-         "image": f"images/{k}.jpg", "decoded_image": {"bytes": png_bytes(30 * k), "path": f"{k}.jpg"},
-         "answer": str(k), "solution": None, "level": 1, "subject": "counting"} for k in range(1, 4)])
-    with (root / "gpqa_diamond.csv").open("w", newline="") as fh:
-        import csv
-
-        writer = csv.DictWriter(fh, fieldnames=["Record ID", "Question", "Correct Answer", "Incorrect Answer 1",
-                                                "Incorrect Answer 2", "Incorrect Answer 3", "High-level domain"])
-        writer.writeheader()
-        writer.writerows([{"Record ID": f"r{k}", "Question": f"What is the SI unit of force ({k})?",
-                           "Correct Answer": "newton", "Incorrect Answer 1": "joule", "Incorrect Answer 2": "watt",
-                           "Incorrect Answer 3": "pascal", "High-level domain": "Physics"} for k in range(3)])
-    write_parquet(root / "alpaca" / "data" / "train-00000-of-00001.parquet",
-                  [{"instruction": f"Say {w}.", "input": "", "output": w, "text": ""} for w in ("yes", "no", "maybe")])
-    return root
-
-
 def test_the_protocol_end_to_end_on_local_copies(tmp_path: Path) -> None:
     model = _tiny_checkpoint(tmp_path / "ckpt")
-    data = _data_root(tmp_path / "data")
+    data = build_data_root(tmp_path / "data")
     out = tmp_path / "runs"
     descriptions = write_jsonl(tmp_path / "descriptions.jsonl",
-                               [{"id": str(k), "description": f"{k} black dots"} for k in range(1, 4)])
+                               [{"id": k, "description": f"figure of item {k}"} for k in ("437", "748")])
     code, output = _invoke("steer", "--model", str(model), "--preset", "qwen3-vl", "--benchmark",
                            "math500,gpqa-physics,mathverse,mathvision,gsm8k-v", "--data-dir", str(data),
-                           "--data-dir", f"gpqa-physics={data}", "--descriptions", str(descriptions), "--limit", "2",
+                           "--data-dir", f"gpqa-physics={data / 'gpqa'}", "--descriptions", str(descriptions), "--limit", "2",
                            "--layers", "0-1", "--tau", "0.05", "--max-new-tokens", "2", "--n-references", "2",
                            "--n-general", "2", "--trials", "2", "--do-sample", "--generate", "top_k=5",
                            "--out", str(out))
@@ -179,7 +155,8 @@ def test_the_protocol_end_to_end_on_local_copies(tmp_path: Path) -> None:
     plan = json.loads((root / "plan.json").read_text())
     assert plan["checkpoint"] == str(model) and plan["benchmarks"][0]["generation"] == {
         "do_sample": True, "max_new_tokens": 2, "top_k": 5}
-    counts = {"math500": 2, "gpqa-physics": 2, "mathverse": 2, "mathvision": 2, "gsm8k-v": 2}
+    counts = {"math500": 2, "gpqa-physics": 2, "mathverse": 1, "mathvision": 2, "gsm8k-v": 2}
+    assert [b["items"] for b in plan["survey"]["data"].values() if isinstance(b, dict)] == [2, 3, 1, 2, 3, 2]
     for name, n in counts.items():
         rows = evaluate.read_results(root / name / "results.jsonl")
         assert len(rows) == 5 * 2 * n
@@ -229,7 +206,7 @@ def test_analyze_dry_run_names_the_paper_analysis(offline_cache: Path, nothing_l
 
 def test_analyze_sections_3_2_and_3_3_end_to_end(tmp_path: Path) -> None:
     model = _tiny_checkpoint(tmp_path / "ckpt")
-    data = _data_root(tmp_path / "data")
+    data = build_data_root(tmp_path / "data")
     write_parquet(data / "gsm8k" / "main" / "test-00000-of-00001.parquet",
                   [{"question": f"Tom has {k} apples and buys 3 more. How many now?", "answer": f"#### {k + 3}"}
                    for k in range(4)])
@@ -245,20 +222,21 @@ def test_analyze_sections_3_2_and_3_3_end_to_end(tmp_path: Path) -> None:
     assert (out / "gini_variants.csv").read_text().splitlines()[0] == "layer,text,v1,v2,v3"
     for name in ("domain_delta.png", "visual_delta.png", "jsd_variants.png", "gini_variants.png"):
         assert (out / name).is_file()
-    assert len(list((out / "alpaca-v1").glob("*.png"))) == 3 and len(list((out / "math500-v3").glob("*.png"))) == 3
+    assert len(list((out / "alpaca-v1").glob("*.png"))) == 2 and len(list((out / "math500-v3").glob("*.png"))) == 2
 
 
 def test_mathvision_figures_described_by_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(protocol, "DESCRIPTION_TOKENS", 3)
     lm, processor = models.load(str(_tiny_checkpoint(tmp_path / "ckpt")))
-    items = benchmarks.load_benchmark("mathvision", _data_root(tmp_path / "data") / "MathVision",
+    items = benchmarks.load_benchmark("mathvision", build_data_root(tmp_path / "data") / "MathVision",
                                       image_dir=tmp_path / "img")
     found = protocol.describe_figures(lm, processor, items, tmp_path / "descriptions.jsonl")
-    assert set(found) == {"1", "2", "3"}
+    assert set(found) == {"437", "748"}
     rows = evaluate.read_results(tmp_path / "descriptions.jsonl")
-    assert len(rows) == 3 and all(r["method"] == "describe" for r in rows)
+    assert len(rows) == 2 and all(r["method"] == "describe" for r in rows)
     described = protocol.with_descriptions(items, found)
-    assert described[0].text_reference == f"How many dots are there in figure 1?\n\nFigure: {found['1']}"
+    question = read_jsonl(PUBLISHED / "MathVision" / "testmini.jsonl")[0]["question"].removesuffix("\n<image1>")
+    assert described[0].text_reference == f"{question}\n\nFigure: {found['437']}"
     with pytest.raises(ValueError, match="no figure description for mathvision items"):
         protocol.with_descriptions(items, {})
 
@@ -309,6 +287,7 @@ def test_online_preflight_names_a_gated_dataset_without_token(offline_cache: Pat
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(protocol, "_endpoint_answers", lambda endpoint: True)
     gated = {"Idavidrein/gpqa": "manual"}
     monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info",
                         lambda self, repo_id, **_: types.SimpleNamespace(gated=gated.get(repo_id, False)))
