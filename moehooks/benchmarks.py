@@ -223,12 +223,24 @@ def missing_data(name: str, data_dir: str | Path | None = None, split: str | Non
     return None
 
 
+def _read_files(files: Sequence[Path]) -> Any:
+    """The rows of ``files`` as one ``datasets.Dataset``, read without progress bars."""
+    import datasets
+
+    quiet = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        return datasets.load_dataset(_BUILDERS[files[0].suffix], data_files=[str(f) for f in files], split="train")
+    finally:
+        if not quiet:
+            datasets.enable_progress_bars()
+
+
 def _load_rows(recipe: Recipe, data_dir: Path | None, split: str, config: str | None = None) -> Any:
     """The benchmark's split as a ``datasets.Dataset`` read from its files (``data_dir`` or the hub snapshot)."""
     import datasets
 
-    files = find_files(recipe, data_dir, split, config)
-    rows = datasets.load_dataset(_BUILDERS[files[0].suffix], data_files=[str(f) for f in files], split="train")
+    rows = _read_files(find_files(recipe, data_dir, split, config))
     for column, feature in rows.features.items():
         if isinstance(feature, datasets.Image):
             rows = rows.cast_column(column, datasets.Image(decode=False))
@@ -556,9 +568,7 @@ class DataReport:
 def _count_rows(recipe: Recipe, files: Sequence[Path]) -> int:
     if recipe.name == "gsm8k-v":
         return sum(len(json.loads(f.read_text(encoding="utf-8"))) for f in files)
-    import datasets
-
-    return len(datasets.load_dataset(_BUILDERS[files[0].suffix], data_files=[str(f) for f in files], split="train"))
+    return len(_read_files(files))
 
 
 def _decode(path: str) -> None:

@@ -4,6 +4,8 @@ saved Qwen3-VL-MoE with local dataset copies written in the hubs' own layouts.""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import cli
-from moehooks import benchmarks, evaluate, models, protocol
+from moehooks import benchmarks, evaluate, models, protocol, runs
 from moehooks.lab.processor import build_processor
 from published_data import PUBLISHED, build_data_root, gsm8k_v_records, read_jsonl
 from test_benchmarks import fake_hub_cache, offline_cache, write_jsonl, write_parquet  # noqa: F401
@@ -298,3 +300,110 @@ def test_online_preflight_names_a_gated_dataset_without_token(offline_cache: Pat
     assert "is gated: accept its terms on https://huggingface.co/datasets/Idavidrein/gpqa" in pieces[0]
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_x")
     assert protocol.missing(protocol.make_plan("qwen3-vl", "gpqa-physics", cuda=False)) == []
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The command line in a fresh process (no test's state), offline, one thread."""
+    import os
+
+    base = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True,
+                          env=base | (env or {}), timeout=300)
+
+
+def test_a_broken_dataset_stops_the_run_before_the_model_loads(tmp_path: Path) -> None:
+    """GSM8K-V with one picture missing (after MATH-500, which is fine): one error line naming the benchmark and
+    the file, exit 2, nothing written."""
+    model = _tiny_checkpoint(tmp_path / "ckpt")
+    data = build_data_root(tmp_path / "data")
+    (data / "GSM8K-V" / "data" / "images" / "734_2.png").unlink()
+    out = tmp_path / "runs"
+    done = _cli("steer", "--model", str(model), "--preset", "qwen3-vl", "--benchmark", "math500,gsm8k-v",
+                "--data-dir", str(data), "--max-new-tokens", "2", "--out", str(out))
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: benchmark 'gsm8k-v': ")
+    assert "dialogue.json: item 734 shows pictures ['734_2.png']" in errors[0]
+    assert "Traceback" not in done.stderr and done.stdout == "" and not out.exists()
+
+
+def test_a_missing_general_file_is_named_first_offline_without_waiting(tmp_path: Path, offline_cache: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://10.255.255.1")  # unroutable: any request would hang
+    plan = protocol.make_plan("qwen3-vl", "math500,gsm8k-v", general=tmp_path / "general.jsonl", cuda=False)
+    start = time.perf_counter()
+    with pytest.raises(runs.UsageError, match=rf"general data \(--general\): item file {tmp_path}/general.jsonl: "
+                                              "not found"):
+        protocol.preflight(plan)
+    assert time.perf_counter() - start < 0.5
+    write_jsonl(tmp_path / "general.jsonl", [{"id": "g1", "question": "Say yes.", "answer": "yes"}])
+    start = time.perf_counter()
+    with pytest.raises(protocol.MissingPiecesError, match="3 missing") as err:
+        protocol.preflight(plan)
+    assert time.perf_counter() - start < 0.5 and "Qwen/Qwen3-VL-30B-A3B-Instruct" in str(err.value)
+
+
+def test_task_files_are_checked_before_the_model_is_looked_up(tmp_path: Path) -> None:
+    done = _cli("steer", "--model", "qwen3-vl", "--tasks", str(tmp_path / "tasks.jsonl"), "--general",
+                str(tmp_path / "general.jsonl"), env={"HF_ENDPOINT": "http://10.255.255.1",
+                                                      "HF_HUB_CACHE": str(tmp_path / "hub")})
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: ") and str(tmp_path / "tasks.jsonl") in done.stderr
+    done = _cli("steer", "--model", "qwen3-vl", "--data-dir", str(tmp_path / "absent"), "--dry-run")
+    assert done.returncode == 2
+    assert done.stderr == f"error: --data-dir {tmp_path / 'absent'}: no such directory ({tmp_path / 'absent'})\n"
+
+
+def test_memory_estimate_matches_the_model_and_its_cache(tmp_path: Path) -> None:
+    """Weights: the parameters of the loaded model. KV cache: the bytes of the cache a forward really fills, and
+    the formula by hand (2 layers x 1 KV head x 16 head dim x 2 x 4 bytes = 256 bytes per token)."""
+    import torch
+
+    from moehooks import memory
+
+    path = _tiny_checkpoint(tmp_path / "ckpt")
+    lm, _ = models.load(str(path))
+    config = memory.local_config(str(path))
+    estimate = memory.estimate(config, "auto", batch_size=3, tokens=7)
+    assert estimate.parameters == sum(p.numel() for p in lm.parameters())
+    assert estimate.weights == sum(p.numel() * p.element_size() for p in lm.parameters())
+    assert estimate.kv_cache == 3 * 7 * 256
+    with torch.no_grad():
+        cache = lm(input_ids=torch.ones(3, 7, dtype=torch.long), use_cache=True).past_key_values
+    assert estimate.kv_cache == sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+    assert memory.estimate(config, "bfloat16", batch_size=3, tokens=7).kv_cache == 3 * 7 * 128
+
+
+def test_dry_run_surveys_data_renderer_memory_and_budget(tmp_path: Path) -> None:
+    from moehooks import memory
+
+    model = _tiny_checkpoint(tmp_path / "ckpt")
+    data = build_data_root(tmp_path / "data")
+    out = tmp_path / "runs"
+    code, output = _invoke("steer", "--model", str(model), "--preset", "qwen3-vl", "--benchmark",
+                           "math500,mathverse,gsm8k-v", "--data-dir", str(data), "--max-new-tokens", "16",
+                           "--limit", "2", "--dry-run", "--out", str(out))
+    assert code == 0, output
+    pictures = sum(len(row["pic_ids"]) for row in gsm8k_v_records()[:2])
+    for text in ("items: 2 of 2 rows (test.jsonl); shown as rendered v2; 160 tokens at most",
+                 "items: 1 Vision Only (problem_version) of 5 rows (testmini.parquet); 1 images, 1 decoded; shown as "
+                 "the dataset's images; 80 tokens at most",
+                 f"items: 2 of the 3 items of 3 rows (dialogue.json, price.json); {pictures} images, {pictures} decoded",
+                 "read: 2 of 2 rows (train-00000-of-00001-a09b74b3ef9c3b56.parquet)",
+                 "generation budget: 400 tokens at most (items x methods x trials x max_new_tokens",
+                 f"renderer v2: {protocol.renderer('v2')}"):
+        assert text in output, text
+    expected = memory.estimate(memory.local_config(str(model)), "auto", batch_size=8, tokens=protocol.PROMPT_TOKENS + 16)
+    assert f"memory: {expected.describe()} (KV cache for 2,048 prompt + 16 new tokens per sequence)" in output
+    written = out / "qwen3-vl" / "plan.json"
+    saved = json.loads(written.read_text())
+    assert saved["survey"]["data"]["mathverse"]["rows"] == 5 and saved["survey"]["budget"]["gsm8k-v"] == 160
+    assert saved["survey"]["memory"]["kv_cache"] == expected.kv_cache
+    assert [p for p in out.rglob("*") if p.is_file()] == [written]
