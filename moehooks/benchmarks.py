@@ -594,6 +594,8 @@ def inspect_benchmark(name: str, data_dir: str | Path | None = None, split: str 
     """
     import tempfile
 
+    from datasets.exceptions import DatasetsError
+
     recipe = RECIPES[name]
     split = split or recipe.default_split
     folder = Path(data_dir) if data_dir is not None else None
@@ -607,7 +609,7 @@ def inspect_benchmark(name: str, data_dir: str | Path | None = None, split: str 
             raise
         except KeyError as err:
             raise BenchmarkDataError(f"{where}: a row has no column {err}") from None
-        except Exception as err:  # rows that do not parse: datasets' and json's errors alike name the cause
+        except (ValueError, TypeError, OSError, DatasetsError) as err:  # rows that do not parse (json, arrow, csv)
             raise BenchmarkDataError(f"{where}: rows do not parse ({type(err).__name__}: "
                                      f"{(str(err).splitlines() or [''])[0]})") from None
         chosen = items[:limit]
@@ -621,7 +623,7 @@ def inspect_benchmark(name: str, data_dir: str | Path | None = None, split: str 
             item_id, path = paths[position]
             try:
                 _decode(path)
-            except Exception as err:  # PIL raises several types for a truncated or foreign file
+            except (OSError, ValueError, SyntaxError) as err:  # what PIL raises for a truncated or foreign file
                 raise BenchmarkDataError(f"benchmark {name!r}: image {path} of item {item_id} does not decode "
                                          f"({type(err).__name__}: {err})") from None
     return DataReport(name=name, files=[str(f) for f in files], rows=rows, items=len(items), selected=len(chosen),

@@ -461,8 +461,8 @@ def format_plan(plan: Plan, found: Survey | None = None) -> str:
         f"general data: {general}, {plan.n_general} seeded samples (seed {plan.seed})",
         f"methods: {', '.join(plan.methods)}; trials {plan.trials}; batch size {plan.batch_size}"
         + ("; continuous batching for text prompts" if plan.continuous else ""),
-        f"outputs: {plan.out_dir}/plan.json, {plan.out_dir}/table1.csv, {plan.out_dir}/table1.json, "
-        f"{plan.out_dir}/accuracy.png",
+        (f"outputs: {plan.out_dir}/plan.json, {plan.out_dir}/table1.csv, {plan.out_dir}/table1.json, "
+         f"{plan.out_dir}/accuracy.png"),
     ]
     if found is not None:
         general_data = found.data["general"]
@@ -473,9 +473,10 @@ def format_plan(plan: Plan, found: Survey | None = None) -> str:
             "new tokens per sequence)")
         lines += [f"memory: {memory}"]
         lines += [f"renderer {variant}: {text}" for variant, text in found.renderer.items()]
-        total = sum(v for v in found.budget.values() if v is not None)
-        lines += [f"generation budget: {_tokens(total if None not in found.budget.values() else None)} "
-                  "(items x methods x trials x max_new_tokens, summed over the benchmarks)"]
+        known = None not in found.budget.values()
+        total = sum(v for v in found.budget.values() if v is not None) if known else None
+        lines.append(f"generation budget: {_tokens(total)} (items x methods x trials x max_new_tokens, summed over "
+                     "the benchmarks)")
     for b in plan.benchmarks:
         shown = f"rendered {b.render}" if b.render else "the dataset's images"
         generation = ", ".join(f"{k}={v}" for k, v in b.generation.items())
@@ -505,7 +506,7 @@ HUB_PROBE_SECONDS = 2.0
 """How long :func:`hub_offline` waits for a TCP connection to the hub before treating it as unreachable."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _endpoint_answers(endpoint: str) -> bool:
     import socket
     from urllib.parse import urlparse

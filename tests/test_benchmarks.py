@@ -13,10 +13,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from published_data import (
+    PUBLISHED,
+    build_data_root,
+    build_gsm8k_v,
+    gsm8k_v_records,
+    read_jsonl,
+)
 
 from moehooks import benchmarks as bm
 from moehooks.evaluate import grade
-from published_data import PUBLISHED, build_data_root, build_gsm8k_v, gsm8k_v_records, read_jsonl
 
 
 def png_bytes(shade: int) -> bytes:

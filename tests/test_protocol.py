@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from published_data import PUBLISHED, build_data_root, gsm8k_v_records, read_jsonl
+from test_benchmarks import fake_hub_cache, offline_cache, write_jsonl, write_parquet  # noqa: F401
+from test_models import tiny_vl_moe
 from typer.testing import CliRunner
 
 import cli
 from moehooks import benchmarks, evaluate, models, protocol, runs
 from moehooks.lab.processor import build_processor
-from published_data import PUBLISHED, build_data_root, gsm8k_v_records, read_jsonl
-from test_benchmarks import fake_hub_cache, offline_cache, write_jsonl, write_parquet  # noqa: F401
-from test_models import tiny_vl_moe
 
 
 def _invoke(*args: str) -> tuple[int, str]:
@@ -311,7 +311,7 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 
     base = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True,
-                          env=base | (env or {}), timeout=300)
+                          check=False, env=base | (env or {}), timeout=300)
 
 
 def test_a_broken_dataset_stops_the_run_before_the_model_loads(tmp_path: Path) -> None:
@@ -393,8 +393,8 @@ def test_dry_run_surveys_data_renderer_memory_and_budget(tmp_path: Path) -> None
     assert code == 0, output
     pictures = sum(len(row["pic_ids"]) for row in gsm8k_v_records()[:2])
     for text in ("items: 2 of 2 rows (test.jsonl); shown as rendered v2; 160 tokens at most",
-                 "items: 1 Vision Only (problem_version) of 5 rows (testmini.parquet); 1 images, 1 decoded; shown as "
-                 "the dataset's images; 80 tokens at most",
+                 ("items: 1 Vision Only (problem_version) of 5 rows (testmini.parquet); 1 images, 1 decoded; shown as "
+                  "the dataset's images; 80 tokens at most"),
                  f"items: 2 of the 3 items of 3 rows (dialogue.json, price.json); {pictures} images, {pictures} decoded",
                  "read: 2 of 2 rows (train-00000-of-00001-a09b74b3ef9c3b56.parquet)",
                  "generation budget: 400 tokens at most (items x methods x trials x max_new_tokens",
