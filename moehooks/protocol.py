@@ -534,6 +534,26 @@ def hub_offline() -> bool:
     return constants.is_offline_mode() or not _endpoint_answers(constants.ENDPOINT)
 
 
+def offline_if_unreachable() -> bool:
+    """Switch the Hugging Face hub client (and transformers through it) to offline mode for this process when the
+    hub does not answer (:func:`hub_offline`), with a warning, so that loading from the cache never waits on
+    request retries. Returns whether offline mode is on.
+
+    Example:
+        >>> isinstance(offline_if_unreachable(), bool)
+        True
+    """
+    import warnings
+
+    from huggingface_hub import constants
+
+    if hub_offline() and not constants.is_offline_mode():
+        constants.HF_HUB_OFFLINE = True
+        warnings.warn(f"{constants.ENDPOINT} does not answer: working from the Hugging Face cache only "
+                      "(as with HF_HUB_OFFLINE=1)", stacklevel=2)
+    return constants.is_offline_mode()
+
+
 def _offline_state() -> str:
     from huggingface_hub import constants
 

@@ -407,3 +407,17 @@ def test_dry_run_surveys_data_renderer_memory_and_budget(tmp_path: Path) -> None
     assert saved["survey"]["data"]["mathverse"]["rows"] == 5 and saved["survey"]["budget"]["gsm8k-v"] == 160
     assert saved["survey"]["memory"]["kv_cache"] == expected.kv_cache
     assert [p for p in out.rglob("*") if p.is_file()] == [written]
+
+
+def test_an_unreachable_hub_means_the_cache_only_without_retries(tmp_path: Path) -> None:
+    tasks = write_jsonl(tmp_path / "tasks.jsonl", [{"id": "1", "question": "Solve it.", "answer": "5",
+                                                    "text_reference": "2+3="}])
+    general = write_jsonl(tmp_path / "general.jsonl", [{"id": "g", "question": "Say yes.", "answer": "yes"}])
+    done = _cli("steer", "--model", "qwen3-vl", "--tasks", str(tasks), "--general", str(general), "--out",
+                str(tmp_path / "runs"), env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "https://hub.invalid",
+                                             "HF_HUB_CACHE": str(tmp_path / "hub")})
+    assert done.returncode == 2 and "Retrying" not in done.stderr and "Traceback" not in done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[0] == ("warning: https://hub.invalid does not answer: working from the Hugging Face cache only "
+                        "(as with HF_HUB_OFFLINE=1)")
+    assert lines[1].startswith("error: model 'qwen3-vl' could not be loaded") and len(lines) == 2
