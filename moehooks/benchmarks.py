@@ -188,10 +188,11 @@ def find_files(recipe: Recipe, data_dir: Path | None, split: str, config: str | 
         wanted = [f"*{p}" for p in (*patterns, *recipe.extra_files)]
         snapshot = None if recipe.hub_id is None else hub_snapshot(recipe.hub_id, wanted, download=download)
         if snapshot is None:
+            tried = (f"could not be downloaded (offline mode: {'on' if constants.is_offline_mode() else 'off'})"
+                     if download else "nothing was downloaded")
             raise BenchmarkNotFoundError(
                 f"benchmark {recipe.name!r}: {recipe.hub_id}{f' ({config})' if config else ''} split {split!r} is "
-                f"not in the Hugging Face cache at {constants.HF_HUB_CACHE} and could not be downloaded "
-                f"(offline mode: {'on' if constants.is_offline_mode() else 'off'})", _obtain_hint(recipe))
+                f"not in the Hugging Face cache at {constants.HF_HUB_CACHE}; {tried}", _obtain_hint(recipe))
         data_dir = snapshot
     elif not data_dir.is_dir():
         raise BenchmarkNotFoundError(
@@ -384,8 +385,8 @@ def _gsm8k_v(recipe: Recipe, data_dir: Path | None, split: str, image_dir: Path)
         if missing:
             raise BenchmarkDataError(
                 f"benchmark 'gsm8k-v': {source}: item {item_id} shows pictures {missing} that are not under "
-                f"{root.resolve()} (looked for each pic_id as a file name, and with {'/'.join(_IMAGE_SUFFIXES)} "
-                "added); download the images with `huggingface-cli download ZJU-REAL/GSM8K-V --repo-type dataset "
+                f"{root.resolve()} (looked for each pic_id as a file name, else as the stem of a "
+                f"{'/'.join(_IMAGE_SUFFIXES)} file); download the images with `huggingface-cli download ZJU-REAL/GSM8K-V --repo-type dataset "
                 "--local-dir DIR`")
         yield Item(
             id=item_id,
