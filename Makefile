@@ -8,6 +8,9 @@ LATEST := .venv-latest
 LOCK   := requirements.lock
 # CPU machines take the local CPU wheel; an unpinned torch would pull a multi-GB CUDA build.
 TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
+# CUDA machines also get torchvision, installed with torch so that pip picks the matching build: the published
+# Qwen3-VL and Llama-4 processors need it (without it Qwen3-VL's image processor is built with PIL, Llama-4 stops).
+TORCHVISION ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torchvision)
 export OMP_NUM_THREADS ?= 1
 
 .PHONY: install run test test-latest lock bench clean
@@ -18,7 +21,7 @@ install: $(STAMP)
 define make_venv
 	python3 -m venv $(1)
 	$(1)/bin/python -m pip install -q --upgrade pip
-	$(1)/bin/python -m pip install -q "$(TORCH)"
+	$(1)/bin/python -m pip install -q "$(TORCH)" $(TORCHVISION)
 	$(1)/bin/python -m pip install -q -r $(LOCK)
 	$(1)/bin/python -m pip install -q --no-deps -e .
 	$(if $(2),$(1)/bin/python -m pip install -q --upgrade $(2))
