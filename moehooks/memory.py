@@ -15,6 +15,7 @@ sliding-window or linear-attention layers).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 GIB = 1024**3
@@ -54,20 +55,30 @@ class MemoryEstimate:
 
 
 def local_config(source: str, *, trust_remote_code: bool = False, revision: str | None = None) -> Any | None:
-    """The config of ``source`` (a directory or a hub id) read from disk or the Hugging Face cache only, or ``None``
-    when it is not there; nothing is downloaded."""
-    from transformers import AutoConfig
+    """The config of ``source`` (a directory or a hub id) read from disk or the Hugging Face cache only
+    (:func:`moehooks.models.load_config` on the directory or the cached snapshot), or ``None`` when its
+    ``config.json`` is not there; nothing is downloaded.
 
-    try:
-        return AutoConfig.from_pretrained(source, local_files_only=True, trust_remote_code=trust_remote_code,
-                                          revision=revision)
-    except (OSError, ValueError):
-        return None
+    Raises:
+        moehooks.runs.UsageError: the config is there but does not load (remote code not allowed, a field
+            transformers refuses).
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    from . import models
+
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        cached = try_to_load_from_cache(source, "config.json", revision=revision)
+        if not isinstance(cached, str):
+            return None
+        path = Path(cached).parent
+    return models.load_config(str(path), trust_remote_code=trust_remote_code)
 
 
 def dtype_of(config: Any, dtype: Any) -> Any:
-    """The torch dtype weights load in: ``dtype`` (a name or a torch dtype), or the config's own for ``"auto"``
-    (float32 when it records none).
+    """The torch dtype weights load in: ``dtype`` (a name or a torch dtype), or for ``"auto"`` the config's own,
+    else its text config's (composite configs record it there), else float32.
 
     Example:
         >>> import torch
@@ -77,7 +88,8 @@ def dtype_of(config: Any, dtype: Any) -> Any:
     import torch
 
     if dtype in (None, "auto"):
-        dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        dtype = getattr(config, "dtype", None) or getattr(text, "dtype", None) or torch.float32
     return getattr(torch, dtype) if isinstance(dtype, str) else dtype
 
 

@@ -356,8 +356,11 @@ def _max_new_tokens(plan: Plan) -> int:
 def _memory(plan: Plan) -> Any:
     from . import memory
 
-    config = memory.local_config(plan.checkpoint, trust_remote_code=bool(plan.load.get("trust_remote_code")),
-                                 revision=plan.load.get("revision"))
+    try:
+        config = memory.local_config(plan.checkpoint, trust_remote_code=bool(plan.load.get("trust_remote_code")),
+                                     revision=plan.load.get("revision"))
+    except UsageError as err:
+        return f"not known: {err}"
     if config is None:
         return (f"not known: the config of {plan.checkpoint} is not on this machine (the plan downloads nothing; "
                 "it is read from the checkpoint directory or the Hugging Face cache)")

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import snapshots
 from PIL import Image
 from published_data import PUBLISHED, build_data_root, gsm8k_v_records, read_jsonl
 from test_benchmarks import fake_hub_cache, offline_cache, write_jsonl, write_parquet  # noqa: F401
@@ -421,3 +422,23 @@ def test_an_unreachable_hub_means_the_cache_only_without_retries(tmp_path: Path)
     assert lines[0] == ("warning: https://hub.invalid does not answer: working from the Hugging Face cache only "
                         "(as with HF_HUB_OFFLINE=1)")
     assert lines[1].startswith("error: model 'qwen3-vl' could not be loaded") and len(lines) == 2
+
+
+@pytest.mark.parametrize(("alias", "head_dim"), [("qwen3-vl", 16), ("llama4-scout", 8)])
+def test_memory_of_a_cached_published_checkpoint(offline_cache: Path, alias: str, head_dim: int) -> None:
+    """From the published config.json in the hub cache (shrunk sizes), nothing downloaded: the parameters and
+    bytes equal the checkpoint's own ``model.safetensors.index.json`` totals (bf16, as ``dtype="auto"`` loads
+    it); the KV cache is 2 layers x 1 KV head x head_dim x 2 x 2 bytes per token, by hand."""
+    from moehooks import memory
+
+    folder = snapshots.snapshot(offline_cache, alias)
+    totals = json.loads((folder / "model.safetensors.index.json").read_text())["metadata"]
+    estimate = memory.estimate(memory.local_config(models.resolve(alias).source), "auto", batch_size=4, tokens=100)
+    assert (estimate.parameters, estimate.weights, estimate.dtype) == (totals["total_parameters"],
+                                                                       totals["total_size"], "bfloat16")
+    assert estimate.kv_cache == 2 * 1 * head_dim * 2 * 2 * 4 * 100
+    plan = protocol.make_plan(alias, "math500", cuda=False, batch_size=4, generation={"max_new_tokens": 52})
+    found = protocol.survey(plan)
+    assert found.memory.kv_cache == 2 * 1 * head_dim * 2 * 2 * 4 * (protocol.PROMPT_TOKENS + 52)
+    assert f"memory: {found.memory.describe()}" in protocol.format_plan(plan, found)
+    assert memory.local_config("org/not-cached") is None
