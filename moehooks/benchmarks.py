@@ -554,6 +554,10 @@ class DataReport:
     selects: str | None
     images: int
     decoded: int
+    ids: list[str] = dataclasses.field(default_factory=list, repr=False)
+    """Ids of the selected items."""
+    without_text: list[str] = dataclasses.field(default_factory=list)
+    """Ids of selected items with no text version (``text_reference``)."""
 
     def describe(self) -> str:
         """One line: items selected and from what, images present and decoded."""
@@ -628,7 +632,8 @@ def inspect_benchmark(name: str, data_dir: str | Path | None = None, split: str 
                 raise BenchmarkDataError(f"benchmark {name!r}: image {path} of item {item_id} does not decode "
                                          f"({type(err).__name__}: {err})") from None
     return DataReport(name=name, files=[str(f) for f in files], rows=rows, items=len(items), selected=len(chosen),
-                      selects=recipe.selects, images=len(paths), decoded=len(sample))
+                      selects=recipe.selects, images=len(paths), decoded=len(sample), ids=[it.id for it in chosen],
+                      without_text=[it.id for it in chosen if it.text_reference is None])
 
 
 def render_images(

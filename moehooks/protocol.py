@@ -313,7 +313,9 @@ class Survey:
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready data (the ``survey`` of ``plan.json``)."""
-        return {"data": {k: asdict(v) if isinstance(v, benchmarks.DataReport) else v for k, v in self.data.items()},
+        data = {k: {f: x for f, x in asdict(v).items() if f != "ids"} if isinstance(v, benchmarks.DataReport) else v
+                for k, v in self.data.items()}
+        return {"data": data,
                 "renderer": self.renderer, "memory": self.memory if isinstance(self.memory, str) else
                 self.memory.to_json(), "budget": self.budget, "prompt_tokens": self.prompt_tokens}
 
@@ -433,7 +435,19 @@ def preflight(plan: Plan) -> Survey:
             check_input_file(Path(b.descriptions), "descriptions file (--descriptions) for mathvision")
             _descriptions_from_file(b.descriptions)
     check(plan)
-    return survey(plan, strict=True)
+    found = survey(plan, strict=True)
+    for b in plan.benchmarks:
+        report = found.data[b.name]
+        if b.name != "mathvision" and report.without_text:
+            raise UsageError(f"benchmark {b.name!r}: {report.files[0]}: {len(report.without_text)} items have no text "
+                             f"version for the text references ({REFERENCE_SOURCES[b.name]}), e.g. "
+                             f"{report.without_text[:5]}")
+        if b.descriptions:
+            absent = sorted(set(report.ids) - set(_descriptions_from_file(b.descriptions)))
+            if absent:
+                raise UsageError(f"descriptions file {b.descriptions}: no description for {len(absent)} mathvision "
+                                 f"items, e.g. {absent[:5]}")
+    return found
 
 
 def write_plan(plan: Plan, found: Survey | None = None) -> Path:

@@ -442,3 +442,24 @@ def test_memory_of_a_cached_published_checkpoint(offline_cache: Path, alias: str
     assert found.memory.kv_cache == 2 * 1 * head_dim * 2 * 2 * 4 * (protocol.PROMPT_TOKENS + 52)
     assert f"memory: {found.memory.describe()}" in protocol.format_plan(plan, found)
     assert memory.local_config("org/not-cached") is None
+
+
+def test_preflight_finds_items_the_run_could_not_prompt(tmp_path: Path) -> None:
+    """A MathVerse problem missing from testmini_text_only (no text reference) and a descriptions file that does
+    not cover every MATH-Vision item stop the run before anything loads."""
+    from published_data import hub_parquet
+
+    model = str(_tiny_checkpoint(tmp_path / "ckpt"))
+    data = build_data_root(tmp_path / "data")
+    hub_parquet(data / "MathVerse" / "testmini_text_only.parquet",
+                [{**json.loads((PUBLISHED / "MathVerse" / "testmini_text_only.json").read_text())[0],
+                  "problem_index": "684"}])
+    plan = protocol.make_plan(model, "mathverse", preset="qwen3-vl", data_dir=str(data), cuda=False)
+    with pytest.raises(runs.UsageError, match=r"benchmark 'mathverse': .*testmini.parquet: 1 items have no text "
+                                              r"version .* e.g. \['3425'\]"):
+        protocol.preflight(plan)
+    descriptions = write_jsonl(tmp_path / "d.jsonl", [{"id": "437", "description": "a 3x3 grid"}])
+    plan = protocol.make_plan(model, "mathvision", preset="qwen3-vl", data_dir=str(data), cuda=False,
+                              descriptions=descriptions)
+    with pytest.raises(runs.UsageError, match=r"d.jsonl: no description for 1 mathvision items, e.g. \['748'\]"):
+        protocol.preflight(plan)
