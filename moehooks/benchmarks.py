@@ -386,8 +386,8 @@ def _gsm8k_v(recipe: Recipe, data_dir: Path | None, split: str, image_dir: Path)
             raise BenchmarkDataError(
                 f"benchmark 'gsm8k-v': {source}: item {item_id} shows pictures {missing} that are not under "
                 f"{root.resolve()} (looked for each pic_id as a file name, else as the stem of a "
-                f"{'/'.join(_IMAGE_SUFFIXES)} file); download the images with `huggingface-cli download ZJU-REAL/GSM8K-V --repo-type dataset "
-                "--local-dir DIR`")
+                f"{'/'.join(_IMAGE_SUFFIXES)} file); download the images with `huggingface-cli download "
+                "ZJU-REAL/GSM8K-V --repo-type dataset --local-dir DIR`")
         yield Item(
             id=item_id,
             question=GSM8K_V_INSTRUCTION,
@@ -610,8 +610,12 @@ def inspect_benchmark(name: str, data_dir: str | Path | None = None, split: str 
         try:
             rows = _count_rows(recipe, files)
             items = list(recipe.build(recipe, folder, split, Path(scratch)))
-        except (BenchmarkDataError, BenchmarkNotFoundError):
+        except BenchmarkNotFoundError:
             raise
+        except BenchmarkDataError as err:
+            if str(err).startswith("benchmark "):
+                raise
+            raise BenchmarkDataError(f"{where}: {err}") from None
         except KeyError as err:
             raise BenchmarkDataError(f"{where}: a row has no column {err}") from None
         except (ValueError, TypeError, OSError, DatasetsError) as err:  # rows that do not parse (json, arrow, csv)

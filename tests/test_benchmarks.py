@@ -18,6 +18,7 @@ from published_data import (
     build_data_root,
     build_gsm8k_v,
     gsm8k_v_records,
+    hub_parquet,
     read_jsonl,
 )
 
@@ -434,7 +435,7 @@ def test_inspect_decodes_a_stated_sample_of_many_images(tmp_path: Path, monkeypa
     assert decoded == [paths[0], paths[len(paths) // 3], paths[2 * len(paths) // 3]] and report.decoded == 3
 
 
-@pytest.mark.parametrize("damage", ["rows", "column", "image"])
+@pytest.mark.parametrize("damage", ["rows", "column", "image", "image file"])
 def test_inspect_names_the_benchmark_and_the_file(tmp_path: Path, damage: str) -> None:
     root = build_data_root(tmp_path / "data")
     if damage == "rows":
@@ -443,6 +444,15 @@ def test_inspect_names_the_benchmark_and_the_file(tmp_path: Path, damage: str) -
     elif damage == "column":
         write_jsonl(root / "MATH-500" / "test.jsonl", [{"problem": "1+1", "answer": "2"}])
         name, expected = "math500", r"benchmark 'math500': .*test.jsonl: a row has no column 'unique_id'"
+    elif damage == "image file":
+        import datasets
+
+        path = root / "MathVision" / "data" / "testmini-00000-of-00001.parquet"
+        rows = [{**row, "decoded_image": None} for row in datasets.Dataset.from_parquet(str(path)).to_list()]
+        hub_parquet(path, rows)
+        (root / "MathVision" / "images" / "748.jpg").unlink()
+        name, expected = "mathvision", (r"benchmark 'mathvision': .*testmini-00000-of-00001.parquet: image "
+                                        r"'images/748.jpg' of item '748' not found")
     else:
         (root / "GSM8K-V" / "data" / "images" / "734_1.png").write_bytes(b"not a png")
         name, expected = "gsm8k-v", r"benchmark 'gsm8k-v': image .*734_1.png of item 734 does not decode"
