@@ -34,6 +34,7 @@ from typing import Any
 
 from . import benchmarks, evaluate, models
 from .evaluate import Item
+from .memory import MemoryEstimate
 from .runs import UsageError
 
 RENDERED: Mapping[str, str] = {"math500": "v2", "gpqa-physics": "v2", "gpqa-chemistry": "v2"}
@@ -307,17 +308,17 @@ class Survey:
 
     data: dict[str, benchmarks.DataReport | str]
     renderer: dict[str, str]
-    memory: Any
+    memory: MemoryEstimate | str
     budget: dict[str, int | None]
     prompt_tokens: int = PROMPT_TOKENS
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready data (the ``survey`` of ``plan.json``)."""
-        data = {k: {f: x for f, x in asdict(v).items() if f != "ids"} if isinstance(v, benchmarks.DataReport) else v
-                for k, v in self.data.items()}
-        return {"data": data,
-                "renderer": self.renderer, "memory": self.memory if isinstance(self.memory, str) else
-                self.memory.to_json(), "budget": self.budget, "prompt_tokens": self.prompt_tokens}
+        data = {name: {k: v for k, v in asdict(found).items() if k != "ids"}
+                if isinstance(found, benchmarks.DataReport) else found for name, found in self.data.items()}
+        memory = self.memory if isinstance(self.memory, str) else self.memory.to_json()
+        return {"data": data, "renderer": self.renderer, "memory": memory, "budget": self.budget,
+                "prompt_tokens": self.prompt_tokens}
 
 
 def renderer(variant: str) -> str:
@@ -355,7 +356,7 @@ def _max_new_tokens(plan: Plan) -> int:
     return max((int(b.generation.get("max_new_tokens", 0)) for b in plan.benchmarks), default=0)
 
 
-def _memory(plan: Plan) -> Any:
+def _memory(plan: Plan) -> MemoryEstimate | str:
     from . import memory
 
     try:
