@@ -40,8 +40,10 @@ class MemoryEstimate:
         """One line: weights, KV cache and their sum in GiB, with the factors.
 
         Example:
-            >>> MemoryEstimate(3_000_000, "float32", 4, 12_000_000, 6, 2, 32, 8, 100, 2_457_600).describe()
-            'weights 0.01 GiB (3.0 M parameters x 4 bytes, float32); KV cache 0.00 GiB (6 layers x 2 KV heads x 32 head dim x 2 x 4 bytes x batch 8 x 100 tokens); total 0.01 GiB'
+            >>> print(MemoryEstimate(3_000_000, "float32", 4, 12_000_000, 6, 2, 32, 8, 100, 2_457_600).describe())
+            ... # doctest: +NORMALIZE_WHITESPACE
+            weights 0.01 GiB (3.0 M parameters x 4 bytes, float32); KV cache 0.00 GiB (6 layers x 2 KV heads x
+            32 head dim x 2 x 4 bytes x batch 8 x 100 tokens); total 0.01 GiB
         """
         count = f"{self.parameters / 1e9:.1f} B" if self.parameters >= 1e9 else f"{self.parameters / 1e6:.1f} M"
         return (f"weights {self.weights / GIB:.2f} GiB ({count} parameters x {self.dtype_bytes} bytes, {self.dtype}); "
@@ -114,7 +116,8 @@ def kv_shape(config: Any) -> tuple[int, int, int]:
     return text.num_hidden_layers, kv_heads, head_dim
 
 
-def estimate(config: Any, dtype: Any, *, batch_size: int, tokens: int, trust_remote_code: bool = False) -> MemoryEstimate:
+def estimate(config: Any, dtype: Any, *, batch_size: int, tokens: int,
+             trust_remote_code: bool = False) -> MemoryEstimate:
     """Weights and KV cache of the model ``config`` describes, loaded in ``dtype``, generating ``batch_size``
     sequences of ``tokens`` (prompt + new tokens) at once."""
     torch_dtype = dtype_of(config, dtype)

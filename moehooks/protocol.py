@@ -367,9 +367,13 @@ def _memory(plan: Plan) -> MemoryEstimate | str:
     if config is None:
         return (f"not known: the config of {plan.checkpoint} is not on this machine (the plan downloads nothing; "
                 "it is read from the checkpoint directory or the Hugging Face cache)")
-    return memory.estimate(config, plan.load.get("dtype", "auto"), batch_size=plan.batch_size,
-                           tokens=PROMPT_TOKENS + _max_new_tokens(plan),
-                           trust_remote_code=bool(plan.load.get("trust_remote_code")))
+    try:
+        return memory.estimate(config, plan.load.get("dtype", "auto"), batch_size=plan.batch_size,
+                               tokens=PROMPT_TOKENS + _max_new_tokens(plan),
+                               trust_remote_code=bool(plan.load.get("trust_remote_code")))
+    except (ValueError, TypeError, AttributeError, ImportError) as err:  # a config no auto class builds
+        return (f"not known: the model of {plan.checkpoint} cannot be built from its config "
+                f"({type(err).__name__}: {err})")
 
 
 def _general_data(plan: Plan, strict: bool) -> benchmarks.DataReport | str:

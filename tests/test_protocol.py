@@ -149,7 +149,8 @@ def test_the_protocol_end_to_end_on_local_copies(tmp_path: Path) -> None:
                                [{"id": k, "description": f"figure of item {k}"} for k in ("437", "748")])
     code, output = _invoke("steer", "--model", str(model), "--preset", "qwen3-vl", "--benchmark",
                            "math500,gpqa-physics,mathverse,mathvision,gsm8k-v", "--data-dir", str(data),
-                           "--data-dir", f"gpqa-physics={data / 'gpqa'}", "--descriptions", str(descriptions), "--limit", "2",
+                           "--data-dir", f"gpqa-physics={data / 'gpqa'}", "--descriptions", str(descriptions),
+                           "--limit", "2",
                            "--layers", "0-1", "--tau", "0.05", "--max-new-tokens", "2", "--n-references", "2",
                            "--n-general", "2", "--trials", "2", "--do-sample", "--generate", "top_k=5",
                            "--out", str(out))
@@ -396,12 +397,14 @@ def test_dry_run_surveys_data_renderer_memory_and_budget(tmp_path: Path) -> None
     for text in ("items: 2 of 2 rows (test.jsonl); shown as rendered v2; 160 tokens at most",
                  ("items: 1 Vision Only (problem_version) of 5 rows (testmini.parquet); 1 images, 1 decoded; shown as "
                   "the dataset's images; 80 tokens at most"),
-                 f"items: 2 of the 3 items of 3 rows (dialogue.json, price.json); {pictures} images, {pictures} decoded",
+                 (f"items: 2 of the 3 items of 3 rows (dialogue.json, price.json); {pictures} images, "
+                  f"{pictures} decoded"),
                  "read: 2 of 2 rows (train-00000-of-00001-a09b74b3ef9c3b56.parquet)",
                  "generation budget: 400 tokens at most (items x methods x trials x max_new_tokens",
                  f"renderer v2: {protocol.renderer('v2')}"):
         assert text in output, text
-    expected = memory.estimate(memory.local_config(str(model)), "auto", batch_size=8, tokens=protocol.PROMPT_TOKENS + 16)
+    expected = memory.estimate(memory.local_config(str(model)), "auto", batch_size=8,
+                               tokens=protocol.PROMPT_TOKENS + 16)
     assert f"memory: {expected.describe()} (KV cache for 2,048 prompt + 16 new tokens per sequence)" in output
     written = out / "qwen3-vl" / "plan.json"
     saved = json.loads(written.read_text())
