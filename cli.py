@@ -102,13 +102,23 @@ def progress_bar(label: str) -> Iterator:
         yield update
 
 
+def _check_options(model: str, trust_remote_code: bool, revision: Optional[str], *, dtype: str = "auto",
+                   attn: Optional[str] = None) -> None:
+    """The loading options that need neither the model's files nor the hub: ``--dtype`` and ``--attn`` known,
+    remote code allowed and pinned (commands check these before their item files, and those before the hub)."""
+    from moehooks import models
+
+    models.check_load_options(dtype, attn)
+    models.remote_code(models.resolve(model), trust_remote_code=trust_remote_code, revision=revision)
+
+
 def _check_model(model: str, trust_remote_code: bool, revision: Optional[str], layers: Optional[list[int]] = None,
                  *, dtype: str = "auto", attn: Optional[str] = None) -> Any:
     """Resolve the model and read its config (no weights): remote code allowed and pinned, ``--dtype`` and
     ``--attn`` known, ``--layers`` within its decoder layers. Returns the config."""
     from moehooks import models, protocol
 
-    models.check_load_options(dtype, attn)
+    _check_options(model, trust_remote_code, revision, dtype=dtype, attn=attn)
     if not Path(models.resolve(model).source).expanduser().is_dir():
         protocol.offline_if_unreachable()
     config = models.load_config(model, trust_remote_code=trust_remote_code, revision=revision)
@@ -323,6 +333,7 @@ def steer(
                    f"layers {steered}, tau {spec.tau if tau is None else tau}, beta "
                    f"{spec.beta if beta is None else beta}\ngeneration: {generation_text}\noutputs: {out / 'steer'}")
         return
+    _check_options(model, trust_remote_code, revision, dtype=load.get("dtype", "auto"), attn=attn)
     pipeline.load_study(data, limit)
     _check_model(model, trust_remote_code, revision, options["layers"], dtype=load.get("dtype", "auto"), attn=attn)
     runs.check_output_dir(out / "steer")
@@ -387,6 +398,7 @@ def tune(
 
     grid = _tune_grid(taus, betas, layer_sets)
     _check_counts(limit=limit, max_new_tokens=max_new_tokens)
+    _check_options(model, trust_remote_code, revision, dtype=dtype, attn=attn)
     data = _data(tasks, references, general, model, "dev")
     loaded = pipeline.load_study(data, limit)
     _check_model(model, trust_remote_code, revision, dtype=dtype, attn=attn)
@@ -454,6 +466,7 @@ def read(
     from moehooks import evaluate, pipeline
 
     _check_counts(limit=limit)
+    _check_options(model, trust_remote_code, revision, dtype=dtype, attn=attn)
     path = _data(tasks, None, Path("-"), model, lab_tasks).tasks
     items = evaluate.load_items(path)[:limit]
     pipeline.read_versions(items, question)
@@ -522,6 +535,7 @@ def analyze(
     dtype = dtype or "auto"
     runs.check_tau("--tau", tau)
     _check_counts(limit=limit)
+    _check_options(model, trust_remote_code, revision, dtype=dtype, attn=attn)
     path = _data(tasks, None, Path("-"), model, lab_tasks).tasks
     items = evaluate.load_items(path)[:limit]
     pipeline.text_versions(items)
