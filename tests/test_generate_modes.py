@@ -444,3 +444,29 @@ def test_qwen3_vl_speculative_decoding_counts_what_a_plain_forward_routes(specul
                               image_grid_thw=batch["image_grid_thw"], mm_token_type_ids=types)
     assert torch.equal(rec.counts(phase="prefill"), prefill)
     assert torch.equal(rec.counts(phase="decode"), decode)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["gpt_oss", "granitemoe"])
+def test_compiled_generate_under_beta_zero_steering_is_bit_identical(family):
+    """``generate``'s own compilation (static cache, ``compile_config``) with a batch of 13: the compiled
+    re-selection of a top-k-then-softmax router rounds unlike the router's fused kernel, so where nothing moves
+    the router's output is kept as it is."""
+    from transformers import CompileConfig
+
+    net = build(family)
+    net.config._attn_implementation = "eager"
+    config = CompileConfig()
+    config._compile_all_devices = True  # compile on CPU too
+    net.generation_config.compile_config, net.generation_config.cache_implementation = config, "static"
+    ids = torch.randint(3, VOCAB, (13, P), generator=torch.Generator().manual_seed(3))
+    run = dict(input_ids=ids, return_dict_in_generate=True, output_logits=True, min_new_tokens=3,
+               **{**GREEDY, "max_new_tokens": 3})
+    torch.compiler.reset()
+    plain = net.generate(**run)
+    with moehooks.record(net) as rec, _beta0(net):
+        out = net.generate(**run)
+    assert getattr(net, "_compiled_call", None) is not None  # the decode steps ran compiled
+    assert torch.equal(out.sequences, plain.sequences)
+    assert torch.equal(torch.stack(out.logits), torch.stack(plain.logits))
+    assert rec.tokens(phase="decode").tolist() == [13 * 2] * len(rec.layers)
