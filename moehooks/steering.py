@@ -53,7 +53,7 @@ from torch import nn
 
 from .adapters import MoELayer, RouterAdapter, RoutingMap, UnsupportedModelError, adapt
 from .adapters.base import Edit, cast, hook_routing, on_device
-from .batch import Batch, Tracker
+from .batch import Batch, Tracker, recomputing
 from .hooks import MODALITIES, PHASES, HookContext, check_choice, check_finite
 
 MODES = ("soft", "hard", "random")
@@ -251,6 +251,8 @@ class SigmaCalibration(HookContext):
         branch = entry.branch
 
         def sigma_hook(logits: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> None:
+            if not torch.compiler.is_compiling() and recomputing():
+                return  # gradient checkpointing recomputes a call already measured
             batch = tracker.batch
             if batch is None:
                 raise RuntimeError("a router ran outside a forward call of the model the calibration was opened on")
