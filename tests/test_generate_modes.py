@@ -338,7 +338,7 @@ def _routed_rows(net, run):
         handle.remove()
 
 
-@pytest.mark.parametrize("extra", [{}, dict(do_sample=True, num_return_sequences=2),
+@pytest.mark.parametrize("extra", [{}, dict(do_sample=True, num_return_sequences=2), MODES["static"],
                                    dict(attention_mask=torch.ones(2, 1, dtype=torch.long))])
 def test_generate_from_bos_without_input_ids(model, extra):
     """``generate`` builds the prompt itself (BOS, one row per row of its first tensor argument, else one)."""
