@@ -13,6 +13,7 @@ then *identified*: the registered family of the router's class if it has one, el
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import itertools
@@ -98,12 +99,15 @@ def probe(block: Block) -> Block:
     """Run ``block.module`` once on random hidden states and fill in the router and what the experts consumed.
 
     Hooks already on the block's modules are set aside for that call (the probe is not a forward of the
-    model). Results are cached per block until one of its non-expert tensors changes.
+    model). Results are cached per block until one of its non-expert tensors changes, and named from the root
+    ``block`` was found under (``adapt(model.model)`` then ``adapt(model)`` share the probe).
     """
     key = _fingerprint(block)
     cached = _PROBES.get(block.module)
     if cached is not None and cached[0] == key:
-        return cached[1]
+        found = cached[1]
+        router_name = f"{block.name}.{found.router_at}" if found.router is not None else ""
+        return dataclasses.replace(found, name=block.name, router_name=router_name)
     hidden = _hidden_size(block)
     if hidden is None:
         block.error = "no hidden size found: no config.hidden_size and no [experts, hidden] gate weight"
