@@ -290,7 +290,8 @@ def check_dtype(model_type: str, dtype: torch.dtype) -> dict[str, Any]:
     try:
         reference = _run(model, inputs)
     except Exception as error:  # noqa: BLE001 - the model itself does not run in this dtype at this size
-        return dict(status="model-fails", detail=f"{type(error).__name__}: {str(error)[:160]}")
+        return dict(status="model-fails",
+                    detail=f"transformers {transformers.__version__}: {type(error).__name__}: {str(error)[:160]}")
     try:
         routing = moehooks.adapt(model)
     except moehooks.UnsupportedModelError as error:
