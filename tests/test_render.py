@@ -141,13 +141,16 @@ def test_no_latex_on_path_means_no_latex(monkeypatch):
 
 @pytest.mark.installed_tools
 def test_an_installed_handwriting_font_is_found_and_drawn_with(monkeypatch):
-    """A font registered under a handwriting family (here DejaVu Serif's file named "Comic Neue") is the one
-    the handwritten variants draw with: ``strict`` accepts it, no synthetic-handwriting warning."""
+    """A font registered under a handwriting family (here DejaVu Serif's file named "Comic Neue", the handwriting
+    fonts really installed set aside) is the one the handwritten variants draw with: ``strict`` accepts it, no
+    synthetic-handwriting warning."""
     from matplotlib import font_manager
 
     serif = font_manager.findfont(font_manager.FontProperties(family="DejaVu Serif"), fallback_to_default=False)
     fake = font_manager.FontEntry(fname=serif, name="Comic Neue")
-    monkeypatch.setattr(font_manager.fontManager, "ttflist", [*font_manager.fontManager.ttflist, fake])
+    handwriting = {rendering._normalize_family(n) for n in rendering.HANDWRITING_FONT_CANDIDATES}
+    others = [e for e in font_manager.fontManager.ttflist if rendering._normalize_family(e.name) not in handwriting]
+    monkeypatch.setattr(font_manager.fontManager, "ttflist", [*others, fake])
     assert rendering.find_handwriting_font() == serif
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
