@@ -14,11 +14,11 @@ import contextlib
 import pytest
 import torch
 import transformers
+from moe_sweep import _shrink
 from torch import nn
 
 import moehooks
 from moehooks.adapters import probe as probing
-from moe_sweep import _shrink
 
 ROUTED, ZERO, TOP_K = 4, 4, 2
 
@@ -121,15 +121,15 @@ def test_boosting_a_zero_compute_expert_raises_its_share(model: nn.Module) -> No
     assert after > before
 
 
-def test_a_block_whose_use_of_the_choice_is_unknown_is_not_steered(model: nn.Module,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where the block transforms the router's choice (5.25 on), both facts are needed: without a known use the
-    rule alone is not enough to steer."""
+def test_the_block_use_is_identified_where_the_block_remaps_and_needed_to_steer(
+        model: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Up to 5.24 the experts consume the router's choice as it is (no use); from 5.25 the block remaps it, the
+    use is identified, and without a known use the rule alone is not enough to steer."""
     entries = moehooks.adapt(model).layers
-    if not entries[0].use:
-        pytest.skip(f"transformers {transformers.__version__}: the experts consume the router's choice as it is")
-    assert entries[0].use == probing.ZeroComputeExperts(ROUTED, ZERO).name
+    if serves_zero_compute(blocks(model)[0]):
+        assert all(e.use == "" and not e.rule_error for e in entries)
+        return
+    assert all(e.use == probing.ZeroComputeExperts(ROUTED, ZERO).name for e in entries)
     monkeypatch.setattr(probing, "block_uses", lambda block: [])
     monkeypatch.setattr(probing, "_PROBES", type(probing._PROBES)())
-    fresh = moehooks.adapt(model).layers
-    assert all(e.rule_error and not e.use for e in fresh)
+    assert all(e.rule_error and not e.use for e in moehooks.adapt(model).layers)
