@@ -12,6 +12,9 @@ LOCK   := requirements.lock
 MINIMUMS := $(shell sed -n 's/^ *"\(transformers\|accelerate\)>=\([0-9.]*\).*/\1==\2/p' pyproject.toml)
 # CPU machines take the local CPU wheel; an unpinned torch would pull a multi-GB CUDA build.
 TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
+# CUDA machines also get torchvision, installed with torch so that pip picks the matching build: the published
+# Qwen3-VL and Llama-4 processors need it (without it Qwen3-VL's image processor is built with PIL, Llama-4 stops).
+TORCHVISION ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torchvision)
 export OMP_NUM_THREADS ?= 1
 
 .PHONY: install run test test-latest test-oldest lock bench clean
@@ -23,7 +26,7 @@ install: $(STAMP)
 define make_venv
 	python3 -m venv $(1)
 	$(1)/bin/python -m pip install -q --upgrade pip
-	$(1)/bin/python -m pip install -q "$(TORCH)"
+	$(1)/bin/python -m pip install -q "$(TORCH)" $(TORCHVISION)
 	$(1)/bin/python -m pip install -q -r $(LOCK)
 	$(1)/bin/python -m pip install -q --no-deps -e .
 	$(if $(2),$(1)/bin/python -m pip install -q --upgrade $(2))
@@ -68,7 +71,7 @@ lock:
 	{ sed -n '1,2p' $(LOCK); .venv-lock/bin/python -m pip freeze --exclude-editable | grep -v -E '^(torch==|-e )'; } > $(LOCK).new
 	mv $(LOCK).new $(LOCK)
 	rm -rf .venv-lock
-	@echo "$(LOCK) updated: run make test and make test-latest, then commit it"
+	@echo "$(LOCK) updated: run make test, make test-oldest and make test-latest, then commit it"
 
 bench: install
 	$(PY) benches/run_all.py

@@ -43,6 +43,7 @@ from torch import nn
 
 import moehooks
 from moehooks.runs import MissingFileError, UsageError
+from moehooks.wrappers import see_through
 
 FORMAT_VERSION = 2
 METADATA_KEY = "moehooks"
@@ -151,7 +152,9 @@ def fingerprint(model: nn.Module, routing: Routing | None = None) -> str:
     Order: routers as listed by the routing map (decoder-layer order); within a router, its
     parameters and buffers (recursively) sorted by name. Each tensor contributes the line
     ``"<layer>:<qualified name>:<dtype>:<shape>\\n"`` followed by its raw CPU bytes. Tensors
-    on the ``meta`` device (accelerate offload) are read from the accelerate hook's ``weights_map``.
+    on the ``meta`` device (accelerate offload) are read from the accelerate hook's ``weights_map``. A
+    wrapped model (PEFT, ``torch.compile``, nnsight) is the model under its wrappers; a router adapted by PEFT
+    includes its adapter's tensors.
 
     Args:
         routing: the routing map; default ``moehooks.adapt(model)``.
@@ -160,6 +163,7 @@ def fingerprint(model: nn.Module, routing: Routing | None = None) -> str:
         ValueError: if a router is not a submodule of ``model``, or a meta tensor has no
         offloaded copy.
     """
+    model = see_through(model)
     routing = _routing(model, routing)
     names = {id(module): name for name, module in model.named_modules(remove_duplicate=False)}
     digest = hashlib.sha256()
@@ -212,6 +216,7 @@ def describe(model: nn.Module, routing: Routing | None = None, *, model_id: str 
 
         info = describe(model, model_id="Qwen/Qwen3-VL-30B-A3B-Instruct")
     """
+    model = see_through(model)
     routing = _routing(model, routing)
     config = getattr(model, "config", None)
     architectures = getattr(config, "architectures", None) or [type(model).__name__]

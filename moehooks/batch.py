@@ -415,11 +415,14 @@ class _Layout(NamedTuple):
 
 
 def _forward_params(model: nn.Module) -> list[str]:
+    """The names of ``model.forward``'s positional parameters (a forward an nnsight controller replaced reports
+    the class's unbound signature: its ``self`` is dropped)."""
     try:
-        return [p.name for p in inspect.signature(model.forward).parameters.values()
-                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        names = [p.name for p in inspect.signature(model.forward).parameters.values()
+                 if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     except (TypeError, ValueError):
         return []
+    return names[1:] if names[:1] == ["self"] else names
 
 
 def _bind(params: list[str], args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:

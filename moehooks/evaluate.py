@@ -34,9 +34,6 @@ import dataclasses
 import json
 import math
 import os
-import re
-import string
-import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -47,6 +44,14 @@ import torch
 
 from moehooks import runs
 from moehooks.artefacts import atomic_write
+from moehooks.grading import (  # noqa: F401  grade, extract_answer, normalize_answer, strip_units are re-exported
+    answer_letters,
+    extract_answer,
+    grade,
+    grade_detail,
+    normalize_answer,
+    strip_units,
+)
 from moehooks.runs import UsageError
 
 ITEM_SUFFIXES: tuple[str, ...] = (".jsonl", ".csv", ".parquet")
@@ -515,213 +520,6 @@ def _paged_cache(prompts: Sequence[Sequence[int]], max_new_tokens: int) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Grading
-
-
-def _last_braced(text: str, commands: Sequence[str]) -> str | None:
-    r"""Content of the last ``\cmd{...}`` (balanced braces) for any of ``commands``."""
-    starts = [m.end() for m in re.finditer("|".join(re.escape(c) + r"\s*\{" for c in commands), text)]
-    for start in reversed(starts):
-        depth = 1
-        for pos in range(start, len(text)):
-            depth += {"{": 1, "}": -1}.get(text[pos], 0)
-            if depth == 0:
-                return text[start:pos].strip()
-    return None
-
-
-_ANSWER_IS = re.compile(r"answer\s*(?:is|:)\s*:?\s*(.+)", re.IGNORECASE)
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
-_MATH_SEGMENT = re.compile(r"\$+([^$]+)\$+|\\\((.+?)\\\)|\\\[(.+?)\\\]")
-
-
-def _final_span(text: str) -> tuple[str, str] | None:
-    """``(span, source)``: the last boxed content (``"boxed"``), else what follows the last "answer is"
-    (``"answer_is"``), else the last non-empty line (``"line"``)."""
-    boxed = _last_braced(text, (r"\boxed", r"\fbox"))
-    if boxed is not None:
-        return boxed, "boxed"
-    matches = _ANSWER_IS.findall(text)
-    if matches:
-        return _unbold(matches[-1]), "answer_is"
-    lines = [_unbold(line) for line in text.splitlines() if _unbold(line)]
-    return (lines[-1], "line") if lines else None
-
-
-def _unbold(text: str) -> str:
-    """``text`` without surrounding whitespace and Markdown emphasis (``**B**`` -> ``B``)."""
-    return text.strip().strip("*_").strip()
-
-
-def extract_answer(prediction: str) -> str | None:
-    r"""Read the final answer of a free-form prediction.
-
-    The last ``\boxed{}`` wins as is. Else the text after the last "answer is" (its last ``$...$`` segment if
-    any). Else the final line: its last math segment, the right-hand side of its last ``=``, and for plain
-    text (no LaTeX) the last number in it.
-
-    Example:
-        >>> extract_answer("so x = 3, hence \\boxed{\\frac{1}{2}}")
-        '\\frac{1}{2}'
-        >>> extract_answer("The answer is $7$.")
-        '7'
-        >>> extract_answer("She pays 3 * 6 = 18 dollars.")
-        '18'
-    """
-    found = _final_span(prediction)
-    if found is None:
-        return None
-    span, source = found
-    if source != "boxed":
-        segments = [next(g for g in m.groups() if g is not None) for m in _MATH_SEGMENT.finditer(span)]
-        span = segments[-1] if segments else span
-    if source == "line":
-        span = span.rsplit("=", 1)[-1]
-        numbers = _NUMBER.findall(span)
-        if numbers and "\\" not in span:
-            span = numbers[-1]
-    span = span.strip().rstrip(".").strip()
-    return span or None
-
-
-_LATEX_NOISE = re.compile(r"\\left|\\right|\\!|\\,|\\;|\\:|\\ |\^\{?\\circ\}?|\\%|%|\$")
-_TEXT_COMMAND = re.compile(r"\\(?:text|textbf|mathrm|mathbf|operatorname)\s*\{([^{}]*)\}")
-
-
-def normalize_answer(text: str) -> str:
-    r"""Normalise an answer for exact comparison (LaTeX spacing, ``\text{}``, ``$``, degrees, case, commas).
-
-    Example:
-        >>> normalize_answer("\\text{ Evelyn }.")
-        'evelyn'
-        >>> normalize_answer("1,000") == normalize_answer("1000")
-        True
-    """
-    text = _TEXT_COMMAND.sub(r"\1", text)
-    text = _LATEX_NOISE.sub("", text).replace(r"\dfrac", r"\frac").replace(r"\tfrac", r"\frac")
-    text = re.sub(r"(\d),(?=\d{3}\b)", r"\1", text)
-    return re.sub(r"\s+", "", text).rstrip(".").lower()
-
-
-_DEGREES = re.compile(r"\^\s*\{?\\circ\}?|\\circ|\\degree|Â°|°")
-_LABEL = re.compile(r"^\s*[A-Za-z][A-Za-z\s]*(?:\([^()]*\))?\s*=\s*(?=\S)")
-_UNIT_COMMAND = re.compile(r"\\(?:mathrm|text|mbox)\s*\{\s*~?\s*([A-Za-z][A-Za-z\s./]*)\}(?:\s*\^\s*\{?\d\}?)?")
-_VALUE_THEN_UNIT = re.compile(
-    r"^\s*(-?(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:\s*/\s*\d+(?:\.\d+)?)?)\s*~?\s*(?:[A-Za-z][A-Za-z./]*(?:\s*\^\s*\{?\d\}?)?\s*)+$"
-)
-
-
-def strip_units(text: str) -> str:
-    r"""An answer without its label, unit and degree sign, as free-form answers of MathVerse and GSM8K-V carry
-    them: ``Area $=113.1 \mathrm{~cm}^{2}$``, ``4.4 m``, ``315^\circ T`` (a bearing), ``60Â°`` (mojibake).
-    Text without a number keeps its words.
-
-    Example:
-        >>> strip_units("Area $=113.1 \\mathrm{~cm}^{2}$")
-        '113.1'
-        >>> strip_units("315^\\circ T"), strip_units("4.4 m"), strip_units("x = \\frac{1}{2}")
-        ('315', '4.4', '\\frac{1}{2}')
-    """
-    text = _DEGREES.sub("", text.replace("$", ""))
-    text = _LABEL.sub("", text)
-    text = _UNIT_COMMAND.sub("", text).strip()
-    match = _VALUE_THEN_UNIT.match(text)
-    return (match.group(1) if match else text).strip().rstrip(".").strip()
-
-
-def _math_equal(prediction: str, answer: str) -> bool:
-    """``math_verify`` equivalence of two answer strings; ``False`` when it cannot parse or raises."""
-    from math_verify import parse, verify
-
-    timeout = 5 if threading.current_thread() is threading.main_thread() else None
-    try:
-        gold = parse(f"${answer}$", parsing_timeout=timeout)
-        target = parse(f"${prediction}$", parsing_timeout=timeout)
-        return bool(gold and target and verify(gold, target, timeout_seconds=timeout))
-    except Exception:  # math_verify raises assorted sympy/timeout errors on odd inputs: fall back to exact match
-        return False
-
-
-_LETTER = re.compile(r"^\(?([A-Z])\)?(?=$|[\s.:)\],])")
-
-
-def _choice_letter(prediction: str, choices: Sequence[str] | None) -> str | None:
-    """The option letter a prediction commits to (by letter or by option text), or ``None``."""
-    found = _final_span(prediction)
-    if found is None:
-        return None
-    span = _TEXT_COMMAND.sub(r"\1", found[0]).replace("$", "").strip()
-    match = _LETTER.match(span)
-    allowed = string.ascii_uppercase[: len(choices)] if choices else string.ascii_uppercase
-    if match and match.group(1) in allowed:
-        return match.group(1)
-    if not choices:
-        return None
-    normalized = normalize_answer(span)
-    options = [normalize_answer(c) for c in choices]
-    if normalized in options:
-        return allowed[options.index(normalized)]
-    contained = [i for i, option in enumerate(options) if option and option in normalized]
-    return allowed[contained[0]] if len(contained) == 1 else None
-
-
-def _gold_letter(answer: str, choices: Sequence[str]) -> str:
-    letters = string.ascii_uppercase[: len(choices)]
-    stripped = answer.strip().strip("()")
-    if len(stripped) == 1 and stripped.upper() in letters:
-        return stripped.upper()
-    options = [normalize_answer(c) for c in choices]
-    if normalize_answer(answer) in options:
-        return letters[options.index(normalize_answer(answer))]
-    raise ValueError(f"answer {answer!r} is neither a letter in {letters} nor one of the choices {list(choices)!r}")
-
-
-def grade_detail(prediction: str, answer: str, choices: Sequence[str] | None = None) -> tuple[bool, str | None]:
-    """Grade a prediction and return ``(correct, extracted answer)``; see :func:`grade`.
-
-    Example:
-        >>> grade_detail("The answer is (B).", "B", ["1", "2", "3", "4"])
-        (True, 'B')
-    """
-    if choices:
-        letter = _choice_letter(prediction, choices)
-        return letter == _gold_letter(answer, choices), letter
-    if re.fullmatch(r"\(?[A-Z]\)?", answer.strip()):
-        letter = _choice_letter(prediction, None)
-        if letter is not None:
-            return letter == answer.strip().strip("()"), letter
-    extracted = extract_answer(prediction)
-    if extracted is None:
-        return False, None
-    correct = _math_equal(extracted, answer) or normalize_answer(extracted) == normalize_answer(answer)
-    if not correct and strip_units(answer) != answer.strip():
-        bare = strip_units(extracted)
-        gold = strip_units(answer)
-        correct = _math_equal(bare, gold) or normalize_answer(bare) == normalize_answer(gold)
-    return correct, extracted
-
-
-def grade(prediction: str, answer: str, choices: Sequence[str] | None = None) -> bool:
-    r"""Whether a free-form prediction reaches the reference answer.
-
-    The final answer is extracted (:func:`extract_answer`) and compared with ``math_verify`` (so ``\frac{1}{2}``
-    equals ``0.5``), falling back to normalised exact match, and for a reference carrying a label, unit or
-    degree sign to the same comparisons without them on both sides (:func:`strip_units`). With ``choices`` (or a single-letter answer), the
-    prediction's option letter, or the option text it gives, must match the answer's letter.
-
-    Example:
-        >>> grade("so the result is \\boxed{0.5}", "\\frac{1}{2}")
-        True
-        >>> grade("The answer is C", "A", ["red", "green", "blue", "black"])
-        False
-
-    Raises:
-        ValueError: with ``choices``, the answer is neither a valid letter nor one of the choices.
-    """
-    return grade_detail(prediction, answer, choices)[0]
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Results files
 
 
@@ -886,7 +684,7 @@ def run_eval(
         raise ValueError(f"item ids must be unique; repeated: {duplicates}")
     for item in items:
         if item.choices:
-            _gold_letter(item.answer, item.choices)
+            answer_letters(item.answer, item.choices)
     path = Path(out_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     current = eval_settings(model, items, method=method, seed=seed, max_new_tokens=max_new_tokens,

@@ -24,6 +24,7 @@ from torch import nn
 
 from .adapters import RoutingMap, adapt
 from .batch import Tracker
+from .wrappers import holds_compiled_code, see_through
 
 PHASES = ("prefill", "decode")
 MODALITIES = ("text", "image")
@@ -53,14 +54,15 @@ def drop_stale_compiled_code(model: nn.Module) -> None:
     Dynamo does not guard on module hooks (``torch._dynamo.config.skip_nnmodule_hook_guards``): code compiled
     before a context opened would run without its hooks, and code compiled inside one would keep running them
     after it closed. Compiled means a ``torch.compile``-d ``forward`` attribute, ``module.compile()`` on any
-    submodule, or the decode step ``generate`` compiles for static caches (``_compiled_call``); the next call
-    recompiles once, with the hooks of that time. (A ``torch.compile(model)`` wrapper is not visible from the
-    model: open contexts before compiling it that way.)
+    submodule, or the decode step ``generate`` compiles for static caches (``_compiled_call``), or any code
+    dynamo compiled (a ``torch.compile(model)`` wrapper is not visible from the model:
+    ``moehooks.wrappers.holds_compiled_code``); the next call recompiles once, with the hooks of that time.
     """
     compiled = (
         hasattr(model.__dict__.get("forward"), "_torchdynamo_orig_callable")
         or getattr(model, "_compiled_call", None) is not None
         or any(getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
+        or holds_compiled_code()
     )
     if compiled:
         torch._dynamo.reset()
@@ -94,7 +96,7 @@ class HookContext(AbstractContextManager):
     """
 
     def __init__(self, model: nn.Module) -> None:
-        self._model: nn.Module | None = model
+        self._model: nn.Module | None = see_through(model)
         self._stack: ExitStack | None = None
         self.routing: RoutingMap | None = None
         self.tracker: Tracker | None = None

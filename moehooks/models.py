@@ -14,6 +14,7 @@ import dataclasses
 import importlib.util
 import json
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -256,10 +257,8 @@ def _not_found(spec: ModelSpec, err: Exception) -> ModelNotFoundError:
             f"download it with `huggingface-cli download {spec.source}` on a machine with network access, "
             "or pass a local directory"
         )
-    cause = (str(err).strip().splitlines() or [""])[0]
     return ModelNotFoundError(
-        f"model {spec.alias or spec.source!r} could not be loaded: {where}; {hint}. "
-        f"Cause: {type(err).__name__}: {cause}"
+        f"model {spec.alias or spec.source!r} could not be loaded: {where}; {hint}. Cause: {_cause(err)}"
     )
 
 
@@ -283,7 +282,7 @@ def remote_code(spec: ModelSpec, *, trust_remote_code: bool = False, revision: s
     """
     pinned = revision or spec.revision
     local = Path(spec.source).expanduser().is_dir()
-    name = f"{spec.alias!r} ({spec.source})" if spec.alias else repr(spec.source)
+    name = _name(spec)
     pin = "" if pinned or local else ", with revision=COMMIT (--revision) pinning the commit you reviewed"
     if spec.trust_remote_code and not trust_remote_code:
         raise UsageError(f"model {name} runs Python code from its hub repository: pass trust_remote_code=True "
@@ -343,6 +342,7 @@ def load_config(name_or_path: str | Path | ModelSpec, *, trust_remote_code: bool
         ModelNotFoundError: as :func:`load`.
         moehooks.runs.UsageError: remote code not allowed or not pinned (:func:`remote_code`).
     """
+    from huggingface_hub.errors import StrictDataclassFieldValidationError
     from transformers import AutoConfig
 
     spec = name_or_path if isinstance(name_or_path, ModelSpec) else resolve(name_or_path)
@@ -351,6 +351,25 @@ def load_config(name_or_path: str | Path | ModelSpec, *, trust_remote_code: bool
         return AutoConfig.from_pretrained(spec.source, trust_remote_code=trust_remote_code, revision=pinned)
     except (OSError, ValueError) as err:
         raise _not_found(spec, err) from None
+    except StrictDataclassFieldValidationError as err:
+        return _llama4_config(spec, pinned, err)
+
+
+def _llama4_config(spec: ModelSpec, revision: str | None, err: Exception) -> Any:
+    """A published Llama-4 config, whose ``text_config.attn_temperature_tuning`` is ``4`` (transformers 4.51's
+    default for what its attention uses as a flag; transformers issue #37479): transformers 5 declares the field
+    a bool and refuses the file, so it is read as ``bool(4)``. Any other field a strict config refuses is a
+    one-line :class:`moehooks.runs.UsageError`."""
+    import transformers
+    from transformers import AutoConfig, PreTrainedConfig
+
+    config_dict, _ = PreTrainedConfig.get_config_dict(spec.source, revision=revision)
+    text = config_dict.get("text_config") or {}
+    value = text.get("attn_temperature_tuning")
+    if config_dict.get("model_type") != "llama4" or type(value) is not int:
+        raise UsageError(f"model {_name(spec)}: its config.json does not load in transformers "
+                         f"{transformers.__version__}: {_cause(err)}")
+    return AutoConfig.for_model(**{**config_dict, "text_config": {**text, "attn_temperature_tuning": bool(value)}})
 
 
 def load(
@@ -365,8 +384,8 @@ def load(
     """Load a model in eval mode and its processor (or tokenizer, for text-only checkpoints).
 
     Models whose config has a vision config load with ``AutoModelForImageTextToText``, others with
-    ``AutoModelForCausalLM``. A saved lab processor (``LabProcessor``, no video support) is loaded as such;
-    otherwise ``AutoProcessor`` is used, falling back to ``AutoTokenizer``.
+    ``AutoModelForCausalLM``. The processor comes from :func:`load_processor`, before the weights: the published
+    one, or without torchvision a PIL-built one (Qwen3-VL, with a warning) or a one-line error (Llama-4).
 
     Example:
         >>> model, processor = load("qwen3-vl", device_map="auto")  # doctest: +SKIP
@@ -386,21 +405,17 @@ def load(
             the message names the directory tried, the cache directory and the offline mode.
         moehooks.runs.UsageError: remote code needed but not allowed, or allowed without a pinned revision; a
             ``dtype`` or ``attn_implementation`` that does not exist (:func:`check_load_options`).
+        ProcessorUnavailableError: the processor needs a library that is missing (:func:`load_processor`).
     """
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoModelForImageTextToText,
-        AutoProcessor,
-        AutoTokenizer,
-    )
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     spec = name_or_path if isinstance(name_or_path, ModelSpec) else resolve(name_or_path)
     check_load_options(dtype, attn_implementation)
     remote = trust_remote_code
     config = load_config(spec, trust_remote_code=remote, revision=revision)
     pinned = remote_code(spec, trust_remote_code=remote, revision=revision)
-    has_vision = getattr(config, "vision_config", None) is not None
-    auto_cls = AutoModelForImageTextToText if has_vision else AutoModelForCausalLM
+    processor = load_processor(spec, config, trust_remote_code=remote, revision=pinned)
+    auto_cls = AutoModelForImageTextToText if _multimodal(config) else AutoModelForCausalLM
     kwargs: dict[str, Any] = {
         "dtype": dtype,
         "attn_implementation": attn_implementation or default_attn_implementation(),
@@ -414,23 +429,154 @@ def load(
     except OSError as err:
         raise _not_found(spec, err) from None
     model.eval()
-    if _saved_processor_class(spec.source) == "LabProcessor":
-        from moehooks.lab.processor import LabProcessor
-
-        return model, LabProcessor.from_pretrained(spec.source)
-    try:
-        processor = AutoProcessor.from_pretrained(spec.source, trust_remote_code=remote, revision=pinned)
-    except (OSError, ValueError, TypeError, ImportError):
-        try:
-            processor = AutoTokenizer.from_pretrained(spec.source, trust_remote_code=remote, revision=pinned)
-        except OSError as err:
-            raise _not_found(spec, err) from None
     return model, processor
 
 
-def _saved_processor_class(source: str) -> str | None:
-    """The ``processor_class`` recorded in a local directory's ``processor_config.json``, if any."""
-    path = Path(source).expanduser() / "processor_config.json"
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text(encoding="utf-8")).get("processor_class")
+class ProcessorUnavailableError(UsageError):
+    """A multimodal checkpoint's processor cannot be built here: a library it needs (torchvision) is missing."""
+
+
+class ProcessorFallbackWarning(UserWarning):
+    """The published processor needs torchvision, which is missing: an equivalent one was built with PIL."""
+
+
+def published_processor(source: str, config: Any = None, *, trust_remote_code: bool = False,
+                        revision: str | None = None) -> Any:
+    """The checkpoint's own processor (the class its files name, else ``AutoProcessor``): the one place that needs
+    torchvision. ``config`` (from :func:`load_config`) is handed to the sub-processors' loaders, which would
+    otherwise read ``config.json`` again (a published Llama-4 one does not load as is).
+
+    Example:
+        >>> processor = published_processor("Qwen/Qwen3-VL-30B-A3B-Instruct")  # doctest: +SKIP
+
+    Raises:
+        ImportError: the processor needs torchvision and torchvision is not installed, or is installed but does
+            not load against this torch (``operator torchvision::nms does not exist``).
+    """
+    from transformers import AutoProcessor
+    from transformers.models.auto.processing_auto import processor_class_from_name
+
+    kind = _saved_processor_class(source, revision)
+    published = processor_class_from_name(kind) if kind and config is not None else None
+    try:
+        if published is not None:
+            return published.from_pretrained(source, config=config, revision=revision)
+        return AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
+    except RuntimeError as err:
+        if "torchvision" not in str(err):
+            raise
+        raise ImportError(f"torchvision does not load: {_cause(err)}") from err
+
+
+def load_processor(spec: ModelSpec, config: Any, *, trust_remote_code: bool = False,
+                   revision: str | None = None) -> Any:
+    """The processor of ``spec``'s checkpoint (read before its weights, so a missing library is reported first).
+
+    The published processor (:func:`published_processor`) when it can be built; for a Qwen3-VL checkpoint
+    without torchvision, its image processor is built with PIL (``Qwen2VLImageProcessorPil``, the values of the
+    checkpoint's ``preprocessor_config.json``) with its tokenizer and chat template, without video support, and a
+    :class:`ProcessorFallbackWarning` says so. A saved lab processor is loaded as such. A text-only checkpoint
+    gets its tokenizer; a multimodal one never does.
+
+    Example:
+        >>> spec = resolve("qwen3-vl")
+        >>> processor = load_processor(spec, load_config(spec))  # doctest: +SKIP
+
+    Raises:
+        ProcessorUnavailableError: a multimodal checkpoint's processor needs a missing library and has no PIL
+            build (Llama-4: torchvision only); the message names what is missing and how to get it.
+        ModelNotFoundError: the processor files cannot be found.
+    """
+    from transformers import AutoTokenizer
+
+    if _saved_processor_class(spec.source, revision) == "LabProcessor":
+        from moehooks.lab.processor import LabProcessor
+
+        return LabProcessor.from_pretrained(spec.source)
+    try:
+        return published_processor(spec.source, config, trust_remote_code=trust_remote_code, revision=revision)
+    except ImportError as err:
+        if _multimodal(config):
+            return _pil_processor(spec, config, err, revision)
+    except (OSError, ValueError, TypeError) as err:
+        if _multimodal(config):
+            raise ProcessorUnavailableError(
+                f"model {_name(spec)}: its processor cannot be loaded: {_cause(err)}") from None
+    try:
+        return AutoTokenizer.from_pretrained(spec.source, config=config, trust_remote_code=trust_remote_code,
+                                             revision=revision)
+    except OSError as err:
+        raise _not_found(spec, err) from None
+
+
+def _pil_processor(spec: ModelSpec, config: Any, missing: ImportError, revision: str | None) -> Any:
+    """The processor built without torchvision (see :func:`load_processor`), or the one-line error."""
+    import torch
+    import transformers
+
+    kind = _saved_processor_class(spec.source, revision)
+    failure = f"model {_name(spec)}: its processor ({kind or 'unknown class'}) cannot be built: {_cause(missing)}"
+    if "torchvision" not in str(missing).lower():
+        raise ProcessorUnavailableError(failure)
+    if kind != "Qwen3VLProcessor":
+        raise ProcessorUnavailableError(
+            f"{failure}; transformers {transformers.__version__} has no PIL-only build of it. Install torchvision, the "
+            f"release built for torch {torch.__version__} (`pip install torchvision`; `make install` does it on "
+            "CUDA machines); where no torchvision build matches this torch, run this model on a machine where "
+            "one does"
+        )
+    from transformers import AutoTokenizer, Qwen2VLImageProcessorPil
+
+    from moehooks.lab.processor import LabProcessor
+
+    state = "not installed" if importlib.util.find_spec("torchvision") is None else f"unusable ({_cause(missing)})"
+    warnings.warn(f"torchvision {state}: built the Qwen3-VL image processor with PIL (video input unavailable)",
+                  ProcessorFallbackWarning, stacklevel=3)
+    return LabProcessor(Qwen2VLImageProcessorPil.from_pretrained(spec.source, revision=revision),
+                        AutoTokenizer.from_pretrained(spec.source, config=config, revision=revision),
+                        chat_template=_chat_template(spec.source, revision))
+
+
+def _multimodal(config: Any) -> bool:
+    """Whether a model config describes a vision-language model (it has a vision config)."""
+    return getattr(config, "vision_config", None) is not None
+
+
+def _repo_file(source: str, name: str, revision: str | None) -> Path | None:
+    """A file of a local directory, or of a hub repository (through the cache), if it has one."""
+    from transformers.utils import cached_file
+
+    path = cached_file(source, name, revision=revision, _raise_exceptions_for_missing_entries=False,
+                       _raise_exceptions_for_connection_errors=False)
+    return Path(path) if path else None
+
+
+def _chat_template(source: str, revision: str | None) -> str | None:
+    """The processor chat template a checkpoint ships (``chat_template.jinja`` or ``chat_template.json``)."""
+    jinja = _repo_file(source, "chat_template.jinja", revision)
+    if jinja is not None:
+        return jinja.read_text(encoding="utf-8")
+    saved = _repo_file(source, "chat_template.json", revision)
+    return json.loads(saved.read_text(encoding="utf-8"))["chat_template"] if saved is not None else None
+
+
+def _saved_processor_class(source: str, revision: str | None = None) -> str | None:
+    """The ``processor_class`` a checkpoint records (``processor_config.json``, else
+    ``preprocessor_config.json``), if any."""
+    for name in ("processor_config.json", "preprocessor_config.json"):
+        path = _repo_file(source, name, revision)
+        if path is not None:
+            found = json.loads(path.read_text(encoding="utf-8")).get("processor_class")
+            if found:
+                return found
+    return None
+
+
+def _name(spec: ModelSpec) -> str:
+    """``'qwen3-vl' (Qwen/Qwen3-VL-30B-A3B-Instruct)`` for an alias, the quoted source otherwise."""
+    return f"{spec.alias!r} ({spec.source})" if spec.alias else repr(spec.source)
+
+
+def _cause(err: BaseException) -> str:
+    """``"ErrorType: first line of its message"``."""
+    return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"

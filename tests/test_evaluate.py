@@ -1,4 +1,4 @@
-"""Tests of moehooks.evaluate: item files, prompting, generation, grading, resumable runs and summaries."""
+"""Tests of moehooks.evaluate: item files, prompting, generation, resumable runs and summaries (grading: test_grading)."""
 
 from __future__ import annotations
 
@@ -63,96 +63,6 @@ def counted(text_model, monkeypatch: pytest.MonkeyPatch) -> CountingGenerate:
     wrapper = CountingGenerate(text_model)
     monkeypatch.setattr(text_model, "generate", wrapper)
     return wrapper
-
-
-# ------------------------------------------------------------------------------------------------ grading
-
-
-@pytest.mark.parametrize(
-    ("prediction", "answer"),
-    [
-        (r"so the result is \boxed{\frac{1}{2}}", "0.5"),
-        (r"\boxed{0.5}", r"\frac{1}{2}"),
-        (r"first 3, then \boxed{7}", "7"),
-        ("The answer is $7$.", "7"),
-        ("3 + 4 = 7", "7"),
-        (r"\boxed{\text{Evelyn}}", "Evelyn"),
-        ("The answer is 1,000.", "1000"),
-        (r"\boxed{(3, \frac{\pi}{2})}", r"\left( 3, \frac{\pi}{2} \right)"),
-        (r"\boxed{B}", "(B)"),
-    ],
-)
-def test_grade_accepts_equivalent_answers(prediction: str, answer: str) -> None:
-    assert ev.grade(prediction, answer)
-
-
-@pytest.mark.parametrize(
-    ("prediction", "answer"),
-    [
-        (r"\boxed{8}", "7"),
-        (r"\boxed{\frac{1}{3}}", "0.5"),
-        ("The answer is 12", "2"),
-        (r"\boxed{7} was wrong, the answer is \boxed{9}", "7"),
-        ("", "7"),
-        ("I do not know", "7"),
-        (r"\boxed{C}", "B"),
-    ],
-)
-def test_grade_rejects_wrong_answers(prediction: str, answer: str) -> None:
-    assert not ev.grade(prediction, answer)
-
-
-@pytest.mark.parametrize(
-    ("prediction", "answer", "correct"),
-    [
-        ("The answer is (B).", "B", True),
-        (r"\boxed{C}", "blue", True),
-        ("B) green", "green", True),
-        ("After thinking, I choose green", "B", True),
-        ("**Answer: B**", "green", True),
-        ("The correct answer is **(C) blue**.", "C", True),
-        (r"\boxed{A}", "B", False),
-        ("The answer is blue", "B", False),
-        ("no idea", "A", False),
-    ],
-)
-def test_grade_multiple_choice(prediction: str, answer: str, correct: bool) -> None:
-    assert ev.grade(prediction, answer, CHOICES) is correct
-
-
-def test_multiple_choice_answer_outside_the_choices_is_an_error() -> None:
-    with pytest.raises(ValueError, match="purple"):
-        ev.grade("A", "purple", CHOICES)
-
-
-def test_exact_match_fallback_when_math_verify_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    import math_verify
-
-    def broken(*args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("parser crashed")
-
-    monkeypatch.setattr(math_verify, "parse", broken)
-    assert ev.grade(r"\boxed{\text{ Evelyn }}", "evelyn")
-    assert ev.grade(r"\boxed{\dfrac{1}{2}}", r"\frac{1}{2}")
-    assert not ev.grade(r"\boxed{\frac{1}{2}}", "0.5")
-
-
-@pytest.mark.parametrize(
-    ("prediction", "extracted"),
-    [
-        (r"x = 1 and \boxed{\frac{a}{b}} then", r"\frac{a}{b}"),
-        (r"\boxed{1} hmm, \boxed{\sqrt{2}}", r"\sqrt{2}"),
-        ("So the answer is: $x^2 + 1$.", "x^2 + 1"),
-        ("work\nShe pays 3 * 6 = 18 dollars.", "18"),
-        ("**Final answer:** $\\frac{3}{4}$", r"\frac{3}{4}"),
-        ("Thus the answer is \\(x = 2\\).", "x = 2"),
-        ("**42**", "42"),
-        (r"work\nthus y = \frac{3}{4}", r"\frac{3}{4}"),
-        ("   \n  ", None),
-    ],
-)
-def test_extract_answer(prediction: str, extracted: str | None) -> None:
-    assert ev.extract_answer(prediction) == extracted
 
 
 # ------------------------------------------------------------------------------------------------ item files

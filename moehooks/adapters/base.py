@@ -28,6 +28,8 @@ from typing import Any, Callable, ClassVar, Iterator, Sequence
 import torch
 from torch import nn
 
+from ..wrappers import base_of, outermost, see_through
+
 Routed = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # logits [T, E], weights [T, k], indices [T, k]
 
 
@@ -311,9 +313,14 @@ def adapt(model: nn.Module) -> RoutingMap:
     found by class. A block whose choices can be read but no rule reproduces is kept for recording
     (``entry.rule_error`` says why steering is refused). Raises ``UnsupportedModelError`` when no MoE block is
     found, or when a block exposes no choices to read, naming the block and the rules tried.
+
+    ``model`` may be wrapped (a PEFT model, a ``torch.compile`` wrapper, an nnsight object): the map is of the
+    model under the wrappers (``moehooks.wrappers.see_through``), and a router adapted by PEFT is one entry,
+    the outermost PEFT layer (``entry.router``, whose output the model routes by).
     """
     from .probe import find_blocks
 
+    model = see_through(model)
     model_type = _model_type(model)
     entries: list[MoELayer] = []
     parents: set[str] = set()
@@ -325,7 +332,7 @@ def adapt(model: nn.Module) -> RoutingMap:
         entry = _probed_entry(model, block, int(found.group(2)))
         if entry is None:
             continue
-        covered.add(id(entry.router))
+        covered.update(id(m) for m in entry.router.modules())
         entries.append(entry)
         parents.add((found.group(1) or "") + "layers")
     for name, module in model.named_modules():
@@ -333,9 +340,11 @@ def adapt(model: nn.Module) -> RoutingMap:
         found = _LAYER_RE.match(name)
         if cls is None or found is None or id(module) in covered:
             continue
-        parent_name = name.rsplit(".", 1)[0]
-        adapter = cls(module)
-        entries.append(_entry(model, name, parent_name, module, int(found.group(2)), adapter, cls.shared_attrs))
+        outer = outermost(model, name)
+        router = model.get_submodule(outer)
+        covered.update(id(m) for m in router.modules())
+        entries.append(_entry(model, outer, outer.rsplit(".", 1)[0], router, int(found.group(2)), cls(module),
+                              cls.shared_attrs))
         parents.add((found.group(1) or "") + "layers")
     if not entries:
         raise UnsupportedModelError(
@@ -386,13 +395,13 @@ def _probed_entry(model: nn.Module, block, layer: int) -> MoELayer | None:
         if hinted:  # a registered router the probe could not run (e.g. it needs more than hidden states)
             return None
         raise unsupported(block.name, block.error, ())
-    hinted_cls = _BY_ROUTER_CLASS.get(type(block.router).__name__)
+    hinted_cls = _BY_ROUTER_CLASS.get(type(base_of(block.router)).__name__)
     identified = identify(block, hinted_cls)
     tried, use = identified.tried, None
     if identified.adapter is None and block.chosen:  # the block transforms its router's choice before its experts
         identified, use = identify_choice(block, hinted_cls)
         tried += identified.tried
-    if identified.adapter is None and takes_token_ids(block.router):  # hash routing: a token-id table chooses
+    if identified.adapter is None and takes_token_ids(base_of(block.router)):  # hash routing: a token-id table chooses
         identified = identify_table(block)
         tried += identified.tried
     adapter, error = identified.adapter, ""

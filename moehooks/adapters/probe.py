@@ -32,6 +32,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from ..wrappers import base_of, outermost
 from .base import RouterAdapter, UnsupportedModelError, cast, module_tensor
 from .rules import ProbedRule, Sparsemixer, TokenTable
 
@@ -60,7 +61,7 @@ class Block:
     module: nn.Module
     experts: nn.Module
     num_experts: int
-    experts_at: str  # the experts module's name inside the block
+    experts_at: str  # the experts module's name inside the block (its outermost PEFT layer's, if adapted)
     router_name: str = ""
     router_at: str = ""  # the router's name inside the block
     router: nn.Module | None = None
@@ -79,12 +80,13 @@ class Block:
 
 
 def find_blocks(model: nn.Module) -> list[Block]:
-    """Every module consuming routing choices, with its parent as the block, in module order."""
+    """Every module consuming routing choices, with its parent as the block, in module order (an experts module
+    adapted by PEFT: the parent of its outermost PEFT layer, which ``experts_at`` names)."""
     blocks = []
     for name, module in model.named_modules():
         if "." not in name or not consumes_routing(type(module)):
             continue
-        parent, own = name.rsplit(".", 1)
+        parent, own = outermost(model, name).rsplit(".", 1)
         blocks.append(Block(parent, model.get_submodule(parent), module, _num_experts(module), own))
     return blocks
 
@@ -403,7 +405,7 @@ def identify_table(block: Block) -> Identified:
     A table that sends every probed token to one expert cannot tell gates that renormalise apart; the router's
     own score function is then the one taken.
     """
-    score_fn = _router_score_fn(block.router)
+    score_fn = _router_score_fn(base_of(block.router))
     scores = (["router"] if score_fn is not None else []) + list(ProbedRule.SCORES)
     top_k, tried = block.indices.shape[1], []
     for score, gate, norm, post in itertools.product(scores, ProbedRule.GATES, (True, False),
@@ -438,8 +440,9 @@ def same_choices(indices: torch.Tensor, weights: torch.Tensor, ref_indices: torc
 
 
 def candidates(block: Block, hinted: type[RouterAdapter] | None) -> Iterator[RouterAdapter]:
-    """The hinted family first, then every probed rule built from the router's and block's attributes."""
-    router = block.router
+    """The hinted family first, then every probed rule built from the router's and block's attributes (the
+    router's own, under any PEFT layer)."""
+    router = base_of(block.router)
     if hinted is not None:
         try:
             yield hinted(router)
@@ -474,7 +477,7 @@ def _bias_candidates(block: Block, width: int) -> list[tuple[str, torch.Tensor]]
 def _attrs(block: Block, names: tuple[str, ...]) -> list:
     values = []
     config = getattr(block.module, "config", None)
-    for source in (block.router, block.module, config):
+    for source in (base_of(block.router), block.module, config):
         for n in names:
             v = getattr(source, n, None)
             if isinstance(v, (int, float)) and not isinstance(v, bool):

@@ -1,0 +1,114 @@
+"""See through the wrappers users put around a model and around its modules.
+
+    model = see_through(peft_model)            # the transformers model under a PeftModel / LoraModel
+    model = see_through(torch.compile(model))  # the module an OptimizedModule compiled
+    model = see_through(nnsight_model)         # the module an nnsight Envoy (NNsight, LanguageModel) mirrors
+    model = see_through(nn.DataParallel(model))  # the module (DistributedDataParallel too)
+    outermost(model, "model.layers.0.mlp.experts.base_layer")  # -> "model.layers.0.mlp.experts"
+    base_of(peft_lora_router)                  # the router module a PEFT layer wraps
+
+Every moehooks context and ``adapt`` hook the model ``see_through`` returns, so that:
+
+* a PEFT model's ``generate`` (it calls the transformers model's ``generate``, which calls that model's
+  ``forward``) and its forward (``LoraModel.forward`` calls the transformers model) pass the tracker;
+* a ``torch.compile(model)`` wrapper's ``generate`` (the eager model's) and its compiled forward (which calls
+  the model, hooks and all, once recompiled: ``holds_compiled_code``) pass it;
+* an nnsight object's traces, which run the module it mirrors, pass it;
+* a (Distributed)DataParallel wrapper's forward, which calls its module, passes it.
+
+Inside the model, a PEFT layer (``lora.Linear``, ``lora.ParamWrapper`` for ``target_parameters``) holds the
+module it adapts as ``base_layer`` (nested for several parameters of one module). Discovery treats the
+outermost wrapper and what it wraps as one module: its output (LoRA delta included) is what the model routes
+by, and the wrapped module is the one with the family's class and attributes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def see_through(model: Any) -> nn.Module:
+    """The module to hook for ``model``: itself, or the model under the wrappers listed in the module docstring
+    (unwrapped repeatedly: a PEFT model of a compiled model, ...). Anything that is not a ``torch.nn.Module``
+    at the end raises ``TypeError`` naming its type and what to pass; a prompt-learning PEFT model (prompt or
+    prefix tuning) raises ``ValueError``."""
+    seen: set[int] = set()
+    while id(model) not in seen:
+        seen.add(id(model))
+        model = _unwrap_once(model)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"moehooks needs a torch.nn.Module (a transformers model), got {type(model).__name__}; "
+                        "pass the model object itself")
+    return model
+
+
+def _unwrap_once(model: Any) -> Any:
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        return model.module
+    dynamo = sys.modules.get("torch._dynamo.eval_frame")
+    if dynamo is not None and isinstance(model, dynamo.OptimizedModule):
+        return model._orig_mod
+    envoy = sys.modules.get("nnsight.intervention.envoy")
+    if envoy is not None and isinstance(model, envoy.Envoy):
+        return model._module
+    peft = sys.modules.get("peft")
+    if peft is not None:
+        if isinstance(model, peft.PeftModel):
+            config = model.active_peft_config
+            if config.is_prompt_learning:
+                raise ValueError(f"moehooks cannot count the tokens of a {config.peft_type.value} PEFT model (its "
+                                 "virtual tokens reach the model as part of every prompt); pass a model without "
+                                 "a prompt-learning adapter, e.g. peft_model.get_base_model()")
+            return model.get_base_model()
+        tuners = sys.modules.get("peft.tuners.tuners_utils")
+        if tuners is not None and isinstance(model, tuners.BaseTuner):
+            return model.model
+    return model
+
+
+def is_layer_wrapper(module: nn.Module) -> bool:
+    """``module`` is a PEFT layer holding the module it adapts as ``base_layer``."""
+    return "base_layer" in module._modules and callable(getattr(module, "get_base_layer", None))
+
+
+def base_of(module: nn.Module) -> nn.Module:
+    """The module under every PEFT layer wrapping it (``module`` itself when it is not one)."""
+    while is_layer_wrapper(module):
+        module = module._modules["base_layer"]
+    return module
+
+
+def outermost(model: nn.Module, name: str) -> str:
+    """The name of the outermost PEFT layer wrapping the submodule ``name`` of ``model`` (``name`` itself when
+    none does)."""
+    while name.endswith(".base_layer"):
+        parent = name[: -len(".base_layer")]
+        if not is_layer_wrapper(model.get_submodule(parent)):
+            break
+        name = parent
+    return name
+
+
+def holds_compiled_code() -> bool:
+    """Dynamo holds code it compiled from outside moehooks (a ``torch.compile``-d module or function has run
+    since the last reset; moehooks' own compiled routing functions hold no module hooks).
+
+    Dynamo does not guard on module hooks: code compiled before hooks were added (a ``torch.compile(model)``
+    wrapper moehooks cannot see from the model) would run without them, and code compiled with them would
+    keep running them after they were removed, so moehooks drops compiled code when this is true.
+    """
+    frames = sys.modules.get("torch._dynamo.convert_frame")
+    if frames is None:
+        return False
+    entries = getattr(torch._C._dynamo.eval_frame, "_debug_get_cache_entry_list", None)  # code -> compiled entries
+    codes = (ref() for ref in list(frames.input_codes.seen))  # every frame dynamo looked at, compiled or skipped
+    return any(code is not None and not code.co_filename.startswith(_PACKAGE) and (entries is None or entries(code))
+               for code in codes)
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
