@@ -1,11 +1,15 @@
 # Set-up is `make install` (run implicitly by `make run` / `make test`): a ./.venv with the exact versions of
-# requirements.lock and the project editable. `make test-latest` runs the same suite on the newest transformers
-# and accelerate (in ./.venv-latest); `make lock` moves the lock forward to the newest releases.
+# requirements.lock and the project editable. The same suite runs at both ends of the transformers / accelerate
+# range pyproject.toml declares: `make test-oldest` on its minimums (in ./.venv-oldest), `make test-latest` on the
+# newest releases (in ./.venv-latest); `make lock` moves the lock forward to the newest releases.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 LATEST := .venv-latest
+OLDEST := .venv-oldest
 LOCK   := requirements.lock
+# the declared minimums, e.g. "transformers==5.23.0 accelerate==1.15.0", read from pyproject.toml
+MINIMUMS := $(shell sed -n 's/^ *"\(transformers\|accelerate\)>=\([0-9.]*\).*/\1==\2/p' pyproject.toml)
 # CPU machines take the local CPU wheel; an unpinned torch would pull a multi-GB CUDA build.
 TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 # CUDA machines also get torchvision, installed with torch so that pip picks the matching build: the published
@@ -13,11 +17,12 @@ TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo to
 TORCHVISION ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torchvision)
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install run test test-latest lock bench clean
+.PHONY: install run test test-latest test-oldest lock bench clean
 
 install: $(STAMP)
 
-# $(1): venv folder; $(2): extra pip arguments installed after the lock (the newest releases for test-latest)
+# $(1): venv folder; $(2): extra pip arguments installed after the lock (the newest releases for test-latest, the
+# declared minimums for test-oldest)
 define make_venv
 	python3 -m venv $(1)
 	$(1)/bin/python -m pip install -q --upgrade pip
@@ -34,6 +39,9 @@ $(STAMP): pyproject.toml $(LOCK)
 $(LATEST)/.installed: pyproject.toml $(LOCK)
 	$(call make_venv,$(LATEST),transformers accelerate)
 
+$(OLDEST)/.installed: pyproject.toml $(LOCK)
+	$(call make_venv,$(OLDEST),$(MINIMUMS))
+
 run: install
 	$(PY) cli.py study --out runs/study
 
@@ -42,8 +50,17 @@ test: install
 
 test-latest: $(LATEST)/.installed
 	$(LATEST)/bin/python -m pip install -q --upgrade transformers accelerate
-	$(LATEST)/bin/python -c "import transformers, accelerate; print('transformers', transformers.__version__, 'accelerate', accelerate.__version__)"
+	$(call versions,$(LATEST))
 	$(LATEST)/bin/python -m pytest
+
+test-oldest: $(OLDEST)/.installed
+	$(call versions,$(OLDEST))
+	$(OLDEST)/bin/python -m pytest
+
+# $(1): venv folder whose transformers and accelerate versions are printed before its run
+define versions
+	$(1)/bin/python -c "import transformers, accelerate; print('transformers', transformers.__version__, 'accelerate', accelerate.__version__)"
+endef
 
 lock:
 	rm -rf .venv-lock
@@ -54,10 +71,10 @@ lock:
 	{ sed -n '1,2p' $(LOCK); .venv-lock/bin/python -m pip freeze --exclude-editable | grep -v -E '^(torch==|-e )'; } > $(LOCK).new
 	mv $(LOCK).new $(LOCK)
 	rm -rf .venv-lock
-	@echo "$(LOCK) updated: run make test and make test-latest, then commit it"
+	@echo "$(LOCK) updated: run make test, make test-oldest and make test-latest, then commit it"
 
 bench: install
 	$(PY) benches/run_all.py
 
 clean:
-	rm -rf $(VENV) $(LATEST) .venv-lock runs build *.egg-info
+	rm -rf $(VENV) $(LATEST) $(OLDEST) .venv-lock runs build *.egg-info

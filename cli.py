@@ -102,13 +102,25 @@ def progress_bar(label: str) -> Iterator:
         yield update
 
 
+def _check_options(model: str, trust_remote_code: bool, revision: Optional[str], *, dtype: str = "auto",
+                   attn: Optional[str] = None) -> None:
+    """The loading options that need neither the model's files nor the hub: ``--dtype`` and ``--attn`` known,
+    remote code allowed and pinned (commands check these before their item files, and those before the hub)."""
+    from moehooks import models
+
+    models.check_load_options(dtype, attn)
+    models.remote_code(models.resolve(model), trust_remote_code=trust_remote_code, revision=revision)
+
+
 def _check_model(model: str, trust_remote_code: bool, revision: Optional[str], layers: Optional[list[int]] = None,
                  *, dtype: str = "auto", attn: Optional[str] = None) -> Any:
     """Resolve the model and read its config (no weights): remote code allowed and pinned, ``--dtype`` and
     ``--attn`` known, ``--layers`` within its decoder layers. Returns the config."""
-    from moehooks import models
+    from moehooks import models, protocol
 
-    models.check_load_options(dtype, attn)
+    _check_options(model, trust_remote_code, revision, dtype=dtype, attn=attn)
+    if not Path(models.resolve(model).source).expanduser().is_dir():
+        protocol.offline_if_unreachable()
     config = models.load_config(model, trust_remote_code=trust_remote_code, revision=revision)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     count = getattr(text, "num_hidden_layers", None)
@@ -201,16 +213,21 @@ def stage_bars() -> Iterator:
 def _benchmark_study(model: str, benchmark: Optional[str], preset: Optional[str], data_dir: list[str],
                      general: Optional[Path], descriptions: Optional[Path], dry_run: bool, out: Path,
                      **options: Any) -> None:
-    """``steer --benchmark``: resolve the plan, print it, stop on --dry-run, else check, run and print Table 1."""
+    """``steer --benchmark``: resolve the plan; on --dry-run survey it (data read and counted, renderer, memory,
+    budget), print it and write plan.json; else check everything before any model loads (protocol.preflight),
+    print the plan, run it and print Table 1."""
     from moehooks import distributed, protocol
 
+    protocol.offline_if_unreachable()
     plan = protocol.make_plan(model, benchmark, preset=preset, data_dir=protocol.parse_data_dirs(data_dir),
                               general=general, descriptions=descriptions, out_dir=out, **options)
-    typer.echo(protocol.format_plan(plan))
+    found = protocol.survey(plan) if dry_run else protocol.preflight(plan)
+    typer.echo(protocol.format_plan(plan, found))
     if dry_run:
+        typer.echo(f"plan written to {protocol.write_plan(plan, found)} (dry run: no model loaded)")
         return
     with stage_bars() as update:
-        table = protocol.run(plan, stage=update)
+        table = protocol.run(plan, found, stage=update)
     if not distributed.is_main(distributed.launched_state()):
         return
     shown = Table(title=f"{plan.alias or plan.checkpoint}: accuracy % (delta vs baseline, pp)")
@@ -316,8 +333,9 @@ def steer(
                    f"layers {steered}, tau {spec.tau if tau is None else tau}, beta "
                    f"{spec.beta if beta is None else beta}\ngeneration: {generation_text}\noutputs: {out / 'steer'}")
         return
-    _check_model(model, trust_remote_code, revision, options["layers"], dtype=load.get("dtype", "auto"), attn=attn)
+    _check_options(model, trust_remote_code, revision, dtype=load.get("dtype", "auto"), attn=attn)
     pipeline.load_study(data, limit)
+    _check_model(model, trust_remote_code, revision, options["layers"], dtype=load.get("dtype", "auto"), attn=attn)
     runs.check_output_dir(out / "steer")
     lm, processor, spec = _load(model, load.get("device_map"), load.get("dtype", "auto"), attn, trust_remote_code,
                                 revision, preset)
@@ -380,9 +398,10 @@ def tune(
 
     grid = _tune_grid(taus, betas, layer_sets)
     _check_counts(limit=limit, max_new_tokens=max_new_tokens)
-    _check_model(model, trust_remote_code, revision, dtype=dtype, attn=attn)
+    _check_options(model, trust_remote_code, revision, dtype=dtype, attn=attn)
     data = _data(tasks, references, general, model, "dev")
     loaded = pipeline.load_study(data, limit)
+    _check_model(model, trust_remote_code, revision, dtype=dtype, attn=attn)
     runs.check_output_dir(out / "tune")
     lm, processor, spec = _load(model, device_map, dtype, attn, trust_remote_code, revision)
     _tune(lm, processor, spec, loaded, data.tasks.name, grid, max_new_tokens, out / "tune", title=model)
@@ -447,10 +466,11 @@ def read(
     from moehooks import evaluate, pipeline
 
     _check_counts(limit=limit)
-    _check_model(model, trust_remote_code, revision, dtype=dtype, attn=attn)
+    _check_options(model, trust_remote_code, revision, dtype=dtype, attn=attn)
     path = _data(tasks, None, Path("-"), model, lab_tasks).tasks
     items = evaluate.load_items(path)[:limit]
     pipeline.read_versions(items, question)
+    _check_model(model, trust_remote_code, revision, dtype=dtype, attn=attn)
     lm, processor, _ = _load(model, device_map, dtype, attn, trust_remote_code, revision)
     _read(lm, processor, items, path.name, question, title=model)
 
@@ -515,10 +535,11 @@ def analyze(
     dtype = dtype or "auto"
     runs.check_tau("--tau", tau)
     _check_counts(limit=limit)
-    _check_model(model, trust_remote_code, revision, dtype=dtype, attn=attn)
+    _check_options(model, trust_remote_code, revision, dtype=dtype, attn=attn)
     path = _data(tasks, None, Path("-"), model, lab_tasks).tasks
     items = evaluate.load_items(path)[:limit]
     pipeline.text_versions(items)
+    _check_model(model, trust_remote_code, revision, dtype=dtype, attn=attn)
     runs.check_output_dir(out / "analyze")
     lm, processor, _ = _load(model, device_map, dtype, attn, trust_remote_code, revision)
     _analyze(lm, processor, items, path.name, tau, out / "analyze", title=model)

@@ -24,7 +24,11 @@ it: ``past_key_values`` up to transformers 5.23, ``cache`` from 5.24), read wher
   decode rows count, attributed to its prompt; decode rows fed an end-of-sequence token or later (the padding
   ``generate`` appends to finished rows) weigh 0 (not tracked under beam search, whose rows are reordered);
   speculative candidates (assisted / prompt-lookup decoding) are counted when verified and **retracted** when
-  ``generate`` crops them from the cache, so only accepted tokens stay counted.
+  ``generate`` crops them from the cache, so only accepted tokens stay counted;
+* image rows come from the prompt's token types given to ``generate`` (``mm_token_type_ids``): generated
+  columns are text, also candidates that a verifying call holds beyond its own token types;
+* a ``generate`` without a prompt (from BOS) has its prompt read from its first call; a ``generate`` of the model
+  inside its own (the model as its own assistant) is described against the outer prompt and counts nothing.
 
 Outside ``generate`` a call without a cache or with an empty one is a batch of new prompts (every real token
 prefill); a call with a non-empty cache is decode (a manual decode loop). Padding is read from the mask in
@@ -115,6 +119,14 @@ class Batch:
         )
 
 
+def recomputing() -> bool:
+    """A router call running inside autograd's backward pass: activation (gradient) checkpointing recomputing a
+    layer whose forward call was already seen, reentrant or not. Steering edits it again (the recomputed forward
+    must be the one that ran); recording and calibration do not count it twice. Read on the host (the graph task
+    of the running backward, as torch's own module trackers read it), never from a tensor."""
+    return torch._C._current_graph_task_id() != -1
+
+
 def cells(image: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
     """Each row's (phase, modality) cell ``phase * 2 + image`` from its 0/1 ``image`` and ``phase``."""
     return image + 2 * phase
@@ -125,10 +137,12 @@ class _Generate:
     """What the tracker knows of the ``generate`` call in progress."""
 
     prompts: int  # rows of input_ids given to generate
-    prompt_len: int
+    prompt_len: int  # -1 until the first call when generate builds the prompt itself (from BOS)
     mask: torch.Tensor | None  # [prompts, prompt_len] 2-D attention mask given to generate
     eos: list[int]
     beams: bool
+    types: torch.Tensor | None = None  # [prompts, prompt_len] token-type ids given to generate (0 text)
+    counted: bool = True  # False for a generate nested in the model's own generate (an assistant: its drafts)
     factor: int = 0  # rows per prompt, known at the first forward call
     first_sample: int = 0
     seen: int = 0  # positions counted so far
@@ -179,9 +193,21 @@ class Tracker:
 
     # ---- generate ------------------------------------------------------------------------------------------
     def generating(self, generate: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
-        """Run ``generate(*args, **kwargs)`` with the prompt facts it was given; retract unaccepted candidates."""
-        if self._gen is not None:  # generate called from inside generate (an assistant on this model)
-            return generate(*args, **kwargs)
+        """Run ``generate(*args, **kwargs)`` with the prompt facts it was given; retract unaccepted candidates.
+
+        A ``generate`` of this model called inside its own ``generate`` (the model as its own assistant,
+        ``assistant_model=model``) is described apart: its rows take their phase and image flags from the outer
+        prompt, are scoped for steering as such, and are never counted (they are drafts; the outer calls verify
+        them), nor do their caches' crops retract the outer calls.
+        """
+        outer = self._gen
+        if outer is not None:
+            self._gen = _Generate(outer.prompts, outer.prompt_len, outer.mask, outer.eos, outer.beams, outer.types,
+                                  counted=False, first_sample=outer.first_sample)
+            try:
+                return generate(*args, **kwargs)
+            finally:
+                self._gen = outer
         self._gen = self._prompt_facts(args, kwargs)
         try:
             return generate(*args, **kwargs)
@@ -210,19 +236,30 @@ class Tracker:
             self._finish()
 
     def _prompt_facts(self, args: tuple, kwargs: dict[str, Any]) -> _Generate:
+        """What ``generate`` was given: the prompt rows and length (learnt at the first call when ``generate``
+        builds the prompt itself from BOS, with as many rows as its first tensor argument has, else one, as
+        ``generate`` does), the prompt's 2-D mask and token types, the end-of-sequence ids, beam search."""
         ids = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
         if ids is None:
             ids = kwargs.get("inputs_embeds")
-        if not isinstance(ids, torch.Tensor) or ids.dim() < 2:
+        if ids is None:
+            prompts = next((int(v.shape[0]) for v in kwargs.values() if isinstance(v, torch.Tensor) and v.dim()), 1)
+            prompt_len = -1
+        elif isinstance(ids, torch.Tensor) and ids.dim() >= 2:
+            prompts, prompt_len = int(ids.shape[0]), int(ids.shape[1])
+        else:
             raise ValueError(f"{self._model_name}.generate: moehooks needs input_ids (or inputs_embeds) of shape "
                              "[batch, seq] to describe the prompt")
         mask = kwargs.get("attention_mask")
         mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+        types = kwargs.get("moe_mm_token_type_ids", kwargs.get("mm_token_type_ids"))
+        types = types if isinstance(types, torch.Tensor) and tuple(types.shape) == (prompts, prompt_len) else None
         config = kwargs.get("generation_config") or self._generation_config
         eos = kwargs.get("eos_token_id", getattr(config, "eos_token_id", None))
         eos = [] if eos is None else [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
         beams = int(kwargs.get("num_beams", getattr(config, "num_beams", 1)) or 1) > 1
-        return _Generate(int(ids.shape[0]), int(ids.shape[1]), mask, eos, beams)
+        first, self.samples = self.samples, self.samples + prompts
+        return _Generate(prompts, prompt_len, mask, eos, beams, types, first_sample=first)
 
     def _retract(self, positions: int) -> None:
         for listener in list(self.listeners):
@@ -273,22 +310,27 @@ class Tracker:
             if batch % gen.prompts:
                 raise ValueError(f"{self._model_name}.forward got {batch} rows inside generate() of {gen.prompts} "
                                  "prompts; moehooks cannot tell which prompt each row belongs to")
-            gen.factor, gen.first_sample = batch // gen.prompts, self.samples
-            self.samples += gen.prompts
+            gen.factor = batch // gen.prompts
         if cache is None:
             start = 0  # use_cache=False: every call recomputes the sequence from its first position
         elif isinstance(length, int):
             start = length
             gen.cache = weakref.ref(cache)
             if start < gen.seen:  # the cache was cropped: the previous call's trailing candidates were rejected
-                self._retract(gen.seen - start)
+                if gen.counted:
+                    self._retract(gen.seen - start)
                 gen.seen = start
         else:
             start = gen.seen  # a static cache: positions advance call by call
+        if gen.prompt_len < 0:  # generate built the prompt (BOS): its first call holds it whole
+            gen.prompt_len = start + seq
         prompt = min(max(gen.prompt_len - start, 0), seq)
         valid = self._generate_valid(gen, inputs, batch, seq, start, prompt, device)
         alive = self._alive(gen, ids, batch, seq, start, prompt, device)
-        if start >= gen.seen and gen.factor == 1 and (prompt == seq or seq == 1):  # plain prefill or decode step
+        layout = self._layout(batch, seq, prompt, gen.factor, device)
+        if not gen.counted:
+            count = layout.zeros
+        elif start >= gen.seen and gen.factor == 1 and (prompt == seq or seq == 1):  # plain prefill or decode step
             count = valid if isinstance(alive, int) else valid * alive.reshape(-1)
         else:
             cols = torch.arange(start, start + seq, device=device)
@@ -297,10 +339,12 @@ class Tracker:
             copy = (torch.arange(batch, device=device) % gen.factor == 0).long()  # [batch] a prompt's first copy
             weight = is_prompt[None, :] * copy[:, None] + (1 - is_prompt)[None, :] * alive
             count = valid * (fresh[None, :] * weight).reshape(-1)
-        speculative = cache is not None and seq - prompt > 1
+        # any generated column read with a cache may be a candidate that a later crop rejects (also a lone one)
+        speculative = gen.counted and cache is not None and seq > prompt
         gen.seen = max(gen.seen, start + seq)
+        image = self._generate_image(gen, layout, batch, seq, start, prompt, device)
         return self._batch(inputs, ids, batch, seq, device, start, prompt, gen.prompt_len, valid, count,
-                           gen.first_sample, gen.prompts, gen.factor, speculative)
+                           gen.first_sample, gen.prompts, gen.factor, speculative, image)
 
     def _describe_packed(self, packed: _Packed, inputs: dict[str, Any], ids: Any, seq: int,
                          device: torch.device) -> Batch:
@@ -358,6 +402,23 @@ class Tracker:
         return valid.reshape(-1)
 
     @staticmethod
+    def _generate_image(gen: _Generate, layout: "_Layout", batch: int, seq: int, start: int, prompt: int,
+                        device: torch.device) -> torch.Tensor | None:
+        """Image rows of a call inside ``generate`` from the prompt's token types given to ``generate``: prompt
+        columns as those say, generated columns text (as ``generate`` extends them); ``None`` without them.
+
+        The call's own token types can hold fewer columns than the call (assisted and prompt-lookup decoding
+        send candidates that ``generate`` has not appended to them yet) or be shifted against its positions."""
+        if gen.types is None:
+            return None
+        if not prompt:
+            return layout.zeros
+        image = torch.zeros(batch, seq, dtype=torch.long, device=device)
+        part = (gen.types[:, start:start + prompt] != 0).to(device=device, dtype=torch.long)
+        image[:, :prompt] = part.repeat_interleave(gen.factor, dim=0)
+        return image.reshape(-1)
+
+    @staticmethod
     def _alive(gen: _Generate, ids: Any, batch: int, seq: int, start: int, prompt: int,
                device: torch.device) -> torch.Tensor | int:
         """``[batch, 1]`` 0 for rows already fed an end-of-sequence token (1 when not tracked)."""
@@ -374,14 +435,14 @@ class Tracker:
 
     def _batch(self, inputs: dict[str, Any], ids: Any, batch: int, seq: int, device: torch.device, start: int,
                prompt: int, prompt_len: int, valid: torch.Tensor, count: torch.Tensor, first: int, samples: int,
-               factor: int, speculative: bool = False) -> Batch:
+               factor: int, speculative: bool = False, image: torch.Tensor | None = None) -> Batch:
         layout = self._layout(batch, seq, prompt, factor, device)
         types = _last(inputs.get("moe_mm_token_type_ids", inputs.get("mm_token_type_ids")), seq)
-        if types is not None:
+        if image is None and types is not None:
             image = (types != 0).reshape(-1).long().to(device)
-        elif isinstance(ids, torch.Tensor) and self.image_token_id is not None:
+        elif image is None and isinstance(ids, torch.Tensor) and self.image_token_id is not None:
             image = (ids == self.image_token_id).reshape(-1).long()
-        else:
+        elif image is None:
             image = layout.zeros
         return Batch(batch, seq, valid, count.contiguous(), layout.phase, image, layout.sample, first, samples,
                      layout.phases, start, prompt, prompt_len, factor, speculative, modality_ids=types)
@@ -463,7 +524,8 @@ def _valid_rows(mask: Any, batch: int, seq: int, start: int, device: torch.devic
 
 
 def _last(types: Any, seq: int) -> torch.Tensor | None:
-    if not isinstance(types, torch.Tensor) or types.dim() != 2:
+    """The call's last ``seq`` columns of its token types; ``None`` when they hold fewer columns than the call."""
+    if not isinstance(types, torch.Tensor) or types.dim() != 2 or types.shape[1] < seq:
         return None
     return types[:, -seq:]
 

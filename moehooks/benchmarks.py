@@ -48,6 +48,7 @@ from typing import Any
 
 from moehooks.artefacts import atomic_write
 from moehooks.evaluate import Item
+from moehooks.runs import UsageError
 
 INSTRUCTION = r"Solve the problem above. Reason step by step and put the final answer in \boxed{}."
 """Question of items whose problem is shown as an image (or as ``text_reference`` when prompted as text)."""
@@ -70,6 +71,11 @@ class BenchmarkNotFoundError(FileNotFoundError):
         self.where = where
 
 
+class BenchmarkDataError(UsageError):
+    """A benchmark's files are there but do not hold what the recipe reads (rows that do not parse, a missing
+    column, an image that is absent or does not decode); the message names the benchmark and the file."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """How one benchmark is obtained and mapped to items.
@@ -88,6 +94,7 @@ class Recipe:
             order; the first that matches anything wins.
         extra_files: patterns of other files the items refer to (downloaded with the snapshot).
         also_splits: other splits read with each split (MathVerse's text-only version).
+        selects: which rows become items, when not all of them do (said in the plan).
     """
 
     name: str
@@ -98,6 +105,7 @@ class Recipe:
     patterns: tuple[str, ...] = ()
     extra_files: tuple[str, ...] = ()
     also_splits: tuple[str, ...] = ()
+    selects: str | None = None
 
     def splits(self, split: str | None = None) -> list[str]:
         """Every split the recipe reads to build ``split`` (default: its own).
@@ -180,10 +188,11 @@ def find_files(recipe: Recipe, data_dir: Path | None, split: str, config: str | 
         wanted = [f"*{p}" for p in (*patterns, *recipe.extra_files)]
         snapshot = None if recipe.hub_id is None else hub_snapshot(recipe.hub_id, wanted, download=download)
         if snapshot is None:
+            tried = (f"could not be downloaded (offline mode: {'on' if constants.is_offline_mode() else 'off'})"
+                     if download else "nothing was downloaded")
             raise BenchmarkNotFoundError(
                 f"benchmark {recipe.name!r}: {recipe.hub_id}{f' ({config})' if config else ''} split {split!r} is "
-                f"not in the Hugging Face cache at {constants.HF_HUB_CACHE} and could not be downloaded "
-                f"(offline mode: {'on' if constants.is_offline_mode() else 'off'})", _obtain_hint(recipe))
+                f"not in the Hugging Face cache at {constants.HF_HUB_CACHE}; {tried}", _obtain_hint(recipe))
         data_dir = snapshot
     elif not data_dir.is_dir():
         raise BenchmarkNotFoundError(
@@ -215,12 +224,24 @@ def missing_data(name: str, data_dir: str | Path | None = None, split: str | Non
     return None
 
 
+def _read_files(files: Sequence[Path]) -> Any:
+    """The rows of ``files`` as one ``datasets.Dataset``, read without progress bars."""
+    import datasets
+
+    quiet = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        return datasets.load_dataset(_BUILDERS[files[0].suffix], data_files=[str(f) for f in files], split="train")
+    finally:
+        if not quiet:
+            datasets.enable_progress_bars()
+
+
 def _load_rows(recipe: Recipe, data_dir: Path | None, split: str, config: str | None = None) -> Any:
     """The benchmark's split as a ``datasets.Dataset`` read from its files (``data_dir`` or the hub snapshot)."""
     import datasets
 
-    files = find_files(recipe, data_dir, split, config)
-    rows = datasets.load_dataset(_BUILDERS[files[0].suffix], data_files=[str(f) for f in files], split="train")
+    rows = _read_files(find_files(recipe, data_dir, split, config))
     for column, feature in rows.features.items():
         if isinstance(feature, datasets.Image):
             rows = rows.cast_column(column, datasets.Image(decode=False))
@@ -245,7 +266,7 @@ def _image_path(value: Any, item_id: str, data_dir: Path | None, image_dir: Path
         return None
     candidate = (data_dir or Path.cwd()) / str(value)
     if not candidate.is_file():
-        raise FileNotFoundError(f"image {value!r} of item {item_id!r} not found: looked for {candidate.resolve()}")
+        raise BenchmarkDataError(f"image {value!r} of item {item_id!r} not found: looked for {candidate.resolve()}")
     return str(candidate)
 
 
@@ -340,24 +361,38 @@ GSM8K_V_INSTRUCTION = "Answer the question in the images."
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
+def _gsm8k_v_pictures(root: Path) -> dict[str, Path]:
+    """Picture files under ``root`` by file name (how the published ``pic_ids`` name them, ``"8_1.png"``) and by
+    stem (ids written without their extension), the first found in sorted order winning."""
+    found: dict[str, Path] = {}
+    for f in sorted(root.rglob("*")):
+        if f.suffix.lower() in _IMAGE_SUFFIXES and f.is_file():
+            found.setdefault(f.name, f)
+            found.setdefault(f.stem, f)
+    return found
+
+
 def _gsm8k_v(recipe: Recipe, data_dir: Path | None, split: str, image_dir: Path) -> Iterator[Item]:
     files = find_files(recipe, data_dir, split)
     root = next(folder.parent for folder in files[0].parents if folder.name == "metadata")
-    pictures = {f.stem: f for f in sorted(root.rglob("*")) if f.suffix.lower() in _IMAGE_SUFFIXES}
-    rows = [row for f in files for row in json.loads(f.read_text(encoding="utf-8"))]
-    for row in sorted(rows, key=lambda r: int(r["question_id"])):
+    pictures = _gsm8k_v_pictures(root)
+    rows = []
+    for f in files:
+        rows += [(row, f) for row in json.loads(f.read_text(encoding="utf-8"))]
+    for row, source in sorted(rows, key=lambda pair: int(pair[0]["question_id"])):
         item_id = str(row["question_id"])
         missing = [str(p) for p in row["pic_ids"] if str(p) not in pictures]
         if missing:
-            raise BenchmarkNotFoundError(
-                f"benchmark 'gsm8k-v': item {item_id} shows pictures {missing} that are not under {root.resolve()} "
-                f"(looked for <pic_id>{'/'.join(_IMAGE_SUFFIXES)})", _obtain_hint(recipe))
-        images = [str(pictures[str(p)]) for p in row["pic_ids"]]
+            raise BenchmarkDataError(
+                f"benchmark 'gsm8k-v': {source}: item {item_id} shows pictures {missing} that are not under "
+                f"{root.resolve()} (looked for each pic_id as a file name, else as the stem of a "
+                f"{'/'.join(_IMAGE_SUFFIXES)} file); download the images with `huggingface-cli download "
+                "ZJU-REAL/GSM8K-V --repo-type dataset --local-dir DIR`")
         yield Item(
             id=item_id,
             question=GSM8K_V_INSTRUCTION,
             answer=str(row["math_ground_truth"]).strip(),
-            images=images,
+            images=[str(pictures[str(p)]) for p in row["pic_ids"]],
             text_reference=str(row["original_question"]),
             meta={"explicit_question": row.get("modify_scene_related_question")},
         )
@@ -404,6 +439,7 @@ RECIPES: dict[str, Recipe] = {
             hub_id="Idavidrein/gpqa",
             default_split="train",
             build=_gpqa("Physics"),
+            selects="Physics (High-level domain)",
             config="gpqa_diamond",
             patterns=_GPQA_FILES,
         ),
@@ -412,6 +448,7 @@ RECIPES: dict[str, Recipe] = {
             hub_id="Idavidrein/gpqa",
             default_split="train",
             build=_gpqa("Chemistry"),
+            selects="Chemistry (High-level domain)",
             config="gpqa_diamond",
             patterns=_GPQA_FILES,
         ),
@@ -422,6 +459,7 @@ RECIPES: dict[str, Recipe] = {
             build=_mathverse,
             patterns=("{split}.parquet", "{split}-*.parquet", "{split}.jsonl", "{split}.json"),
             also_splits=(MATHVERSE_TEXT_ONLY,),
+            selects="Vision Only (problem_version)",
         ),
         Recipe(
             name="mathvision",
@@ -491,6 +529,115 @@ def load_benchmark(
     images = Path(image_dir) if image_dir is not None else default_image_dir(name, split)
     items = recipe.build(recipe, Path(data_dir) if data_dir is not None else None, split, images)
     return list(itertools.islice(items, limit))
+
+
+IMAGES_DECODED = 64
+"""At most this many of a benchmark's images are decoded by :func:`inspect_benchmark`: all of them when there are
+no more, else those at the evenly spaced positions ``k * n // IMAGES_DECODED`` of the items' images in order."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataReport:
+    """What :func:`inspect_benchmark` found: the files read, their rows, the items selected, the images checked.
+
+    Example:
+        >>> DataReport("mathverse", ["testmini.parquet"], 3940, 788, 788, "Vision Only (problem_version)",
+        ...            788, 64).describe()
+        '788 Vision Only (problem_version) of 3,940 rows (testmini.parquet); 788 images, 64 decoded'
+    """
+
+    name: str
+    files: list[str]
+    rows: int
+    items: int
+    selected: int
+    selects: str | None
+    images: int
+    decoded: int
+    ids: list[str] = dataclasses.field(default_factory=list, repr=False)
+    """Ids of the selected items."""
+    without_text: list[str] = dataclasses.field(default_factory=list)
+    """Ids of selected items with no text version (``text_reference``)."""
+
+    def describe(self) -> str:
+        """One line: items selected and from what, images present and decoded."""
+        what = f" {self.selects}" if self.selects else ""
+        used = f"{self.selected:,} of the {self.items:,}{what} items" if self.selected < self.items else \
+            f"{self.items:,}{what}"
+        names = ", ".join(Path(f).name for f in self.files[:3]) + (f", ... ({len(self.files)} files)"
+                                                                      if len(self.files) > 3 else "")
+        images = f"; {self.images:,} images, {self.decoded} decoded" if self.images else ""
+        return f"{used} of {self.rows:,} rows ({names}){images}"
+
+
+def _count_rows(recipe: Recipe, files: Sequence[Path]) -> int:
+    if recipe.name == "gsm8k-v":
+        return sum(len(json.loads(f.read_text(encoding="utf-8"))) for f in files)
+    return len(_read_files(files))
+
+
+def _decode(path: str) -> None:
+    from PIL import Image
+
+    with Image.open(path) as picture:
+        picture.load()
+
+
+def inspect_benchmark(name: str, data_dir: str | Path | None = None, split: str | None = None,
+                      limit: int | None = None) -> DataReport:
+    """Open and validate a benchmark's data without keeping anything: every row is read and mapped to an item
+    (required columns present), every image file the selected items show exists, and images are decoded by the
+    rule of :data:`IMAGES_DECODED`. Nothing is downloaded (the data must be under ``data_dir`` or cached).
+
+    Example:
+        >>> inspect_benchmark("gsm8k-v", "data/GSM8K-V").describe()  # doctest: +SKIP
+        '1,319 of 1,319 rows (calendar_age.json, clock.json, ...); 5,344 images, 64 decoded'
+
+    Raises:
+        BenchmarkNotFoundError: the files are not there.
+        BenchmarkDataError: a row, column or image is wrong; the message names the benchmark and the file.
+    """
+    import tempfile
+
+    from datasets.exceptions import DatasetsError
+
+    recipe = RECIPES[name]
+    split = split or recipe.default_split
+    folder = Path(data_dir) if data_dir is not None else None
+    files = find_files(recipe, folder, split, recipe.config, download=False)
+    where = f"benchmark {name!r}: {files[0]}" + (f" (+{len(files) - 1} more files)" if len(files) > 1 else "")
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            rows = _count_rows(recipe, files)
+            items = list(recipe.build(recipe, folder, split, Path(scratch)))
+        except BenchmarkNotFoundError:
+            raise
+        except BenchmarkDataError as err:
+            if str(err).startswith("benchmark "):
+                raise
+            raise BenchmarkDataError(f"{where}: {err}") from None
+        except KeyError as err:
+            raise BenchmarkDataError(f"{where}: a row has no column {err}") from None
+        except (ValueError, TypeError, OSError, DatasetsError) as err:  # rows that do not parse (json, arrow, csv)
+            raise BenchmarkDataError(f"{where}: rows do not parse ({type(err).__name__}: "
+                                     f"{(str(err).splitlines() or [''])[0]})") from None
+        chosen = items[:limit]
+        paths = [(item.id, path) for item in chosen for path in item.image_paths()]
+        absent = [(i, p) for i, p in paths if not Path(p).is_file()]
+        if absent:
+            raise BenchmarkDataError(f"benchmark {name!r}: image {absent[0][1]} of item {absent[0][0]} not found "
+                                     f"({len(absent)} missing)")
+        sample = sorted({k * len(paths) // IMAGES_DECODED for k in range(IMAGES_DECODED)}) if paths else []
+        for position in sample:
+            item_id, path = paths[position]
+            try:
+                _decode(path)
+            except (OSError, ValueError, SyntaxError) as err:  # what PIL raises for a truncated or foreign file
+                raise BenchmarkDataError(f"benchmark {name!r}: image {path} of item {item_id} does not decode "
+                                         f"({type(err).__name__}: {err})") from None
+    return DataReport(name=name, files=[str(f) for f in files], rows=rows, items=len(items), selected=len(chosen),
+                      selects=recipe.selects, images=len(paths), decoded=len(sample), ids=[it.id for it in chosen],
+                      without_text=[it.id for it in chosen if it.text_reference is None])
 
 
 def render_images(

@@ -2,9 +2,10 @@
 
     from moehooks import protocol
     plan = protocol.make_plan("qwen3-vl", ["math500", "mathverse"], data_dir="data")
-    print(protocol.format_plan(plan))          # what --dry-run prints: nothing is loaded
-    protocol.check(plan)                       # MissingPiecesError listing every absent checkpoint / dataset
-    table = protocol.run(plan)                 # Table 1: methods x benchmarks, deltas vs baseline
+    found = protocol.survey(plan)              # data read and counted, renderer, memory, budget (no model loaded)
+    print(protocol.format_plan(plan, found))   # what --dry-run prints (and writes to plan.json)
+    found = protocol.preflight(plan)           # the same, strict: item files, missing pieces, every dataset valid
+    table = protocol.run(plan, found)          # Table 1: methods x benchmarks, deltas vs baseline
 
 Per benchmark: text references (20 seeded samples) and general-domain text (20 seeded Alpaca samples) pick the
 domain experts (``f_domain - f_general > tau``), then the benchmark's image items are answered without steering
@@ -21,6 +22,7 @@ Outputs under ``out_dir/<model tag>/``: ``plan.json``, ``table1.{csv,json}``, ``
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import random
@@ -32,6 +34,7 @@ from typing import Any
 
 from . import benchmarks, evaluate, models
 from .evaluate import Item
+from .memory import MemoryEstimate
 from .runs import UsageError
 
 RENDERED: Mapping[str, str] = {"math500": "v2", "gpqa-physics": "v2", "gpqa-chemistry": "v2"}
@@ -62,9 +65,7 @@ class MissingPiecesError(UsageError):
 
     def __init__(self, pieces: Sequence[str]) -> None:
         self.pieces = list(pieces)
-        from huggingface_hub import constants
-
-        offline = "on" if constants.is_offline_mode() else "off"
+        offline = _offline_state()
         lines = "\n".join(f"  - {piece}" for piece in self.pieces)
         super().__init__(f"cannot start: {len(self.pieces)} missing (offline mode: {offline}; nothing was "
                          f"loaded):\n{lines}")
@@ -163,6 +164,24 @@ def resolve_data_dir(name: str, data_dir: str | Path | Mapping[str, str | Path] 
     return folder if folder.is_dir() else None
 
 
+def check_data_dirs(data_dir: str | Path | Mapping[str, str | Path] | None) -> None:
+    """Refuse a ``data_dir`` (a root, or a mapping's folders) that is not an existing directory.
+
+    Example:
+        >>> check_data_dirs({"gsm8k-v": "/nonexistent/GSM8K-V"})
+        Traceback (most recent call last):
+        ...
+        moehooks.runs.UsageError: --data-dir gsm8k-v=/nonexistent/GSM8K-V: no such directory (/nonexistent/GSM8K-V)
+    """
+    if data_dir is None:
+        return
+    entries = data_dir.items() if isinstance(data_dir, Mapping) else [("", data_dir)]
+    for name, folder in entries:
+        if not Path(folder).is_dir():
+            label = f"{name}={folder}" if name else str(folder)
+            raise UsageError(f"--data-dir {label}: no such directory ({Path(folder).resolve()})")
+
+
 def _layer_list(layers: Sequence[int] | tuple[int, int] | None, explicit: bool) -> list[int] | None:
     if layers is None:
         return None
@@ -223,6 +242,7 @@ def make_plan(model: str, benchmark_names: str | Sequence[str] | None = None, *,
     """
     spec = models.resolve(model, preset)
     names = parse_benchmarks(benchmark_names, spec)
+    check_data_dirs(data_dir)
     for count, label in ((n_references, "n_references"), (n_general, "n_general"), (trials, "trials"),
                          (batch_size, "batch_size")):
         if count < 1:
@@ -275,8 +295,181 @@ def _layers_text(layers: list[int] | None) -> str:
     return ",".join(map(str, layers))
 
 
-def format_plan(plan: Plan) -> str:
-    """The plan as the lines ``--dry-run`` prints.
+PROMPT_TOKENS = 2048
+"""Prompt length (tokens, images included) the KV-cache estimate of a plan assumes per sequence."""
+
+
+@dataclass(frozen=True)
+class Survey:
+    """What a plan will do, found without loading the model: per benchmark (and ``general``) the data read and
+    the items selected (:class:`moehooks.benchmarks.DataReport`, or why it is not known), the renderer of each
+    render variant used, the model's weight and KV-cache memory (or why it is not known) and per benchmark the
+    tokens it may generate (``items x methods x trials x max_new_tokens``, figure descriptions included)."""
+
+    data: dict[str, benchmarks.DataReport | str]
+    renderer: dict[str, str]
+    memory: MemoryEstimate | str
+    budget: dict[str, int | None]
+    prompt_tokens: int = PROMPT_TOKENS
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready data (the ``survey`` of ``plan.json``)."""
+        data = {name: {k: v for k, v in asdict(found).items() if k != "ids"}
+                if isinstance(found, benchmarks.DataReport) else found for name, found in self.data.items()}
+        memory = self.memory if isinstance(self.memory, str) else self.memory.to_json()
+        return {"data": data, "renderer": self.renderer, "memory": memory, "budget": self.budget,
+                "prompt_tokens": self.prompt_tokens}
+
+
+def renderer(variant: str) -> str:
+    """Which renderer and fonts draw ``variant`` on this machine (:mod:`moehooks.render`), with the font files.
+
+    Example:
+        >>> renderer("v1").startswith(("LaTeX page", "matplotlib"))
+        True
+    """
+    from matplotlib import font_manager
+
+    from . import render
+
+    def font(family: str) -> str:
+        return f"{family} ({font_manager.findfont(font_manager.FontProperties(family=family))})"
+
+    math = ("LaTeX through matplotlib usetex" if render.has_usetex() else
+            "matplotlib mathtext (no working usetex: apt-get install texlive-latex-extra texlive-fonts-recommended "
+            "cm-super dvipng)")
+    if variant == "v1":
+        if render.has_latex():
+            return f"LaTeX page (latex + dvipng at {render.LATEX_DPI} dpi, Computer Modern)"
+        family, fontset = render.PRINTED_FONTS[0]
+        return (f"matplotlib fallback (no latex + dvipng: apt-get install texlive-latex-base dvipng): text "
+                f"{font(family)}, math mathtext {fontset}")
+    hand = render.find_handwriting_font()
+    text = (f"handwriting font {hand}" if hand else
+            f"synthetic handwriting from {font('DejaVu Sans')} oblique (no handwriting font: "
+            f"{render.HANDWRITING_INSTALL_HINT})")
+    grid = " on a grid" if variant == "v3" else ""
+    return f"{text}{grid}; math: {math}; code: {font('DejaVu Sans Mono')}"
+
+
+def _max_new_tokens(plan: Plan) -> int:
+    return max((int(b.generation.get("max_new_tokens", 0)) for b in plan.benchmarks), default=0)
+
+
+def _memory(plan: Plan) -> MemoryEstimate | str:
+    from . import memory
+
+    try:
+        config = memory.local_config(plan.checkpoint, trust_remote_code=bool(plan.load.get("trust_remote_code")),
+                                     revision=plan.load.get("revision"))
+    except UsageError as err:
+        return f"not known: {err}"
+    if config is None:
+        return (f"not known: the config of {plan.checkpoint} is not on this machine (the plan downloads nothing; "
+                "it is read from the checkpoint directory or the Hugging Face cache)")
+    try:
+        return memory.estimate(config, plan.load.get("dtype", "auto"), batch_size=plan.batch_size,
+                               tokens=PROMPT_TOKENS + _max_new_tokens(plan),
+                               trust_remote_code=bool(plan.load.get("trust_remote_code")))
+    except (ValueError, TypeError, AttributeError, ImportError) as err:  # a config no auto class builds
+        return (f"not known: the model of {plan.checkpoint} cannot be built from its config "
+                f"({type(err).__name__}: {err})")
+
+
+def _general_data(plan: Plan, strict: bool) -> benchmarks.DataReport | str:
+    if plan.general_file is None:
+        return _benchmark_data(GENERAL, plan.general_dir, None, None, strict)
+    try:
+        return f"{len(evaluate.load_items(plan.general_file)):,} items of {plan.general_file}"
+    except UsageError as err:
+        if strict:
+            raise
+        return f"not usable: {err}"
+
+
+def _benchmark_data(name: str, data_dir: str | None, split: str | None, limit: int | None,
+                    strict: bool) -> benchmarks.DataReport | str:
+    if not strict:
+        absent = benchmarks.missing_data(name, data_dir, split)
+        if absent is not None:
+            return f"not found: {absent}"
+    try:
+        return benchmarks.inspect_benchmark(name, data_dir, split, limit)
+    except (benchmarks.BenchmarkDataError, benchmarks.BenchmarkNotFoundError) as err:
+        if strict:
+            raise UsageError(str(err)) from None
+        return f"not usable: {err}"
+
+
+def survey(plan: Plan, *, strict: bool = False) -> Survey:
+    """Read what the plan will use, loading no model: each benchmark's data (and the general data) opened and
+    validated (:func:`moehooks.benchmarks.inspect_benchmark`), the renderer of each variant, the weight and
+    KV-cache memory from the model's config (:mod:`moehooks.memory`), the generation budget. Nothing is
+    downloaded. With ``strict`` a dataset that is absent or invalid raises ``UsageError`` (one line naming the
+    benchmark and the file); otherwise the survey says why it is not known.
+    """
+    data: dict[str, benchmarks.DataReport | str] = {
+        b.name: _benchmark_data(b.name, b.data_dir, b.split, b.limit, strict) for b in plan.benchmarks}
+    data["general"] = _general_data(plan, strict)
+    budget: dict[str, int | None] = {}
+    for b in plan.benchmarks:
+        found = data[b.name]
+        items = found.selected if isinstance(found, benchmarks.DataReport) else None
+        per_item = len(plan.methods) * plan.trials * int(b.generation.get("max_new_tokens", 0))
+        if b.name == "mathvision" and not b.descriptions:
+            per_item += DESCRIPTION_TOKENS
+        budget[b.name] = None if items is None else items * per_item
+    variants = sorted({b.render for b in plan.benchmarks if b.render})
+    return Survey(data=data, renderer={v: renderer(v) for v in variants}, memory=_memory(plan), budget=budget)
+
+
+def preflight(plan: Plan) -> Survey:
+    """Everything checked before any model loads, in this order: the item files given (``general``,
+    ``descriptions``), the pieces that are not here (:func:`check`: checkpoint, datasets; the cache alone when the
+    hub is out of reach, :func:`hub_offline`), then every dataset of the plan opened and validated (:func:`survey`
+    with ``strict``). Returns the survey; raises ``UsageError`` (``MissingPiecesError`` for absent pieces)."""
+    from .runs import check_input_file
+
+    if plan.general_file is not None:
+        try:
+            evaluate.load_items(plan.general_file)
+        except UsageError as err:
+            raise UsageError(f"general data (--general): {err}") from None
+    for b in plan.benchmarks:
+        if b.descriptions:
+            check_input_file(Path(b.descriptions), "descriptions file (--descriptions) for mathvision")
+            _descriptions_from_file(b.descriptions)
+    check(plan)
+    found = survey(plan, strict=True)
+    for b in plan.benchmarks:
+        report = found.data[b.name]
+        if b.name != "mathvision" and report.without_text:
+            raise UsageError(f"benchmark {b.name!r}: {report.files[0]}: {len(report.without_text)} items have no text "
+                             f"version for the text references ({REFERENCE_SOURCES[b.name]}), e.g. "
+                             f"{report.without_text[:5]}")
+        if b.descriptions:
+            absent = sorted(set(report.ids) - set(_descriptions_from_file(b.descriptions)))
+            if absent:
+                raise UsageError(f"descriptions file {b.descriptions}: no description for {len(absent)} mathvision "
+                                 f"items, e.g. {absent[:5]}")
+    return found
+
+
+def write_plan(plan: Plan, found: Survey | None = None) -> Path:
+    """``plan.json`` in the plan's output folder (written atomically): the plan and, when given, its survey."""
+    from .artefacts import atomic_write
+
+    data = plan.to_json() | ({"survey": found.to_json()} if found is not None else {})
+    return atomic_write(Path(plan.out_dir) / "plan.json", (json.dumps(data, indent=2) + "\n").encode())
+
+
+def _tokens(count: int | None) -> str:
+    return "not known" if count is None else f"{count:,} tokens at most"
+
+
+def format_plan(plan: Plan, found: Survey | None = None) -> str:
+    """The plan as the lines ``--dry-run`` prints; with a :func:`survey`, also what each benchmark selects from
+    its data, the renderer and fonts, the memory and the generation budget.
 
     Example:
         >>> print(format_plan(make_plan("qwen3-vl", "math500", cuda=False)).splitlines()[0])
@@ -290,16 +483,35 @@ def format_plan(plan: Plan) -> str:
         f"general data: {general}, {plan.n_general} seeded samples (seed {plan.seed})",
         f"methods: {', '.join(plan.methods)}; trials {plan.trials}; batch size {plan.batch_size}"
         + ("; continuous batching for text prompts" if plan.continuous else ""),
-        f"outputs: {plan.out_dir}/plan.json, {plan.out_dir}/table1.csv, {plan.out_dir}/table1.json, "
-        f"{plan.out_dir}/accuracy.png",
+        (f"outputs: {plan.out_dir}/plan.json, {plan.out_dir}/table1.csv, {plan.out_dir}/table1.json, "
+         f"{plan.out_dir}/accuracy.png"),
     ]
+    if found is not None:
+        general_data = found.data["general"]
+        lines.insert(3, "  read: " + (general_data.describe() if isinstance(general_data, benchmarks.DataReport)
+                                       else general_data))
+        memory = found.memory if isinstance(found.memory, str) else (
+            f"{found.memory.describe()} (KV cache for {found.prompt_tokens:,} prompt + {_max_new_tokens(plan):,} "
+            "new tokens per sequence)")
+        lines += [f"memory: {memory}"]
+        lines += [f"renderer {variant}: {text}" for variant, text in found.renderer.items()]
+        known = None not in found.budget.values()
+        total = sum(v for v in found.budget.values() if v is not None) if known else None
+        lines.append(f"generation budget: {_tokens(total)} (items x methods x trials x max_new_tokens, summed over "
+                     "the benchmarks)")
     for b in plan.benchmarks:
         shown = f"rendered {b.render}" if b.render else "the dataset's images"
         generation = ", ".join(f"{k}={v}" for k, v in b.generation.items())
+        if found is None:
+            items = f"{'all' if b.limit is None else f'first {b.limit}'}, shown as {shown}"
+        else:
+            data = found.data[b.name]
+            items = (f"{data.describe() if isinstance(data, benchmarks.DataReport) else data}; shown as {shown}; "
+                     f"{_tokens(found.budget[b.name])}")
         lines += [
             f"{b.name}:",
             f"  data: {b.data}" + (f" from {b.data_dir}" if b.data_dir else " (Hugging Face cache / hub)"),
-            f"  items: {'all' if b.limit is None else f'first {b.limit}'}, shown as {shown}",
+            f"  items: {items}",
             f"  text references: {b.references}, {b.n_references} seeded samples",
             f"  layers {_layers_text(b.layers)}, tau {b.tau}, beta {b.beta}",
             f"  generation: {generation}",
@@ -310,6 +522,66 @@ def format_plan(plan: Plan) -> str:
 
 # ---------------------------------------------------------------------------------------------------------
 # Missing pieces
+
+
+HUB_PROBE_SECONDS = 2.0
+"""How long :func:`hub_offline` waits for a TCP connection to the hub before treating it as unreachable."""
+
+
+@functools.cache
+def _endpoint_answers(endpoint: str) -> bool:
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(endpoint)
+    try:
+        with socket.create_connection((url.hostname or "", url.port or (443 if url.scheme == "https" else 80)),
+                                      timeout=HUB_PROBE_SECONDS):
+            return True
+    except OSError:
+        return False
+
+
+def hub_offline() -> bool:
+    """Whether the hub is out of reach: offline mode (``HF_HUB_OFFLINE=1``), or no TCP connection to its endpoint
+    within :data:`HUB_PROBE_SECONDS` (probed once per process). Checks then look at the cache only: no request,
+    no retries.
+
+    Example:
+        >>> isinstance(hub_offline(), bool)
+        True
+    """
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode() or not _endpoint_answers(constants.ENDPOINT)
+
+
+def offline_if_unreachable() -> bool:
+    """Switch the Hugging Face hub client (and transformers through it) to offline mode for this process when the
+    hub does not answer (:func:`hub_offline`), with a warning, so that loading from the cache never waits on
+    request retries. Returns whether offline mode is on.
+
+    Example:
+        >>> offline_if_unreachable()  # doctest: +SKIP
+        True
+    """
+    import warnings
+
+    from huggingface_hub import constants
+
+    if hub_offline() and not constants.is_offline_mode():
+        constants.HF_HUB_OFFLINE = True
+        warnings.warn(f"{constants.ENDPOINT} does not answer: working from the Hugging Face cache only "
+                      "(as with HF_HUB_OFFLINE=1)", stacklevel=2)
+    return constants.is_offline_mode()
+
+
+def _offline_state() -> str:
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        return "on"
+    return f"off, but {constants.ENDPOINT} does not answer" if hub_offline() else "off"
 
 
 def _hub_reachable(repo_id: str, repo_type: str) -> str | None:
@@ -363,7 +635,7 @@ def missing_checkpoint(source: str) -> str | None:
         return None
     hint = (f"get it with `huggingface-cli download {source}` (or pass its local directory with --model DIR "
             "--preset ALIAS)")
-    if constants.is_offline_mode():
+    if hub_offline():
         return f"checkpoint {source}: not (fully) in the Hugging Face cache at {constants.HF_HUB_CACHE}; {hint}"
     why = _hub_reachable(source, "model")
     return None if why is None else (f"checkpoint {source}: not in the Hugging Face cache at "
@@ -383,7 +655,7 @@ def _missing_dataset(name: str, data_dir: str | None, split: str | None = None) 
     label = f"dataset {recipe.describe(split)} (for {name})"
     if data_dir is not None:
         return f"{label}: {why.split(': ', 1)[-1]}; {hint}"
-    if constants.is_offline_mode():
+    if hub_offline():
         return f"{label}: not in the Hugging Face cache at {constants.HF_HUB_CACHE}; {hint}"
     unreachable = _hub_reachable(str(recipe.hub_id), "dataset")
     if unreachable is None:
@@ -566,16 +838,17 @@ def write_table1(table: Table1, out_dir: str | Path) -> list[Path]:
     return files
 
 
-def run(plan: Plan, *, stage: Stage = None) -> Table1:
-    """Run a plan: check it (:func:`check`), load the model once, then per benchmark identify domain experts
-    and evaluate every method; writes ``plan.json``, per-benchmark results and Table 1."""
+def run(plan: Plan, found: Survey | None = None, *, stage: Stage = None) -> Table1:
+    """Run a plan: check it (:func:`preflight`, unless its result ``found`` is given), load the model once, then
+    per benchmark identify domain experts and evaluate every method; writes ``plan.json``, per-benchmark results
+    and Table 1."""
     from . import distributed, pipeline
 
-    check(plan)
+    found = preflight(plan) if found is None else found
     main = distributed.is_main(distributed.launched_state())
     out = Path(plan.out_dir)
     if main:
-        pipeline.write_json(out / "plan.json", plan.to_json())
+        write_plan(plan, found)
     model, processor = models.load(models.resolve(plan.checkpoint, plan.alias), **plan.load)
     general = seeded_sample(evaluate.load_items(plan.general_file) if plan.general_file else
                             benchmarks.load_benchmark(GENERAL, plan.general_dir), plan.n_general, plan.seed)
@@ -664,6 +937,7 @@ def make_analysis_plan(model: str, *, preset: str | None = None,
         0.2
     """
     spec = models.resolve(model, preset)
+    check_data_dirs(data_dir)
     for count, label in ((n_samples, "n_samples"), (batch_size, "batch_size")):
         if count < 1:
             raise UsageError(f"{label} must be >= 1, got {count}")
@@ -709,10 +983,13 @@ class AnalysisResult:
 def run_analysis(plan: AnalysisPlan, *, stage: Stage = None) -> AnalysisResult:
     """Sections 3.2-3.3: domain experts (GSM8K vs Alpaca text), visual experts (rendered vs text Alpaca), and
     for MATH-500 rendered v1 / v2 / v3 the JSD to its text version and the Gini of expert importance per layer.
-    Checks the plan first (:func:`check`); writes the plots, their CSVs and ``analysis.json``."""
+    Checks the plan first (:func:`check`, then each dataset opened and validated); writes the plots, their CSVs
+    and ``analysis.json``."""
     from . import distributed, pipeline, plots, stats
 
     check(plan)
+    for name, folder in plan.data.items():
+        _benchmark_data(name, folder, None, None, strict=True)
     out = Path(plan.out_dir)
     model, processor = models.load(models.resolve(plan.checkpoint, plan.alias), **plan.load)
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from .adapters import MoELayer
 from .adapters.base import hook_routing
-from .batch import Batch, cells
+from .batch import Batch, cells, recomputing
 from .hooks import MODALITIES, PHASES, HookContext, check_choice
 from .trace import TraceWriter
 
@@ -109,6 +109,8 @@ class Recorder(HookContext):
         tracker, pending, now = self.tracker, self._pending[i], not entry.stable
 
         def record_hook(logits: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> None:
+            if not torch.compiler.is_compiling() and recomputing():
+                return  # gradient checkpointing recomputes a call already recorded
             batch = tracker.batch
             if batch is None:
                 raise RuntimeError("a router ran outside a forward call of the model the recorder was opened on")

@@ -19,7 +19,11 @@ model itself would give them. A block no known rule reproduces is recorded but n
 (``UnsupportedModelError`` when it is asked to be). Modes (``w`` is 1 for a listed expert in a steered row, else 0):
 
 * ``soft``   ``z_i <- z_i + beta * sigma * w_i``; ``sigma="token"`` is each token's logit standard deviation
-  at that router; a calibrated value per router can be given instead (see ``calibrate_sigma``).
+  at that router; a calibrated value per router can be given instead (see ``calibrate_sigma``). Where
+  ``beta * sigma`` is 0 (``beta=0``, or a calibrated sigma of 0) nothing moves: eager code recomputes the
+  selection, which gives the router's own output bit for bit (the rule was identified so), while compiled code
+  (a compiled model or ``compile=True``) keeps the router's output as it is, since inductor's fused kernels
+  for the router and for the recomputation may round differently.
 * ``hard``   ``z_i <- max_j z_j + epsilon`` for the listed experts, and the listed experts are *forced* into
   the top-k: ``adapter.select(boosted, force=...)`` lifts them in the space the family selects in (softmax
   probabilities, sigmoid scores plus correction bias, per-group sums), so they are chosen in every family,
@@ -49,7 +53,7 @@ from torch import nn
 
 from .adapters import MoELayer, RouterAdapter, RoutingMap, UnsupportedModelError, adapt
 from .adapters.base import Edit, cast, hook_routing, on_device
-from .batch import Batch, Tracker
+from .batch import Batch, Tracker, recomputing
 from .hooks import MODALITIES, PHASES, HookContext, check_choice, check_finite
 from .util import layer_span
 
@@ -111,6 +115,9 @@ class _RouterSteering:
         mask = torch.zeros(entry.adapter.logit_width)  # [E] 0/1 (a skip class, if any, is never boosted)
         mask[ids] = 1.0
         self._gain = mask if mode == "hard" else mask * (beta * (1.0 if sigma is None else sigma))  # [E]
+        #: the boost moves something: hard forcing, or a soft gain that is not 0 (known here, on the host)
+        self.moves = mode == "hard" or bool(self._gain.any())
+        self.compiled = compiled
         fn = hard_select(self.adapter, epsilon) if mode == "hard" else soft_select(self.adapter, sigma is None)
         self.fn: BoostSelect = torch.compile(fn, dynamic=True) if compiled else fn
         self._on_device: dict[tuple, torch.Tensor] = {}
@@ -167,6 +174,8 @@ class Steering(HookContext):
         every = self.tokens == "all" and len(self._phases) == len(PHASES)  # no row scope to compute
 
         def steer_hook(logits: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> Any:
+            if not plan.moves and (plan.compiled or torch.compiler.is_compiling()):
+                return None  # nothing moves, and a compiled re-selection may round unlike the router's own kernel
             batch = tracker.batch
             if batch is None:
                 raise RuntimeError("a router ran outside a forward call of the model the steering was opened on")
@@ -243,6 +252,8 @@ class SigmaCalibration(HookContext):
         branch = entry.branch
 
         def sigma_hook(logits: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> None:
+            if not torch.compiler.is_compiling() and recomputing():
+                return  # gradient checkpointing recomputes a call already measured
             batch = tracker.batch
             if batch is None:
                 raise RuntimeError("a router ran outside a forward call of the model the calibration was opened on")

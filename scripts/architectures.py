@@ -29,14 +29,15 @@ _STEERING = {"ok": "record + steer", "partial": "record; steer some layers", "re
 def section() -> str:
     """The README section body: one row per supported model type."""
     from moehooks.adapters import covered
+    from moehooks.adapters.verified import TRANSFORMERS
 
     rows = covered()
     lines = [
         f"`moehooks.supported_architectures()` lists {len(rows)} model types. MoE blocks are found by structure "
         "(a module taking `(hidden, top_k_index, top_k_weights)` next to the gate that feeds it) and each "
         "block's rule is identified at `adapt` time by probing it; the table is what the sweep "
-        "(`tests/test_coverage.py`, every MoE model type of the installed transformers, fp32 and bf16) verified. "
-        "Regenerate with `python scripts/architectures.py`.",
+        "(`tests/test_coverage.py`, every MoE model type of the installed transformers, fp32 and bf16) verified "
+        f"on transformers {TRANSFORMERS}. Regenerate with `python scripts/architectures.py`.",
         "",
         "| model type | rule | what works |",
         "|---|---|---|",

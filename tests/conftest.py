@@ -1,4 +1,6 @@
-"""Shared test set-up: one intra-op thread (shared 2-core machines) and quiet transformers logging."""
+"""Shared test set-up: one intra-op thread (shared 2-core machines), quiet transformers logging, and the same
+machine for every test: rendering sees no LaTeX and no handwriting font, whatever is installed, and its probes'
+caches are emptied around each test (a test marked ``installed_tools`` sees the real probes instead)."""
 
 import os
 
@@ -6,8 +8,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 from hypothesis import settings  # noqa: E402
+
+from moehooks import render  # noqa: E402
 
 torch.set_num_threads(1)
 # CI replays the same examples every run (derandomize); local runs keep exploring new ones.
@@ -18,3 +23,24 @@ if os.environ.get("CI"):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes tens of seconds (torch.compile, training); deselect with -m 'not slow'")
+    config.addinivalue_line("markers", "installed_tools: sees the machine's LaTeX and fonts through render's real probes "
+                                       "(emptied before and after the test); skip where what it needs is absent")
+
+
+PROBES = (render.has_latex, render.has_usetex, render.find_handwriting_font, render._warn_synthetic_handwriting)
+"""render's cached probes of the machine (and its once-per-process warning)."""
+
+
+@pytest.fixture(autouse=True)
+def same_machine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """No test's outcome depends on what is installed or on what another test probed: the probes' caches are
+    emptied around every test, and outside ``installed_tools`` tests the probes answer "absent"."""
+    for probe in PROBES:
+        probe.cache_clear()
+    if request.node.get_closest_marker("installed_tools") is None:
+        monkeypatch.setattr(render, "has_latex", lambda: False)
+        monkeypatch.setattr(render, "has_usetex", lambda: False)
+        monkeypatch.setattr(render, "find_handwriting_font", lambda: None)
+    yield
+    for probe in PROBES:
+        probe.cache_clear()

@@ -11,9 +11,11 @@ own forked process (imports shared, address space capped). ``check`` then verifi
 against the model itself (torch hooks on the modules that consume the routing, not moehooks' own reading):
 
 * ``moehooks.adapt`` finds the MoE blocks;
-* recording counts what the experts consumed;
+* recording counts what the experts consumed (for a block that transforms its router's choice before its
+  experts, ``entry.use``: what the router returned);
 * ``steer(beta=0)`` leaves the logits bit-identical;
-* hard steering puts the listed expert into every token's consumed top-k.
+* hard steering puts the listed expert into every token's consumed top-k (and, past a block's use, into what
+  its experts consumed).
 """
 
 from __future__ import annotations
@@ -227,20 +229,24 @@ def _router_watch(router: torch.nn.Module, outputs: dict[int, Any]):
 def _router_counts(router: torch.nn.Module, output: Any, experts: int) -> torch.Tensor:
     """Tokens per expert read from a router's own output, for blocks without an experts module: Llama-4's
     dense scores (non-zero at the chosen experts), JetMoE's dispatch plan (``expert_size``), Doge's consumed
-    indices."""
+    indices; and from a ``(logits, weights, indices)`` router's indices where the block transforms them."""
     if type(router).__name__ == "DogeCDMoE":
         return torch.bincount(output.reshape(-1), minlength=experts)
     if type(router).__name__ == "JetMoeTopKGating":
         return torch.tensor(output[3])
+    if isinstance(output, tuple) and len(output) >= 3 and not output[2].is_floating_point():
+        return torch.bincount(output[2].reshape(-1).long(), minlength=experts)
     return (output[0] > 0).sum(0)
 
 
-def _observe(model: torch.nn.Module, routing, inputs: dict[str, torch.Tensor], *contexts) -> list[tuple[torch.Tensor, int]]:
-    """Per routing entry, ``(tokens per expert, tokens routed)`` the model really used in one forward inside
-    ``contexts`` (a block that did not run, e.g. a vision-only router on text, counts zeros)."""
+def _observe(model: torch.nn.Module, routing, inputs: dict[str, torch.Tensor],
+             *contexts) -> list[tuple[torch.Tensor, int, torch.Tensor | None]]:
+    """Per routing entry, ``(tokens per expert, tokens routed, indices its experts consumed or None)`` the model
+    really used in one forward inside ``contexts`` (a block that did not run, e.g. a vision-only router on text,
+    counts zeros); a block with a ``use`` of its router's choice counts what its router returned."""
     seen = _consumers(model)
     outputs: dict[int, Any] = {}
-    handles = [_router_watch(e.router, outputs) for e in routing.layers if e.experts is None]
+    handles = [_router_watch(e.router, outputs) for e in routing.layers if e.experts is None or e.use]
     try:
         with contextlib.ExitStack() as stack:
             for context in contexts:
@@ -252,15 +258,16 @@ def _observe(model: torch.nn.Module, routing, inputs: dict[str, torch.Tensor], *
             h.remove()
     counts = []
     for e in routing.layers:
-        if e.experts is not None and seen[id(e.experts)]:
-            consumed = seen[id(e.experts)][0]
-            counts.append((torch.bincount(consumed.reshape(-1).long(), minlength=e.num_experts), consumed.shape[0]))
-        elif e.experts is None and id(e.router) in outputs:
+        consumed = seen[id(e.experts)][0] if e.experts is not None and seen[id(e.experts)] else None
+        if consumed is not None and not e.use:
+            counts.append((torch.bincount(consumed.reshape(-1).long(), minlength=e.num_experts), consumed.shape[0],
+                           consumed))
+        elif id(e.router) in outputs:
             output = outputs[id(e.router)]
             rows = output.shape[0] if isinstance(output, torch.Tensor) else output[-1].shape[0]
-            counts.append((_router_counts(e.router, output, e.num_experts), int(rows)))
+            counts.append((_router_counts(e.router, output, e.num_experts), int(rows), consumed))
         else:
-            counts.append((torch.zeros(e.num_experts, dtype=torch.long), 0))
+            counts.append((torch.zeros(e.num_experts, dtype=torch.long), 0, None))
     return counts
 
 
@@ -283,16 +290,17 @@ def check_dtype(model_type: str, dtype: torch.dtype) -> dict[str, Any]:
     try:
         reference = _run(model, inputs)
     except Exception as error:  # noqa: BLE001 - the model itself does not run in this dtype at this size
-        return dict(status="model-fails", detail=f"{type(error).__name__}: {str(error)[:160]}")
+        return dict(status="model-fails",
+                    detail=f"transformers {transformers.__version__}: {type(error).__name__}: {str(error)[:160]}")
     try:
         routing = moehooks.adapt(model)
     except moehooks.UnsupportedModelError as error:
         return dict(status="unsupported", detail=str(error)[:300])
-    rules = sorted({e.adapter.name for e in routing.layers})
+    rules = sorted({e.adapter.name + (f"; block: {e.use}" if e.use else "") for e in routing.layers})
     recorder = moehooks.record(model)
     used = _observe(model, routing, inputs, recorder)
     counts = recorder.counts()
-    for row, (entry, (expected, _)) in enumerate(zip(routing.layers, used)):
+    for row, (entry, (expected, *_)) in enumerate(zip(routing.layers, used)):
         if not torch.equal(counts[row, : entry.num_experts].cpu(), expected.cpu()):
             return dict(status="fail", rule=rules, detail=f"recorded counts differ at {entry.name}")
     steerable = [e for e in routing.layers if not e.rule_error]
@@ -303,9 +311,11 @@ def check_dtype(model_type: str, dtype: torch.dtype) -> dict[str, Any]:
         if not torch.equal(_run(model, inputs), reference):
             return dict(status="fail", rule=rules, detail="beta=0 steering changed the logits")
     used = _observe(model, routing, inputs, moehooks.steer(model, {i: [1] for i in layers}, mode="hard"))
-    for entry, (expected, rows) in zip(routing.layers, used):
+    for entry, (expected, rows, consumed) in zip(routing.layers, used):
         if entry in steerable and int(expected[1]) != rows:
             return dict(status="fail", rule=rules, detail=f"hard steering did not force expert 1 at {entry.name}")
+        if entry in steerable and entry.use and not bool((consumed == 1).any(dim=-1).all()):
+            return dict(status="fail", rule=rules, detail=f"forced expert 1 did not reach the experts at {entry.name}")
     status = "ok" if len(steerable) == len(routing.layers) else "partial"
     detail = "" if status == "ok" else next(e.rule_error for e in routing.layers if e.rule_error)[:300]
     return dict(status=status, rule=rules, detail=detail)

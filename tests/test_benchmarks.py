@@ -13,6 +13,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from published_data import (
+    PUBLISHED,
+    build_data_root,
+    build_gsm8k_v,
+    gsm8k_v_records,
+    hub_parquet,
+    read_jsonl,
+)
 
 from moehooks import benchmarks as bm
 from moehooks.evaluate import grade
@@ -198,40 +206,32 @@ def test_mathvision_options_and_images(tmp_path: Path) -> None:
     assert len(bm.load_benchmark("mathvision", data_dir=root, split="test", image_dir=tmp_path / "img")) == 1
 
 
-def gsm8k_v_copy(root: Path) -> Path:
-    """GSM8K-V as in its repository: JSON arrays under data/metadata/<category>/<sub>.json, PNGs in one folder."""
-    records = {
-        "measurement/length.json": [
-            {"question_id": 12, "original_question": "Tom has 3 boxes of 6 eggs. How many eggs?",
-             "math_ground_truth": "18", "modify_scene_related_question": "How many eggs are in the boxes?",
-             "pic_ids": ["12_1", "12_2", "12_3"], "scenes": [{"scene_id": 1, "description": "boxes"}]},
-        ],
-        "finance/shopping.json": [
-            {"question_id": 3, "original_question": "A pen costs $2. How much do 4 pens cost?",
-             "math_ground_truth": "8", "modify_scene_related_question": "How much?", "pic_ids": ["3_1", "3_2"],
-             "scenes": []},
-        ],
-    }
-    for name, rows in records.items():
-        path = root / "data" / "metadata" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(rows))
-    (root / "data" / "images").mkdir(parents=True)
-    for shade, pic in enumerate(["12_1", "12_2", "12_3", "3_1", "3_2"]):
-        Image.new("RGB", (16, 8), (shade * 40, 0, 0)).save(root / "data" / "images" / f"{pic}.png")
-    return root
-
-
-def test_gsm8k_v_multi_image_items_in_the_published_layout(tmp_path: Path) -> None:
-    root = gsm8k_v_copy(tmp_path / "GSM8K-V")
-    first, second = bm.load_benchmark("gsm8k-v", data_dir=root)
-    assert (first.id, first.answer, first.question) == ("3", "8", "Answer the question in the images.")
-    assert first.text_reference == "A pen costs $2. How much do 4 pens cost?"
-    assert [Path(p).name for p in second.image_paths()] == ["12_1.png", "12_2.png", "12_3.png"]
-    assert second.image == second.images[0] and second.meta["explicit_question"] == "How many eggs are in the boxes?"
-    (root / "data" / "images" / "12_2.png").unlink()
-    with pytest.raises(bm.BenchmarkNotFoundError, match=r"item 12 shows pictures \['12_2'\]"):
+def test_gsm8k_v_as_published_pic_ids_with_their_extension(tmp_path: Path) -> None:
+    root = build_gsm8k_v(tmp_path / "GSM8K-V")
+    records = {row["question_id"]: row for row in gsm8k_v_records()}
+    assert all(pic.endswith(".png") for row in records.values() for pic in row["pic_ids"])
+    items = bm.load_benchmark("gsm8k-v", data_dir=root)
+    assert [item.id for item in items] == sorted(records, key=int)
+    for item in items:
+        row = records[item.id]
+        assert (item.answer, item.question) == (row["math_ground_truth"], bm.GSM8K_V_INSTRUCTION)
+        assert item.text_reference == row["original_question"]
+        assert item.meta["explicit_question"] == row["modify_scene_related_question"]
+        assert item.images == [str(root / "data" / "images" / pic) for pic in row["pic_ids"]]
+    (root / "data" / "images" / "390_2.png").unlink()
+    with pytest.raises(bm.BenchmarkDataError, match=r"price.json: item 390 shows pictures \['390_2.png'\]"):
         bm.load_benchmark("gsm8k-v", data_dir=root)
+
+
+def test_gsm8k_v_pic_ids_without_extension_are_found_by_stem(tmp_path: Path) -> None:
+    root = build_gsm8k_v(tmp_path / "GSM8K-V")
+    for path in (root / "data" / "metadata").rglob("*.json"):
+        rows = json.loads(path.read_text())
+        for row in rows:
+            row["pic_ids"] = [Path(p).stem for p in row["pic_ids"]]
+        path.write_text(json.dumps(rows))
+    items = bm.load_benchmark("gsm8k-v", data_dir=root)
+    assert [Path(p).name for p in items[0].images] == ["371_1.png", "371_2.png", "371_3.png"]
 
 
 def test_gsm8k_v_items_prompt_every_image() -> None:
@@ -375,3 +375,86 @@ def test_unknown_benchmark_lists_the_known_ones() -> None:
 )
 def test_grading_per_answer_form_of_the_published_data(prediction: str, answer: str, expected: bool) -> None:
     assert grade(prediction, answer) is expected
+
+
+PUBLISHED_FOLDERS = {"math500": "MATH-500", "gpqa-physics": "gpqa", "gpqa-chemistry": "gpqa",
+                     "mathverse": "MathVerse", "mathvision": "MathVision", "gsm8k-v": "GSM8K-V", "alpaca": "alpaca",
+                     "gsm8k": "gsm8k"}
+
+
+@pytest.fixture(scope="module")
+def published_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_data_root(tmp_path_factory.mktemp("published") / "data")
+
+
+def test_every_recipe_reads_its_published_layout(published_root: Path, tmp_path: Path) -> None:
+    """Each recipe on its dataset as published (records of the benchmarks' own files, hub Parquet with image
+    structs): the items carry the published fields, checked against the fixture's records, not the recipe."""
+    load = {name: bm.load_benchmark(name, published_root / folder, image_dir=tmp_path / name)
+            for name, folder in PUBLISHED_FOLDERS.items()}
+    math_rows = read_jsonl(PUBLISHED / "MATH-500" / "test.jsonl")
+    assert [(i.id, i.answer, i.text_reference) for i in load["math500"]] == [
+        (r["unique_id"], r["answer"], r["problem"]) for r in math_rows]
+    assert [i.id for i in load["gpqa-physics"]] == ["recPhys01", "recPhys02", "recPhys03"]
+    assert [i.id for i in load["gpqa-chemistry"]] == ["recChem01", "recChem02"]
+    (verse,) = load["mathverse"]
+    text_only = json.loads((PUBLISHED / "MathVerse" / "testmini_text_only.json").read_text())[0]
+    assert (verse.id, verse.answer, verse.text_reference) == ("3425", "14", text_only["question"])
+    first, second = load["mathvision"]
+    published = read_jsonl(PUBLISHED / "MathVision" / "testmini.jsonl")
+    assert [first.id, second.id] == [r["id"] for r in published]
+    assert (first.answer, first.choices, second.answer) == ("4", None, "B")
+    assert second.choices == published[1]["options"] and second.question.startswith("Two squares $9")
+    for item, row in zip((first, second), published):
+        assert Path(item.image).read_bytes() == (PUBLISHED / "MathVision" / row["image"]).read_bytes()
+    assert [i.id for i in load["gsm8k-v"]] == ["371", "390", "734"]
+    assert [i.answer for i in load["alpaca"]][1] == "The three primary colors are red, blue, and yellow."
+    assert [(i.answer, i.question[:13]) for i in load["gsm8k"]] == [("18", "Janet’s ducks")]
+
+
+def test_inspect_reports_rows_items_and_images(published_root: Path) -> None:
+    reports = {name: bm.inspect_benchmark(name, published_root / folder) for name, folder in PUBLISHED_FOLDERS.items()}
+    verse = reports["mathverse"]
+    assert (verse.rows, verse.items, verse.images, verse.decoded) == (5, 1, 1, 1)
+    assert verse.describe() == "1 Vision Only (problem_version) of 5 rows (testmini.parquet); 1 images, 1 decoded"
+    assert (reports["gpqa-physics"].rows, reports["gpqa-physics"].items) == (6, 3)
+    pictures = sum(len(row["pic_ids"]) for row in gsm8k_v_records())
+    assert (reports["gsm8k-v"].rows, reports["gsm8k-v"].images, reports["gsm8k-v"].decoded) == (3, pictures, pictures)
+    limited = bm.inspect_benchmark("gsm8k-v", published_root / "GSM8K-V", limit=1)
+    assert (limited.selected, limited.images) == (1, 3)
+    assert limited.describe().startswith("1 of the 3 items of 3 rows (dialogue.json, price.json)")
+
+
+def test_inspect_decodes_a_stated_sample_of_many_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = build_gsm8k_v(tmp_path / "GSM8K-V")
+    decoded: list[str] = []
+    monkeypatch.setattr(bm, "_decode", decoded.append)
+    monkeypatch.setattr(bm, "IMAGES_DECODED", 3)
+    report = bm.inspect_benchmark("gsm8k-v", root)
+    paths = [p for item in bm.load_benchmark("gsm8k-v", root) for p in item.images]
+    assert decoded == [paths[0], paths[len(paths) // 3], paths[2 * len(paths) // 3]] and report.decoded == 3
+
+
+@pytest.mark.parametrize("damage", ["rows", "column", "image", "image file"])
+def test_inspect_names_the_benchmark_and_the_file(tmp_path: Path, damage: str) -> None:
+    root = build_data_root(tmp_path / "data")
+    if damage == "rows":
+        (root / "MATH-500" / "test.jsonl").write_text('{"problem": "1+1", "answer": "2"\n')
+        name, expected = "math500", rf"benchmark 'math500': {root / 'MATH-500' / 'test.jsonl'}: rows do not parse"
+    elif damage == "column":
+        write_jsonl(root / "MATH-500" / "test.jsonl", [{"problem": "1+1", "answer": "2"}])
+        name, expected = "math500", r"benchmark 'math500': .*test.jsonl: a row has no column 'unique_id'"
+    elif damage == "image file":
+        import datasets
+
+        path = root / "MathVision" / "data" / "testmini-00000-of-00001.parquet"
+        rows = [{**row, "decoded_image": None} for row in datasets.Dataset.from_parquet(str(path)).to_list()]
+        hub_parquet(path, rows)
+        (root / "MathVision" / "images" / "748.jpg").unlink()
+        name, expected = "mathvision", (r"benchmark 'mathvision': .*testmini-00000-of-00001.parquet: image "
+                                        r"'images/748.jpg' of item '748' not found")
+    else:
+        (root / "GSM8K-V" / "data" / "images" / "734_1.png").write_bytes(b"not a png")
+        name, expected = "gsm8k-v", r"benchmark 'gsm8k-v': image .*734_1.png of item 734 does not decode"
+    with pytest.raises(bm.BenchmarkDataError, match=expected):
+        bm.inspect_benchmark(name, root / PUBLISHED_FOLDERS[name])

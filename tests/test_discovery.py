@@ -216,3 +216,22 @@ def test_a_block_changing_its_choices_in_place_is_recorded_call_by_call():
     assert torch.equal(rec.counts()[1], torch.bincount(indices.reshape(-1), minlength=8))
     dense = torch.zeros(indices.shape[0], 8).scatter_add_(1, indices, weights.float())
     torch.testing.assert_close(rec.gates()[1], dense.sum(0), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("inner_first", [True, False])
+def test_a_model_and_its_inner_model_are_adapted_in_either_order(inner_first):
+    """The probe is shared by both roots; each names its routers from its own root and records what its experts
+    consumed."""
+    model = build("qwen3_moe")
+    roots = [model.model, model] if inner_first else [model, model.model]
+    for root in roots:
+        routing = moehooks.adapt(root)
+        names = {id(m): n for n, m in root.named_modules()}
+        assert [e.name for e in routing.layers] == [names[id(e.router)] for e in routing.layers]
+        seen, handles = _consumed(root)
+        with torch.no_grad(), moehooks.record(root) as rec:
+            root(IDS)
+        for h in handles:
+            h.remove()
+        expected = torch.stack([torch.bincount(ix.reshape(-1), minlength=8) for ix in seen])
+        assert torch.equal(rec.counts(), expected)

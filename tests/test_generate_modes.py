@@ -15,6 +15,7 @@ import torch
 
 import moehooks
 from tiny import VOCAB, build, decode_rows
+from tiny_vl import build_vl, vl_batch
 
 P, NEW = 7, 4
 
@@ -34,20 +35,22 @@ def _prompts(batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _oracle(model, sequences: torch.Tensor, mask: torch.Tensor, copies: int = 1,
-            eos: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(prefill counts, decode counts) ``[layers, experts]`` from a plain forward of the final sequences."""
+            eos: int | None = None, **inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prefill counts, decode counts) ``[layers, experts]`` from a plain forward of the final sequences (``mask``:
+    the prompts' 2-D mask; ``inputs``: more forward arguments)."""
     rows, length = sequences.shape
-    full = torch.cat([mask.repeat_interleave(copies, 0), torch.ones(rows, length - P, dtype=torch.long)], 1)
+    prompt = mask.shape[1]
+    full = torch.cat([mask.repeat_interleave(copies, 0), torch.ones(rows, length - prompt, dtype=torch.long)], 1)
     prefill = torch.zeros(rows, length, dtype=torch.long)
-    prefill[:, :P] = mask.repeat_interleave(copies, 0)
+    prefill[:, :prompt] = mask.repeat_interleave(copies, 0)
     prefill[torch.arange(rows) % copies != 0] = 0  # a prompt counts once, whatever its copies
     decode = torch.zeros(rows, length, dtype=torch.long)
-    for r, row in enumerate(sequences[:, P:].tolist()):
+    for r, row in enumerate(sequences[:, prompt:].tolist()):
         ends = [i for i, t in enumerate(row) if t == eos]
         fed = (ends[0] + 1 if ends else len(row)) - 1
-        decode[r, P:P + fed] = 1
+        decode[r, prompt:prompt + fed] = 1
     with torch.no_grad():
-        out = model(sequences, attention_mask=full, output_router_logits=True)
+        out = model(sequences, attention_mask=full, output_router_logits=True, **inputs)
     routing = moehooks.adapt(model)
     result = []
     for weight in (prefill, decode):
@@ -172,27 +175,22 @@ def test_rows_fed_an_end_of_sequence_token_are_not_counted(model):
 
 def test_prompt_lookup_counts_accepted_tokens_only(model):
     ids = torch.tensor([[5, 6, 7, 8, 5, 6, 7, 8, 5, 6, 7]])
-    global P
-    saved, P = P, ids.shape[1]
+    prompt = ids.shape[1]
+    routed = []
+    handle = moehooks.adapt(model).layers[0].router.register_forward_hook(lambda m, a, o: routed.append(a[0].shape[0]))
     try:
-        routed = []
-        handle = moehooks.adapt(model).layers[0].router.register_forward_hook(
-            lambda m, a, o: routed.append(a[0].shape[0]))
-        try:
-            with moehooks.record(model, trace=None) as rec:
-                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), prompt_lookup_num_tokens=3,
-                                     **{**GREEDY, "max_new_tokens": 10})
-        finally:
-            handle.remove()
-        decode = out.shape[1] - P - 1
-        assert sum(routed) > P + decode  # candidates were rejected (else this test proves nothing)
-        assert rec.tokens(phase="prefill").tolist() == [P] * len(rec.layers)
-        assert rec.tokens(phase="decode").tolist() == [decode] * len(rec.layers)
-        prefill, dec = _oracle(model, out, torch.ones_like(ids))
-        assert torch.equal(rec.counts(phase="prefill"), prefill)
-        assert torch.equal(rec.counts(phase="decode"), dec)
+        with moehooks.record(model, trace=None) as rec:
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), prompt_lookup_num_tokens=3,
+                                 **{**GREEDY, "max_new_tokens": 10})
     finally:
-        P = saved
+        handle.remove()
+    decode = out.shape[1] - prompt - 1
+    assert sum(routed) > prompt + decode  # candidates were rejected (else this test proves nothing)
+    assert rec.tokens(phase="prefill").tolist() == [prompt] * len(rec.layers)
+    assert rec.tokens(phase="decode").tolist() == [decode] * len(rec.layers)
+    prefill, dec = _oracle(model, out, torch.ones_like(ids))
+    assert torch.equal(rec.counts(phase="prefill"), prefill)
+    assert torch.equal(rec.counts(phase="decode"), dec)
 
 
 @pytest.mark.parametrize("phase", ["prefill", "decode"])
@@ -322,3 +320,153 @@ def test_phase_scoped_steering_under_beam_search_touches_only_its_phase(model):
     assert torch.equal(rec.counts(phase="prefill"), plain.counts(phase="prefill"))
     forced = rec.counts(phase="decode")[:, :2]
     assert torch.equal(forced, rec.tokens(phase="decode")[:, None].expand(-1, 2))  # every decode row chose 0 and 1
+
+
+# ---- generate as transformers' own model tests call it: hooks must leave every output as it was ------------
+def _beta0(net) -> moehooks.Steering:
+    """Soft steering that changes nothing: every code path of a steered call runs, the output must not move."""
+    return moehooks.steer(net, {layer: [0] for layer in moehooks.adapt(net).layer_ids}, mode="soft", beta=0.0)
+
+
+def _routed_rows(net, run):
+    """``run()`` and the rows the first router saw in each call."""
+    routed = []
+    handle = moehooks.adapt(net).layers[0].router.register_forward_hook(lambda m, a, o: routed.append(a[0].shape[0]))
+    try:
+        return run(), routed
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("extra", [{}, dict(do_sample=True, num_return_sequences=2), MODES["static"],
+                                   dict(attention_mask=torch.ones(2, 1, dtype=torch.long))])
+def test_generate_from_bos_without_input_ids(model, extra):
+    """``generate`` builds the prompt itself (BOS, one row per row of its first tensor argument, else one)."""
+    settings = {**GREEDY, **extra}
+    torch.manual_seed(0)
+    plain = model.generate(**settings)
+    with moehooks.record(model, per_sample=True) as rec, _beta0(model):
+        torch.manual_seed(0)
+        out = model.generate(**settings)
+    assert torch.equal(out, plain)
+    prompts = 2 if "attention_mask" in extra else 1
+    copies, layers = out.shape[0] // prompts, len(rec.layers)
+    assert out.shape[1] == 1 + NEW and (out[:, 0] == model.config.bos_token_id).all()
+    assert rec.tokens(phase="prefill").tolist() == [prompts] * layers  # each BOS once, whatever its copies
+    assert rec.tokens(phase="decode").tolist() == [out.shape[0] * (NEW - 1)] * layers
+    assert rec.sample_tokens().tolist() == [[1] * layers] * prompts
+    prefill, decode = _oracle(model, out, torch.ones(prompts, 1, dtype=torch.long), copies=copies)
+    assert torch.equal(rec.counts(phase="prefill"), prefill)
+    assert torch.equal(rec.counts(phase="decode"), decode)
+
+
+def _one_prompt() -> tuple[torch.Tensor, torch.Tensor]:
+    """One unpadded prompt of 7 tokens (assisted decoding takes one row)."""
+    ids = _prompts()[0][1:]
+    return ids, torch.ones_like(ids)
+
+
+def test_the_model_as_its_own_assistant_counts_what_plain_generate_counts(model):
+    """``assistant_model=model``: the drafts the model makes as its own assistant are not counted, and their
+    caches' crops take back none of the verifying calls."""
+    ids, mask = _one_prompt()
+    run = dict(input_ids=ids, attention_mask=mask, **{**GREEDY, "max_new_tokens": 8})
+    plain = model.generate(**run, assistant_model=model)
+    with moehooks.record(model, per_sample=True) as rec, _beta0(model):
+        out = model.generate(**run, assistant_model=model)
+    assert torch.equal(out, plain)
+    assert torch.equal(out, model.generate(**run))  # greedy assisted decoding is greedy decoding
+    layers = len(rec.layers)
+    assert rec.tokens(phase="prefill").tolist() == [P] * layers
+    assert rec.tokens(phase="decode").tolist() == [out.shape[1] - P - 1] * layers
+    assert rec.sample_tokens().tolist() == [[P] * layers]
+    prefill, decode = _oracle(model, out, mask)
+    assert torch.equal(rec.counts(phase="prefill"), prefill)
+    assert torch.equal(rec.counts(phase="decode"), decode)
+
+
+@pytest.mark.parametrize("phase", ["prefill", "decode"])
+def test_phase_scoped_steering_with_the_model_as_its_own_assistant_is_greedy_steering(model, phase):
+    ids, mask = _one_prompt()
+    experts = {layer: [0, 1] for layer in moehooks.adapt(model).layer_ids}
+    run = dict(input_ids=ids, attention_mask=mask, **{**GREEDY, "max_new_tokens": 8})
+    logits = dict(return_dict_in_generate=True, output_logits=True)
+    with moehooks.steer(model, experts, mode="hard", phase=phase):
+        reference = model.generate(**run, **logits)
+    with moehooks.steer(model, experts, mode="hard", phase=phase):
+        assisted = model.generate(**run, assistant_model=model)
+    plain = model.generate(**run, **logits)
+    assert (torch.stack(reference.logits) - torch.stack(plain.logits)).abs().amax() > 1e-3
+    assert torch.equal(assisted, reference.sequences)
+
+
+def test_a_lone_rejected_candidate_in_the_first_verification_is_taken_back(model):
+    """An assistant drafting one token: the first verifying call holds the prompt and that one candidate, which
+    the main model rejects (the cache is cropped back to the prompt)."""
+    ids, mask = _one_prompt()
+    assistant = build("qwen3_moe", seed=1)
+    run = dict(input_ids=ids, attention_mask=mask, assistant_model=assistant, **GREEDY)
+    plain = model.generate(**run)
+    with moehooks.record(model) as rec, _beta0(model):
+        out, routed = _routed_rows(model, lambda: model.generate(**run))
+    assert torch.equal(out, plain)
+    decode = out.shape[1] - P - 1
+    assert routed[0] == P + 1 and routed[1] == 2  # the lone candidate at position P was rejected, then re-read
+    assert rec.tokens(phase="decode").tolist() == [decode] * len(rec.layers)
+    prefill, dec = _oracle(model, out, mask)
+    assert torch.equal(rec.counts(phase="prefill"), prefill)
+    assert torch.equal(rec.counts(phase="decode"), dec)
+
+
+@pytest.mark.parametrize("speculation", ["prompt_lookup", "assistant", "itself"])
+def test_qwen3_vl_speculative_decoding_counts_what_a_plain_forward_routes(speculation):
+    """Candidates the verifying call holds are not in its ``mm_token_type_ids`` yet (they hold the prompt's
+    columns): image rows come from the prompt's token types, generated rows are text."""
+    vl = build_vl("qwen3_vl_moe")
+    batch = vl_batch(vl, batch_size=1, left_pad=False)
+    extra = {"prompt_lookup": dict(prompt_lookup_num_tokens=3), "assistant": dict(assistant_model=build_vl(
+        "qwen3_vl_moe", seed=1)), "itself": dict(assistant_model=vl)}[speculation]
+    run = dict(batch, **{**GREEDY, "max_new_tokens": 8}, **extra)
+    plain = vl.generate(**run)
+    with moehooks.record(vl) as rec, _beta0(vl):
+        out, routed = _routed_rows(vl, lambda: vl.generate(**run))
+    assert torch.equal(out, plain)
+    prompt = batch["input_ids"].shape[1]
+    assert max(routed) > prompt  # the first verifying call holds candidates past the prompt's token types
+    images = int((batch["mm_token_type_ids"] != 0).sum())
+    layers = len(rec.layers)
+    assert rec.tokens(phase="prefill", modality="image").tolist() == [images] * layers
+    assert rec.tokens(phase="prefill", modality="text").tolist() == [prompt - images] * layers
+    assert rec.tokens(phase="decode", modality="image").tolist() == [0] * layers
+    assert rec.tokens(phase="decode").tolist() == [out.shape[1] - prompt - 1] * layers
+    types = torch.cat([batch["mm_token_type_ids"], torch.zeros(1, out.shape[1] - prompt, dtype=torch.long)], 1)
+    prefill, decode = _oracle(vl, out, batch["attention_mask"], pixel_values=batch["pixel_values"],
+                              image_grid_thw=batch["image_grid_thw"], mm_token_type_ids=types)
+    assert torch.equal(rec.counts(phase="prefill"), prefill)
+    assert torch.equal(rec.counts(phase="decode"), decode)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["gpt_oss", "granitemoe"])
+def test_compiled_generate_under_beta_zero_steering_is_bit_identical(family):
+    """``generate``'s own compilation (static cache, ``compile_config``) with a batch of 13: the compiled
+    re-selection of a top-k-then-softmax router rounds unlike the router's fused kernel, so where nothing moves
+    the router's output is kept as it is."""
+    from transformers import CompileConfig
+
+    net = build(family)
+    net.config._attn_implementation = "eager"
+    config = CompileConfig()
+    config._compile_all_devices = True  # compile on CPU too
+    net.generation_config.compile_config, net.generation_config.cache_implementation = config, "static"
+    ids = torch.randint(3, VOCAB, (13, P), generator=torch.Generator().manual_seed(3))
+    run = dict(input_ids=ids, return_dict_in_generate=True, output_logits=True, min_new_tokens=3,
+               **{**GREEDY, "max_new_tokens": 3})
+    torch.compiler.reset()
+    plain = net.generate(**run)
+    with moehooks.record(net) as rec, _beta0(net):
+        out = net.generate(**run)
+    assert getattr(net, "_compiled_call", None) is not None  # the decode steps ran compiled
+    assert torch.equal(out.sequences, plain.sequences)
+    assert torch.equal(torch.stack(out.logits), torch.stack(plain.logits))
+    assert rec.tokens(phase="decode").tolist() == [13 * 2] * len(rec.layers)

@@ -4,18 +4,21 @@ saved Qwen3-VL-MoE with local dataset copies written in the hubs' own layouts.""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import snapshots
 from PIL import Image
+from published_data import PUBLISHED, build_data_root, gsm8k_v_records, read_jsonl
+from test_benchmarks import fake_hub_cache, offline_cache, write_jsonl, write_parquet  # noqa: F401
+from test_models import tiny_vl_moe
 from typer.testing import CliRunner
 
 import cli
-from moehooks import benchmarks, evaluate, models, protocol
+from moehooks import benchmarks, evaluate, models, protocol, runs
 from moehooks.lab.processor import build_processor
-from test_benchmarks import (MATH_ROWS, fake_hub_cache, gsm8k_v_copy, offline_cache, png_bytes,  # noqa: F401
-                             write_jsonl, write_parquet)
-from test_models import tiny_vl_moe
 
 
 def _invoke(*args: str) -> tuple[int, str]:
@@ -83,7 +86,13 @@ def test_dry_run_prints_the_plan_and_loads_nothing(tmp_path: Path, offline_cache
                  "written by the model itself (a difference from the paper)", "shown as rendered v2",
                  f"{tmp_path / 'runs' / 'qwen3-vl' / 'gsm8k-v'}/results.jsonl"):
         assert text in output, text
-    assert output.count("text references:") == 6 and not (tmp_path / "runs").exists()
+    assert output.count("text references:") == 6
+    written = tmp_path / "runs" / "qwen3-vl" / "plan.json"
+    assert f"plan written to {written}" in output and [p for p in (tmp_path / "runs").rglob("*") if p.is_file()] == [
+        written]
+    saved = json.loads(written.read_text())
+    assert [b["name"] for b in saved["benchmarks"]] == list(models.PAPER_BENCHMARKS)
+    assert saved["survey"]["data"]["gsm8k-v"].startswith("not found: benchmark 'gsm8k-v'")
     code, output = _invoke("steer", "--model", "qwen3-vl", "--benchmark", "math500", "--dry-run")
     assert code == 0 and "gpqa" not in output and "do_sample=False, max_new_tokens=8192\n" in output
 
@@ -132,45 +141,16 @@ def _tiny_checkpoint(path: Path) -> Path:
     return path
 
 
-def _data_root(root: Path) -> Path:
-    write_jsonl(root / "MATH-500" / "test.jsonl", MATH_ROWS)
-    answers = [("B", "multi-choice"), ("Area $=12 \\mathrm{~cm}^{2}$", "free-form")]
-    vision = [{"sample_index": str(k), "problem_index": str(k), "problem_version": "Vision Only", "question": "",
-               "image": {"bytes": png_bytes(40 * k), "path": f"image_{k}.png"}, "answer": answer,
-               "question_type": kind} for k, (answer, kind) in enumerate(answers)]
-    text = [{"sample_index": str(10 + k), "problem_index": str(k), "problem_version": "Text Only",
-             "question": f"Text version {k}", "image": "", "answer": row["answer"],
-             "question_type": row["question_type"]} for k, row in enumerate(vision)]
-    write_parquet(root / "MathVerse" / "testmini.parquet", vision)
-    write_parquet(root / "MathVerse" / "testmini_text_only.parquet", text)
-    gsm8k_v_copy(root / "GSM8K-V")
-    write_parquet(root / "MathVision" / "data" / "testmini-00000-of-00001.parquet", [
-        {"id": str(k), "question": f"<image1>\nHow many dots are there in figure {k}?", "options": [],
-         "image": f"images/{k}.jpg", "decoded_image": {"bytes": png_bytes(30 * k), "path": f"{k}.jpg"},
-         "answer": str(k), "solution": None, "level": 1, "subject": "counting"} for k in range(1, 4)])
-    with (root / "gpqa_diamond.csv").open("w", newline="") as fh:
-        import csv
-
-        writer = csv.DictWriter(fh, fieldnames=["Record ID", "Question", "Correct Answer", "Incorrect Answer 1",
-                                                "Incorrect Answer 2", "Incorrect Answer 3", "High-level domain"])
-        writer.writeheader()
-        writer.writerows([{"Record ID": f"r{k}", "Question": f"What is the SI unit of force ({k})?",
-                           "Correct Answer": "newton", "Incorrect Answer 1": "joule", "Incorrect Answer 2": "watt",
-                           "Incorrect Answer 3": "pascal", "High-level domain": "Physics"} for k in range(3)])
-    write_parquet(root / "alpaca" / "data" / "train-00000-of-00001.parquet",
-                  [{"instruction": f"Say {w}.", "input": "", "output": w, "text": ""} for w in ("yes", "no", "maybe")])
-    return root
-
-
 def test_the_protocol_end_to_end_on_local_copies(tmp_path: Path) -> None:
     model = _tiny_checkpoint(tmp_path / "ckpt")
-    data = _data_root(tmp_path / "data")
+    data = build_data_root(tmp_path / "data")
     out = tmp_path / "runs"
     descriptions = write_jsonl(tmp_path / "descriptions.jsonl",
-                               [{"id": str(k), "description": f"{k} black dots"} for k in range(1, 4)])
+                               [{"id": k, "description": f"figure of item {k}"} for k in ("437", "748")])
     code, output = _invoke("steer", "--model", str(model), "--preset", "qwen3-vl", "--benchmark",
                            "math500,gpqa-physics,mathverse,mathvision,gsm8k-v", "--data-dir", str(data),
-                           "--data-dir", f"gpqa-physics={data}", "--descriptions", str(descriptions), "--limit", "2",
+                           "--data-dir", f"gpqa-physics={data / 'gpqa'}", "--descriptions", str(descriptions),
+                           "--limit", "2",
                            "--layers", "0-1", "--tau", "0.05", "--max-new-tokens", "2", "--n-references", "2",
                            "--n-general", "2", "--trials", "2", "--do-sample", "--generate", "top_k=5",
                            "--out", str(out))
@@ -179,7 +159,8 @@ def test_the_protocol_end_to_end_on_local_copies(tmp_path: Path) -> None:
     plan = json.loads((root / "plan.json").read_text())
     assert plan["checkpoint"] == str(model) and plan["benchmarks"][0]["generation"] == {
         "do_sample": True, "max_new_tokens": 2, "top_k": 5}
-    counts = {"math500": 2, "gpqa-physics": 2, "mathverse": 2, "mathvision": 2, "gsm8k-v": 2}
+    counts = {"math500": 2, "gpqa-physics": 2, "mathverse": 1, "mathvision": 2, "gsm8k-v": 2}
+    assert [b["items"] for b in plan["survey"]["data"].values() if isinstance(b, dict)] == [2, 3, 1, 2, 3, 2]
     for name, n in counts.items():
         rows = evaluate.read_results(root / name / "results.jsonl")
         assert len(rows) == 5 * 2 * n
@@ -229,7 +210,7 @@ def test_analyze_dry_run_names_the_paper_analysis(offline_cache: Path, nothing_l
 
 def test_analyze_sections_3_2_and_3_3_end_to_end(tmp_path: Path) -> None:
     model = _tiny_checkpoint(tmp_path / "ckpt")
-    data = _data_root(tmp_path / "data")
+    data = build_data_root(tmp_path / "data")
     write_parquet(data / "gsm8k" / "main" / "test-00000-of-00001.parquet",
                   [{"question": f"Tom has {k} apples and buys 3 more. How many now?", "answer": f"#### {k + 3}"}
                    for k in range(4)])
@@ -245,20 +226,21 @@ def test_analyze_sections_3_2_and_3_3_end_to_end(tmp_path: Path) -> None:
     assert (out / "gini_variants.csv").read_text().splitlines()[0] == "layer,text,v1,v2,v3"
     for name in ("domain_delta.png", "visual_delta.png", "jsd_variants.png", "gini_variants.png"):
         assert (out / name).is_file()
-    assert len(list((out / "alpaca-v1").glob("*.png"))) == 3 and len(list((out / "math500-v3").glob("*.png"))) == 3
+    assert len(list((out / "alpaca-v1").glob("*.png"))) == 2 and len(list((out / "math500-v3").glob("*.png"))) == 2
 
 
 def test_mathvision_figures_described_by_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(protocol, "DESCRIPTION_TOKENS", 3)
     lm, processor = models.load(str(_tiny_checkpoint(tmp_path / "ckpt")))
-    items = benchmarks.load_benchmark("mathvision", _data_root(tmp_path / "data") / "MathVision",
+    items = benchmarks.load_benchmark("mathvision", build_data_root(tmp_path / "data") / "MathVision",
                                       image_dir=tmp_path / "img")
     found = protocol.describe_figures(lm, processor, items, tmp_path / "descriptions.jsonl")
-    assert set(found) == {"1", "2", "3"}
+    assert set(found) == {"437", "748"}
     rows = evaluate.read_results(tmp_path / "descriptions.jsonl")
-    assert len(rows) == 3 and all(r["method"] == "describe" for r in rows)
+    assert len(rows) == 2 and all(r["method"] == "describe" for r in rows)
     described = protocol.with_descriptions(items, found)
-    assert described[0].text_reference == f"How many dots are there in figure 1?\n\nFigure: {found['1']}"
+    question = read_jsonl(PUBLISHED / "MathVision" / "testmini.jsonl")[0]["question"].removesuffix("\n<image1>")
+    assert described[0].text_reference == f"{question}\n\nFigure: {found['437']}"
     with pytest.raises(ValueError, match="no figure description for mathvision items"):
         protocol.with_descriptions(items, {})
 
@@ -309,6 +291,7 @@ def test_online_preflight_names_a_gated_dataset_without_token(offline_cache: Pat
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(protocol, "_endpoint_answers", lambda endpoint: True)
     gated = {"Idavidrein/gpqa": "manual"}
     monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info",
                         lambda self, repo_id, **_: types.SimpleNamespace(gated=gated.get(repo_id, False)))
@@ -319,3 +302,167 @@ def test_online_preflight_names_a_gated_dataset_without_token(offline_cache: Pat
     assert "is gated: accept its terms on https://huggingface.co/datasets/Idavidrein/gpqa" in pieces[0]
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_x")
     assert protocol.missing(protocol.make_plan("qwen3-vl", "gpqa-physics", cuda=False)) == []
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The command line in a fresh process (no test's state), offline, one thread."""
+    import os
+
+    base = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True,
+                          check=False, env=base | (env or {}), timeout=300)
+
+
+def test_a_broken_dataset_stops_the_run_before_the_model_loads(tmp_path: Path) -> None:
+    """GSM8K-V with one picture missing (after MATH-500, which is fine): one error line naming the benchmark and
+    the file, exit 2, nothing written."""
+    model = _tiny_checkpoint(tmp_path / "ckpt")
+    data = build_data_root(tmp_path / "data")
+    (data / "GSM8K-V" / "data" / "images" / "734_2.png").unlink()
+    out = tmp_path / "runs"
+    done = _cli("steer", "--model", str(model), "--preset", "qwen3-vl", "--benchmark", "math500,gsm8k-v",
+                "--data-dir", str(data), "--max-new-tokens", "2", "--out", str(out))
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: benchmark 'gsm8k-v': ")
+    assert "dialogue.json: item 734 shows pictures ['734_2.png']" in errors[0]
+    assert "Traceback" not in done.stderr and done.stdout == "" and not out.exists()
+
+
+def test_a_missing_general_file_is_named_first_offline_without_waiting(tmp_path: Path, offline_cache: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://10.255.255.1")  # unroutable: any request would hang
+    plan = protocol.make_plan("qwen3-vl", "math500,gsm8k-v", general=tmp_path / "general.jsonl", cuda=False)
+    start = time.perf_counter()
+    with pytest.raises(runs.UsageError, match=rf"general data \(--general\): item file {tmp_path}/general.jsonl: "
+                                              "not found"):
+        protocol.preflight(plan)
+    assert time.perf_counter() - start < 0.5
+    write_jsonl(tmp_path / "general.jsonl", [{"id": "g1", "question": "Say yes.", "answer": "yes"}])
+    start = time.perf_counter()
+    with pytest.raises(protocol.MissingPiecesError, match="3 missing") as err:
+        protocol.preflight(plan)
+    assert time.perf_counter() - start < 0.5 and "Qwen/Qwen3-VL-30B-A3B-Instruct" in str(err.value)
+
+
+def test_task_files_are_checked_before_the_model_is_looked_up(tmp_path: Path) -> None:
+    done = _cli("steer", "--model", "qwen3-vl", "--tasks", str(tmp_path / "tasks.jsonl"), "--general",
+                str(tmp_path / "general.jsonl"), env={"HF_ENDPOINT": "http://10.255.255.1",
+                                                      "HF_HUB_CACHE": str(tmp_path / "hub")})
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: ") and str(tmp_path / "tasks.jsonl") in done.stderr
+    done = _cli("steer", "--model", "qwen3-vl", "--data-dir", str(tmp_path / "absent"), "--dry-run")
+    assert done.returncode == 2
+    assert done.stderr == f"error: --data-dir {tmp_path / 'absent'}: no such directory ({tmp_path / 'absent'})\n"
+
+
+def test_memory_estimate_matches_the_model_and_its_cache(tmp_path: Path) -> None:
+    """Weights: the parameters of the loaded model. KV cache: the bytes of the cache a forward really fills, and
+    the formula by hand (2 layers x 1 KV head x 16 head dim x 2 x 4 bytes = 256 bytes per token)."""
+    import torch
+
+    from moehooks import memory
+
+    path = _tiny_checkpoint(tmp_path / "ckpt")
+    lm, _ = models.load(str(path))
+    config = memory.local_config(str(path))
+    estimate = memory.estimate(config, "auto", batch_size=3, tokens=7)
+    assert estimate.parameters == sum(p.numel() for p in lm.parameters())
+    assert estimate.weights == sum(p.numel() * p.element_size() for p in lm.parameters())
+    assert estimate.kv_cache == 3 * 7 * 256
+    with torch.no_grad():
+        cache = lm(input_ids=torch.ones(3, 7, dtype=torch.long), use_cache=True).past_key_values
+    assert estimate.kv_cache == sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+    assert memory.estimate(config, "bfloat16", batch_size=3, tokens=7).kv_cache == 3 * 7 * 128
+
+
+def test_dry_run_surveys_data_renderer_memory_and_budget(tmp_path: Path) -> None:
+    from moehooks import memory
+
+    model = _tiny_checkpoint(tmp_path / "ckpt")
+    data = build_data_root(tmp_path / "data")
+    out = tmp_path / "runs"
+    code, output = _invoke("steer", "--model", str(model), "--preset", "qwen3-vl", "--benchmark",
+                           "math500,mathverse,gsm8k-v", "--data-dir", str(data), "--max-new-tokens", "16",
+                           "--limit", "2", "--dry-run", "--out", str(out))
+    assert code == 0, output
+    pictures = sum(len(row["pic_ids"]) for row in gsm8k_v_records()[:2])
+    for text in ("items: 2 of 2 rows (test.jsonl); shown as rendered v2; 160 tokens at most",
+                 ("items: 1 Vision Only (problem_version) of 5 rows (testmini.parquet); 1 images, 1 decoded; shown as "
+                  "the dataset's images; 80 tokens at most"),
+                 (f"items: 2 of the 3 items of 3 rows (dialogue.json, price.json); {pictures} images, "
+                  f"{pictures} decoded"),
+                 "read: 2 of 2 rows (train-00000-of-00001-a09b74b3ef9c3b56.parquet)",
+                 "generation budget: 400 tokens at most (items x methods x trials x max_new_tokens",
+                 f"renderer v2: {protocol.renderer('v2')}"):
+        assert text in output, text
+    expected = memory.estimate(memory.local_config(str(model)), "auto", batch_size=8,
+                               tokens=protocol.PROMPT_TOKENS + 16)
+    assert f"memory: {expected.describe()} (KV cache for 2,048 prompt + 16 new tokens per sequence)" in output
+    written = out / "qwen3-vl" / "plan.json"
+    saved = json.loads(written.read_text())
+    assert saved["survey"]["data"]["mathverse"]["rows"] == 5 and saved["survey"]["budget"]["gsm8k-v"] == 160
+    assert saved["survey"]["memory"]["kv_cache"] == expected.kv_cache
+    assert [p for p in out.rglob("*") if p.is_file()] == [written]
+
+
+def test_an_unreachable_hub_means_the_cache_only_without_retries(tmp_path: Path) -> None:
+    tasks = write_jsonl(tmp_path / "tasks.jsonl", [{"id": "1", "question": "Solve it.", "answer": "5",
+                                                    "text_reference": "2+3="}])
+    general = write_jsonl(tmp_path / "general.jsonl", [{"id": "g", "question": "Say yes.", "answer": "yes"}])
+    done = _cli("steer", "--model", "qwen3-vl", "--tasks", str(tasks), "--general", str(general), "--out",
+                str(tmp_path / "runs"), env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "https://hub.invalid",
+                                             "HF_HUB_CACHE": str(tmp_path / "hub")})
+    assert done.returncode == 2 and "Retrying" not in done.stderr and "Traceback" not in done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[0] == ("warning: https://hub.invalid does not answer: working from the Hugging Face cache only "
+                        "(as with HF_HUB_OFFLINE=1)")
+    assert lines[1].startswith("error: model 'qwen3-vl' could not be loaded") and len(lines) == 2
+
+
+@pytest.mark.parametrize(("alias", "head_dim"), [("qwen3-vl", 16), ("llama4-scout", 8)])
+def test_memory_of_a_cached_published_checkpoint(offline_cache: Path, alias: str, head_dim: int) -> None:
+    """From the published config.json in the hub cache (shrunk sizes), nothing downloaded: the parameters and
+    bytes equal the checkpoint's own ``model.safetensors.index.json`` totals (bf16, as ``dtype="auto"`` loads
+    it); the KV cache is 2 layers x 1 KV head x head_dim x 2 x 2 bytes per token, by hand."""
+    from moehooks import memory
+
+    folder = snapshots.snapshot(offline_cache, alias)
+    totals = json.loads((folder / "model.safetensors.index.json").read_text())["metadata"]
+    estimate = memory.estimate(memory.local_config(models.resolve(alias).source), "auto", batch_size=4, tokens=100)
+    assert (estimate.parameters, estimate.weights, estimate.dtype) == (totals["total_parameters"],
+                                                                       totals["total_size"], "bfloat16")
+    assert estimate.kv_cache == 2 * 1 * head_dim * 2 * 2 * 4 * 100
+    plan = protocol.make_plan(alias, "math500", cuda=False, batch_size=4, generation={"max_new_tokens": 52})
+    found = protocol.survey(plan)
+    assert found.memory.kv_cache == 2 * 1 * head_dim * 2 * 2 * 4 * (protocol.PROMPT_TOKENS + 52)
+    assert f"memory: {found.memory.describe()}" in protocol.format_plan(plan, found)
+    assert memory.local_config("org/not-cached") is None
+
+
+def test_preflight_finds_items_the_run_could_not_prompt(tmp_path: Path) -> None:
+    """A MathVerse problem missing from testmini_text_only (no text reference) and a descriptions file that does
+    not cover every MATH-Vision item stop the run before anything loads."""
+    from published_data import hub_parquet
+
+    model = str(_tiny_checkpoint(tmp_path / "ckpt"))
+    data = build_data_root(tmp_path / "data")
+    hub_parquet(data / "MathVerse" / "testmini_text_only.parquet",
+                [{**json.loads((PUBLISHED / "MathVerse" / "testmini_text_only.json").read_text())[0],
+                  "problem_index": "684"}])
+    plan = protocol.make_plan(model, "mathverse", preset="qwen3-vl", data_dir=str(data), cuda=False)
+    with pytest.raises(runs.UsageError, match=r"benchmark 'mathverse': .*testmini.parquet: 1 items have no text "
+                                              r"version .* e.g. \['3425'\]"):
+        protocol.preflight(plan)
+    descriptions = write_jsonl(tmp_path / "d.jsonl", [{"id": "437", "description": "a 3x3 grid"}])
+    plan = protocol.make_plan(model, "mathvision", preset="qwen3-vl", data_dir=str(data), cuda=False,
+                              descriptions=descriptions)
+    with pytest.raises(runs.UsageError, match=r"d.jsonl: no description for 1 mathvision items, e.g. \['748'\]"):
+        protocol.preflight(plan)

@@ -129,14 +129,31 @@ def test_readme_command(command: Command, workdir: Path) -> None:
     assert result.exit_code == 0, f"{command.line}\n{result.output}{result.exception!r}"
 
 
-def test_readme_python_blocks_run(workdir: Path) -> None:
+def test_readme_python_blocks_run(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every Python block runs; the library example demonstrates the method: experts identified on text that is
+    not a test item, in the alias's layers, and soft steering that does not lower the image accuracy it prints."""
+    from moehooks import models
+
     namespace: dict = {"__name__": "readme"}
     ran = 0
     for body, reason in blocks("python"):
         if reason is None:
             exec(compile(body, "README.md", "exec"), namespace)
             ran += 1
+            if ran == 1:
+                printed = capsys.readouterr().out
     assert ran >= 2
+    found = re.search(r"image problems \((\d+) held-out\): baseline ([\d.]+)% -> soft steering ([\d.]+)%", printed)
+    assert found, printed
+    count, before, after = int(found[1]), float(found[2]), float(found[3])
+    items, domain = namespace["items"], namespace["domain"]
+    assert count == len(items) >= 40 and all(item.image for item in items)
+    assert not {it.id for it in items} & {it.id for it in domain} and not any(it.image for it in domain)
+    first, last = models.resolve("lab").layers
+    assert list(namespace["layers"]) == list(range(first, last + 1)) and set(namespace["experts"]) <= set(
+        namespace["layers"])
+    assert after > before, printed
+    assert f"baseline {before:.1f}% -> soft steering {after:.1f}%" in README
 
 
 def _cited_names() -> set[str]:

@@ -7,6 +7,7 @@ import torch
 
 import moehooks
 from moehooks import recording
+from moehooks.steering import calibrate_sigma
 from tiny import FAMILIES, VOCAB, build
 from tiny_vl import VL_FAMILIES, build_vl, image_positions, vl_batch
 
@@ -169,3 +170,28 @@ def test_held_calls_add_up_to_the_tables_of_calls_added_one_by_one(family, limit
     for a, b in zip(held[4:], added[4:]):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-5)
     assert held[0].sum() == 3 * 3 * moehooks.adapt(model).layers[0].top_k * len(moehooks.adapt(model).layers)
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_gradient_checkpointing_recomputation_is_steered_again_and_not_counted_again(reentrant):
+    """Backward through checkpointed layers reruns their routers: the recorder and the calibration count each
+    real token once (a hand count, and the same tables as without checkpointing), and steering edits the rerun
+    as it edited the forward (the same gradients as without checkpointing)."""
+    ids, mask = _padded_ids()
+    runs = []
+    for checkpointed in (False, True):
+        net = build("qwen3_moe").train()
+        if checkpointed:
+            net.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
+        with moehooks.record(net) as rec, calibrate_sigma(net) as cal, \
+                moehooks.steer(net, {1: [0, 1]}, mode="hard", phase="prefill"):
+            net(input_ids=ids, attention_mask=mask, labels=ids, use_cache=False).loss.backward()
+        grads = [p.grad.clone() for p in net.parameters() if p.grad is not None]
+        runs.append((rec.tokens(), rec.counts(), rec.gates(), cal.sigma(), grads))
+    (tokens, counts, gates, sigma, grads), (ck_tokens, ck_counts, ck_gates, ck_sigma, ck_grads) = runs
+    assert ck_tokens.tolist() == [int(mask.sum())] * 3
+    assert torch.equal(ck_counts, counts) and torch.equal(ck_gates, gates) and torch.equal(ck_sigma, sigma)
+    assert bool((counts[1, :2] == int(mask.sum())).all())  # the steered layer chose 0 and 1 at every real token
+    assert len(ck_grads) == len(grads)
+    for got, expected in zip(ck_grads, grads):
+        torch.testing.assert_close(got, expected)

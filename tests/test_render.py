@@ -98,16 +98,11 @@ def test_bad_size_and_empty_text_rejected():
 
 
 def test_strict_without_handwriting_font_names_package():
-    if rendering.find_handwriting_font() is not None:
-        pytest.skip(f"a handwriting font is installed: {rendering.find_handwriting_font()}")
     with pytest.raises(MissingFontError, match="apt-get install fonts-dkg-handwriting"):
         render("1+1=", "v2", strict=True)
 
 
 def test_synthetic_handwriting_warns_once():
-    if rendering.find_handwriting_font() is not None:
-        pytest.skip("a handwriting font is installed")
-    rendering._warn_synthetic_handwriting.cache_clear()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         render("1+1=", "v2")
@@ -117,10 +112,7 @@ def test_synthetic_handwriting_warns_once():
     assert "fonts-dkg-handwriting" in messages[0]
 
 
-def test_latex_renders_with_mathtext_fallback(monkeypatch):
-    monkeypatch.setattr(rendering, "has_latex", lambda: False)
-    monkeypatch.setattr(rendering, "has_usetex", lambda: False)
-    rendering._draw.cache_clear()
+def test_latex_renders_with_mathtext_fallback():
     fraction = render(r"$\frac{1}{2}$", "v1")
     one = render("1", "v1")
     left, top, right, bottom = ink_box(fraction)
@@ -128,19 +120,41 @@ def test_latex_renders_with_mathtext_fallback(monkeypatch):
     assert right - left < bottom - top
 
 
+@pytest.mark.installed_tools
 def test_a_partial_latex_install_falls_back_to_mathtext(monkeypatch):
     """``latex`` and ``dvipng`` present but matplotlib's usetex failing (no cm-super): not LaTeX."""
     import matplotlib.figure
 
-    from moehooks import render as rendering
-
     def broken(self, *args, **kwargs):
         raise RuntimeError("Missing cm-super package, required by Matplotlib")
 
-    rendering.has_usetex.cache_clear()
     monkeypatch.setattr(rendering.shutil, "which", lambda name: f"/usr/bin/{name}")
     monkeypatch.setattr(matplotlib.figure.Figure, "draw", broken)
-    try:
-        assert rendering.has_latex() and rendering.has_usetex() is False
-    finally:
-        rendering.has_usetex.cache_clear()
+    assert rendering.has_latex() and rendering.has_usetex() is False
+
+
+@pytest.mark.installed_tools
+def test_no_latex_on_path_means_no_latex(monkeypatch):
+    monkeypatch.setattr(rendering.shutil, "which", lambda name: None if name == "dvipng" else f"/usr/bin/{name}")
+    assert rendering.has_latex() is False and rendering.has_usetex() is False
+
+
+@pytest.mark.installed_tools
+def test_an_installed_handwriting_font_is_found_and_drawn_with(monkeypatch):
+    """A font registered under a handwriting family (here DejaVu Serif's file named "Comic Neue", the handwriting
+    fonts really installed set aside) is the one the handwritten variants draw with: ``strict`` accepts it, no
+    synthetic-handwriting warning."""
+    from matplotlib import font_manager
+
+    serif = font_manager.findfont(font_manager.FontProperties(family="DejaVu Serif"), fallback_to_default=False)
+    fake = font_manager.FontEntry(fname=serif, name="Comic Neue")
+    handwriting = {rendering._normalize_family(n) for n in rendering.HANDWRITING_FONT_CANDIDATES}
+    others = [e for e in font_manager.fontManager.ttflist if rendering._normalize_family(e.name) not in handwriting]
+    monkeypatch.setattr(font_manager.fontManager, "ttflist", [*others, fake])
+    assert rendering.find_handwriting_font() == serif
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        image = render("1+1=", "v2", strict=True)
+    assert not [w for w in caught if "synthetic handwriting" in str(w.message)]
+    monkeypatch.setattr(rendering, "find_handwriting_font", lambda: None)
+    assert not np.array_equal(np.asarray(image), np.asarray(render("1+1=", "v2")))

@@ -42,10 +42,9 @@ SOURCE = re.compile(r"\\[A-Za-z]{2,}|begin\s*\{|end\s*\{|\[/?asy\]|\\\[|\\\]|\\[
 
 
 @pytest.fixture(autouse=True)
-def fallback(monkeypatch: pytest.MonkeyPatch):
-    """Typeset without LaTeX (the fallback under test), with the synthetic-handwriting warning silenced."""
-    monkeypatch.setattr(rendering, "has_latex", lambda: False)
-    monkeypatch.setattr(rendering, "has_usetex", lambda: False)
+def quiet_synthetic_warning():
+    """Typeset without LaTeX (the fallback under test: conftest hides what is installed), with the
+    synthetic-handwriting warning silenced."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         yield
@@ -106,8 +105,8 @@ def test_items_that_cannot_be_typeset_are_skipped_by_id(tmp_path: Path) -> None:
         benchmarks.render_images(items[1:], tmp_path, "v1")
 
 
-def test_real_latex_typesets_the_page(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.undo()
+@pytest.mark.installed_tools
+def test_real_latex_typesets_the_page(tmp_path: Path) -> None:
     if not rendering.has_latex():
         pytest.skip("LaTeX is not installed (Debian: apt-get install texlive-latex-base dvipng)")
     image = render(PROBLEMS["matrix"], "v1")

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import pytest
 import torch
 import transformers
 
-from tiny import VOCAB, _randomise_biases
+from tiny import VOCAB, _randomise_biases, skip_if_forward_is_broken
 
 TEXT_MAX = 80  # text tokens are drawn from [3, TEXT_MAX); special tokens sit in [TEXT_MAX, VOCAB)
 PAD = 0
@@ -105,22 +104,8 @@ def build_vl(model_type: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = _BUILDERS[model_type]().eval()
     _randomise_biases(model)
-    _skip_if_forward_is_broken(model)
+    skip_if_forward_is_broken(model, vl_batch(model, batch_size=1))
     return model
-
-
-def _skip_if_forward_is_broken(model: torch.nn.Module) -> None:
-    """Skip (naming the release) where the installed transformers cannot run this class's multimodal forward:
-    transformers 5.24's ``Llama4ForConditionalGeneration.forward`` reads ``image_outputs`` from the text
-    model's output, which has none."""
-    try:
-        with torch.no_grad():
-            model(**vl_batch(model, batch_size=1))
-    except AttributeError as error:
-        if "image_outputs" not in str(error):
-            raise
-        pytest.skip(f"transformers {transformers.__version__}: {type(model).__name__}.forward raises "
-                    f"AttributeError ({error}); an upstream bug")
 
 
 # ---------------------------------------------------------------------------------------------- batches

@@ -194,6 +194,10 @@ class MoELayer:
     #: the probe saw the block leave its router's logits and its experts' inputs as they were, so a call's
     #: choices may be read after the block ran (the recorder adds them up in batches)
     stable: bool = False
+    #: how the block turns its router's choice into its experts' inputs (``moehooks.adapters.probe.BlockUse``),
+    #: "" when the experts consume it as it is; where set, the choices are read and replaced at the router's output
+    #: (ids of all the router's experts, zero-compute ones included) and the block's use applies after that
+    use: str = ""
 
 
 @dataclass(frozen=True)
@@ -340,7 +344,7 @@ def adapt(model: nn.Module) -> RoutingMap:
 
 def _entry(model: nn.Module, name: str, parent_name: str, router: nn.Module, layer: int, adapter: RouterAdapter,
            shared_attrs: tuple[str, ...], experts: nn.Module | None = None, logits_at: int = 0,
-           rule_error: str = "", stable: bool = False) -> MoELayer:
+           rule_error: str = "", stable: bool = False, use: str = "") -> MoELayer:
     block = model.get_submodule(parent_name)
     return MoELayer(
         layer=layer,
@@ -356,12 +360,13 @@ def _entry(model: nn.Module, name: str, parent_name: str, router: nn.Module, lay
         logits_at=logits_at,
         rule_error=rule_error,
         stable=stable,
+        use=use,
     )
 
 
 def _probed_entry(model: nn.Module, block, layer: int) -> MoELayer | None:
     """The entry of a structurally found block: probed, its rule identified (or its absence recorded)."""
-    from .probe import identify, identify_table, probe, takes_token_ids, unsupported
+    from .probe import identify, identify_choice, identify_table, probe, takes_token_ids, unsupported
 
     block = probe(block)
     if block.router is None:
@@ -371,7 +376,10 @@ def _probed_entry(model: nn.Module, block, layer: int) -> MoELayer | None:
         raise unsupported(block.name, block.error, ())
     hinted_cls = _BY_ROUTER_CLASS.get(type(base_of(block.router)).__name__)
     identified = identify(block, hinted_cls)
-    tried = identified.tried
+    tried, use = identified.tried, None
+    if identified.adapter is None and block.chosen:  # the block transforms its router's choice before its experts
+        identified, use = identify_choice(block, hinted_cls)
+        tried += identified.tried
     if identified.adapter is None and takes_token_ids(base_of(block.router)):  # hash routing: a token-id table chooses
         identified = identify_table(block)
         tried += identified.tried
@@ -382,7 +390,7 @@ def _probed_entry(model: nn.Module, block, layer: int) -> MoELayer | None:
         adapter = Unidentified(block.indices.shape[1], block.num_experts, error)
     shared = (hinted_cls or RouterAdapter).shared_attrs
     return _entry(model, block.router_name, block.name, block.router, layer, adapter, shared, experts=block.experts,
-                  logits_at=block.logits_at, rule_error=error, stable=block.stable)
+                  logits_at=block.logits_at, rule_error=error, stable=block.stable, use="" if use is None else use.name)
 
 
 class Unidentified(RouterAdapter):
@@ -412,10 +420,12 @@ def hook_routing(stack: ExitStack, entry: MoELayer, edit: Edit, *, edits: bool =
     """Call ``edit(logits, weights, indices)`` at every call of ``entry``'s MoE block until ``stack`` closes;
     with ``edits``, a returned ``(logits, weights, indices)`` replaces what the block consumes.
 
-    Reading: where the block has an experts module, the weights and indices are the experts' own inputs (what
-    they really consume) and the logits are the router's output of the same call; otherwise all three come
-    from the router's output (``adapter.unpack``). Editing: a registered family's router output is rewritten
-    (``adapter.pack``; the probe verified that the experts consume it as it is), any other block's experts
+    Reading: where the block has an experts module that consumes the router's choice as it is, the weights and
+    indices are the experts' own inputs (what they really consume) and the logits are the router's output of the
+    same call; otherwise (no experts module, or a block with a ``use`` of the choice) all three come from the
+    router's output (``adapter.unpack``). Editing: a registered family's router output is rewritten
+    (``adapter.pack``; the probe verified that the experts consume it as it is), as is the router output of a
+    block with a ``use`` (the block then applies its use to the edited choice); any other block's experts
     inputs are; a family that hooks the block itself does so (``adapter.hook_block``). ``first``: before hooks
     already there.
     """
@@ -423,7 +433,7 @@ def hook_routing(stack: ExitStack, entry: MoELayer, edit: Edit, *, edits: bool =
     if adapter.hooks_block:
         adapter.hook_block(stack, entry, edit, edits=edits, first=first)
         return
-    if entry.experts is None or (edits and type(adapter) in _FAMILIES.values()):
+    if entry.experts is None or entry.use or (edits and type(adapter) in _FAMILIES.values()):
         def router_hook(module: nn.Module, args: tuple, output: Any) -> Any:
             logits, weights, indices = adapter.unpack(output, args[0] if args else None)
             new = edit(logits, weights, indices)

@@ -9,17 +9,25 @@ is run once on random hidden states, with torch hooks on the experts (the indice
 and on the block's other submodules (which one returns the router logits ``[tokens, experts]``). A rule is
 then *identified*: the registered family of the router's class if it has one, else the first candidate of
 ``candidates`` whose selection from those logits reproduces the consumed indices and weights bit for bit.
+
+A block that transforms its router's choice before its experts (LongCat-Flash from transformers 5.25 sends its
+zero-compute experts' slots to real experts with weight 0 and adds their identity term itself) is described
+by two facts, each identified on its own: the *router's choice* (the ``(logits, weights, indices)`` its router
+returns, which a rule reproduces from the logits) and the *block's use* of it (a known :class:`BlockUse` that
+turns that choice into what the experts consume, bit for bit). A release that moves such code changes one of the
+two; hooks then read and replace the router's choice, and the block's own use applies after them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import itertools
 import re
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
 import torch
@@ -64,6 +72,8 @@ class Block:
     weights: torch.Tensor | None = None  # [T, k]
     calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)  # every probe call
     inputs: list[torch.Tensor | None] = field(default_factory=list)  # the router's input in each probe call
+    #: the router's own ``(indices, weights)`` in each probe call, where it returns ``(logits, weights, indices)``
+    chosen: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     #: the router's logits and the experts' inputs were not changed in place by the rest of the block in any probe
     #: call, so they may be read after the block ran
     stable: bool = True
@@ -98,12 +108,15 @@ def probe(block: Block) -> Block:
     """Run ``block.module`` once on random hidden states and fill in the router and what the experts consumed.
 
     Hooks already on the block's modules are set aside for that call (the probe is not a forward of the
-    model). Results are cached per block until one of its non-expert tensors changes.
+    model). Results are cached per block until one of its non-expert tensors changes, and named from the root
+    ``block`` was found under (``adapt(model.model)`` then ``adapt(model)`` share the probe).
     """
     key = _fingerprint(block)
     cached = _PROBES.get(block.module)
     if cached is not None and cached[0] == key:
-        return cached[1]
+        found = cached[1]
+        router_name = f"{block.name}.{found.router_at}" if found.router is not None else ""
+        return dataclasses.replace(found, name=block.name, router_name=router_name)
     hidden = _hidden_size(block)
     if hidden is None:
         block.error = "no hidden size found: no config.hidden_size and no [experts, hidden] gate weight"
@@ -130,6 +143,8 @@ def probe(block: Block) -> Block:
         logits = read_logits(block.logits_at, output).detach()
         block.calls.append((logits, *consumed[0]))
         block.inputs.append(args[0].detach() if args else None)
+        if returns_choice(output, logits.shape[0]):
+            block.chosen.append((output[2].detach().clone(), output[1].detach().clone()))
     if block.calls:
         block.logits, block.indices, block.weights = block.calls[0]
     _PROBES[block.module] = (key, block)
@@ -277,14 +292,28 @@ def arg_names(cls: type) -> list[str]:
     return list(inspect.signature(cls.forward).parameters)[1:]
 
 
+def returns_choice(output: Any, tokens: int) -> bool:
+    """``output`` is a router's ``(logits [T, W], weights [T, k], indices [T, k], ...)``: the v5 routers' layout,
+    which carries the router's own choice."""
+    if not isinstance(output, (tuple, list)) or len(output) < 3:
+        return False
+    logits, weights, indices = output[:3]
+    return (all(isinstance(t, torch.Tensor) and t.dim() == 2 and t.shape[0] == tokens for t in output[:3])
+            and logits.is_floating_point() and weights.is_floating_point() and not indices.is_floating_point()
+            and weights.shape == indices.shape)
+
+
 def _find_router(block: Block, seen: dict, tokens: int) -> None:
-    """The outermost submodule returning a float ``[tokens, >= experts]`` tensor: the gate."""
+    """The outermost submodule returning a float ``[tokens, >= experts]`` tensor: the gate (wider than the experts
+    module only when it also returns its choice, ``returns_choice``: zero-compute experts the block serves itself)."""
     for name in sorted(seen, key=lambda n: (n.count("."), list(seen).index(n))):
         args, output, _ = seen[name]
         items = list(output) if isinstance(output, (tuple, list)) else [output]
+        wider = returns_choice(output, tokens)
         for at, item in enumerate(items):
             if (isinstance(item, torch.Tensor) and item.is_floating_point() and item.dim() == 2
-                    and item.shape[0] == tokens and item.shape[1] in (block.num_experts, block.num_experts + 1)):
+                    and item.shape[0] == tokens and (item.shape[1] in (block.num_experts, block.num_experts + 1)
+                                                     or (wider and at == 0 and item.shape[1] > block.num_experts))):
                 block.router_name, block.router_at = f"{block.name}.{name}", name
                 block.router = block.module.get_submodule(name)
                 block.logits_at = at if isinstance(output, (tuple, list)) else -1
@@ -314,6 +343,62 @@ def identify(block: Block, hinted: type[RouterAdapter] | None) -> Identified:
                for (logits, *consumed), x in zip(block.calls, block.inputs)):
             return Identified(adapter, tuple(dict.fromkeys(tried)))
     return Identified(None, tuple(dict.fromkeys(tried)))
+
+
+class BlockUse:
+    """How a block turns its router's choice into what its experts consume (``apply``), when not as it is."""
+
+    name: str
+
+    def apply(self, indices: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(indices, weights)`` the experts receive from the router's ``(indices, weights)``."""
+        raise NotImplementedError
+
+
+class ZeroComputeExperts(BlockUse):
+    """LongCat-Flash's zero-compute experts as the block serves them from transformers 5.25: the router chooses
+    among ``routed + zero`` experts; a slot holding a zero-compute expert (id ``>= routed``) reaches the experts
+    module as the real expert ``(id - routed) * routed // zero`` with weight 0, and the block adds
+    ``hidden * (sum of the zero-compute slots' weights)`` (the identity those experts compute) to the experts'
+    output. So choosing a zero-compute expert with weight ``w`` passes the token's hidden state through scaled
+    by ``w``, as the experts module itself did up to 5.24."""
+
+    def __init__(self, routed: int, zero: int) -> None:
+        self.routed, self.zero = routed, zero
+        self.name = f"zero-compute experts {routed}-{routed + zero - 1}: identity added by the block"
+
+    def apply(self, indices: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        identity = indices >= self.routed
+        spread = (indices - self.routed) * self.routed // self.zero
+        return torch.where(identity, spread, indices), weights.masked_fill(identity, 0.0)
+
+
+def block_uses(block: Block) -> list[BlockUse]:
+    """The known uses that fit the block's shapes: zero-compute experts where the router chooses among more
+    experts than the experts module holds."""
+    width = block.logits.shape[1]
+    return [ZeroComputeExperts(block.num_experts, width - block.num_experts)] if width > block.num_experts + 1 else []
+
+
+def identify_choice(block: Block, hinted: type[RouterAdapter] | None) -> tuple[Identified, BlockUse | None]:
+    """For a block whose experts do not consume its router's choice as it is: the rule reproducing the router's
+    own choice (over the router's experts, ``logits`` columns) and the known use that turns that choice into the
+    experts' inputs bit for bit in every probe call; ``(Identified(None, ...), None)`` when either is missing."""
+    if len(block.chosen) != len(block.calls) or not block.chosen:
+        return Identified(None, ()), None
+    routed = replace(block, num_experts=block.logits.shape[1],
+                     calls=[(logits, *chosen) for (logits, *_), chosen in zip(block.calls, block.chosen)])
+    identified = identify(routed, hinted)
+    if identified.adapter is None:
+        return identified, None
+    for use in block_uses(block):
+        if all(_same(use.apply(*chosen), consumed) for chosen, (_, *consumed) in zip(block.chosen, block.calls)):
+            return identified, use
+    return Identified(None, identified.tried), None
+
+
+def _same(got: tuple[torch.Tensor, torch.Tensor], want: list[torch.Tensor]) -> bool:
+    return all(a.dtype == b.dtype and torch.equal(a, b) for a, b in zip(got, want))
 
 
 def identify_table(block: Block) -> Identified:
