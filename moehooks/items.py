@@ -9,7 +9,8 @@ Item files (:func:`load_items`) are JSONL, CSV or Parquet with the fields ``id``
 and optionally ``image`` (a path relative to the file), ``images`` (a list of such paths, for items showing
 several images), ``text_reference`` (the problem as text, used in place
 of the image with ``as_text=True``), ``choices`` (a list of option texts; a JSON list in CSV) and ``meta``
-(an object); any other field is kept in ``Item.meta``.
+(an object); any other field is kept in ``Item.meta``. :func:`text_versions` gives the same problems as text
+prompts.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -286,3 +287,9 @@ def load_items(path: str | os.PathLike[str], *, strict: bool = False) -> list[It
     return items
 
 
+def text_versions(items: Sequence[Item]) -> list[Item]:
+    """The same problems as text prompts: ``text_reference`` alone as the question, no image."""
+    missing = [it.id for it in items if it.text_reference is None]
+    if missing:
+        raise UsageError(f"items {missing[:5]} have no text_reference: their text version is unknown")
+    return [dataclasses.replace(it, question=it.text_reference, image=None, images=None, text_reference=None) for it in items]

@@ -32,10 +32,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import benchmarks, evaluate, models
-from .evaluate import Item
+from . import benchmarks, distributed, evaluate, memory, models, plots, stats, study
+from .items import Item, load_items, read_rows
 from .memory import MemoryEstimate
-from .runs import UsageError
+from .results import MethodSummary
+from .runs import UsageError, check_input_file
+from .study import METHODS
+from .util import atomic_write
 
 RENDERED: Mapping[str, str] = {"math500": "v2", "gpqa-physics": "v2", "gpqa-chemistry": "v2"}
 """Text benchmarks shown to the model as rendered images, with the render variant."""
@@ -233,7 +236,7 @@ def make_plan(model: str, benchmark_names: str | Sequence[str] | None = None, *,
     aliases load with ``device_map="auto"`` and bf16 on a CUDA machine unless ``device_map`` / ``dtype`` say
     otherwise; ``load`` adds ``from_pretrained`` options (``trust_remote_code``, ``revision``). ``general`` is an
     item file of general-domain text (default: Alpaca, from ``data_dir`` or the hub). ``continuous``: generate
-    the methods whose prompts are text with continuous batching (``pipeline.steer_eval``).
+    the methods whose prompts are text with continuous batching (``moehooks.study.steer_eval``).
 
     Example:
         >>> plan = make_plan("qwen3-vl", "math500", cuda=False)
@@ -247,8 +250,6 @@ def make_plan(model: str, benchmark_names: str | Sequence[str] | None = None, *,
                          (batch_size, "batch_size")):
         if count < 1:
             raise UsageError(f"{label} must be >= 1, got {count}")
-    from .pipeline import METHODS
-
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise UsageError(f"unknown methods {unknown}; allowed: {', '.join(METHODS)}")
@@ -357,8 +358,6 @@ def _max_new_tokens(plan: Plan) -> int:
 
 
 def _memory(plan: Plan) -> MemoryEstimate | str:
-    from . import memory
-
     try:
         config = memory.local_config(plan.checkpoint, trust_remote_code=bool(plan.load.get("trust_remote_code")),
                                      revision=plan.load.get("revision"))
@@ -380,7 +379,7 @@ def _general_data(plan: Plan, strict: bool) -> benchmarks.DataReport | str:
     if plan.general_file is None:
         return _benchmark_data(GENERAL, plan.general_dir, None, None, strict)
     try:
-        return f"{len(evaluate.load_items(plan.general_file)):,} items of {plan.general_file}"
+        return f"{len(load_items(plan.general_file)):,} items of {plan.general_file}"
     except UsageError as err:
         if strict:
             raise
@@ -428,11 +427,9 @@ def preflight(plan: Plan) -> Survey:
     ``descriptions``), the pieces that are not here (:func:`check`: checkpoint, datasets; the cache alone when the
     hub is out of reach, :func:`hub_offline`), then every dataset of the plan opened and validated (:func:`survey`
     with ``strict``). Returns the survey; raises ``UsageError`` (``MissingPiecesError`` for absent pieces)."""
-    from .runs import check_input_file
-
     if plan.general_file is not None:
         try:
-            evaluate.load_items(plan.general_file)
+            load_items(plan.general_file)
         except UsageError as err:
             raise UsageError(f"general data (--general): {err}") from None
     for b in plan.benchmarks:
@@ -457,8 +454,6 @@ def preflight(plan: Plan) -> Survey:
 
 def write_plan(plan: Plan, found: Survey | None = None) -> Path:
     """``plan.json`` in the plan's output folder (written atomically): the plan and, when given, its survey."""
-    from .artefacts import atomic_write
-
     data = plan.to_json() | ({"survey": found.to_json()} if found is not None else {})
     return atomic_write(Path(plan.out_dir) / "plan.json", (json.dumps(data, indent=2) + "\n").encode())
 
@@ -727,7 +722,7 @@ def text_problems(items: Sequence[Item]) -> list[Item]:
 
 
 def _descriptions_from_file(path: str) -> dict[str, str]:
-    rows = evaluate._read_rows(Path(path))
+    rows = read_rows(Path(path))
     found = {}
     for location, row in rows:
         if isinstance(row, Exception) or not row.get("id") or not row.get("description"):
@@ -804,11 +799,11 @@ class Table1:
                 for m in self.methods}
 
 
-def table1(summaries: Mapping[str, Mapping[str, evaluate.MethodSummary]], methods: Sequence[str]) -> Table1:
-    """Build :class:`Table1` from per-benchmark summaries (``{benchmark: evaluate.summarize(results)}``).
+def table1(summaries: Mapping[str, Mapping[str, MethodSummary]], methods: Sequence[str]) -> Table1:
+    """Build :class:`Table1` from per-benchmark summaries (``{benchmark: moehooks.results.summarize(results)}``).
 
     Example:
-        >>> s = lambda m, a: evaluate.MethodSummary(m, a, 0.0, 10, 1, None)
+        >>> s = lambda m, a: MethodSummary(m, a, 0.0, 10, 1, None)
         >>> t = table1({"math500": {"baseline": s("baseline", 0.5), "soft": s("soft", 0.6)}}, ["baseline", "soft"])
         >>> t.rows()[1]
         ['soft', '60.0 (+10.0)', '60.0 (+10.0)']
@@ -823,9 +818,6 @@ def table1(summaries: Mapping[str, Mapping[str, evaluate.MethodSummary]], method
 def write_table1(table: Table1, out_dir: str | Path) -> list[Path]:
     """``table1.csv`` (the printed cells), ``table1.json`` (numbers) and ``accuracy.png`` (accuracy per method
     per benchmark, with the trials' spread as error bars; its numbers in ``accuracy.csv``), written atomically."""
-    from . import plots
-    from .artefacts import atomic_write
-
     out = Path(out_dir)
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
@@ -840,17 +832,15 @@ def write_table1(table: Table1, out_dir: str | Path) -> list[Path]:
 
 def run(plan: Plan, found: Survey | None = None, *, stage: Stage = None) -> Table1:
     """Run a plan: check it (:func:`preflight`, unless its result ``found`` is given), load the model once, then
-    per benchmark identify domain experts and evaluate every method; writes ``plan.json``, per-benchmark results
-    and Table 1."""
-    from . import distributed, pipeline
-
+    per benchmark the study runner (``moehooks.study.run``: identify domain experts, save them, evaluate every
+    method); writes ``plan.json``, per-benchmark results and Table 1."""
     found = preflight(plan) if found is None else found
     main = distributed.is_main(distributed.launched_state())
     out = Path(plan.out_dir)
     if main:
         write_plan(plan, found)
     model, processor = models.load(models.resolve(plan.checkpoint, plan.alias), **plan.load)
-    general = seeded_sample(evaluate.load_items(plan.general_file) if plan.general_file else
+    general = seeded_sample(load_items(plan.general_file) if plan.general_file else
                             benchmarks.load_benchmark(GENERAL, plan.general_dir), plan.n_general, plan.seed)
     summaries = {}
     for b in plan.benchmarks:
@@ -866,21 +856,19 @@ def run(plan: Plan, found: Survey | None = None, *, stage: Stage = None) -> Tabl
                                       batch_size=plan.batch_size, stage=stage))
             items = with_descriptions(items, found)
         references = text_problems(seeded_sample(items, b.n_references, plan.seed))
-        experts = pipeline.identify_experts(model, processor, references, general, tau=b.tau, layers=b.layers,
-                                            batch_size=plan.batch_size)
-        if main:
-            pipeline.save_experts(model, experts, folder / "experts.safetensors", dataset=b.data,
-                                  size=len(references), model_id=plan.checkpoint, tau=b.tau)
         generation = dict(b.generation)
-        result = pipeline.steer_eval(
-            model, processor, items, dict(experts), folder, methods=plan.methods, beta=b.beta, layers=b.layers,
-            seed=plan.seed, trials=plan.trials, batch_size=plan.batch_size,
-            max_new_tokens=generation.pop("max_new_tokens"), generation_kwargs=generation,
+        chosen = study.Study(
+            tasks=items, references=references, general=general, tau=b.tau, beta=b.beta, layers=b.layers,
+            dataset=b.data, model_id=plan.checkpoint, name=b.name, identify_batch_size=plan.batch_size,
             settings={"benchmark": b.name, "data": b.data, "references": b.references},
-            progress=(lambda d, t, name=b.name: stage(name, d, t)) if stage else None, continuous=plan.continuous)
-        if main:
-            pipeline.write_json(folder / "summary.json", {m: vars(s) for m, s in result.summary.items()}
-                                | {"experts": result.experts, "items": len(items), "not_typeset": skipped})
+            about={"benchmark": b.name, "data": b.data, "references": b.references, "tau": b.tau, "beta": b.beta,
+                   "layers": b.layers},
+            notes={"items": len(items), "not_typeset": skipped},
+            evaluation=dict(methods=plan.methods, seed=plan.seed, trials=plan.trials, batch_size=plan.batch_size,
+                            max_new_tokens=generation.pop("max_new_tokens"), generation_kwargs=generation,
+                            continuous=plan.continuous))
+        result = study.run(model, processor, chosen, folder,
+                           progress=(lambda d, t, name=b.name: stage(name, d, t)) if stage else None)
         summaries[b.name] = result.summary
     table = table1(summaries, plan.methods)
     if main:
@@ -985,8 +973,6 @@ def run_analysis(plan: AnalysisPlan, *, stage: Stage = None) -> AnalysisResult:
     for MATH-500 rendered v1 / v2 / v3 the JSD to its text version and the Gini of expert importance per layer.
     Checks the plan first (:func:`check`, then each dataset opened and validated); writes the plots, their CSVs
     and ``analysis.json``."""
-    from . import distributed, pipeline, plots, stats
-
     check(plan)
     for name, folder in plan.data.items():
         _benchmark_data(name, folder, None, None, strict=True)
@@ -997,8 +983,8 @@ def run_analysis(plan: AnalysisPlan, *, stage: Stage = None) -> AnalysisResult:
         return seeded_sample(benchmarks.load_benchmark(name, plan.data[name]), plan.n_samples, plan.seed)
 
     def record(label: str, items: Sequence[Item]) -> Any:
-        return pipeline.record_items(model, processor, items, batch_size=plan.batch_size, per_sample=True,
-                                     progress=(lambda d, t: stage(label, d, t)) if stage else None)
+        return study.record_items(model, processor, items, batch_size=plan.batch_size, per_sample=True,
+                                  progress=(lambda d, t: stage(label, d, t)) if stage else None)
 
     gsm8k, alpaca, math = sample("gsm8k"), sample("alpaca"), sample("math500")
     skipped: list[str] = []
@@ -1028,7 +1014,7 @@ def run_analysis(plan: AnalysisPlan, *, stage: Stage = None) -> AnalysisResult:
             plots.plot_gini_curves(gini, out / "gini_variants.png", layer_ids=result.layer_ids,
                                    note=f"MATH-500, {len(kept)} problems").png,
         ]
-        pipeline.write_json(out / "analysis.json", {
+        study.write_json(out / "analysis.json", {
             "plan": plan.to_json(), "layers": result.layer_ids, "domain_experts": dict(domain),
             "visual_experts": dict(visual), "not_typeset": result.not_typeset,
             "jsd": {v: d.mean.tolist() for v, d in divergence.items()},
