@@ -1,11 +1,14 @@
-"""The study as library calls: identify domain experts, analyse routing, evaluate with and without steering.
+"""The study's commands as library calls on item files: load, analyse routing, tune, probe reading, steer, swap.
 
     from moehooks import pipeline
     model, processor, spec = pipeline.load_model("lab")
     result = pipeline.steer_study(model, processor, pipeline.lab_study(), out_dir="runs/lab", spec=spec)
     print(pipeline.format_table(result.summary))
 
-Every command of ``cli.py`` is one function here; the CLI only parses options and draws progress bars.
+Every command of ``cli.py`` is one function here (``study``: ``moehooks.lab.study.run``; ``steer --benchmark``:
+``moehooks.protocol.run``); the CLI only parses options, draws progress bars and prints tables. Steering is measured
+by ``moehooks.study`` (:func:`steer_study` loads the files and calls ``moehooks.study.run``); its steps
+(``identify_experts``, ``steer_eval``, ``save_experts``...) are re-exported here.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ import torch
 from torch import nn
 
 from . import artefacts, distributed, generation, models, plots, runs, stats, study
+from .adapters import adapt
 from .items import Item, load_items, text_versions
 from .results import MethodSummary, eval_settings, summarize
-from .steering import steer
+from .steering import MODES, steer
 from .study import (  # noqa: F401  the study's steps, re-exported: pipeline.steer_eval etc. keep working
     METHODS,
     STEER_MODES,
@@ -41,6 +45,7 @@ from .study import (  # noqa: F401  the study's steps, re-exported: pipeline.ste
     steer_eval,
     write_json,
 )
+from .swap import swap_sweep
 from .util import atomic_write, check_choice, layer_span
 
 
@@ -200,6 +205,11 @@ def tune_steering(model: nn.Module, processor: Any, items: Sequence[Item], refer
     return Tuning(baseline=baseline, rows=rows, best=max(rows, key=lambda r: r["accuracy"]))
 
 
+def save_tuning(tuning: Tuning, path: str | Path) -> Path:
+    """Write a tuning's baseline, rows and chosen setting as JSON (``tune.json``)."""
+    return write_json(Path(path), {"baseline": tuning.baseline, "rows": tuning.rows, "best": tuning.best})
+
+
 def read_probe(model: nn.Module, processor: Any, items: Sequence[Item], *, question: str = LAB_READ_QUESTION,
                batch_size: int = 32, max_new_tokens: int = 8) -> float:
     """Share of image items whose image the model transcribes exactly (``read_versions``): a perception check."""
@@ -271,8 +281,6 @@ def plan_eval(items_path: str | Path, out_path: str | Path, *, experts: str | Pa
         model, processor, spec = load_model("qwen3-vl")
         result = run_plan(model, processor, plan, "runs/eval.jsonl", spec=spec)
     """
-    from .steering import MODES
-
     if experts is None and mode is not None:
         raise runs.UsageError(f"mode {mode!r} needs an expert set (--experts: an artefact from `identify` or "
                               "`steer`); without one the evaluation is the baseline")
@@ -311,8 +319,6 @@ def run_plan(model: nn.Module, processor: Any, plan: EvalPlan, out_path: str | P
     """Run a checked evaluation (:func:`plan_eval`): the artefact's router fingerprint is checked against
     ``model`` first (``allow_mismatch`` warns instead), rows are keyed by every setting and appended to
     ``out_path`` (resumable), and ``<out>.summary.json`` gets this run's accuracy and settings."""
-    from .steering import steer as steer_ctx
-
     spec = spec or models.ModelSpec(source="model")
     out = Path(out_path)
     settings: dict[str, Any] = {"items": runs.file_identity(plan.items_path),
@@ -325,10 +331,10 @@ def run_plan(model: nn.Module, processor: Any, plan: EvalPlan, out_path: str | P
         chosen = plan.artefact.expert_sets["domain"]
         options = dict(mode=plan.method, beta=plan.beta, seed=plan.options["seed"])
         try:
-            drawn = steer_ctx(model, chosen, **options).experts
+            drawn = steer(model, chosen, **options).experts
         except ValueError as err:
             raise runs.UsageError(f"expert set of {plan.experts_path} does not fit this model: {err}") from None
-        context = lambda: steer_ctx(model, chosen, **options)  # noqa: E731
+        context = lambda: steer(model, chosen, **options)  # noqa: E731
         settings |= method_settings(plan.method, drawn, beta=plan.beta, epsilon=1e-3, layers=None)
     state = distributed.launched_state()
     rows = distributed.sharded_eval(model, processor, plan.items, out, state=state, method=plan.method,
@@ -379,9 +385,6 @@ def swap_study(model: nn.Module, processor: Any, items_path: str | Path | None, 
     Items showing ``source`` (field ``digit``, or all items when absent) succeed when the answer follows the
     target: ``answer - source + target``. Returns ``moehooks.swap.SwapSweep``; plots success per layer.
     """
-    from .adapters import adapt
-    from .swap import swap_sweep
-
     runs.check_number("alpha", alpha)
     path = items_path or lab_study().swap
     chosen, expected = swap_items(path, source=source, target=target)
