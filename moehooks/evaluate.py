@@ -86,7 +86,6 @@ __all__ = [
     "summarize",
 ]
 
-_read_rows = read_rows
 
 
 def run_eval(
