@@ -116,11 +116,11 @@ def _check_model(model: str, trust_remote_code: bool, revision: Optional[str], l
                  *, dtype: str = "auto", attn: Optional[str] = None) -> Any:
     """Resolve the model and read its config (no weights): remote code allowed and pinned, ``--dtype`` and
     ``--attn`` known, ``--layers`` within its decoder layers. Returns the config."""
-    from moehooks import models, protocol
+    from moehooks import hub, models
 
     _check_options(model, trust_remote_code, revision, dtype=dtype, attn=attn)
     if not Path(models.resolve(model).source).expanduser().is_dir():
-        protocol.offline_if_unreachable()
+        hub.offline_if_unreachable()
     config = models.load_config(model, trust_remote_code=trust_remote_code, revision=revision)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     count = getattr(text, "num_hidden_layers", None)
@@ -216,9 +216,9 @@ def _benchmark_study(model: str, benchmark: Optional[str], preset: Optional[str]
     """``steer --benchmark``: resolve the plan; on --dry-run survey it (data read and counted, renderer, memory,
     budget), print it and write plan.json; else check everything before any model loads (protocol.preflight),
     print the plan, run it and print Table 1."""
-    from moehooks import distributed, protocol
+    from moehooks import distributed, hub, protocol
 
-    protocol.offline_if_unreachable()
+    hub.offline_if_unreachable()
     plan = protocol.make_plan(model, benchmark, preset=preset, data_dir=protocol.parse_data_dirs(data_dir),
                               general=general, descriptions=descriptions, out_dir=out, **options)
     found = protocol.survey(plan) if dry_run else protocol.preflight(plan)

@@ -22,7 +22,6 @@ Outputs under ``out_dir/<model tag>/``: ``plan.json``, ``table1.{csv,json}``, ``
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import json
 import random
@@ -32,7 +31,18 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import benchmarks, distributed, evaluate, memory, models, plots, stats, study
+from . import (
+    benchmarks,
+    distributed,
+    evaluate,
+    hub,
+    memory,
+    models,
+    plots,
+    stats,
+    study,
+)
+from .hub import hub_offline, missing_checkpoint, offline_if_unreachable  # noqa: F401  re-exported (the CLI, old callers)
 from .items import Item, load_items, read_rows
 from .memory import MemoryEstimate
 from .results import MethodSummary
@@ -68,7 +78,7 @@ class MissingPiecesError(UsageError):
 
     def __init__(self, pieces: Sequence[str]) -> None:
         self.pieces = list(pieces)
-        offline = _offline_state()
+        offline = hub.offline_state()
         lines = "\n".join(f"  - {piece}" for piece in self.pieces)
         super().__init__(f"cannot start: {len(self.pieces)} missing (offline mode: {offline}; nothing was "
                          f"loaded):\n{lines}")
@@ -143,10 +153,6 @@ def parse_benchmarks(text: str | Sequence[str] | None, spec: models.ModelSpec) -
     return list(dict.fromkeys(names))
 
 
-def _repo_folder(hub_id: str | None) -> str | None:
-    return hub_id.split("/")[-1] if hub_id else None
-
-
 def resolve_data_dir(name: str, data_dir: str | Path | Mapping[str, str | Path] | None) -> Path | None:
     """Where benchmark ``name`` is read from: ``data_dir[name]`` (a mapping), else ``ROOT/<repo folder>``
     (``MATH-500``, ``gpqa``, ``MathVerse``, ``MathVision``, ``GSM8K-V``, ``alpaca``, ``gsm8k``) when that exists,
@@ -163,7 +169,7 @@ def resolve_data_dir(name: str, data_dir: str | Path | Mapping[str, str | Path] 
         data_dir = data_dir.get("")
     if data_dir is None:
         return None
-    folder = Path(data_dir) / str(_repo_folder(benchmarks.RECIPES[name].hub_id))
+    folder = Path(data_dir) / str(hub.repo_folder(benchmarks.RECIPES[name].hub_id))
     return folder if folder.is_dir() else None
 
 
@@ -425,7 +431,7 @@ def survey(plan: Plan, *, strict: bool = False) -> Survey:
 def preflight(plan: Plan) -> Survey:
     """Everything checked before any model loads, in this order: the item files given (``general``,
     ``descriptions``), the pieces that are not here (:func:`check`: checkpoint, datasets; the cache alone when the
-    hub is out of reach, :func:`hub_offline`), then every dataset of the plan opened and validated (:func:`survey`
+    hub is out of reach, ``moehooks.hub.hub_offline``), then every dataset of the plan opened and validated (:func:`survey`
     with ``strict``). Returns the survey; raises ``UsageError`` (``MissingPiecesError`` for absent pieces)."""
     if plan.general_file is not None:
         try:
@@ -519,163 +525,23 @@ def format_plan(plan: Plan, found: Survey | None = None) -> str:
 # Missing pieces
 
 
-HUB_PROBE_SECONDS = 2.0
-"""How long :func:`hub_offline` waits for a TCP connection to the hub before treating it as unreachable."""
-
-
-@functools.cache
-def _endpoint_answers(endpoint: str) -> bool:
-    import socket
-    from urllib.parse import urlparse
-
-    url = urlparse(endpoint)
-    try:
-        with socket.create_connection((url.hostname or "", url.port or (443 if url.scheme == "https" else 80)),
-                                      timeout=HUB_PROBE_SECONDS):
-            return True
-    except OSError:
-        return False
-
-
-def hub_offline() -> bool:
-    """Whether the hub is out of reach: offline mode (``HF_HUB_OFFLINE=1``), or no TCP connection to its endpoint
-    within :data:`HUB_PROBE_SECONDS` (probed once per process). Checks then look at the cache only: no request,
-    no retries.
-
-    Example:
-        >>> isinstance(hub_offline(), bool)
-        True
-    """
-    from huggingface_hub import constants
-
-    return constants.is_offline_mode() or not _endpoint_answers(constants.ENDPOINT)
-
-
-def offline_if_unreachable() -> bool:
-    """Switch the Hugging Face hub client (and transformers through it) to offline mode for this process when the
-    hub does not answer (:func:`hub_offline`), with a warning, so that loading from the cache never waits on
-    request retries. Returns whether offline mode is on.
-
-    Example:
-        >>> offline_if_unreachable()  # doctest: +SKIP
-        True
-    """
-    import warnings
-
-    from huggingface_hub import constants
-
-    if hub_offline() and not constants.is_offline_mode():
-        constants.HF_HUB_OFFLINE = True
-        warnings.warn(f"{constants.ENDPOINT} does not answer: working from the Hugging Face cache only "
-                      "(as with HF_HUB_OFFLINE=1)", stacklevel=2)
-    return constants.is_offline_mode()
-
-
-def _offline_state() -> str:
-    from huggingface_hub import constants
-
-    if constants.is_offline_mode():
-        return "on"
-    return f"off, but {constants.ENDPOINT} does not answer" if hub_offline() else "off"
-
-
-def _hub_reachable(repo_id: str, repo_type: str) -> str | None:
-    """``None`` when ``repo_id`` can be downloaded now, else why not (one line): the hub does not answer, or
-    the repository is gated and no Hugging Face token is set."""
-    from huggingface_hub import HfApi, get_token
-
-    api = HfApi()
-    try:
-        info = (api.dataset_info if repo_type == "dataset" else api.model_info)(repo_id, timeout=10)
-    except Exception as err:  # no network, unknown or private repository: all mean it cannot be fetched now
-        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".strip()
-    if getattr(info, "gated", False) and get_token() is None:
-        return (f"{repo_id} is gated: accept its terms on https://huggingface.co/{repo_type}s/{repo_id} and log in "
-                "with `huggingface-cli login`")
-    return None
-
-
-def _checkpoint_cached(repo_id: str) -> bool:
-    """Whether ``config.json`` and every weight file of a hub checkpoint are in the Hugging Face cache."""
-    from huggingface_hub import try_to_load_from_cache
-
-    def cached(name: str) -> str | None:
-        found = try_to_load_from_cache(repo_id, name)
-        return found if isinstance(found, str) else None
-
-    if cached("config.json") is None:
-        return False
-    index = cached("model.safetensors.index.json")
-    if index is None:
-        return cached("model.safetensors") is not None
-    shards = set(json.loads(Path(index).read_text())["weight_map"].values())
-    return all(cached(shard) is not None for shard in shards)
-
-
-def missing_checkpoint(source: str) -> str | None:
-    """Why the checkpoint ``source`` (directory or hub id) cannot be loaded here, or ``None``.
-
-    Example:
-        >>> missing_checkpoint(str(models.LAB_MODEL_DIR)) is None
-        True
-    """
-    from huggingface_hub import constants
-
-    path = Path(source).expanduser()
-    if (path / "config.json").is_file():
-        return None
-    if not models._HUB_ID.match(source) or path.exists():
-        return f"checkpoint {source}: no config.json in {path.resolve()}; pass a model directory or a hub id"
-    if _checkpoint_cached(source):
-        return None
-    hint = (f"get it with `huggingface-cli download {source}` (or pass its local directory with --model DIR "
-            "--preset ALIAS)")
-    if hub_offline():
-        return f"checkpoint {source}: not (fully) in the Hugging Face cache at {constants.HF_HUB_CACHE}; {hint}"
-    why = _hub_reachable(source, "model")
-    return None if why is None else (f"checkpoint {source}: not in the Hugging Face cache at "
-                                     f"{constants.HF_HUB_CACHE} and not downloadable now ({why}); {hint}")
-
-
-def _missing_dataset(name: str, data_dir: str | None, split: str | None = None) -> str | None:
-    from huggingface_hub import constants
-
-    recipe = benchmarks.RECIPES[name]
-    why = benchmarks.missing_data(name, data_dir, split)
-    if why is None:
-        return None
-    folder = f"DIR/{_repo_folder(recipe.hub_id)}"
-    hint = (f"get it with `huggingface-cli download {recipe.hub_id} --repo-type dataset --local-dir {folder}` "
-            f"and pass --data-dir DIR")
-    label = f"dataset {recipe.describe(split)} (for {name})"
-    if data_dir is not None:
-        return f"{label}: {why.split(': ', 1)[-1]}; {hint}"
-    if hub_offline():
-        return f"{label}: not in the Hugging Face cache at {constants.HF_HUB_CACHE}; {hint}"
-    unreachable = _hub_reachable(str(recipe.hub_id), "dataset")
-    if unreachable is None:
-        return None
-    return (f"{label}: not in the Hugging Face cache at {constants.HF_HUB_CACHE} and not downloadable now "
-            f"({unreachable}); {hint}")
-
-
 def missing(plan: Plan | AnalysisPlan) -> list[str]:
     """Everything the plan needs that is not here (one line each, with how to obtain it); ``[]`` when ready.
 
     Nothing is downloaded: directories and the Hugging Face cache are looked at, and when online the hub is
     asked whether what is not cached exists.
     """
-    found = [missing_checkpoint(plan.checkpoint)]
+    found = [hub.missing_checkpoint(plan.checkpoint)]
     if isinstance(plan, AnalysisPlan):
-        found += [_missing_dataset(name, folder) for name, folder in plan.data.items()]
+        found += [hub.missing_dataset(name, folder) for name, folder in plan.data.items()]
         return [piece for piece in dict.fromkeys(found) if piece]
     for b in plan.benchmarks:
-        found.append(_missing_dataset(b.name, b.data_dir, b.split))
+        found.append(hub.missing_dataset(b.name, b.data_dir, b.split))
         if b.descriptions and not Path(b.descriptions).is_file():
             found.append(f"descriptions file {Path(b.descriptions).resolve()} (for mathvision): not found; give a "
                          "JSONL/CSV with id + description, or omit it to let the model describe the figures")
     if plan.general_file is None:
-        found.append(_missing_dataset(GENERAL, plan.general_dir))
+        found.append(hub.missing_dataset(GENERAL, plan.general_dir))
     elif not Path(plan.general_file).is_file():
         found.append(f"general data {Path(plan.general_file).resolve()}: not found")
     return [piece for piece in dict.fromkeys(found) if piece]

@@ -17,7 +17,7 @@ from test_models import tiny_vl_moe
 from typer.testing import CliRunner
 
 import cli
-from moehooks import benchmarks, evaluate, models, protocol, runs
+from moehooks import benchmarks, evaluate, hub, models, protocol, runs
 from moehooks.lab.processor import build_processor
 
 
@@ -291,7 +291,7 @@ def test_online_preflight_names_a_gated_dataset_without_token(offline_cache: Pat
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(protocol, "_endpoint_answers", lambda endpoint: True)
+    monkeypatch.setattr(hub, "_endpoint_answers", lambda endpoint: True)
     gated = {"Idavidrein/gpqa": "manual"}
     monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info",
                         lambda self, repo_id, **_: types.SimpleNamespace(gated=gated.get(repo_id, False)))
