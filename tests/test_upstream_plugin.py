@@ -17,11 +17,11 @@ import textwrap
 import pytest
 import torch
 import transformers
-
-import moehooks
 import upstream_plugin
 from tiny import VOCAB, build
 from upstream_plugin import Calls, GeneratePatch, first_difference, run_twice
+
+import moehooks
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +43,8 @@ def _llama() -> torch.nn.Module:
     return transformers.LlamaForCausalLM(config).eval()
 
 
-@pytest.mark.parametrize("settings", [dict(do_sample=False), dict(do_sample=True, top_k=0),
-                                      dict(num_beams=2, num_return_sequences=2, output_scores=True)],
+@pytest.mark.parametrize("settings", [{"do_sample": False}, {"do_sample": True, "top_k": 0},
+                                      {"num_beams": 2, "num_return_sequences": 2, "output_scores": True}],
                          ids=["greedy", "sampling", "beams"])
 def test_identical_calls_pass_and_return_the_models_output(model, settings):
     generation = dict(_prompts(), max_new_tokens=4, return_dict_in_generate=True, output_logits=True, **settings)
@@ -127,7 +127,7 @@ def test_loaded_with_p_it_reports_each_test(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
     done = subprocess.run([sys.executable, "-m", "pytest", "-p", "upstream_plugin", "-p", "no:cacheprovider",
                            str(tmp_path / "test_generate.py"), "--moehooks-report", str(report), "-q"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert "1 passed, 1 xfailed" in done.stdout, done.stdout + done.stderr
     assert "2 generate calls compared" not in done.stdout and "1 generate calls compared bit for bit" in done.stdout
     lines = {row["test"].split("::")[-1]: row for row in map(json.loads, report.read_text().splitlines())}

@@ -22,6 +22,7 @@ import contextlib
 import copy
 import functools
 import json
+import math
 import os
 import traceback
 from collections.abc import Callable, Iterator, Mapping
@@ -103,7 +104,8 @@ def first_difference(a: Any, b: Any, path: str = "output", depth: int = 0) -> st
     elif type(a).__module__.startswith("transformers.cache_utils"):
         return first_difference(vars(a), vars(b), f"{path}<{type(a).__name__}>", depth + 1)
     elif isinstance(a, (int, float, str, bool, type(None))):
-        return None if a == b or a != a and b != b else f"{path}: {a!r} vs {b!r}"
+        both_nan = isinstance(a, float) and math.isnan(a) and math.isnan(b)
+        return None if a == b or both_nan else f"{path}: {a!r} vs {b!r}"
     else:
         return None
     for where, x, y in pairs:
