@@ -105,8 +105,18 @@ def test_the_recording_check_counts_the_prompts_real_tokens(model):
     wrong = dict(prompts, attention_mask=torch.ones_like(prompts["attention_mask"]))
     with moehooks.record(model) as rec:
         model.generate(**prompts, max_new_tokens=2)
-    assert upstream_plugin.check_recording(rec, (), prompts) is None
-    assert upstream_plugin.check_recording(rec, (), wrong) == "recording: 8 prefill tokens for a prompt of 10 real tokens"
+    assert upstream_plugin.check_recording(rec, model, (), prompts) is None
+    assert upstream_plugin.check_recording(rec, model, (), wrong) == "recording: 8 prefill tokens for a prompt of 10 real tokens"
+
+
+def test_without_a_mask_padding_ids_are_not_prompt_tokens(model):
+    ids = _prompts()["input_ids"].clone()
+    ids[0, :2] = model.generation_config.pad_token_id  # generate masks them by itself
+    with moehooks.record(model) as rec:
+        model.generate(ids, max_new_tokens=2, do_sample=False)
+    assert int(rec.tokens(phase="prefill")[0]) == 8
+    assert upstream_plugin.check_recording(rec, model, (ids,), {}) is None
+    assert upstream_plugin.check_recording(rec, model, (ids,), {"pad_token_id": 1}) is not None
 
 
 def test_loaded_with_p_it_reports_each_test(tmp_path):

@@ -156,9 +156,10 @@ def _set_rng(states: list[torch.Tensor]) -> None:
         torch.cuda.set_rng_state_all(states[1:])
 
 
-def _prompt_tokens(args: tuple, kwargs: dict) -> int | None:
-    """Real prompt tokens of a ``generate`` call (its 2-D attention mask, else every position), or None when
-    the prompt is not plain token ids/embeddings or the call continues from a cache."""
+def _prompt_tokens(model: nn.Module, args: tuple, kwargs: dict) -> int | None:
+    """Real prompt tokens of a ``generate`` call, or None when the prompt is not plain token ids/embeddings or
+    the call continues from a cache. Without a 2-D attention mask, generate's own rule: token ids holding the
+    padding id (when it is not an end-of-sequence id) are masked there, else every position is real."""
     if kwargs.get("past_key_values") is not None or kwargs.get("cache") is not None:
         return None
     ids = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
@@ -169,10 +170,16 @@ def _prompt_tokens(args: tuple, kwargs: dict) -> int | None:
     mask = kwargs.get("attention_mask")
     if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape == ids.shape[:2]:
         return int(mask.sum())
+    config = kwargs.get("generation_config") or model.generation_config
+    pad = kwargs.get("pad_token_id", config.pad_token_id)
+    eos = kwargs.get("eos_token_id", config.eos_token_id)
+    eos = eos if isinstance(eos, (list, tuple)) else [eos]
+    if ids.dim() == 2 and not ids.is_floating_point() and pad is not None and pad not in eos:
+        return int((ids != pad).sum())
     return int(ids.shape[0] * ids.shape[1])
 
 
-def check_recording(rec: moehooks.Recorder, args: tuple, kwargs: dict) -> str | None:
+def check_recording(rec: moehooks.Recorder, model: nn.Module, args: tuple, kwargs: dict) -> str | None:
     """What is wrong with the recording of one ``generate`` call, or None."""
     tokens, counts = rec.tokens(), rec.counts()
     if bool((tokens != tokens[0]).any()):
@@ -180,7 +187,7 @@ def check_recording(rec: moehooks.Recorder, args: tuple, kwargs: dict) -> str | 
     top_k = torch.tensor(rec.top_k, device=counts.device)
     if not torch.equal(counts.sum(-1), tokens * top_k):
         return f"recording: choices per layer {counts.sum(-1).tolist()} are not tokens x top-k {(tokens * top_k).tolist()}"
-    prompt = _prompt_tokens(args, kwargs)
+    prompt = _prompt_tokens(model, args, kwargs)
     prefill = int(rec.tokens(phase="prefill")[0])
     if prompt is not None and prefill != prompt:
         return f"recording: {prefill} prefill tokens for a prompt of {prompt} real tokens"
@@ -220,7 +227,7 @@ def run_twice(model: nn.Module, generate: Callable[..., Any], args: tuple, kwarg
         raise AssertionError(f"moehooks: {calls.differences[-1]}") from expected_error
     calls.compared += 1
     problem = first_difference(expected, result) or first_difference(rng_after, _rng(), "random state")
-    problem = problem or check_recording(rec, args, kwargs)
+    problem = problem or check_recording(rec, model, args, kwargs)
     if problem:
         calls.differences.append(problem)
         raise AssertionError(f"moehooks: hooked generate differs from unhooked: {problem}")
