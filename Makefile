@@ -67,7 +67,8 @@ endef
 # the tests/ folder of a transformers checkout at the tag of the installed version (the sdist has none); the
 # checkout's utils/ and src/transformers must sit beside it. Report: runs/upstream/report.jsonl.
 TRANSFORMERS_TESTS ?=
-UPSTREAM_FAMILIES  ?= qwen3_moe mixtral olmoe deepseek_v3 gpt_oss qwen2_moe glm4_moe granitemoe qwen3_vl_moe
+UPSTREAM_FAMILIES  ?= qwen3_moe mixtral olmoe deepseek_v3 gpt_oss qwen2_moe glm4_moe granitemoe qwen3_vl_moe \
+                      phimoe ernie4_5_moe dots1 jetmoe qwen3_next minimax
 UPSTREAM_K         ?= generate or assisted or prompt_lookup or beam or sample or greedy
 UPSTREAM_ROOT      = $(abspath $(TRANSFORMERS_TESTS)/..)
 UPSTREAM_CHECKOUT  = $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' $(UPSTREAM_ROOT)/src/transformers/__init__.py 2>/dev/null)
