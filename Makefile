@@ -17,7 +17,7 @@ TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo to
 TORCHVISION ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torchvision)
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install run test test-latest test-oldest lock bench clean
+.PHONY: install run test test-latest test-oldest test-upstream lock bench clean
 
 install: $(STAMP)
 
@@ -61,6 +61,26 @@ test-oldest: $(OLDEST)/.installed
 define versions
 	$(1)/bin/python -c "import transformers, accelerate; print('transformers', transformers.__version__, 'accelerate', accelerate.__version__)"
 endef
+
+# transformers' own model tests of the MoE families with every generate run twice, unhooked and inside
+# moehooks.record + steer(soft, beta=0), compared bit for bit (tests/upstream_plugin.py). TRANSFORMERS_TESTS is
+# the tests/ folder of a transformers checkout at the tag of the installed version (the sdist has none); the
+# checkout's utils/ and src/transformers must sit beside it. Report: runs/upstream/report.jsonl.
+TRANSFORMERS_TESTS ?=
+UPSTREAM_FAMILIES  ?= qwen3_moe mixtral olmoe deepseek_v3 gpt_oss qwen2_moe glm4_moe granitemoe qwen3_vl_moe \
+                      phimoe ernie4_5_moe dots1 jetmoe qwen3_next minimax
+UPSTREAM_K         ?= generate or assisted or prompt_lookup or beam or sample or greedy
+UPSTREAM_ROOT      = $(abspath $(TRANSFORMERS_TESTS)/..)
+UPSTREAM_CHECKOUT  = $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' $(UPSTREAM_ROOT)/src/transformers/__init__.py 2>/dev/null)
+UPSTREAM_REPORT    = $(CURDIR)/runs/upstream/report.jsonl
+UPSTREAM_ARGS      = -p upstream_plugin -p no:cacheprovider -o log_cli=false -W ignore -q -rfEx --moehooks-report $(UPSTREAM_REPORT)
+
+test-upstream: install
+	@test -d "$(TRANSFORMERS_TESTS)/models" || { echo "error: TRANSFORMERS_TESTS='$(TRANSFORMERS_TESTS)' is not the tests/ folder of a transformers checkout (README)"; exit 2; }
+	@v=$$($(PY) -c "import transformers; print(transformers.__version__)"); test "$(UPSTREAM_CHECKOUT)" = "$$v" || { echo "error: the checkout $(UPSTREAM_ROOT) is transformers '$(UPSTREAM_CHECKOUT)', the installed one $$v: check out tag v$$v"; exit 2; }
+	$(PY) -c "import parameterized, xdist" 2>/dev/null || $(PY) -m pip install -q parameterized pytest-xdist
+	mkdir -p $(dir $(UPSTREAM_REPORT)) && rm -f $(UPSTREAM_REPORT)
+	cd $(UPSTREAM_ROOT) && PYTHONPATH=$(CURDIR)/tests $(abspath $(PY)) -m pytest $(UPSTREAM_ARGS) -k "$(UPSTREAM_K)" $(foreach f,$(UPSTREAM_FAMILIES),tests/models/$(f)/test_modeling_$(f).py)
 
 lock:
 	rm -rf .venv-lock

@@ -319,9 +319,33 @@ MATHVERSE_TEXT_ONLY = "testmini_text_only"
 """MathVerse's text-only config; its one split has the same name."""
 
 
+_MATHVERSE_OPTION = re.compile(r"^([A-Z])\s*[:.]\s*(.*)$")
+
+
+def mathverse_choices(question: str) -> list[str] | None:
+    r"""The options of a MathVerse text-only question, read from its ``Choices:`` (or ``Choice:``) block
+    (``A:40°``, ``B. False``, one per line, in letter order); ``None`` where the question has none (every
+    multiple-choice question of ``testmini_text_only`` has one).
+
+    Example:
+        >>> mathverse_choices("then angle CED is ()\nChoices:\nA:40°\nB:60°\nC:120°")
+        ['40°', '60°', '120°']
+    """
+    parts = re.split(r"\bChoices?:", question, maxsplit=1)
+    options: list[str] = []
+    for line in parts[1].strip().splitlines() if len(parts) == 2 else ():
+        match = _MATHVERSE_OPTION.match(line.strip())
+        if match and match[1] == chr(ord("A") + len(options)):
+            options.append(match[2].strip())
+        elif options:
+            options[-1] = f"{options[-1]}\n{line.strip()}"
+    return options or None
+
+
 def _mathverse(recipe: Recipe, data_dir: Path | None, split: str, image_dir: Path) -> Iterator[Item]:
     text_only = _load_rows(recipe, data_dir, MATHVERSE_TEXT_ONLY)
     references = {str(row["problem_index"]): str(row["question"]) for row in text_only}
+    choices = {index: mathverse_choices(question) for index, question in references.items()}
     for row in _load_rows(recipe, data_dir, split):
         if row["problem_version"] != "Vision Only":
             continue
@@ -333,6 +357,7 @@ def _mathverse(recipe: Recipe, data_dir: Path | None, split: str, image_dir: Pat
             answer=str(row["answer"]),
             image=_image_path(row["image"], item_id, data_dir, image_dir),
             text_reference=references.get(str(row["problem_index"])),
+            choices=choices.get(str(row["problem_index"])) if multi_choice else None,
             meta={"problem_index": str(row["problem_index"]), "question_type": row.get("question_type")},
         )
 

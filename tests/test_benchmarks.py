@@ -152,6 +152,12 @@ def test_gpqa_options_are_shuffled_deterministically(tmp_path: Path) -> None:
     assert [(item.id, item.meta["domain"]) for item in chemistry] == [("rec6", "Chemistry")]
 
 
+# MathVerse data/testmini_text_only.json, problem_index 1, question as published (multiple choice, answer D)
+GEOQA_1 = ("As shown in the figure, in triangle ABC, it is known that angle A = 80.0, angle B = 60.0, point D is on AB "
+           "and point E is on AC, DE parallel BC, then the size of angle CED is ()\nChoices:\nA:40°\nB:60°\nC:120°\n"
+           "D:140°")
+
+
 def test_mathverse_vision_only_with_text_references(tmp_path: Path) -> None:
     vision = [
         {"sample_index": "1", "problem_index": "1", "problem_version": "Text Dominant", "question": "Full text 1",
@@ -159,22 +165,25 @@ def test_mathverse_vision_only_with_text_references(tmp_path: Path) -> None:
         {"sample_index": "5", "problem_index": "1", "problem_version": "Vision Only", "question": "",
          "image": {"bytes": png_bytes(10), "path": "image_1.png"}, "answer": "5", "question_type": "free-form"},
         {"sample_index": "10", "problem_index": "2", "problem_version": "Vision Only", "question": "",
-         "image": {"bytes": png_bytes(99), "path": "image_2.png"}, "answer": "B", "question_type": "multi-choice"},
+         "image": {"bytes": png_bytes(99), "path": "image_2.png"}, "answer": "D", "question_type": "multi-choice"},
     ]
     text_only = [
         {"sample_index": "1", "problem_index": "1", "problem_version": "Text Only", "question": "Find x if 2x=10.",
          "image": "", "answer": "5", "question_type": "free-form"},
-        {"sample_index": "2", "problem_index": "2", "problem_version": "Text Only", "question": "Pick: A) 1 B) 2",
-         "image": "", "answer": "B", "question_type": "multi-choice"},
+        {"sample_index": "2", "problem_index": "2", "problem_version": "Text Only", "question": GEOQA_1,
+         "image": "", "answer": "D", "question_type": "multi-choice"},
     ]
     write_parquet(tmp_path / "MathVerse" / "testmini.parquet", vision)
     write_parquet(tmp_path / "MathVerse" / "testmini_text_only.parquet", text_only)
     items = bm.load_benchmark("mathverse", data_dir=tmp_path / "MathVerse", image_dir=tmp_path / "img")
     assert [(i.id, i.answer, i.text_reference) for i in items] == [
         ("5", "5", "Find x if 2x=10."),
-        ("10", "B", "Pick: A) 1 B) 2"),
+        ("10", "D", GEOQA_1),
     ]
     assert "letter" in items[1].question and items[1].meta["question_type"] == "multi-choice"
+    assert items[0].choices is None and items[1].choices == ["40°", "60°", "120°", "140°"]
+    assert grade("\\boxed{140^\\circ}", items[1].answer, items[1].choices)
+    assert not grade("\\boxed{120^\\circ}", items[1].answer, items[1].choices)
     for item, shade in zip(items, (10, 99)):
         assert Path(item.image).parent == tmp_path / "img"
         with Image.open(item.image) as picture:

@@ -30,8 +30,6 @@ PAIRS = [json.loads(line) for line in (Path(__file__).parent / "data" / "grading
 KNOWN_DISAGREEMENTS = {
     ("45^2", r"\boxed{45}\text{ square units}"): "MATH-V's published answer '45^2' is its solution's '45 units^2' "
                                                 "with the unit lost; a grader taking it as written reads 2025",
-    ("False", r"\boxed{B}"): "MathVerse's multiple-choice items reach the grader without their option list, so "
-                             "the letter of the option 'False' cannot be told from another",
 }
 """(gold, part of the response) of the table's rows where the grader and the hand verdict differ, with why."""
 
