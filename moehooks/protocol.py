@@ -42,7 +42,12 @@ from . import (
     stats,
     study,
 )
-from .hub import hub_offline, missing_checkpoint, offline_if_unreachable  # noqa: F401  re-exported (the CLI, old callers)
+from .hub import (  # noqa: F401  re-exported: protocol's names before moehooks.hub held them
+    HUB_PROBE_SECONDS,
+    hub_offline,
+    missing_checkpoint,
+    offline_if_unreachable,
+)
 from .items import Item, load_items, read_rows
 from .memory import MemoryEstimate
 from .results import MethodSummary
