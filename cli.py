@@ -116,11 +116,11 @@ def _check_model(model: str, trust_remote_code: bool, revision: Optional[str], l
                  *, dtype: str = "auto", attn: Optional[str] = None) -> Any:
     """Resolve the model and read its config (no weights): remote code allowed and pinned, ``--dtype`` and
     ``--attn`` known, ``--layers`` within its decoder layers. Returns the config."""
-    from moehooks import models, protocol
+    from moehooks import hub, models
 
     _check_options(model, trust_remote_code, revision, dtype=dtype, attn=attn)
     if not Path(models.resolve(model).source).expanduser().is_dir():
-        protocol.offline_if_unreachable()
+        hub.offline_if_unreachable()
     config = models.load_config(model, trust_remote_code=trust_remote_code, revision=revision)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     count = getattr(text, "num_hidden_layers", None)
@@ -216,9 +216,9 @@ def _benchmark_study(model: str, benchmark: Optional[str], preset: Optional[str]
     """``steer --benchmark``: resolve the plan; on --dry-run survey it (data read and counted, renderer, memory,
     budget), print it and write plan.json; else check everything before any model loads (protocol.preflight),
     print the plan, run it and print Table 1."""
-    from moehooks import distributed, protocol
+    from moehooks import distributed, hub, protocol
 
-    protocol.offline_if_unreachable()
+    hub.offline_if_unreachable()
     plan = protocol.make_plan(model, benchmark, preset=preset, data_dir=protocol.parse_data_dirs(data_dir),
                               general=general, descriptions=descriptions, out_dir=out, **options)
     found = protocol.survey(plan) if dry_run else protocol.preflight(plan)
@@ -353,16 +353,22 @@ def _check_steer(options: dict[str, Any]) -> None:
 
 
 def _steer(lm, processor, spec, data, out: Path, options: dict[str, Any], *, title: str) -> None:
-    from moehooks import distributed, pipeline
+    from moehooks import pipeline
 
     with progress_bar("steer") as update:
         result = pipeline.steer_study(lm, processor, data, out, spec=spec, progress=update, **options)
+    _show_steer(result, data.tasks.name, out, title=title)
+
+
+def _show_steer(result, dataset: str, out: Path, *, title: str) -> None:
+    from moehooks import distributed, pipeline
+
     if not distributed.is_main(distributed.launched_state()):
         return
     for mode, chosen in result.experts.items():
         console.print(f"{mode} experts:", json.dumps(chosen))
     count = next(iter(result.summary.values())).n_items if result.summary else 0
-    _print_summary(f"{title}: accuracy on {data.tasks.name}, {count} items", pipeline.format_table(result.summary))
+    _print_summary(f"{title}: accuracy on {dataset}, {count} items", pipeline.format_table(result.summary))
     if result.random_draws:
         draws = ", ".join(f"seed {s} {100 * a:.1f}%" for s, a in result.random_draws.items())
         mean = sum(result.random_draws.values()) / len(result.random_draws)
@@ -423,14 +429,19 @@ def _tune_grid(taus: str, betas: str, layer_sets: str) -> dict[str, list]:
 
 
 def _tune(lm, processor, spec, loaded, dataset: str, grid: dict[str, list], max_new_tokens: int, out: Path, *,
-          title: str):
+          title: str) -> None:
     from moehooks import pipeline
 
     with progress_bar("tune") as update:
         result = pipeline.tune_steering(lm, processor, loaded.tasks, loaded.references, loaded.general, **grid,
                                         max_new_tokens=max_new_tokens,
                                         generation_kwargs=dict(spec.generation_kwargs) or None, progress=update)
-    table = Table(title=f"{title}: soft steering on {dataset}, {len(loaded.tasks)} items "
+    _show_tuning(result, dataset, len(loaded.tasks), title=title)
+    pipeline.save_tuning(result, out / "tune.json")
+
+
+def _show_tuning(result, dataset: str, count: int, *, title: str) -> None:
+    table = Table(title=f"{title}: soft steering on {dataset}, {count} items "
                         f"(baseline {100 * result.baseline:.1f}%)")
     for col in ("tau", "layers", "beta", "experts", "accuracy %"):
         table.add_column(col, justify="right")
@@ -441,8 +452,6 @@ def _tune(lm, processor, spec, loaded, dataset: str, grid: dict[str, list], max_
     console.print(table)
     best = result.best
     console.print(f"chosen: tau {best['tau']:g}, beta {best['beta']:g}, layers {best['layers'] or 'all'}")
-    pipeline.write_json(out / "tune.json", {"baseline": result.baseline, "rows": result.rows, "best": best})
-    return result
 
 
 @app.command()
@@ -480,7 +489,11 @@ def _read(lm, processor, items, dataset: str, question: str, *, title: str) -> N
 
     with console.status("reading probe"):
         accuracy = pipeline.read_probe(lm, processor, items, question=question)
-    console.print(f"{title}: reading probe on {dataset}: {100 * accuracy:.1f}% of {len(items)} images transcribed",
+    _show_reading(accuracy, dataset, len(items), title=title)
+
+
+def _show_reading(accuracy: float, dataset: str, count: int, *, title: str) -> None:
+    console.print(f"{title}: reading probe on {dataset}: {100 * accuracy:.1f}% of {count} images transcribed",
                   highlight=False, markup=False)
 
 
@@ -550,8 +563,12 @@ def _analyze(lm, processor, items, dataset: str, tau: float, out: Path, *, title
 
     with progress_bar("analyze") as update:
         result = pipeline.analyze(lm, processor, items, tau=tau, out_dir=out, dataset=dataset, progress=update)
+    _show_analysis(result, dataset, len(items), title=title)
+
+
+def _show_analysis(result, dataset: str, count: int, *, title: str) -> None:
     d = result.divergence
-    table = Table(title=f"{title}: image vs text routing ({d.unit}), {dataset}, {len(items)} items")
+    table = Table(title=f"{title}: image vs text routing ({d.unit}), {dataset}, {count} items")
     for col in ("layer", "gini image", "gini text", "JSD", "CI low", "CI high"):
         table.add_column(col, justify="right")
     for i, layer in enumerate(result.layer_ids):
@@ -600,6 +617,10 @@ def _swap(lm, processor, items: Optional[Path], source: str, target: str, alpha:
     with progress_bar("swap sweep") as update:
         result = pipeline.swap_study(lm, processor, items, source=source, target=target, alpha=alpha, layers=layers,
                                      out_dir=out, progress=update)
+    _show_swap(result, source, target, alpha, out)
+
+
+def _show_swap(result, source: str, target: str, alpha: float, out: Path) -> None:
     table = Table(title=f"concept swap {source!r} -> {target!r} (alpha {alpha:g})")
     table.add_column("layer", justify="right")
     table.add_column("success %", justify="right")
@@ -767,31 +788,34 @@ def eval_cmd(
 def study(out: Path = OUT) -> None:
     """The whole study on the embedded lab model (what `make run` runs): the reading probe and routing on the test
     split, tau / beta / layers chosen on the dev split, steering on the test split with them, the same routing and
-    steering on the undistracted control model, concept swap.
+    steering on the undistracted control model, concept swap (``moehooks.lab.study.run``).
 
     Example: python cli.py study --out runs
     """
-    from moehooks import evaluate, pipeline
-    from moehooks.lab import CONTROL_DIR
+    from moehooks import models, pipeline
+    from moehooks.items import load_items
+    from moehooks.lab import study as lab
 
-    for name in ("dev", "test", "control", "swap"):
-        runs.check_output_dir(out / name)
     test, dev = pipeline.lab_study("test"), pipeline.lab_study("dev")
-    items = evaluate.load_items(test.tasks)
-    lm, processor, spec = _load("lab", None, "auto", None)
-    _read(lm, processor, items, test.tasks.name, pipeline.LAB_READ_QUESTION, title="lab")
-    grid = _tune_grid("0.05,0.1,0.2", "0.5,1,2", "all;1-4")
-    best = _tune(lm, processor, spec, pipeline.load_study(dev), dev.tasks.name, grid, 8, out / "dev",
-                 title="lab").best
-    options = dict(tau=best["tau"], beta=best["beta"], layers=best["layers"], methods=list(pipeline.METHODS),
-                   trials=1, seed=0, random_seeds=range(5), limit=None, batch_size=32, max_new_tokens=8)
-    _analyze(lm, processor, items, test.tasks.name, 0.1, out / "test" / "analyze", title="lab")
-    _steer(lm, processor, spec, test, out / "test" / "steer", options, title="lab")
-    _swap(lm, processor, None, "3", "5", 1.0, None, out / "swap")
-    control, processor, spec = _load(str(CONTROL_DIR), None, "auto", None)
-    _analyze(control, processor, items, test.tasks.name, 0.1, out / "control" / "analyze", title="control")
-    _steer(control, processor, spec, test, out / "control" / "steer", options | {"random_seeds": ()},
-           title="control")
+    counts = {"test": len(load_items(test.tasks)), "dev": len(load_items(dev.tasks))}
+    folders = {"lab": out / "test", "control": out / "control"}
+
+    def report(step: str, model: str, outcome: Any) -> None:
+        if step == "load":
+            console.print(f"model: {models.plan(outcome)}", highlight=False, markup=False)
+        elif step == "read":
+            _show_reading(outcome, test.tasks.name, counts["test"], title=model)
+        elif step == "tune":
+            _show_tuning(outcome, dev.tasks.name, counts["dev"], title=model)
+        elif step == "analyze":
+            _show_analysis(outcome, test.tasks.name, counts["test"], title=model)
+        elif step == "steer":
+            _show_steer(outcome, test.tasks.name, folders[model] / "steer", title=model)
+        elif step == "swap":
+            _show_swap(outcome, "3", "5", 1.0, out / "swap")
+
+    with stage_bars() as update:
+        lab.run(out, stage=update, report=report)
 
 
 if __name__ == "__main__":

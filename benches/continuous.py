@@ -26,7 +26,8 @@ import torch  # noqa: E402
 from common import RESULTS, machine  # noqa: E402
 
 import moehooks  # noqa: E402
-from moehooks.evaluate import Item, generate_answers  # noqa: E402
+from moehooks.generation import generate_answers  # noqa: E402
+from moehooks.items import Item  # noqa: E402
 from moehooks.lab import load_lab  # noqa: E402
 
 

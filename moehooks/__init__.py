@@ -4,7 +4,14 @@
     with moehooks.record(model) as rec:             # which experts every token really chose
         model.generate(**inputs)
     rec.counts(modality="image", phase="prefill")   # LongTensor [moe_layers, experts]
+
+Every module of the package is an attribute of it, imported on first use (``moehooks.artefacts.load(...)`` after
+``import moehooks``); the README's module list says which module holds what.
 """
+
+import importlib
+import pkgutil
+from types import ModuleType
 
 from .adapters import MoELayer, RouterAdapter, RoutingMap, UnsupportedModelError, adapt, supported_architectures
 from .recording import Recorder, record
@@ -30,3 +37,16 @@ __all__ = [
     "swap",
     "swap_sweep",
 ]
+
+_MODULES = frozenset(info.name for info in pkgutil.iter_modules(__path__))
+
+
+def __getattr__(name: str) -> ModuleType:
+    """``moehooks.<module>`` imports that module on first access (the package itself imports only its core)."""
+    if name in _MODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _MODULES)

@@ -29,9 +29,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,7 +41,14 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 import moehooks
-from moehooks.runs import MissingFileError, UsageError
+from moehooks.adapters import adapt
+from moehooks.util import (
+    MissingFileError,
+    UsageError,
+    atomic_write,
+    module_tensor,
+    span,
+)
 from moehooks.wrappers import see_through
 
 FORMAT_VERSION = 2
@@ -78,68 +84,9 @@ class FingerprintMismatchError(ArtefactError):
     """The artefact was recorded on a model whose router weights differ from the one given."""
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
-
-    Example::
-
-        atomic_write("runs/table.csv", b"layer,value\\n0,1.5\\n")
-
-    Readers see either the old file or the complete new one, never a partial write.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return target
-
-
 def _routing(model: nn.Module, routing: Routing | None) -> Routing:
     """``routing`` if given, else ``moehooks.adapt(model)``."""
-    if routing is not None:
-        return routing
-    from moehooks import adapt
-
-    return adapt(model)
-
-
-def _offloaded(model: nn.Module, qualified: str) -> torch.Tensor:
-    """The value of the meta-device tensor ``qualified`` from an accelerate hook's ``weights_map``.
-
-    Hooks may sit on the owning module or any ancestor (``place_submodules``), keyed by the
-    name relative to the hooked module; the nearest hook holding the name wins.
-    """
-    parts = qualified.split(".")
-    for cut in range(len(parts) - 1, -1, -1):
-        module = model.get_submodule(".".join(parts[:cut]))
-        for weights_map in _weights_maps(getattr(module, "_hf_hook", None)):
-            try:
-                return weights_map[".".join(parts[cut:])]
-            except KeyError:
-                continue
-    raise ValueError(
-        f"router tensor {qualified!r} is on the meta device and no accelerate hook weights_map holds it; "
-        "load the model without offloading (or with accelerate's offload hooks) to fingerprint it"
-    )
-
-
-def _weights_maps(hook: Any) -> Iterator[Mapping[str, torch.Tensor]]:
-    """The ``weights_map`` of an accelerate hook, descending into ``SequentialHook.hooks``."""
-    if hook is None:
-        return
-    for inner in getattr(hook, "hooks", ()):
-        yield from _weights_maps(inner)
-    weights_map = getattr(hook, "weights_map", None)
-    if weights_map is not None:
-        yield weights_map
+    return routing if routing is not None else adapt(model)
 
 
 def fingerprint(model: nn.Module, routing: Routing | None = None) -> str:
@@ -176,7 +123,7 @@ def fingerprint(model: nn.Module, routing: Routing | None = None) -> str:
             qualified = f"{prefix}.{name}" if prefix else name
             tensor = own[name]
             if tensor.device.type == "meta":
-                tensor = _offloaded(model, qualified)
+                tensor = module_tensor(model, qualified)
             flat = tensor.detach().to("cpu").contiguous().reshape(-1)
             digest.update(f"{entry.layer}:{qualified}:{tensor.dtype}:{tuple(tensor.shape)}\n".encode())
             digest.update(flat.view(torch.uint8).numpy().tobytes())
@@ -338,17 +285,11 @@ def _check_ranges(path: str, name: str, experts: Mapping[int, list[int]], model:
     for layer, chosen in experts.items():
         if layer not in counts:
             raise ArtefactError(f"{path}: expert set {name!r} names layer {layer}, which the recorded model "
-                                f"{model.model_id!r} does not route (its MoE layers: {_span(model.layers)})")
+                                f"{model.model_id!r} does not route (its MoE layers: {span(model.layers)})")
         bad = [e for e in chosen if not 0 <= e < counts[layer]]
         if bad:
             raise ArtefactError(f"{path}: expert set {name!r}, layer {layer}: expert ids {bad} out of range; "
                                 f"the recorded model has experts 0..{counts[layer] - 1} there")
-
-
-def _span(ids: list[int]) -> str:
-    from moehooks.runs import span
-
-    return span(ids)
 
 
 def load(

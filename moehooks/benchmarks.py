@@ -1,4 +1,4 @@
-r"""The paper's benchmarks as lists of :class:`moehooks.evaluate.Item`, from the hub or from a local copy.
+r"""The paper's benchmarks as lists of :class:`moehooks.items.Item`, from the hub or from a local copy.
 
 Example:
     >>> from moehooks.benchmarks import load_benchmark, render_images
@@ -46,9 +46,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from moehooks.artefacts import atomic_write
-from moehooks.evaluate import Item
-from moehooks.runs import UsageError
+from moehooks.items import Item
+from moehooks.util import UsageError, atomic_write
 
 INSTRUCTION = r"Solve the problem above. Reason step by step and put the final answer in \boxed{}."
 """Question of items whose problem is shown as an image (or as ``text_reference`` when prompted as text)."""

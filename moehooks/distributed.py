@@ -31,11 +31,13 @@ from accelerate import PartialState
 from accelerate.utils import gather_object, reduce
 
 from . import evaluate, runs
-from .artefacts import atomic_write
 from .hooks import MODALITIES
+from .items import Item
 from .recording import _CELLS, Recorder, _Tables
+from .results import current_rows, eval_settings, read_results
+from .util import atomic_write
 
-Item = TypeVar("Item")
+T = TypeVar("T")
 _LONG = ("counts",)
 _FLOAT = ("gates", "probs")
 
@@ -73,7 +75,7 @@ def is_main(state: PartialState | None) -> bool:
     return state is None or state.is_main_process
 
 
-def shard_items(items: Sequence[Item], state: PartialState | None) -> Sequence[Item]:
+def shard_items(items: Sequence[T], state: PartialState | None) -> Sequence[T]:
     """This process's contiguous share of ``items`` (``items`` itself with one process).
 
         shard_items(list(range(7)), state)   # 3 processes: [0, 1, 2] / [3, 4] / [5, 6]
@@ -106,14 +108,14 @@ def merge_results(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLik
     """
     groups: dict[tuple[Any, str, int], dict[str, dict[str, Any]]] = {}
     for path in paths:
-        for row in evaluate.read_results(path):
+        for row in read_results(path):
             groups.setdefault((row.get("run"), row["method"], int(row["trial"])), {})[str(row["id"])] = row
     runs.record_settings(out, {k: v for path in paths for k, v in runs.read_settings(path).items()})
     lines = [json.dumps(row, ensure_ascii=False) + "\n" for rows in groups.values() for row in rows.values()]
     return atomic_write(out, "".join(lines).encode("utf-8"))
 
 
-def sharded_eval(model: Any, processor: Any, items: Sequence[evaluate.Item], out_path: str | os.PathLike[str], *,
+def sharded_eval(model: Any, processor: Any, items: Sequence[Item], out_path: str | os.PathLike[str], *,
                  state: PartialState | None, **options: Any) -> list[dict[str, Any]]:
     """``evaluate.run_eval`` over this process's share of ``items``, merged into ``out_path`` by the main process.
 
@@ -121,7 +123,7 @@ def sharded_eval(model: Any, processor: Any, items: Sequence[evaluate.Item], out
                      context=lambda: moehooks.steer(model, experts, mode="soft"))
 
     Process ``r`` appends to ``rank_path(out_path, r)`` (resumable: rerun with the same number of processes);
-    the rows are keyed by the settings of the whole item list (``evaluate.eval_settings``), so every share
+    the rows are keyed by the settings of the whole item list (``moehooks.results.eval_settings``), so every share
     belongs to one run. After every process is done the main process rewrites ``out_path`` from all rank files,
     and every process returns once that file is complete. Returns this process's rows; the main process
     returns the run's rows of all items. With ``state=None`` (or one process) this is exactly
@@ -131,13 +133,13 @@ def sharded_eval(model: Any, processor: Any, items: Sequence[evaluate.Item], out
         return evaluate.run_eval(model, processor, items, out_path, **options)
     keyed = {k: options[k] for k in ("method", "seed", "max_new_tokens", "generation_kwargs", "as_text", "settings")
              if k in options}
-    settings = evaluate.eval_settings(model, items, **keyed)
+    settings = eval_settings(model, items, **keyed)
     rows = evaluate.run_eval(model, processor, shard_items(items, state), rank_path(out_path, state.process_index),
                              **(options | {"settings": settings}))
     state.wait_for_everyone()
     if state.is_main_process:
         merge_results([rank_path(out_path, r) for r in range(state.num_processes)], out_path)
-        rows = evaluate.current_rows(out_path, key=runs.settings_key(settings), ids=[it.id for it in items],
+        rows = current_rows(out_path, key=runs.settings_key(settings), ids=[it.id for it in items],
                                      trials=options.get("trials", 1))
     state.wait_for_everyone()
     return rows

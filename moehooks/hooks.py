@@ -1,4 +1,4 @@
-"""Hook lifetime and the per-forward batch description every hook reads.
+"""Hook lifetime: every moehooks context attaches its hooks on entry and leaves the model as it was on exit.
 
     with moehooks.record(model) as rec, moehooks.steer(model, {12: [3, 7]}):
         model.generate(**inputs)
@@ -25,16 +25,10 @@ from torch import nn
 from .adapters import RoutingMap, adapt
 from .batch import Tracker
 from .wrappers import holds_compiled_code, see_through
+from .util import check_choice  # noqa: F401  re-exported: steering, recording and swap import it from here
 
 PHASES = ("prefill", "decode")
 MODALITIES = ("text", "image")
-
-
-def check_choice(kind: str, value: str, allowed: tuple[str, ...]) -> str:
-    """Validate a string option, naming the bad value and the allowed ones."""
-    if value not in allowed:
-        raise ValueError(f"unknown {kind} {value!r}; allowed: {', '.join(allowed)}")
-    return value
 
 
 def check_finite(name: str, value: object) -> float:

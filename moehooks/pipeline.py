@@ -1,17 +1,20 @@
-"""The study as library calls: identify domain experts, analyse routing, evaluate with and without steering.
+"""The study's commands as library calls on item files: load, analyse routing, tune, probe reading, steer, swap.
 
     from moehooks import pipeline
     model, processor, spec = pipeline.load_model("lab")
     result = pipeline.steer_study(model, processor, pipeline.lab_study(), out_dir="runs/lab", spec=spec)
     print(pipeline.format_table(result.summary))
 
-Every command of ``cli.py`` is one function here; the CLI only parses options and draws progress bars.
+Every command of ``cli.py`` is one function here (``study``: ``moehooks.lab.study.run``; ``steer --benchmark``:
+``moehooks.protocol.run``); the CLI only parses options, draws progress bars and prints tables. Steering is measured
+by ``moehooks.study`` (:func:`steer_study` loads the files and calls ``moehooks.study.run``); its steps
+(``identify_experts``, ``steer_eval``, ``save_experts``...) are re-exported here.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -20,16 +23,30 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import artefacts, distributed, evaluate, models, plots, runs, stats
-from .evaluate import Item, MethodSummary
-from .recording import Recorder, record
-from .steering import steer
-
-Progress = Callable[[int, int], None] | None
-METHODS = ("text", "baseline", "soft", "hard", "random")
-"""Rows of a steering evaluation, as in the paper's Table 3: the text versions of the tasks (the ceiling), the
-image tasks unsteered, and with soft, hard or random steering."""
-STEER_MODES = ("soft", "hard", "random")
+from . import artefacts, distributed, generation, models, plots, runs, stats, study
+from .adapters import adapt
+from .items import Item, load_items, text_versions
+from .results import MethodSummary, eval_settings, summarize
+from .steering import MODES, steer
+from .study import (  # noqa: F401  the study's steps, re-exported: pipeline.steer_eval etc. keep working
+    METHODS,
+    STEER_MODES,
+    Progress,
+    SteerResult,
+    accuracy,
+    check_layers,
+    check_steer_options,
+    identify_experts,
+    method_settings,
+    note,
+    random_draws,
+    record_items,
+    save_experts,
+    steer_eval,
+    write_json,
+)
+from .swap import swap_sweep
+from .util import atomic_write, check_choice, layer_span
 
 
 @dataclass(frozen=True)
@@ -61,9 +78,9 @@ def load_study(data: StudyData, limit: int | None = None) -> StudyItems:
     """
     if limit is not None:
         runs.check_int("limit", limit)
-    tasks = evaluate.load_items(data.tasks)[:limit]
-    references = evaluate.load_items(data.references) if data.references else text_versions(tasks)
-    return StudyItems(tasks=tasks, references=references, general=evaluate.load_items(data.general))
+    tasks = load_items(data.tasks)[:limit]
+    references = load_items(data.references) if data.references else text_versions(tasks)
+    return StudyItems(tasks=tasks, references=references, general=load_items(data.general))
 
 
 def lab_study(tasks: str = "test") -> StudyData:
@@ -74,7 +91,7 @@ def lab_study(tasks: str = "test") -> StudyData:
 
     names = {"test": "arith_image_test.jsonl", "dev": "arith_image_dev.jsonl", "clean": "arith_image.jsonl",
              "noisy": "arith_image_noisy.jsonl"}
-    runs.check_choice("lab tasks", tasks, tuple(names))
+    check_choice("lab tasks", tasks, tuple(names))
     return StudyData(tasks=DATA_DIR / names[tasks], references=DATA_DIR / "arith_text.jsonl",
                      general=DATA_DIR / "general_text.jsonl", swap=DATA_DIR / "swap.jsonl")
 
@@ -91,14 +108,6 @@ def load_model(name: str = "lab", *, device_map: str | dict[str, Any] | None = N
     return model, processor, spec
 
 
-def text_versions(items: Sequence[Item]) -> list[Item]:
-    """The same problems as text prompts: ``text_reference`` alone as the question, no image."""
-    missing = [it.id for it in items if it.text_reference is None]
-    if missing:
-        raise runs.UsageError(f"items {missing[:5]} have no text_reference: their text version is unknown")
-    return [replace(it, question=it.text_reference, image=None, images=None, text_reference=None) for it in items]
-
-
 LAB_READ_QUESTION = "Read the image."
 """The lab model's reading-probe prompt: asked after an image, it answers with the problem's text."""
 
@@ -110,54 +119,6 @@ def read_versions(items: Sequence[Item], question: str = LAB_READ_QUESTION) -> l
     if missing:
         raise runs.UsageError(f"items {missing[:5]} lack an image or a text_reference: they cannot be read back")
     return [replace(it, question=question, answer=it.text_reference) for it in items]
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def record_items(model: nn.Module, processor: Any, items: Sequence[Item], *, batch_size: int = 32,
-                 per_sample: bool = False, progress: Progress = None) -> Recorder:
-    """Routing of the items' prompts (one forward per batch, no generation), as a closed ``Recorder``.
-
-    Launched as several processes, each records its share of the items and every process gets the tables
-    summed over all of them (``moehooks.distributed``).
-    """
-    state = distributed.launched_state()
-    share = distributed.shard_items(items, state)
-    batches = [share[i:i + batch_size] for i in range(0, len(share), batch_size)]
-    with torch.no_grad(), record(model, per_sample=per_sample) as rec:
-        for done, batch in enumerate(batches, 1):
-            inputs = evaluate.build_inputs(processor, batch).to(_device(model))
-            model(**inputs)
-            if progress:
-                progress(done, len(batches))
-    return distributed.reduce_recorder_tables(rec, state)
-
-
-def check_layers(model: nn.Module, layers: Sequence[int] | None, name: str = "layers") -> list[int] | None:
-    """``layers`` if each is a MoE decoder layer of ``model`` (:class:`moehooks.runs.UsageError` naming the
-    bad ones and the allowed range otherwise)."""
-    from .adapters import adapt
-
-    return runs.check_layers(name, layers, sorted(set(adapt(model).layer_ids)))
-
-
-def identify_experts(model: nn.Module, processor: Any, domain: Sequence[Item], general: Sequence[Item], *,
-                     tau: float, layers: Sequence[int] | None = None, batch_size: int = 32,
-                     progress: Progress = None) -> stats.ExpertSet:
-    """Domain experts: ``f_domain - f_general > tau`` over prompt tokens (paper Eq. 3); ``tau`` and ``layers``
-    are checked before anything is recorded."""
-    runs.check_tau("tau", tau)
-    check_layers(model, layers)
-    dom = record_items(model, processor, domain, batch_size=batch_size, progress=progress)
-    gen = record_items(model, processor, general, batch_size=batch_size, progress=progress)
-    return stats.domain_experts(dom, gen, tau, phase="prefill", layers=layers)
-
-
-def _note(dataset: str | None, count: int) -> str:
-    """A figure's data line: ``"arith_image.jsonl, 90 items"``."""
-    return f"{dataset + ', ' if dataset else ''}{count} item{'s' if count != 1 else ''}"
 
 
 @dataclass
@@ -190,109 +151,14 @@ def analyze(model: nn.Module, processor: Any, items: Sequence[Item], *, tau: flo
     )
     if out_dir is not None and distributed.is_main(distributed.launched_state()):
         out = Path(out_dir)
-        note = _note(dataset, len(items))
+        data_line = note(dataset, len(items))
         result.files = [
             plots.plot_gini(result.gini_image, result.gini_text, out / "gini.png", layer_ids=result.layer_ids,
-                            note=note).png,
-            plots.plot_jsd(result.divergence, out / "jsd.png", layer_ids=result.layer_ids, note=note).png,
-            plots.plot_delta(result.visual, out / "visual_delta.png", label="image − text", note=note).png,
+                            note=data_line).png,
+            plots.plot_jsd(result.divergence, out / "jsd.png", layer_ids=result.layer_ids, note=data_line).png,
+            plots.plot_delta(result.visual, out / "visual_delta.png", label="image − text", note=data_line).png,
         ]
     return result
-
-
-@dataclass
-class SteerResult:
-    """Outcome of a steering evaluation: the expert sets used, the per-method accuracy of this run's rows and
-    the settings that keyed them (per method, see ``moehooks.evaluate.eval_settings``)."""
-
-    experts: dict[str, dict[int, list[int]]]
-    summary: dict[str, MethodSummary]
-    results: Path
-    files: list[Path] = field(default_factory=list)
-    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
-    random_draws: dict[int, float] = field(default_factory=dict)  # seed -> accuracy (``steer_study(random_seeds=)``)
-
-
-def check_steer_options(*, methods: Sequence[str] | str = METHODS, beta: float = 0.5, epsilon: float = 1e-3,
-                        trials: int = 1, batch_size: int = 32, max_new_tokens: int = 16) -> list[str]:
-    """Check a steering evaluation's options before any work (each error names the value and what is allowed);
-    returns the methods as a list."""
-    runs.check_number("beta", beta, minimum=0.0)
-    runs.check_number("epsilon", epsilon, minimum=0.0)
-    for name, value in (("trials", trials), ("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
-        runs.check_int(name, value)
-    return runs.parse_choices("methods", methods, METHODS)
-
-
-def method_settings(method: str, experts: dict[int, list[int]], *, beta: float, epsilon: float,
-                    layers: Sequence[int] | None) -> dict[str, Any]:
-    """What a method adds to a run's settings: nothing for the baseline and the text prompts; the experts, the
-    steered layers and beta (soft, random) or epsilon (hard) for the others."""
-    if method in ("text", "baseline"):
-        return {}
-    strength = {"epsilon": epsilon} if method == "hard" else {"beta": beta}
-    return {"experts": {str(k): sorted(v) for k, v in sorted(experts.items())},
-            "layers": None if layers is None else list(layers), **strength}
-
-
-def steer_eval(model: nn.Module, processor: Any, items: Sequence[Item], experts: dict[int, list[int]],
-               out_dir: str | Path, *, methods: Sequence[str] = METHODS, beta: float = 0.5, epsilon: float = 1e-3,
-               layers: Sequence[int] | None = None, seed: int = 0, trials: int = 1, batch_size: int = 32,
-               max_new_tokens: int = 16, generation_kwargs: dict[str, Any] | None = None,
-               settings: dict[str, Any] | None = None, progress: Progress = None,
-               continuous: bool = False) -> SteerResult:
-    """Evaluate ``items`` without steering and with each steering method; resumable (results JSONL).
-
-    ``text`` prompts the same problems with their ``text_reference`` (no image, no steering), ``baseline`` the
-    image tasks unsteered; ``soft`` boosts ``experts`` by ``beta`` sigma, ``hard`` forces them, ``random``
-    soft-boosts as many random experts per layer (seeded). Rows go to ``out_dir/results.jsonl`` as they
-    complete, keyed by their settings (``settings`` adds to them, e.g.
-    ``{"items": moehooks.runs.file_identity(path)}``; see :func:`method_settings`), so a rerun with other
-    settings starts a new result set and the summary counts only this run's rows. Launched as several processes, each evaluates its share of the items into
-    ``results.rank{r}.jsonl`` and the main process merges them into ``results.jsonl``
-    (``moehooks.distributed.sharded_eval``). ``continuous=True`` generates the methods whose prompts are all text
-    (``text``; every method on text-only items) with continuous batching (``moehooks.evaluate.generate_answers``),
-    the others with padded batches; the rows say which (``batching``).
-    """
-    methods = check_steer_options(methods=methods, beta=beta, epsilon=epsilon, trials=trials, batch_size=batch_size,
-                                  max_new_tokens=max_new_tokens)
-    results = runs.check_output_dir(out_dir) / "results.jsonl"
-    common = dict(settings or {})
-    common.setdefault("model", runs.model_identity(model))
-    common.setdefault("items", {"digest": evaluate.items_digest(items)})
-    prompted = {"text": text_versions(items)} if "text" in methods else {}
-    used: dict[str, dict[int, list[int]]] = {}
-    contexts: dict[str, Callable[[], Any] | None] = {"text": None, "baseline": None}
-    for mode in [m for m in methods if m in STEER_MODES]:
-        options = dict(mode=mode, beta=beta, epsilon=epsilon, layers=layers, seed=seed if mode == "random" else None)
-        used[mode] = steer(model, experts, **options).experts
-        contexts[mode] = (lambda options=options: steer(model, experts, **options)) if experts else None
-    state = distributed.launched_state()
-    share = len(distributed.shard_items(items, state))
-    total = len(methods) * trials * share
-    offset = 0
-    rows: list[dict[str, Any]] = []
-    keyed: dict[str, dict[str, Any]] = {}
-    for method in methods:
-        def step(done: int, _total: int, offset: int = offset) -> None:
-            if progress:
-                progress(offset + done, total)
-        chosen = prompted.get(method, items)
-        packed = continuous and all(item.image is None for item in chosen)
-        extra = common | method_settings(method, used.get(method, experts), beta=beta, epsilon=epsilon, layers=layers)
-        extra |= {"batching": "continuous"} if packed else {}
-        options = dict(method=method, seed=seed, max_new_tokens=max_new_tokens, generation_kwargs=generation_kwargs)
-        keyed[method] = evaluate.eval_settings(model, chosen, **options, settings=extra)
-        try:
-            rows += distributed.sharded_eval(model, processor, chosen, results, state=state, trials=trials,
-                                             batch_size=batch_size, context=contexts[method], settings=extra,
-                                             progress=step, continuous=packed, **options)
-        except runs.RunInterrupted as stop:
-            raise runs.RunInterrupted(results, offset + stop.saved, total) from None
-        offset += trials * share
-    summary = evaluate.summarize(rows)
-    return SteerResult(experts=used, summary={m: summary[m] for m in methods if m in summary}, results=results,
-                       settings=keyed)
 
 
 @dataclass
@@ -317,18 +183,18 @@ def tune_steering(model: nn.Module, processor: Any, items: Sequence[Item], refer
     Domain experts come from one recording of ``references`` and ``general`` (``f_domain - f_general > tau``
     over prompt tokens, within the layer set); the grid is tried in order (taus, then layer sets, then betas) and
     the first of equally accurate settings wins, so list the weaker settings first. Settings that find no expert
-    are skipped. Answers are graded as in :func:`steer_eval` (``evaluate.grade``).
+    are skipped. Answers are graded as in :func:`steer_eval` (``grading.grade``).
     """
     dom = record_items(model, processor, references, batch_size=batch_size)
     gen = record_items(model, processor, general, batch_size=batch_size)
     options = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, generation_kwargs=generation_kwargs)
     grid = [(tau, layers, beta) for tau in taus for layers in layer_sets for beta in betas]
     rows: list[dict[str, Any]] = []
-    baseline = _accuracy(model, processor, items, None, **options)
+    baseline = accuracy(model, processor, items, None, **options)
     for done, (tau, layers, beta) in enumerate(grid, 1):
         experts = dict(stats.domain_experts(dom, gen, tau, phase="prefill", layers=layers))
         if experts:
-            acc = _accuracy(model, processor, items, partial(steer, model, experts, mode="soft", beta=beta,
+            acc = accuracy(model, processor, items, partial(steer, model, experts, mode="soft", beta=beta,
                                                              layers=layers), **options)
             rows.append({"tau": tau, "beta": beta, "layers": None if layers is None else list(layers),
                          "experts": experts, "accuracy": acc})
@@ -339,29 +205,16 @@ def tune_steering(model: nn.Module, processor: Any, items: Sequence[Item], refer
     return Tuning(baseline=baseline, rows=rows, best=max(rows, key=lambda r: r["accuracy"]))
 
 
-def _accuracy(model: nn.Module, processor: Any, items: Sequence[Item], context: Callable[[], Any] | None,
-              **options: Any) -> float:
-    """Share of ``items`` answered correctly (``evaluate.grade``), generating inside ``context`` when given."""
-    answers = evaluate.generate_answers(model, processor, items, context=context, **options)
-    return sum(evaluate.grade(a, it.answer, it.choices) for a, it in zip(answers, items)) / len(items)
-
-
-def random_draws(model: nn.Module, processor: Any, items: Sequence[Item], experts: dict[int, list[int]], *,
-                 seeds: Sequence[int], beta: float, layers: Sequence[int] | None = None, batch_size: int = 32,
-                 max_new_tokens: int = 8, generation_kwargs: dict[str, Any] | None = None) -> dict[int, float]:
-    """Accuracy under soft boosts of random experts (as many per layer as ``experts``), one draw per seed: the
-    spread of the ``random`` control of :func:`steer_eval` (whose draw is ``seed``)."""
-    options = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, generation_kwargs=generation_kwargs)
-    return {seed: _accuracy(model, processor, items, partial(steer, model, experts, mode="random", beta=beta,
-                                                             layers=layers, seed=seed), **options)
-            for seed in seeds}
+def save_tuning(tuning: Tuning, path: str | Path) -> Path:
+    """Write a tuning's baseline, rows and chosen setting as JSON (``tune.json``)."""
+    return write_json(Path(path), {"baseline": tuning.baseline, "rows": tuning.rows, "best": tuning.best})
 
 
 def read_probe(model: nn.Module, processor: Any, items: Sequence[Item], *, question: str = LAB_READ_QUESTION,
                batch_size: int = 32, max_new_tokens: int = 8) -> float:
     """Share of image items whose image the model transcribes exactly (``read_versions``): a perception check."""
     probes = read_versions(items, question)
-    answers = evaluate.generate_answers(model, processor, probes, batch_size=batch_size,
+    answers = generation.generate_answers(model, processor, probes, batch_size=batch_size,
                                         max_new_tokens=max_new_tokens)
     return sum(a.strip() == it.answer for a, it in zip(answers, probes)) / len(probes)
 
@@ -370,7 +223,8 @@ def steer_study(model: nn.Module, processor: Any, data: StudyData, out_dir: str 
                 spec: models.ModelSpec | None = None, tau: float | None = None, beta: float | None = None,
                 layers: Sequence[int] | None = None, limit: int | None = None, progress: Progress = None,
                 random_seeds: Sequence[int] = (), **eval_options: Any) -> SteerResult:
-    """The paper's pipeline: domain experts from the text references, then image tasks with and without steering.
+    """The paper's pipeline on item files: domain experts from the text references, then the image tasks without
+    and with steering (``moehooks.study.run``).
 
     ``tau``, ``beta`` and ``layers`` default to the model alias's settings (``spec``); results, the expert
     artefact, the Delta heatmap and ``summary.json`` (accuracy of this run's rows, the experts and every
@@ -385,38 +239,20 @@ def steer_study(model: nn.Module, processor: Any, data: StudyData, out_dir: str 
     check_steer_options(beta=beta, **{k: eval_options[k] for k in ("methods", "trials", "batch_size",
                                                                     "max_new_tokens") if k in eval_options})
     if layers is None and spec.layers is not None:
-        layers = list(range(spec.layers[0], spec.layers[1] + 1))
+        layers = layer_span(spec.layers)
     check_layers(model, layers)
     loaded = load_study(data, limit)
-    tasks, references, general = loaded.tasks, loaded.references, loaded.general
     out = runs.check_output_dir(out_dir)
-    experts = identify_experts(model, processor, references, general, tau=tau, layers=layers)
-    main = distributed.is_main(distributed.launched_state())
-    if main:
-        save_experts(model, experts, out / "experts.safetensors", dataset=str(data.references or data.tasks),
-                     size=len(references), model_id=spec.source, tau=tau)
     items = runs.file_identity(data.tasks)
     eval_options.setdefault("generation_kwargs", dict(spec.generation_kwargs) or None)
-    result = steer_eval(model, processor, tasks, dict(experts), out, beta=beta, layers=layers, progress=progress,
-                        settings={"items": items, "model": runs.model_identity(model, spec.alias or spec.source)},
-                        **eval_options)
-    if random_seeds:
-        result.random_draws = random_draws(model, processor, tasks, dict(experts), seeds=random_seeds, beta=beta,
-                                           layers=layers, batch_size=eval_options.get("batch_size", 32),
-                                           max_new_tokens=eval_options.get("max_new_tokens", 16),
-                                           generation_kwargs=eval_options["generation_kwargs"])
-    if main:
-        note = _note(data.tasks.name, len(tasks))
-        result.files.append(plots.plot_delta(experts, out / "domain_delta.png", note=note,
-                                             label="domain − general").png)
-        study = {"model": spec.alias or spec.source, "tasks": items, "limit": limit, "tau": tau,
-                 "references": runs.file_identity(data.references) if data.references else "text_reference of the tasks",
-                 "general": runs.file_identity(data.general), **{k: v for k, v in eval_options.items()
-                                                                 if k != "methods"}}
-        write_json(out / "summary.json", {m: vars(s) for m, s in result.summary.items()}
-                   | {"experts": result.experts, "random_draws": result.random_draws,
-                      "settings": {"study": study, "methods": result.settings}})
-    return result
+    about = {"model": spec.alias or spec.source, "tasks": items, "limit": limit, "tau": tau,
+             "references": runs.file_identity(data.references) if data.references else "text_reference of the tasks",
+             "general": runs.file_identity(data.general), **{k: v for k, v in eval_options.items() if k != "methods"}}
+    plan = study.Study(tasks=loaded.tasks, references=loaded.references, general=loaded.general, tau=tau, beta=beta,
+                       layers=layers, dataset=str(data.references or data.tasks), model_id=spec.source,
+                       name=data.tasks.name, about=about, evaluation=eval_options, random_seeds=random_seeds,
+                       settings={"items": items, "model": runs.model_identity(model, spec.alias or spec.source)})
+    return study.run(model, processor, plan, out, progress=progress)
 
 
 @dataclass(frozen=True)
@@ -445,18 +281,16 @@ def plan_eval(items_path: str | Path, out_path: str | Path, *, experts: str | Pa
         model, processor, spec = load_model("qwen3-vl")
         result = run_plan(model, processor, plan, "runs/eval.jsonl", spec=spec)
     """
-    from .steering import MODES
-
     if experts is None and mode is not None:
         raise runs.UsageError(f"mode {mode!r} needs an expert set (--experts: an artefact from `identify` or "
                               "`steer`); without one the evaluation is the baseline")
-    method = "baseline" if experts is None else runs.check_choice("mode", mode or "soft", MODES)
+    method = "baseline" if experts is None else check_choice("mode", mode or "soft", MODES)
     runs.check_number("beta", beta, minimum=0.0)
     for name, value in (("trials", trials), ("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
         runs.check_int(name, value)
     if limit is not None:
         runs.check_int("limit", limit)
-    items = evaluate.load_items(items_path)[:limit]
+    items = load_items(items_path)[:limit]
     if as_text:
         text_versions(items)
     artefact = None if experts is None else artefacts.load(experts)
@@ -485,8 +319,6 @@ def run_plan(model: nn.Module, processor: Any, plan: EvalPlan, out_path: str | P
     """Run a checked evaluation (:func:`plan_eval`): the artefact's router fingerprint is checked against
     ``model`` first (``allow_mismatch`` warns instead), rows are keyed by every setting and appended to
     ``out_path`` (resumable), and ``<out>.summary.json`` gets this run's accuracy and settings."""
-    from .steering import steer as steer_ctx
-
     spec = spec or models.ModelSpec(source="model")
     out = Path(out_path)
     settings: dict[str, Any] = {"items": runs.file_identity(plan.items_path),
@@ -499,17 +331,17 @@ def run_plan(model: nn.Module, processor: Any, plan: EvalPlan, out_path: str | P
         chosen = plan.artefact.expert_sets["domain"]
         options = dict(mode=plan.method, beta=plan.beta, seed=plan.options["seed"])
         try:
-            drawn = steer_ctx(model, chosen, **options).experts
+            drawn = steer(model, chosen, **options).experts
         except ValueError as err:
             raise runs.UsageError(f"expert set of {plan.experts_path} does not fit this model: {err}") from None
-        context = lambda: steer_ctx(model, chosen, **options)  # noqa: E731
+        context = lambda: steer(model, chosen, **options)  # noqa: E731
         settings |= method_settings(plan.method, drawn, beta=plan.beta, epsilon=1e-3, layers=None)
     state = distributed.launched_state()
     rows = distributed.sharded_eval(model, processor, plan.items, out, state=state, method=plan.method,
                                     generation_kwargs=dict(spec.generation_kwargs) or None, context=context,
                                     settings=settings, progress=progress, **plan.options)
-    summary = evaluate.summarize(rows)
-    keyed = evaluate.eval_settings(model, plan.items, method=plan.method, seed=plan.options["seed"],
+    summary = summarize(rows)
+    keyed = eval_settings(model, plan.items, method=plan.method, seed=plan.options["seed"],
                                    max_new_tokens=plan.options["max_new_tokens"],
                                    generation_kwargs=dict(spec.generation_kwargs) or None,
                                    as_text=plan.options["as_text"], settings=settings)
@@ -517,25 +349,6 @@ def run_plan(model: nn.Module, processor: Any, plan: EvalPlan, out_path: str | P
         write_json(out.with_name(f"{out.stem}.summary.json"),
                    {m: vars(s) for m, s in summary.items()} | {"settings": keyed | {"trials": plan.options["trials"]}})
     return EvalResult(rows=rows, summary=summary, settings=keyed, results=out)
-
-
-def save_experts(model: nn.Module, experts: stats.ExpertSet, path: Path, *, dataset: str, size: int,
-                 model_id: str, tau: float) -> Path:
-    """Save an expert set with its Delta matrix and provenance (see ``moehooks.artefacts``)."""
-    artefact = artefacts.Artefact(
-        model=artefacts.describe(model, model_id=model_id),
-        tensors={"delta": experts.delta},
-        expert_sets={"domain": dict(experts)},
-        dataset=dataset,
-        dataset_size=size,
-        params={"tau": tau, "phase": "prefill", "modality": "all"},
-    )
-    return artefacts.save(path, artefact)
-
-
-def write_json(path: Path, payload: Any) -> Path:
-    """Atomic, pretty JSON."""
-    return artefacts.atomic_write(path, (json.dumps(payload, indent=2, default=str) + "\n").encode())
 
 
 def format_table(summary: dict[str, MethodSummary]) -> list[tuple[str, str, str, str]]:
@@ -556,7 +369,7 @@ def swap_items(items_path: str | Path | None, *, source: str, target: str) -> tu
             ``source`` (the message lists the digits present).
     """
     shift = runs.check_integer_text("target", target) - runs.check_integer_text("source", source)
-    items = evaluate.load_items(items_path or lab_study().swap)
+    items = load_items(items_path or lab_study().swap)
     chosen = [it for it in items if str(it.meta.get("digit", source)) == source]
     if not chosen:
         raise runs.UsageError(f"no swap item shows digit {source!r}; digits present: "
@@ -572,9 +385,6 @@ def swap_study(model: nn.Module, processor: Any, items_path: str | Path | None, 
     Items showing ``source`` (field ``digit``, or all items when absent) succeed when the answer follows the
     target: ``answer - source + target``. Returns ``moehooks.swap.SwapSweep``; plots success per layer.
     """
-    from .adapters import adapt
-    from .swap import swap_sweep
-
     runs.check_number("alpha", alpha)
     path = items_path or lab_study().swap
     chosen, expected = swap_items(path, source=source, target=target)
@@ -584,11 +394,11 @@ def swap_study(model: nn.Module, processor: Any, items_path: str | Path | None, 
         runs.check_output_dir(out_dir)
     sweep = swap_sweep(model, processor, chosen, decoder_layers if layers is None else layers,
                        source_text=source, target_text=target, alpha=alpha, expected=expected,
-                       build_inputs=evaluate.build_inputs, batch_size=batch_size, progress=progress)
+                       build_inputs=generation.build_inputs, batch_size=batch_size, progress=progress)
     if out_dir is not None:
         plots.plot_swap(dict(zip(sweep.layers, sweep.success)), Path(out_dir) / "swap_success.png",
                         baseline=sweep.baseline_success, source=source, target=target, alpha=alpha,
-                        note=_note(Path(path).name, len(chosen)))
+                        note=note(Path(path).name, len(chosen)))
     return sweep
 
 
@@ -597,7 +407,7 @@ def record_dataset(model: nn.Module, processor: Any, items_path: str | Path, out
                    progress: Progress = None) -> Path:
     """Record prompt routing of a dataset (image or text version) and save counts/tokens as an artefact
     (the main process saves it when launched as several). The items and the output path are checked first."""
-    items = evaluate.load_items(items_path)
+    items = load_items(items_path)
     runs.check_output_file(out_path)
     rec = record_items(model, processor, text_versions(items) if as_text else items, batch_size=batch_size,
                        progress=progress)
@@ -618,13 +428,13 @@ def render_dataset(items_path: str | Path, out_dir: str | Path, variant: str = "
     from .benchmarks import render_images
     from .render import VARIANTS
 
-    runs.check_choice("variant", variant, VARIANTS)
+    check_choice("variant", variant, VARIANTS)
     out = runs.check_output_dir(out_dir)
     items = [it if it.text_reference else replace(it, text_reference=it.question)
-             for it in evaluate.load_items(items_path)]
+             for it in load_items(items_path)]
     rendered = render_images(items, out, variant, size=size)
     rows = [{"id": it.id, "question": "Solve the problem in the image.", "answer": it.answer,
              "image": str(Path(it.image).resolve().relative_to(out.resolve())), "text_reference": it.text_reference,
              **({"choices": it.choices} if it.choices else {})} for it in rendered]
     body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    return artefacts.atomic_write(out / "items.jsonl", body.encode())
+    return atomic_write(out / "items.jsonl", body.encode())

@@ -28,8 +28,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 from torch import Tensor
 
-from moehooks.artefacts import atomic_write
 from moehooks.stats import Divergence, ExpertSet
+from moehooks.util import atomic_write
 
 Values = Tensor | Sequence[float]
 IMAGE_COLOR, TEXT_COLOR = "#d95f02", "#1b9e77"

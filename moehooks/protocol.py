@@ -22,7 +22,6 @@ Outputs under ``out_dir/<model tag>/``: ``plan.json``, ``table1.{csv,json}``, ``
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import json
 import random
@@ -32,10 +31,29 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import benchmarks, evaluate, models
-from .evaluate import Item
+from . import (
+    benchmarks,
+    distributed,
+    evaluate,
+    hub,
+    memory,
+    models,
+    plots,
+    stats,
+    study,
+)
+from .hub import (  # noqa: F401  re-exported: protocol's names before moehooks.hub held them
+    HUB_PROBE_SECONDS,
+    hub_offline,
+    missing_checkpoint,
+    offline_if_unreachable,
+)
+from .items import Item, load_items, read_rows
 from .memory import MemoryEstimate
-from .runs import UsageError
+from .results import MethodSummary
+from .runs import UsageError, check_input_file
+from .study import METHODS
+from .util import atomic_write
 
 RENDERED: Mapping[str, str] = {"math500": "v2", "gpqa-physics": "v2", "gpqa-chemistry": "v2"}
 """Text benchmarks shown to the model as rendered images, with the render variant."""
@@ -65,7 +83,7 @@ class MissingPiecesError(UsageError):
 
     def __init__(self, pieces: Sequence[str]) -> None:
         self.pieces = list(pieces)
-        offline = _offline_state()
+        offline = hub.offline_state()
         lines = "\n".join(f"  - {piece}" for piece in self.pieces)
         super().__init__(f"cannot start: {len(self.pieces)} missing (offline mode: {offline}; nothing was "
                          f"loaded):\n{lines}")
@@ -140,10 +158,6 @@ def parse_benchmarks(text: str | Sequence[str] | None, spec: models.ModelSpec) -
     return list(dict.fromkeys(names))
 
 
-def _repo_folder(hub_id: str | None) -> str | None:
-    return hub_id.split("/")[-1] if hub_id else None
-
-
 def resolve_data_dir(name: str, data_dir: str | Path | Mapping[str, str | Path] | None) -> Path | None:
     """Where benchmark ``name`` is read from: ``data_dir[name]`` (a mapping), else ``ROOT/<repo folder>``
     (``MATH-500``, ``gpqa``, ``MathVerse``, ``MathVision``, ``GSM8K-V``, ``alpaca``, ``gsm8k``) when that exists,
@@ -160,7 +174,7 @@ def resolve_data_dir(name: str, data_dir: str | Path | Mapping[str, str | Path] 
         data_dir = data_dir.get("")
     if data_dir is None:
         return None
-    folder = Path(data_dir) / str(_repo_folder(benchmarks.RECIPES[name].hub_id))
+    folder = Path(data_dir) / str(hub.repo_folder(benchmarks.RECIPES[name].hub_id))
     return folder if folder.is_dir() else None
 
 
@@ -233,7 +247,7 @@ def make_plan(model: str, benchmark_names: str | Sequence[str] | None = None, *,
     aliases load with ``device_map="auto"`` and bf16 on a CUDA machine unless ``device_map`` / ``dtype`` say
     otherwise; ``load`` adds ``from_pretrained`` options (``trust_remote_code``, ``revision``). ``general`` is an
     item file of general-domain text (default: Alpaca, from ``data_dir`` or the hub). ``continuous``: generate
-    the methods whose prompts are text with continuous batching (``pipeline.steer_eval``).
+    the methods whose prompts are text with continuous batching (``moehooks.study.steer_eval``).
 
     Example:
         >>> plan = make_plan("qwen3-vl", "math500", cuda=False)
@@ -247,8 +261,6 @@ def make_plan(model: str, benchmark_names: str | Sequence[str] | None = None, *,
                          (batch_size, "batch_size")):
         if count < 1:
             raise UsageError(f"{label} must be >= 1, got {count}")
-    from .pipeline import METHODS
-
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise UsageError(f"unknown methods {unknown}; allowed: {', '.join(METHODS)}")
@@ -357,8 +369,6 @@ def _max_new_tokens(plan: Plan) -> int:
 
 
 def _memory(plan: Plan) -> MemoryEstimate | str:
-    from . import memory
-
     try:
         config = memory.local_config(plan.checkpoint, trust_remote_code=bool(plan.load.get("trust_remote_code")),
                                      revision=plan.load.get("revision"))
@@ -380,7 +390,7 @@ def _general_data(plan: Plan, strict: bool) -> benchmarks.DataReport | str:
     if plan.general_file is None:
         return _benchmark_data(GENERAL, plan.general_dir, None, None, strict)
     try:
-        return f"{len(evaluate.load_items(plan.general_file)):,} items of {plan.general_file}"
+        return f"{len(load_items(plan.general_file)):,} items of {plan.general_file}"
     except UsageError as err:
         if strict:
             raise
@@ -426,13 +436,11 @@ def survey(plan: Plan, *, strict: bool = False) -> Survey:
 def preflight(plan: Plan) -> Survey:
     """Everything checked before any model loads, in this order: the item files given (``general``,
     ``descriptions``), the pieces that are not here (:func:`check`: checkpoint, datasets; the cache alone when the
-    hub is out of reach, :func:`hub_offline`), then every dataset of the plan opened and validated (:func:`survey`
+    hub is out of reach, ``moehooks.hub.hub_offline``), then every dataset of the plan opened and validated (:func:`survey`
     with ``strict``). Returns the survey; raises ``UsageError`` (``MissingPiecesError`` for absent pieces)."""
-    from .runs import check_input_file
-
     if plan.general_file is not None:
         try:
-            evaluate.load_items(plan.general_file)
+            load_items(plan.general_file)
         except UsageError as err:
             raise UsageError(f"general data (--general): {err}") from None
     for b in plan.benchmarks:
@@ -457,8 +465,6 @@ def preflight(plan: Plan) -> Survey:
 
 def write_plan(plan: Plan, found: Survey | None = None) -> Path:
     """``plan.json`` in the plan's output folder (written atomically): the plan and, when given, its survey."""
-    from .artefacts import atomic_write
-
     data = plan.to_json() | ({"survey": found.to_json()} if found is not None else {})
     return atomic_write(Path(plan.out_dir) / "plan.json", (json.dumps(data, indent=2) + "\n").encode())
 
@@ -524,163 +530,23 @@ def format_plan(plan: Plan, found: Survey | None = None) -> str:
 # Missing pieces
 
 
-HUB_PROBE_SECONDS = 2.0
-"""How long :func:`hub_offline` waits for a TCP connection to the hub before treating it as unreachable."""
-
-
-@functools.cache
-def _endpoint_answers(endpoint: str) -> bool:
-    import socket
-    from urllib.parse import urlparse
-
-    url = urlparse(endpoint)
-    try:
-        with socket.create_connection((url.hostname or "", url.port or (443 if url.scheme == "https" else 80)),
-                                      timeout=HUB_PROBE_SECONDS):
-            return True
-    except OSError:
-        return False
-
-
-def hub_offline() -> bool:
-    """Whether the hub is out of reach: offline mode (``HF_HUB_OFFLINE=1``), or no TCP connection to its endpoint
-    within :data:`HUB_PROBE_SECONDS` (probed once per process). Checks then look at the cache only: no request,
-    no retries.
-
-    Example:
-        >>> isinstance(hub_offline(), bool)
-        True
-    """
-    from huggingface_hub import constants
-
-    return constants.is_offline_mode() or not _endpoint_answers(constants.ENDPOINT)
-
-
-def offline_if_unreachable() -> bool:
-    """Switch the Hugging Face hub client (and transformers through it) to offline mode for this process when the
-    hub does not answer (:func:`hub_offline`), with a warning, so that loading from the cache never waits on
-    request retries. Returns whether offline mode is on.
-
-    Example:
-        >>> offline_if_unreachable()  # doctest: +SKIP
-        True
-    """
-    import warnings
-
-    from huggingface_hub import constants
-
-    if hub_offline() and not constants.is_offline_mode():
-        constants.HF_HUB_OFFLINE = True
-        warnings.warn(f"{constants.ENDPOINT} does not answer: working from the Hugging Face cache only "
-                      "(as with HF_HUB_OFFLINE=1)", stacklevel=2)
-    return constants.is_offline_mode()
-
-
-def _offline_state() -> str:
-    from huggingface_hub import constants
-
-    if constants.is_offline_mode():
-        return "on"
-    return f"off, but {constants.ENDPOINT} does not answer" if hub_offline() else "off"
-
-
-def _hub_reachable(repo_id: str, repo_type: str) -> str | None:
-    """``None`` when ``repo_id`` can be downloaded now, else why not (one line): the hub does not answer, or
-    the repository is gated and no Hugging Face token is set."""
-    from huggingface_hub import HfApi, get_token
-
-    api = HfApi()
-    try:
-        info = (api.dataset_info if repo_type == "dataset" else api.model_info)(repo_id, timeout=10)
-    except Exception as err:  # no network, unknown or private repository: all mean it cannot be fetched now
-        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".strip()
-    if getattr(info, "gated", False) and get_token() is None:
-        return (f"{repo_id} is gated: accept its terms on https://huggingface.co/{repo_type}s/{repo_id} and log in "
-                "with `huggingface-cli login`")
-    return None
-
-
-def _checkpoint_cached(repo_id: str) -> bool:
-    """Whether ``config.json`` and every weight file of a hub checkpoint are in the Hugging Face cache."""
-    from huggingface_hub import try_to_load_from_cache
-
-    def cached(name: str) -> str | None:
-        found = try_to_load_from_cache(repo_id, name)
-        return found if isinstance(found, str) else None
-
-    if cached("config.json") is None:
-        return False
-    index = cached("model.safetensors.index.json")
-    if index is None:
-        return cached("model.safetensors") is not None
-    shards = set(json.loads(Path(index).read_text())["weight_map"].values())
-    return all(cached(shard) is not None for shard in shards)
-
-
-def missing_checkpoint(source: str) -> str | None:
-    """Why the checkpoint ``source`` (directory or hub id) cannot be loaded here, or ``None``.
-
-    Example:
-        >>> missing_checkpoint(str(models.LAB_MODEL_DIR)) is None
-        True
-    """
-    from huggingface_hub import constants
-
-    path = Path(source).expanduser()
-    if (path / "config.json").is_file():
-        return None
-    if not models._HUB_ID.match(source) or path.exists():
-        return f"checkpoint {source}: no config.json in {path.resolve()}; pass a model directory or a hub id"
-    if _checkpoint_cached(source):
-        return None
-    hint = (f"get it with `huggingface-cli download {source}` (or pass its local directory with --model DIR "
-            "--preset ALIAS)")
-    if hub_offline():
-        return f"checkpoint {source}: not (fully) in the Hugging Face cache at {constants.HF_HUB_CACHE}; {hint}"
-    why = _hub_reachable(source, "model")
-    return None if why is None else (f"checkpoint {source}: not in the Hugging Face cache at "
-                                     f"{constants.HF_HUB_CACHE} and not downloadable now ({why}); {hint}")
-
-
-def _missing_dataset(name: str, data_dir: str | None, split: str | None = None) -> str | None:
-    from huggingface_hub import constants
-
-    recipe = benchmarks.RECIPES[name]
-    why = benchmarks.missing_data(name, data_dir, split)
-    if why is None:
-        return None
-    folder = f"DIR/{_repo_folder(recipe.hub_id)}"
-    hint = (f"get it with `huggingface-cli download {recipe.hub_id} --repo-type dataset --local-dir {folder}` "
-            f"and pass --data-dir DIR")
-    label = f"dataset {recipe.describe(split)} (for {name})"
-    if data_dir is not None:
-        return f"{label}: {why.split(': ', 1)[-1]}; {hint}"
-    if hub_offline():
-        return f"{label}: not in the Hugging Face cache at {constants.HF_HUB_CACHE}; {hint}"
-    unreachable = _hub_reachable(str(recipe.hub_id), "dataset")
-    if unreachable is None:
-        return None
-    return (f"{label}: not in the Hugging Face cache at {constants.HF_HUB_CACHE} and not downloadable now "
-            f"({unreachable}); {hint}")
-
-
 def missing(plan: Plan | AnalysisPlan) -> list[str]:
     """Everything the plan needs that is not here (one line each, with how to obtain it); ``[]`` when ready.
 
     Nothing is downloaded: directories and the Hugging Face cache are looked at, and when online the hub is
     asked whether what is not cached exists.
     """
-    found = [missing_checkpoint(plan.checkpoint)]
+    found = [hub.missing_checkpoint(plan.checkpoint)]
     if isinstance(plan, AnalysisPlan):
-        found += [_missing_dataset(name, folder) for name, folder in plan.data.items()]
+        found += [hub.missing_dataset(name, folder) for name, folder in plan.data.items()]
         return [piece for piece in dict.fromkeys(found) if piece]
     for b in plan.benchmarks:
-        found.append(_missing_dataset(b.name, b.data_dir, b.split))
+        found.append(hub.missing_dataset(b.name, b.data_dir, b.split))
         if b.descriptions and not Path(b.descriptions).is_file():
             found.append(f"descriptions file {Path(b.descriptions).resolve()} (for mathvision): not found; give a "
                          "JSONL/CSV with id + description, or omit it to let the model describe the figures")
     if plan.general_file is None:
-        found.append(_missing_dataset(GENERAL, plan.general_dir))
+        found.append(hub.missing_dataset(GENERAL, plan.general_dir))
     elif not Path(plan.general_file).is_file():
         found.append(f"general data {Path(plan.general_file).resolve()}: not found")
     return [piece for piece in dict.fromkeys(found) if piece]
@@ -727,7 +593,7 @@ def text_problems(items: Sequence[Item]) -> list[Item]:
 
 
 def _descriptions_from_file(path: str) -> dict[str, str]:
-    rows = evaluate._read_rows(Path(path))
+    rows = read_rows(Path(path))
     found = {}
     for location, row in rows:
         if isinstance(row, Exception) or not row.get("id") or not row.get("description"):
@@ -804,11 +670,11 @@ class Table1:
                 for m in self.methods}
 
 
-def table1(summaries: Mapping[str, Mapping[str, evaluate.MethodSummary]], methods: Sequence[str]) -> Table1:
-    """Build :class:`Table1` from per-benchmark summaries (``{benchmark: evaluate.summarize(results)}``).
+def table1(summaries: Mapping[str, Mapping[str, MethodSummary]], methods: Sequence[str]) -> Table1:
+    """Build :class:`Table1` from per-benchmark summaries (``{benchmark: moehooks.results.summarize(results)}``).
 
     Example:
-        >>> s = lambda m, a: evaluate.MethodSummary(m, a, 0.0, 10, 1, None)
+        >>> s = lambda m, a: MethodSummary(m, a, 0.0, 10, 1, None)
         >>> t = table1({"math500": {"baseline": s("baseline", 0.5), "soft": s("soft", 0.6)}}, ["baseline", "soft"])
         >>> t.rows()[1]
         ['soft', '60.0 (+10.0)', '60.0 (+10.0)']
@@ -823,9 +689,6 @@ def table1(summaries: Mapping[str, Mapping[str, evaluate.MethodSummary]], method
 def write_table1(table: Table1, out_dir: str | Path) -> list[Path]:
     """``table1.csv`` (the printed cells), ``table1.json`` (numbers) and ``accuracy.png`` (accuracy per method
     per benchmark, with the trials' spread as error bars; its numbers in ``accuracy.csv``), written atomically."""
-    from . import plots
-    from .artefacts import atomic_write
-
     out = Path(out_dir)
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
@@ -840,17 +703,15 @@ def write_table1(table: Table1, out_dir: str | Path) -> list[Path]:
 
 def run(plan: Plan, found: Survey | None = None, *, stage: Stage = None) -> Table1:
     """Run a plan: check it (:func:`preflight`, unless its result ``found`` is given), load the model once, then
-    per benchmark identify domain experts and evaluate every method; writes ``plan.json``, per-benchmark results
-    and Table 1."""
-    from . import distributed, pipeline
-
+    per benchmark the study runner (``moehooks.study.run``: identify domain experts, save them, evaluate every
+    method); writes ``plan.json``, per-benchmark results and Table 1."""
     found = preflight(plan) if found is None else found
     main = distributed.is_main(distributed.launched_state())
     out = Path(plan.out_dir)
     if main:
         write_plan(plan, found)
     model, processor = models.load(models.resolve(plan.checkpoint, plan.alias), **plan.load)
-    general = seeded_sample(evaluate.load_items(plan.general_file) if plan.general_file else
+    general = seeded_sample(load_items(plan.general_file) if plan.general_file else
                             benchmarks.load_benchmark(GENERAL, plan.general_dir), plan.n_general, plan.seed)
     summaries = {}
     for b in plan.benchmarks:
@@ -866,21 +727,19 @@ def run(plan: Plan, found: Survey | None = None, *, stage: Stage = None) -> Tabl
                                       batch_size=plan.batch_size, stage=stage))
             items = with_descriptions(items, found)
         references = text_problems(seeded_sample(items, b.n_references, plan.seed))
-        experts = pipeline.identify_experts(model, processor, references, general, tau=b.tau, layers=b.layers,
-                                            batch_size=plan.batch_size)
-        if main:
-            pipeline.save_experts(model, experts, folder / "experts.safetensors", dataset=b.data,
-                                  size=len(references), model_id=plan.checkpoint, tau=b.tau)
         generation = dict(b.generation)
-        result = pipeline.steer_eval(
-            model, processor, items, dict(experts), folder, methods=plan.methods, beta=b.beta, layers=b.layers,
-            seed=plan.seed, trials=plan.trials, batch_size=plan.batch_size,
-            max_new_tokens=generation.pop("max_new_tokens"), generation_kwargs=generation,
+        chosen = study.Study(
+            tasks=items, references=references, general=general, tau=b.tau, beta=b.beta, layers=b.layers,
+            dataset=b.data, model_id=plan.checkpoint, name=b.name, identify_batch_size=plan.batch_size,
             settings={"benchmark": b.name, "data": b.data, "references": b.references},
-            progress=(lambda d, t, name=b.name: stage(name, d, t)) if stage else None, continuous=plan.continuous)
-        if main:
-            pipeline.write_json(folder / "summary.json", {m: vars(s) for m, s in result.summary.items()}
-                                | {"experts": result.experts, "items": len(items), "not_typeset": skipped})
+            about={"benchmark": b.name, "data": b.data, "references": b.references, "tau": b.tau, "beta": b.beta,
+                   "layers": b.layers},
+            notes={"items": len(items), "not_typeset": skipped},
+            evaluation=dict(methods=plan.methods, seed=plan.seed, trials=plan.trials, batch_size=plan.batch_size,
+                            max_new_tokens=generation.pop("max_new_tokens"), generation_kwargs=generation,
+                            continuous=plan.continuous))
+        result = study.run(model, processor, chosen, folder,
+                           progress=(lambda d, t, name=b.name: stage(name, d, t)) if stage else None)
         summaries[b.name] = result.summary
     table = table1(summaries, plan.methods)
     if main:
@@ -985,8 +844,6 @@ def run_analysis(plan: AnalysisPlan, *, stage: Stage = None) -> AnalysisResult:
     for MATH-500 rendered v1 / v2 / v3 the JSD to its text version and the Gini of expert importance per layer.
     Checks the plan first (:func:`check`, then each dataset opened and validated); writes the plots, their CSVs
     and ``analysis.json``."""
-    from . import distributed, pipeline, plots, stats
-
     check(plan)
     for name, folder in plan.data.items():
         _benchmark_data(name, folder, None, None, strict=True)
@@ -997,8 +854,8 @@ def run_analysis(plan: AnalysisPlan, *, stage: Stage = None) -> AnalysisResult:
         return seeded_sample(benchmarks.load_benchmark(name, plan.data[name]), plan.n_samples, plan.seed)
 
     def record(label: str, items: Sequence[Item]) -> Any:
-        return pipeline.record_items(model, processor, items, batch_size=plan.batch_size, per_sample=True,
-                                     progress=(lambda d, t: stage(label, d, t)) if stage else None)
+        return study.record_items(model, processor, items, batch_size=plan.batch_size, per_sample=True,
+                                  progress=(lambda d, t: stage(label, d, t)) if stage else None)
 
     gsm8k, alpaca, math = sample("gsm8k"), sample("alpaca"), sample("math500")
     skipped: list[str] = []
@@ -1028,7 +885,7 @@ def run_analysis(plan: AnalysisPlan, *, stage: Stage = None) -> AnalysisResult:
             plots.plot_gini_curves(gini, out / "gini_variants.png", layer_ids=result.layer_ids,
                                    note=f"MATH-500, {len(kept)} problems").png,
         ]
-        pipeline.write_json(out / "analysis.json", {
+        study.write_json(out / "analysis.json", {
             "plan": plan.to_json(), "layers": result.layer_ids, "domain_experts": dict(domain),
             "visual_experts": dict(visual), "not_typeset": result.not_typeset,
             "jsd": {v: d.mean.tolist() for v, d in divergence.items()},

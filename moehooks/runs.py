@@ -1,5 +1,4 @@
-"""Runs a researcher can trust: user errors that name the bad value, checks before compute, results keyed by
-the settings that produced them.
+"""Runs a researcher can trust: every argument checked before compute, results keyed by the settings that made them.
 
     from moehooks import runs
     runs.parse_layers("6-42", name="--layers")                # [6, 7, ..., 42]
@@ -9,7 +8,7 @@ the settings that produced them.
     key = runs.settings_key(settings)                         # 16 hex digits; rows of a run carry it as "run"
     runs.differences(old_settings, settings)                  # ["beta: 1.0 -> 0.5"]
 
-Every check raises :class:`UsageError` (a ``ValueError``): the command line prints its message as one
+Every check raises :class:`UsageError` (a ``ValueError``, defined in ``moehooks.util``): the command line prints its message as one
 ``error: ...`` line and exits 2; library callers catch it like any ``ValueError``. Settings are JSON values;
 :func:`settings_key` hashes their canonical JSON, so two runs share results only when every setting is equal.
 Results files (``moehooks.evaluate.run_eval``) keep the settings of each key beside them in
@@ -27,21 +26,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-
-class UsageError(ValueError):
-    """A bad argument, input file, artefact or output folder, named with what is allowed.
-
-    Example::
-
-        try:
-            runs.parse_layers("abc")
-        except runs.UsageError as err:
-            print(f"error: {err}")
-    """
-
-
-class MissingFileError(UsageError, FileNotFoundError):
-    """An input file (items, artefact, model directory) does not exist."""
+from .adapters import UnsupportedModelError
+from .artefacts import fingerprint
+from .util import (  # noqa: F401  MissingFileError, UsageError, check_choice and span are re-exported
+    MissingFileError,
+    UsageError,
+    atomic_write,
+    check_choice,
+    layer_span,
+    span,
+)
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -80,7 +74,7 @@ def parse_layers(text: str | None, *, name: str = "layers") -> list[int] | None:
             start, end = (int(v) for v in text.split("-", 1))
             if start > end:
                 raise UsageError(f"{name} {text!r}: first layer {start} is after last layer {end}; {allowed}")
-            layers = list(range(start, end + 1))
+            layers = layer_span((start, end))
         else:
             layers = [int(v) for v in text.split(",")]
     except ValueError as err:
@@ -91,14 +85,6 @@ def parse_layers(text: str | None, *, name: str = "layers") -> list[int] | None:
     if negative:
         raise UsageError(f"{name} {text!r}: layer indices must be >= 0; {allowed}")
     return layers
-
-
-def span(ids: Sequence[int]) -> str:
-    """``[0, 1, 2, 3]`` -> ``"0-3"``; other lists comma-separated (``"1, 5, 7"``)."""
-    ids = sorted(ids)
-    if len(ids) > 2 and ids == list(range(ids[0], ids[-1] + 1)):
-        return f"{ids[0]}-{ids[-1]}"
-    return ", ".join(map(str, ids))
 
 
 def check_layers(name: str, layers: Sequence[int] | None, allowed: Sequence[int], *,
@@ -152,13 +138,6 @@ def check_number(name: str, value: Any, *, minimum: float | None = None, below: 
 def check_tau(name: str, value: Any) -> float:
     """An expert threshold on activation-frequency differences: a number in [0, 1)."""
     return check_number(name, value, minimum=0.0, below=1.0)
-
-
-def check_choice(name: str, value: str, allowed: Sequence[str]) -> str:
-    """``value`` if it is one of ``allowed``."""
-    if value not in allowed:
-        raise UsageError(f"{name} {value!r}: allowed: {', '.join(allowed)}")
-    return value
 
 
 def parse_choices(name: str, text: str | Sequence[str], allowed: Sequence[str]) -> list[str]:
@@ -261,9 +240,6 @@ def file_identity(path: str | os.PathLike[str]) -> dict[str, str]:
 def model_identity(model: Any, source: str | None = None) -> dict[str, str | None]:
     """``{"source": ..., "fingerprint": ...}``: where a model came from and the sha256 of its router weights
     (``moehooks.artefacts.fingerprint``; ``None`` for a model ``moehooks.adapt`` does not support)."""
-    from .adapters import UnsupportedModelError
-    from .artefacts import fingerprint
-
     config = getattr(model, "config", None)
     try:
         digest: str | None = fingerprint(model)
@@ -348,8 +324,6 @@ def read_settings(results: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
 
 def record_settings(results: str | os.PathLike[str], entries: Mapping[str, Mapping[str, Any]]) -> None:
     """Add ``{key: settings}`` to a results file's settings (atomically; existing keys are kept)."""
-    from .artefacts import atomic_write
-
     known = read_settings(results)
     fresh = {k: canonical(v) for k, v in entries.items() if k not in known}
     if fresh:

@@ -55,6 +55,7 @@ from .adapters import MoELayer, RouterAdapter, RoutingMap, UnsupportedModelError
 from .adapters.base import Edit, cast, hook_routing, on_device
 from .batch import Batch, Tracker, recomputing
 from .hooks import MODALITIES, PHASES, HookContext, check_choice, check_finite
+from .util import layer_span
 
 MODES = ("soft", "hard", "random")
 TOKEN_SCOPES = ("all", *MODALITIES)
@@ -304,7 +305,7 @@ def _layer_list(layers: Layers) -> list[int] | None:
         start, end = _integer("layers start", layers[0]), _integer("layers end", layers[1])
         if start > end:
             raise ValueError(f"layers (start, end) = {layers!r} has start > end")
-        return list(range(start, end + 1))
+        return layer_span((start, end))
     if isinstance(layers, (str, bytes)) or not isinstance(layers, (range, Sequence)):
         raise TypeError(f"layers must be None, a range, a list of ints or a (start, end) tuple (got {layers!r})")
     return [_integer("a layer index", i) for i in layers]

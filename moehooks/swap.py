@@ -6,7 +6,7 @@
         model.generate(**inputs, max_new_tokens=4)                  # image tokens now carry "5" instead of "3"
 
     sweep = moehooks.swap_sweep(model, processor, items, range(4), source_text="3", target_text="5",
-                                alpha=1.0, expected="7", build_inputs=moehooks.evaluate.build_inputs)
+                                alpha=1.0, expected="7", build_inputs=moehooks.generation.build_inputs)
     sweep.success            # [layers] fraction of items answering "7" with the swap at that layer
     sweep.baseline_success   # the same fraction without any swap
 
@@ -42,6 +42,7 @@ from torch import nn
 from .adapters import RoutingMap, adapt
 from .adapters.base import on_device
 from .hooks import HookContext, check_choice, check_finite
+from .util import tokenizer_of
 
 POSITIONS = ("image",)
 Item = TypeVar("Item")
@@ -188,10 +189,6 @@ def swap(model: nn.Module, layer: int, source: torch.Tensor, target: torch.Tenso
     return Swap(model, layer, source, target, alpha, positions)
 
 
-def _tokenizer(processor_or_tokenizer: Any) -> Any:
-    return getattr(processor_or_tokenizer, "tokenizer", processor_or_tokenizer)
-
-
 def _model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -213,7 +210,7 @@ def concept_vector(model: nn.Module, processor_or_tokenizer: Any, text: str, lay
     if chat:
         messages = [{"role": "user", "content": text}]
         text = processor_or_tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    ids = _tokenizer(processor_or_tokenizer)(text, return_tensors="pt")["input_ids"]  # [1, seq]
+    ids = tokenizer_of(processor_or_tokenizer)(text, return_tensors="pt")["input_ids"]  # [1, seq]
     count = ids.shape[1]
     if not -count <= position < count:
         raise IndexError(
@@ -281,7 +278,7 @@ def swap_sweep(
     """Swap ``source_text`` for ``target_text`` at each layer in turn and measure how often the answer follows.
 
         sweep = moehooks.swap_sweep(model, processor, items, range(4), source_text="3", target_text="5",
-                                    alpha=1.0, expected="7", build_inputs=moehooks.evaluate.build_inputs)
+                                    alpha=1.0, expected="7", build_inputs=moehooks.generation.build_inputs)
         dict(zip(sweep.layers, sweep.success)), sweep.baseline_success
 
     For every layer: ``s`` / ``t`` = ``concept_vector`` of the two texts at that layer (token
@@ -312,7 +309,7 @@ def swap_sweep(
         {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in build_inputs(processor, chunk).items()}
         for chunk in (items[i : i + batch_size] for i in range(0, len(items), batch_size))
     ]
-    tokenizer = _tokenizer(processor)
+    tokenizer = tokenizer_of(processor)
     total = (1 + len(layer_ids)) * len(batches)
     done = 0
 

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 import cli
-from moehooks import evaluate, pipeline
+from moehooks import evaluate, generation, grading, pipeline
 from moehooks.lab.processor import build_processor
 from test_models import tiny_vl_moe
 
@@ -107,7 +107,7 @@ def test_random_draw_of_the_run_seed_is_the_random_row(workspace, monkeypatch):
     """``random_seeds`` draws: the one with the run's seed reproduces the ``random`` row (graded here by a rule on
     the prediction's characters, so that equal accuracies mean equal generations rather than all-wrong ones)."""
     parity = lambda prediction: sum(map(ord, prediction)) % 2 == 0  # noqa: E731
-    monkeypatch.setattr(evaluate, "grade", lambda prediction, answer, choices=None: parity(prediction))
+    monkeypatch.setattr(grading, "grade", lambda prediction, answer, choices=None: parity(prediction))
     monkeypatch.setattr(evaluate, "grade_detail", lambda prediction, answer, choices=None: (parity(prediction), None))
     root, model_dir = workspace["root"], workspace["model"]
     _run("render", str(root / "problems.jsonl"), "--size", "64x32", "--out", str(root / "rendered"))
@@ -140,7 +140,7 @@ def test_tune_picks_the_most_accurate_setting_on_dev(workspace, monkeypatch):
     general = evaluate.load_items(root / "general.jsonl")
     scripted = iter([["5", "0", "0", "0", "0"],  # baseline: 1/5
                      ["5", "8", "0", "0", "0"], ["5", "8", "7", "0", "0"], ["5", "8", "7", "0", "0"]])
-    monkeypatch.setattr(pipeline.evaluate, "generate_answers", lambda *a, **k: next(scripted))
+    monkeypatch.setattr(generation, "generate_answers", lambda *a, **k: next(scripted))
     result = pipeline.tune_steering(model, processor, refs, refs, general, taus=[0.0], betas=[0.5, 1.0, 2.0],
                                     layer_sets=[None])
     monkeypatch.undo()

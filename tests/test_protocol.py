@@ -17,7 +17,7 @@ from test_models import tiny_vl_moe
 from typer.testing import CliRunner
 
 import cli
-from moehooks import benchmarks, evaluate, models, protocol, runs
+from moehooks import benchmarks, evaluate, hub, models, protocol, runs
 from moehooks.lab.processor import build_processor
 
 
@@ -165,7 +165,12 @@ def test_the_protocol_end_to_end_on_local_copies(tmp_path: Path) -> None:
         rows = evaluate.read_results(root / name / "results.jsonl")
         assert len(rows) == 5 * 2 * n
         assert {r["method"] for r in rows} == {"text", "baseline", "soft", "hard", "random"}
-        assert (root / name / "experts.safetensors").is_file()
+        assert (root / name / "experts.safetensors").is_file() and (root / name / "domain_delta.png").is_file()
+        summary = json.loads((root / name / "summary.json").read_text())
+        for method in ("text", "baseline", "soft", "hard", "random"):  # oracle: the rows counted by hand
+            graded = [r["correct"] for r in rows if r["method"] == method]
+            assert summary[method]["accuracy"] == pytest.approx(sum(graded) / len(graded))
+        assert summary["items"] == n and summary["settings"]["study"]["benchmark"] == name
     for name in ("math500", "gpqa-physics"):
         assert len(list((root / name / "images-v2").glob("*.png"))) == 2
     table = json.loads((root / "table1.json").read_text())
@@ -291,7 +296,7 @@ def test_online_preflight_names_a_gated_dataset_without_token(offline_cache: Pat
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(protocol, "_endpoint_answers", lambda endpoint: True)
+    monkeypatch.setattr(hub, "_endpoint_answers", lambda endpoint: True)
     gated = {"Idavidrein/gpqa": "manual"}
     monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info",
                         lambda self, repo_id, **_: types.SimpleNamespace(gated=gated.get(repo_id, False)))

@@ -126,7 +126,7 @@ def test_settings_keys_and_differences() -> None:
     (("swap", "--source", "12"), "error: no swap item shows digit '12'; digits present: "),
     (("swap", "--layers", "7"), "error: --layers 7: not decoder layers of this model; allowed: 0-5"),
     (("render", DATA_DIR / "arith_text.jsonl", "--size", "64"), "error: --size '64': expected WIDTHxHEIGHT"),
-    (("render", DATA_DIR / "arith_text.jsonl", "--variant", "v9"), "error: --variant 'v9': allowed: v1, v2, v3"),
+    (("render", DATA_DIR / "arith_text.jsonl", "--variant", "v9"), "error: unknown --variant 'v9'; allowed: v1, v2, v3"),
     (("eval", DATA_DIR / "arith_text.jsonl", "--mode", "hard"), "error: mode 'hard' needs an expert set (--experts"),
     (("eval", DATA_DIR / "arith_text.jsonl", "--limit", "0"), "error: --limit 0: must be an integer >= 1"),
     (("analyze", "--tau", "1.5"), "error: --tau 1.5: must be a finite number >= 0 and < 1"),
@@ -284,26 +284,38 @@ def test_the_cli_says_what_will_run() -> None:
 
 
 def test_study_loads_each_model_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The lab model and its control load once each; the settings chosen on dev are the ones steered with."""
+    """The lab model and its control load once each; the settings chosen on dev are the ones steered with; the CLI
+    shows each step as the library function (``moehooks.lab.study.run``) reports it."""
     from types import SimpleNamespace
 
     from moehooks.lab import CONTROL_DIR
 
-    loads, steps = [], []
-    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: loads.append(a[0]) or ("model", "processor", "spec"))
-    for name in ("_read", "_analyze", "_steer", "_swap"):
-        monkeypatch.setattr(cli, name, lambda *a, name=name, **k: steps.append((name, a)))
+    loads, steps, shown = [], [], []
     best = {"tau": 0.05, "beta": 1.0, "layers": [2, 3]}
-    monkeypatch.setattr(cli, "_tune", lambda *a, **k: steps.append(("_tune", a)) or SimpleNamespace(best=best))
+    spec = models.resolve("lab")
+    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: loads.append(a[0]) or ("model", "processor", spec))
+    monkeypatch.setattr(pipeline, "read_probe", lambda *a, **k: steps.append(("read", a, k)) or 0.5)
+    monkeypatch.setattr(pipeline, "tune_steering",
+                        lambda *a, **k: steps.append(("tune", a, k)) or SimpleNamespace(best=best))
+    monkeypatch.setattr(pipeline, "save_tuning", lambda *a: steps.append(("save_tuning", a, {})))
+    for name in ("analyze", "steer_study", "swap_study"):
+        monkeypatch.setattr(pipeline, name, lambda *a, name=name, **k: steps.append((name, a, k)) or name)
+    for name in ("_show_reading", "_show_tuning", "_show_analysis", "_show_steer", "_show_swap"):
+        monkeypatch.setattr(cli, name, lambda *a, name=name, **k: shown.append((name, a, k)))
     ok("study", "--out", tmp_path)
     assert loads == ["lab", str(CONTROL_DIR)]
-    assert [name for name, _ in steps] == ["_read", "_tune", "_analyze", "_steer", "_swap", "_analyze", "_steer"]
-    for name, args in steps:
-        if name == "_steer":
-            assert {k: args[5][k] for k in ("tau", "beta", "layers")} == best
-            assert args[3].tasks.name == "arith_image_test.jsonl"
-        if name == "_tune":
-            assert args[4] == "arith_image_dev.jsonl"
+    assert [name for name, *_ in steps] == ["read", "tune", "save_tuning", "analyze", "steer_study", "swap_study",
+                                            "analyze", "steer_study"]
+    for name, args, options in steps:
+        if name == "steer_study":
+            assert {k: options[k] for k in ("tau", "beta", "layers")} == best
+            assert args[2].tasks.name == "arith_image_test.jsonl"
+        if name == "save_tuning":
+            assert args[1] == tmp_path / "dev" / "tune.json"
+    assert [name for name, *_ in shown] == ["_show_reading", "_show_tuning", "_show_analysis", "_show_steer",
+                                            "_show_swap", "_show_analysis", "_show_steer"]
+    assert shown[1][1][1] == "arith_image_dev.jsonl" and shown[1][2] == {"title": "lab"}
+    assert shown[-1][1][0] == "steer_study" and shown[-1][1][2] == tmp_path / "control" / "steer"
 
 
 def test_an_expert_set_that_does_not_fit_the_model_is_one_line(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from typing import Any, Callable, ClassVar, Iterator, Sequence
 import torch
 from torch import nn
 
+from ..util import module_tensor, span
 from ..wrappers import base_of, outermost, see_through
 
 Routed = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # logits [T, E], weights [T, k], indices [T, k]
@@ -35,22 +36,6 @@ Routed = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # logits [T, E], weigh
 
 class UnsupportedModelError(ValueError):
     """The model (or a module of it) has no registered routing rule."""
-
-
-def module_tensor(module: nn.Module, name: str) -> torch.Tensor:
-    """A parameter/buffer of ``module`` with real data, also when accelerate offloaded it to ``meta``.
-
-    Offloaded modules only hold their weights inside their own ``forward``; hooks and adapters read small
-    tensors (correction biases) once, here, from accelerate's weights map instead.
-    """
-    tensor = getattr(module, name)
-    if tensor.device.type != "meta":
-        return tensor.detach()
-    hook = getattr(module, "_hf_hook", None)
-    weights_map = getattr(hook, "weights_map", None)
-    if weights_map is not None and name in weights_map:
-        return weights_map[name].detach()
-    raise RuntimeError(f"{type(module).__name__}.{name} is on the meta device and no accelerate weights map holds it")
 
 
 def on_device(cache: dict, tensor: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None,
@@ -248,14 +233,8 @@ class RoutingMap:
         chosen = sorted(set(int(i) for i in layers))
         bad = [i for i in chosen if i not in moe]
         if bad:
-            raise ValueError(f"layers {bad} are not MoE layers of this {self.model_type} model; MoE layers: {_span(moe)}")
+            raise ValueError(f"layers {bad} are not MoE layers of this {self.model_type} model; MoE layers: {span(moe)}")
         return chosen
-
-
-def _span(ids: Sequence[int]) -> str:
-    if ids and list(ids) == list(range(ids[0], ids[-1] + 1)):
-        return f"{ids[0]}-{ids[-1]}"
-    return ", ".join(map(str, ids))
 
 
 # ---- registry -------------------------------------------------------------------------------------

@@ -24,7 +24,9 @@ torchvision (not a dependency of moehooks). The saved processor is therefore a `
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from transformers import Qwen3VLMoeForConditionalGeneration
@@ -66,6 +68,13 @@ def load_lab(device: str | torch.device = "cpu") -> tuple[Qwen3VLMoeForCondition
     model = Qwen3VLMoeForConditionalGeneration.from_pretrained(str(MODEL_DIR))
     model.to(device).eval()
     return model, load_processor(MODEL_DIR)
+
+
+def __getattr__(name: str) -> ModuleType:
+    """``moehooks.lab.study`` (the lab study, ``make run``) is imported on first access: it needs the pipeline."""
+    if name == "study":
+        return importlib.import_module(f"{__name__}.study")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
