@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .adapters import MoELayer
-from .adapters.base import hook_routing
+from .adapters.hooking import hook_routing
 from .batch import Batch, cells, recomputing
 from .hooks import MODALITIES, PHASES, HookContext, check_choice
 from .trace import TraceWriter

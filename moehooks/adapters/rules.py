@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .base import RouterAdapter, UnsupportedModelError, cast, margin
+from .rule import RouterAdapter, UnsupportedModelError, cast, margin
 
 
 class SoftmaxTopK(RouterAdapter):
