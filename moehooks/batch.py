@@ -11,11 +11,11 @@ from its arguments by ``read_call``) and of what the run showed so far (``State`
 ``Generate`` run in progress), which it advances; tests drive it call by call without a model. One ``Tracker`` per
 model (shared by the open contexts) runs it in a forward pre-hook, and owns the model's ``generate`` call while a
 context is open (an instance attribute wraps it), so the state knows the prompt length, the prompt's attention
-mask, how many rows each prompt was expanded to (beams, ``num_return_sequences``) and the end-of-sequence ids. A row of a call is the token at absolute position
-``start + j`` of its sequence, where ``start`` is the length of the KV cache passed in (whatever keyword holds
-it: ``past_key_values`` up to transformers 5.23, ``cache`` from 5.24), read where it is a Python number
-(dynamic caches) and counted by the tracker where it lives on the device (static caches), or 0 without a cache
-(``use_cache=False``). Then, inside ``generate``:
+mask, how many rows each prompt was expanded to (beams, ``num_return_sequences``) and the end-of-sequence ids.
+A row of a call is the token at absolute position ``start + j`` of its sequence, where ``start`` is the length
+of the KV cache passed in (whatever keyword holds it: ``past_key_values`` up to transformers 5.23, ``cache`` from
+5.24), read where it is a Python number (dynamic caches) and counted by the tracker where it lives on the device
+(static caches), or 0 without a cache (``use_cache=False``). Then, inside ``generate``:
 
 * positions before the prompt length are **prefill** rows, later ones **decode** rows (also within one call:
   chunked prefill, ``use_cache=False``, prompt-lookup candidates);

@@ -135,7 +135,7 @@ class HookContext(AbstractContextManager):
         return self
 
     def __exit__(self, *exc: object) -> bool:
-        stack, self._stack, model = self._stack, None, self._model
+        stack, self._stack = self._stack, None
         try:
             if stack is not None:
                 stack.close()

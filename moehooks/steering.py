@@ -219,11 +219,11 @@ def steer(model: nn.Module, experts: Mapping[int, Sequence[int]], mode: str = "s
     ``(start, end)`` tuple; every one must be a MoE layer; only layers both in ``experts`` and in ``layers``
     are steered (``None``: all). ``tokens``: ``"all"``, ``"image"`` or ``"text"`` rows; ``phase``: ``"all"``,
     ``"prefill"`` or ``"decode"`` rows (prompt or generated positions, as ``moehooks.batch`` describes them, also
-    within one call: chunked prefill, ``use_cache=False``, speculative candidates). ``compile=True`` wraps each router's boost-and-select with
-    ``torch.compile(dynamic=True)`` (routers share one graph; the first call compiles it); inductor's fused
-    softmax / std may round weights and boosted logits differently from eager in the last bit, which can
-    only change a selection between near-tied experts. Ernie-4.5-VL's text and vision routers of a layer
-    are both steered.
+    within one call: chunked prefill, ``use_cache=False``, speculative candidates). ``compile=True`` wraps each
+    router's boost-and-select with ``torch.compile(dynamic=True)`` (routers share one graph; the first call
+    compiles it); inductor's fused softmax / std may round weights and boosted logits differently from eager in
+    the last bit, which can only change a selection between near-tied experts. Ernie-4.5-VL's text and vision
+    routers of a layer are both steered.
 
     Every argument is checked here, before any hook exists: a bad value raises ``ValueError``, a wrong type
     ``TypeError``, each naming the value and what is allowed.

@@ -66,7 +66,8 @@ def adapt(model: nn.Module) -> RoutingMap:
         parents.add((found.group(1) or "") + "layers")
     if not entries:
         raise UnsupportedModelError(
-            f"Unknown model type {model_type!r}: no MoE router found. Supported: {', '.join(supported_architectures())}."
+            f"Unknown model type {model_type!r}: no MoE router found. "
+            f"Supported: {', '.join(supported_architectures())}."
         )
     if len(parents) != 1:
         raise UnsupportedModelError(f"routers found under several decoder stacks {sorted(parents)}; expected one")

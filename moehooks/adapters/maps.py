@@ -79,7 +79,8 @@ class RoutingMap:
         chosen = sorted(set(int(i) for i in layers))
         bad = [i for i in chosen if i not in moe]
         if bad:
-            raise ValueError(f"layers {bad} are not MoE layers of this {self.model_type} model; MoE layers: {_span(moe)}")
+            raise ValueError(f"layers {bad} are not MoE layers of this {self.model_type} model; "
+                             f"MoE layers: {_span(moe)}")
         return chosen
 
 

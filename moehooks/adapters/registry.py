@@ -20,7 +20,8 @@ def register(cls: type[RouterAdapter]) -> type[RouterAdapter]:
     """Class decorator adding a family; a second registration of a name, model type or router class fails."""
     if cls.name in _FAMILIES:
         raise ValueError(f"routing family {cls.name!r} is already registered")
-    taken = [t for t in cls.model_types if t in _BY_MODEL_TYPE] + [c for c in cls.router_classes if c in _BY_ROUTER_CLASS]
+    taken = ([t for t in cls.model_types if t in _BY_MODEL_TYPE]
+             + [c for c in cls.router_classes if c in _BY_ROUTER_CLASS])
     if taken:
         raise ValueError(f"family {cls.name!r} claims {taken}, already registered by another family")
     _FAMILIES[cls.name] = cls
