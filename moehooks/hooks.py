@@ -34,14 +34,28 @@ MODALITIES = ("text", "image")
 
 
 def check_choice(kind: str, value: str, allowed: tuple[str, ...]) -> str:
-    """Validate a string option, naming the bad value and the allowed ones."""
+    """Validate a string option, naming the bad value and the allowed ones.
+
+        >>> check_choice("phase", "decode", PHASES)
+        'decode'
+        >>> check_choice("phase", "generate", PHASES)
+        Traceback (most recent call last):
+        ValueError: unknown phase 'generate'; allowed: prefill, decode
+    """
     if value not in allowed:
         raise ValueError(f"unknown {kind} {value!r}; allowed: {', '.join(allowed)}")
     return value
 
 
 def check_finite(name: str, value: object) -> float:
-    """``float(value)``; a non-number raises ``TypeError``, NaN/inf ``ValueError``, both naming ``name``."""
+    """``float(value)``; a non-number raises ``TypeError``, NaN/inf ``ValueError``, both naming ``name``.
+
+        >>> check_finite("beta", "2.5")
+        2.5
+        >>> check_finite("beta", float("nan"))
+        Traceback (most recent call last):
+        ValueError: beta must be a finite number, got nan
+    """
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):

@@ -37,7 +37,15 @@ def see_through(model: Any) -> nn.Module:
     """The module to hook for ``model``: itself, or the model under the wrappers listed in the module docstring
     (unwrapped repeatedly: a PEFT model of a compiled model, ...). Anything that is not a ``torch.nn.Module``
     at the end raises ``TypeError`` naming its type and what to pass; a prompt-learning PEFT model (prompt or
-    prefix tuning) raises ``ValueError``."""
+    prefix tuning) raises ``ValueError``.
+
+        >>> inner = nn.Linear(2, 2)
+        >>> see_through(nn.DataParallel(inner)) is inner
+        True
+        >>> see_through("Qwen/Qwen3-30B-A3B")
+        Traceback (most recent call last):
+        TypeError: moehooks needs a torch.nn.Module (a transformers model), got str; pass the model object itself
+    """
     seen: set[int] = set()
     while id(model) not in seen:
         seen.add(id(model))

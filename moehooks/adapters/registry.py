@@ -40,7 +40,11 @@ def covered() -> dict[str, tuple[str, str]]:
 
 
 def supported_architectures() -> list[str]:
-    """Model types (``config.model_type``) moehooks covers (``covered()``), sorted."""
+    """Model types (``config.model_type``) moehooks covers (``covered()``), sorted.
+
+        >>> "mixtral" in supported_architectures() and "qwen3_moe" in supported_architectures()
+        True
+    """
     return sorted(covered())
 
 

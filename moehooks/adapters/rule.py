@@ -170,7 +170,13 @@ def cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def margin(choice: torch.Tensor) -> torch.Tensor:
-    """Per-token lift ``[T, 1]`` that puts any forced expert (and its group) above all unforced ones."""
+    """Per-token lift ``[T, 1]`` that puts any forced expert (and its group) above all unforced ones: twice the
+    spread of the scores (infinite ones read as 0), plus one.
+
+        >>> margin(torch.tensor([[0.5, 2.0, -float("inf")], [1.0, 1.0, 1.0]]))
+        tensor([[5.],
+                [1.]])
+    """
     finite = torch.nan_to_num(choice, neginf=0.0, posinf=0.0)
     spread = finite.amax(dim=-1, keepdim=True) - finite.amin(dim=-1, keepdim=True)
     return 2.0 * spread + 1.0
