@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 import weakref
 from contextlib import AbstractContextManager, ExitStack
 from types import CodeType
@@ -81,6 +82,15 @@ def watch_compiled_code(model: nn.Module) -> dict[tuple[CodeType, Any], Any] | N
     if guard_hooks() and _compiled(model):
         torch._dynamo.reset()
     return compiled_entries()
+
+
+def drop_stale_compiled_code(model: nn.Module) -> None:
+    """Deprecated (contexts call ``watch_compiled_code``, which keeps other models' compiled code): discards all
+    of dynamo's compiled code when ``model`` runs compiled, as contexts did before."""
+    warnings.warn("moehooks.hooks.drop_stale_compiled_code is deprecated: contexts recompile only the hooked model",
+                  DeprecationWarning, stacklevel=2)
+    if "torch._dynamo" in sys.modules and _compiled(model):
+        torch._dynamo.reset()
 
 
 def _compiled(model: nn.Module) -> bool:
