@@ -17,7 +17,7 @@ TORCH  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo to
 TORCHVISION ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torchvision)
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install run test test-latest test-oldest test-upstream lock bench clean
+.PHONY: install run test test-latest test-oldest test-upstream lint lock bench clean
 
 install: $(STAMP)
 
@@ -45,17 +45,26 @@ $(OLDEST)/.installed: pyproject.toml $(LOCK)
 run: install
 	$(PY) cli.py study --out runs/study
 
+# $(1): venv folder whose python runs the suite, then the usage examples of moehooks' docstrings
+define suite
+	$(1)/bin/python -m pytest
+	$(1)/bin/python -m pytest --doctest-modules moehooks
+endef
+
 test: install
-	$(PY) -m pytest
+	$(call suite,$(VENV))
 
 test-latest: $(LATEST)/.installed
 	$(LATEST)/bin/python -m pip install -q --upgrade transformers accelerate
 	$(call versions,$(LATEST))
-	$(LATEST)/bin/python -m pytest
+	$(call suite,$(LATEST))
 
 test-oldest: $(OLDEST)/.installed
 	$(call versions,$(OLDEST))
-	$(OLDEST)/bin/python -m pytest
+	$(call suite,$(OLDEST))
+
+lint: install
+	$(PY) -m ruff check .
 
 # $(1): venv folder whose transformers and accelerate versions are printed before its run
 define versions

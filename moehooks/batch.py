@@ -6,14 +6,16 @@ generated, which are padding, recomputed or copies, and which prompt each row be
     rec.tokens(phase="prefill")   # each real prompt token once, whatever the generate mode
     rec.sample_counts()           # one row per prompt (beams belong to their prompt)
 
-One ``Tracker`` per model (shared by the open contexts) describes each forward call of the model in a forward
-pre-hook, and owns the model's ``generate`` call while a context is open (an instance attribute wraps it), so
-it knows the prompt length, the prompt's attention mask, how many rows each prompt was expanded to (beams,
-``num_return_sequences``) and the end-of-sequence ids. A row of a call is the token at absolute position
-``start + j`` of its sequence, where ``start`` is the length of the KV cache passed in (whatever keyword holds
-it: ``past_key_values`` up to transformers 5.23, ``cache`` from 5.24), read where it is a Python number
-(dynamic caches) and counted by the tracker where it lives on the device (static caches), or 0 without a cache
-(``use_cache=False``). Then, inside ``generate``:
+The description of a forward call is ``describe(call, state)``: a function of the call's facts (``Call``, read
+from its arguments by ``read_call``) and of what the run showed so far (``State``: prompts numbered, the
+``Generate`` run in progress), which it advances; tests drive it call by call without a model. One ``Tracker`` per
+model (shared by the open contexts) runs it in a forward pre-hook, and owns the model's ``generate`` call while a
+context is open (an instance attribute wraps it), so the state knows the prompt length, the prompt's attention
+mask, how many rows each prompt was expanded to (beams, ``num_return_sequences``) and the end-of-sequence ids.
+A row of a call is the token at absolute position ``start + j`` of its sequence, where ``start`` is the length
+of the KV cache passed in (whatever keyword holds it: ``past_key_values`` up to transformers 5.23, ``cache`` from
+5.24), read where it is a Python number (dynamic caches) and counted by the tracker where it lives on the device
+(static caches), or 0 without a cache (``use_cache=False``). Then, inside ``generate``:
 
 * positions before the prompt length are **prefill** rows, later ones **decode** rows (also within one call:
   chunked prefill, ``use_cache=False``, prompt-lookup candidates);
@@ -133,8 +135,33 @@ def cells(image: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class _Generate:
-    """What the tracker knows of the ``generate`` call in progress."""
+class Call:
+    """The facts of one forward call that its description reads: ``batch x seq`` tokens on ``device``, its
+    ``input_ids`` (``None`` for embeddings), attention mask (any form), token-type ids, the KV cache object passed
+    in (``None`` without one) and its length (a number for dynamic caches, a device tensor for static ones), and,
+    for a packed row of continuous batching, ``cu_seq_lens_q`` and ``position_ids``.
+
+        >>> call = Call(batch=2, seq=3, ids=torch.tensor([[5, 6, 7], [0, 8, 9]]),
+        ...             mask=torch.tensor([[1, 1, 1], [0, 1, 1]]))
+        >>> describe(call, State()).valid.tolist()
+        [1, 1, 1, 0, 1, 1]
+    """
+
+    batch: int
+    seq: int
+    device: torch.device = torch.device("cpu")
+    ids: torch.Tensor | None = None
+    mask: Any = None
+    types: torch.Tensor | None = None
+    cache: Any = None
+    length: int | torch.Tensor | None = None
+    bounds: torch.Tensor | None = None
+    positions: torch.Tensor | None = None
+
+
+@dataclass
+class Generate:
+    """The state of one ``generate`` run: what it was given (``prompt_facts``) and what its calls so far showed."""
 
     prompts: int  # rows of input_ids given to generate
     prompt_len: int  # -1 until the first call when generate builds the prompt itself (from BOS)
@@ -150,30 +177,323 @@ class _Generate:
     eos_ids: torch.Tensor | None = None
     cache: Any = None  # weakref to the last dynamic cache seen
 
+    def nested(self) -> Generate:
+        """The state of a ``generate`` of the model inside this one (the model as its own assistant): described
+        against this prompt, counting nothing."""
+        return Generate(self.prompts, self.prompt_len, self.mask, self.eos, self.beams, self.types, counted=False,
+                        first_sample=self.first_sample)
+
+    def unaccepted(self) -> int:
+        """Positions counted but no longer in the last dynamic cache (candidates cropped after the last call)."""
+        length = _cache_length(self.cache() if self.cache is not None else None)
+        return self.seen - length if isinstance(length, int) and length < self.seen else 0
+
 
 @dataclass
-class _Packed:
-    """What the tracker knows of the ``generate_batch`` (continuous batching) call in progress."""
+class Packed:
+    """The state of one ``generate_batch`` (continuous batching) run."""
 
     prompts: list[list[int]]
     first_sample: int
     started: list[bool]  # per prompt: its prefill segment was seen
 
 
+@dataclass
+class State:
+    """What the description of a model's calls carries from call to call: prompts numbered so far, the
+    ``generate`` / ``generate_batch`` run in progress, and the row tensors made per call shape; ``retracted``
+    holds the positions the last described call showed were rejected (0 when none)."""
+
+    model_name: str = "model"
+    image_token_id: int | None = None
+    samples: int = 0
+    gen: Generate | None = None
+    packed: Packed | None = None
+    retracted: int = 0
+    shapes: dict[tuple, _Layout] = field(default_factory=dict, repr=False)
+
+    def start(self, gen: Generate) -> Generate:
+        """Open the ``generate`` run ``gen``: its prompts are numbered after those seen so far."""
+        gen.first_sample, self.samples = self.samples, self.samples + gen.prompts
+        self.gen = gen
+        return gen
+
+    def start_packed(self, prompts: list[list[int]]) -> None:
+        """Open a ``generate_batch`` run of ``prompts``."""
+        self.packed = Packed(prompts, self.samples, [False] * len(prompts))
+        self.samples += len(prompts)
+
+
+def prompt_facts(args: tuple, kwargs: dict[str, Any], config: Any = None, model_name: str = "model") -> Generate:
+    """What ``generate(*args, **kwargs)`` was given: the prompt rows and length (learnt at the first call when
+    ``generate`` builds the prompt itself from BOS, with as many rows as its first tensor argument has, else one,
+    as ``generate`` does), the prompt's 2-D mask and token types, the end-of-sequence ids (from the arguments or
+    the model's generation ``config``), beam search.
+
+        >>> gen = prompt_facts((), {"input_ids": torch.ones(2, 4, dtype=torch.long), "num_beams": 3, "eos_token_id": 0})
+        >>> gen.prompts, gen.prompt_len, gen.eos, gen.beams
+        (2, 4, [0], True)
+    """
+    ids = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
+    if ids is None:
+        ids = kwargs.get("inputs_embeds")
+    if ids is None:
+        prompts = next((int(v.shape[0]) for v in kwargs.values() if isinstance(v, torch.Tensor) and v.dim()), 1)
+        prompt_len = -1
+    elif isinstance(ids, torch.Tensor) and ids.dim() >= 2:
+        prompts, prompt_len = int(ids.shape[0]), int(ids.shape[1])
+    else:
+        raise ValueError(f"{model_name}.generate: moehooks needs input_ids (or inputs_embeds) of shape "
+                         "[batch, seq] to describe the prompt")
+    mask = kwargs.get("attention_mask")
+    mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+    types = kwargs.get("moe_mm_token_type_ids", kwargs.get("mm_token_type_ids"))
+    types = types if isinstance(types, torch.Tensor) and tuple(types.shape) == (prompts, prompt_len) else None
+    config = kwargs.get("generation_config") or config
+    eos = kwargs.get("eos_token_id", getattr(config, "eos_token_id", None))
+    eos = [] if eos is None else [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+    beams = int(kwargs.get("num_beams", getattr(config, "num_beams", 1)) or 1) > 1
+    return Generate(prompts, prompt_len, mask, eos, beams, types)
+
+
+def read_call(params: list[str], args: tuple, kwargs: dict[str, Any]) -> Call | None:
+    """The facts of the forward call ``forward(*args, **kwargs)`` whose positional parameters are ``params``;
+    ``None`` for a call without ``input_ids`` or ``inputs_embeds`` of shape ``[batch, seq, ...]``."""
+    inputs = _bind(params, args, kwargs)
+    ids, embeds = inputs.get("input_ids"), inputs.get("inputs_embeds")
+    ids = ids if isinstance(ids, torch.Tensor) else None
+    ref = ids if ids is not None else embeds
+    if not isinstance(ref, torch.Tensor) or ref.dim() < 2:
+        return None
+    cache = next((v for v in inputs.values() if callable(getattr(v, "get_seq_length", None))), None)
+    return Call(int(ref.shape[0]), int(ref.shape[1]), ref.device, ids, inputs.get("attention_mask"),
+                inputs.get("moe_mm_token_type_ids", inputs.get("mm_token_type_ids")), cache, _cache_length(cache),
+                inputs.get("cu_seq_lens_q"), inputs.get("position_ids"))
+
+
+def describe(call: Call, state: State) -> Batch:
+    """The router rows of ``call`` given what ``state`` holds of the run so far (which it updates: prompts
+    numbered, positions counted, rows finished, ``state.retracted``).
+
+    Outside ``generate``, a call without a cache is a batch of new prompts:
+
+        >>> state = State()
+        >>> prefill = describe(Call(batch=1, seq=3), state)
+        >>> prefill.phase.tolist(), prefill.count.tolist(), prefill.sample.tolist(), state.samples
+        ([0, 0, 0], [1, 1, 1], [0, 0, 0], 1)
+
+    Inside ``generate`` (``state.start(prompt_facts(...))``) positions past the prompt are decode rows:
+
+        >>> gen = state.start(prompt_facts((torch.ones(1, 3, dtype=torch.long),), {}))
+        >>> describe(Call(batch=1, seq=4), state).phase.tolist()  # use_cache=False: the whole sequence again
+        [0, 0, 0, 1]
+    """
+    state.retracted = 0
+    if state.packed is not None:
+        return _describe_packed(call, state.packed, state)
+    if state.gen is not None:
+        return _describe_generate(call, state.gen, state)
+    return _describe_forward(call, state)
+
+
+def _describe_forward(call: Call, state: State) -> Batch:
+    length = call.length
+    if isinstance(length, torch.Tensor):  # a static cache outside generate: its length lives on the device
+        length = int(length)
+    start = 0 if call.cache is None else int(length)
+    prompt = call.seq if start == 0 else 0
+    if prompt:
+        first = state.samples
+        state.samples += call.batch
+    else:
+        first = max(state.samples - call.batch, 0)
+    valid = _valid_rows(call.mask, call.batch, call.seq, start, call.device, state.model_name)
+    return _batch(call, state, start, prompt, start + prompt, valid, valid, first, call.batch, 1)
+
+
+def _describe_generate(call: Call, gen: Generate, state: State) -> Batch:
+    batch, seq, device = call.batch, call.seq, call.device
+    if not gen.factor:
+        if batch % gen.prompts:
+            raise ValueError(f"{state.model_name}.forward got {batch} rows inside generate() of {gen.prompts} "
+                             "prompts; moehooks cannot tell which prompt each row belongs to")
+        gen.factor = batch // gen.prompts
+    if call.cache is None:
+        start = 0  # use_cache=False: every call recomputes the sequence from its first position
+    elif isinstance(call.length, int):
+        start = call.length
+        gen.cache = weakref.ref(call.cache)
+        if start < gen.seen:  # the cache was cropped: the previous call's trailing candidates were rejected
+            if gen.counted:
+                state.retracted = gen.seen - start
+            gen.seen = start
+    else:
+        start = gen.seen  # a static cache: positions advance call by call
+    if gen.prompt_len < 0:  # generate built the prompt (BOS): its first call holds it whole
+        gen.prompt_len = start + seq
+    prompt = min(max(gen.prompt_len - start, 0), seq)
+    valid = _generate_valid(call, gen, state, start, prompt)
+    alive = _alive(call, gen, start, prompt)
+    layout = _layout(state, batch, seq, prompt, gen.factor, device)
+    if not gen.counted:
+        count = layout.zeros
+    elif start >= gen.seen and gen.factor == 1 and (prompt == seq or seq == 1):  # plain prefill or decode step
+        count = valid if isinstance(alive, int) else valid * alive.reshape(-1)
+    else:
+        cols = torch.arange(start, start + seq, device=device)
+        fresh = (cols >= gen.seen).long()  # [seq] not counted before (use_cache=False recomputes)
+        is_prompt = (cols < gen.prompt_len).long()
+        copy = (torch.arange(batch, device=device) % gen.factor == 0).long()  # [batch] a prompt's first copy
+        weight = is_prompt[None, :] * copy[:, None] + (1 - is_prompt)[None, :] * alive
+        count = valid * (fresh[None, :] * weight).reshape(-1)
+    # any generated column read with a cache may be a candidate that a later crop rejects (also a lone one)
+    speculative = gen.counted and call.cache is not None and seq > prompt
+    gen.seen = max(gen.seen, start + seq)
+    image = _generate_image(gen, layout, batch, seq, start, prompt, device)
+    return _batch(call, state, start, prompt, gen.prompt_len, valid, count, gen.first_sample, gen.prompts,
+                  gen.factor, speculative, image)
+
+
+def _describe_packed(call: Call, packed: Packed, state: State) -> Batch:
+    """One packed row of continuous batching: segments ``cu_seq_lens_q``, positions ``position_ids``.
+
+    The layout is read on the host (one small copy per forward call; continuous batching itself reads
+    every step's tokens back to update its requests). A segment starting at position 0 is a whole prompt,
+    matched to the first not yet started prompt with those tokens; a one-token segment at a later position
+    is a decode step. Anything else (a prompt split into chunks) raises.
+    """
+    name, seq = state.model_name, call.seq
+    if not isinstance(call.bounds, torch.Tensor) or not isinstance(call.positions, torch.Tensor) or call.ids is None:
+        raise ValueError(f"{name}.forward inside generate_batch got no input_ids, cu_seq_lens_q and "
+                         "position_ids; moehooks cannot tell the requests apart")
+    bounds, positions = call.bounds.tolist(), call.positions.reshape(-1).tolist()
+    tokens = call.ids.reshape(-1).tolist()
+    phase, sample = [0] * seq, [0] * seq
+    for a, b in zip(bounds, bounds[1:]):
+        if positions[a] == 0:
+            r = next((r for r, p in enumerate(packed.prompts)
+                      if not packed.started[r] and p == tokens[a:b]), None)
+            if r is None:
+                raise ValueError(f"{name}.forward inside generate_batch: a prompt was split into "
+                                 "chunks (or is unknown); moehooks counts whole prompts only: raise the "
+                                 "continuous batching config's max_batch_tokens above the longest prompt")
+            packed.started[r] = True
+            sample[a:b] = [r] * (b - a)
+        elif b - a == 1:
+            phase[a] = 1
+        else:
+            raise ValueError(f"{name}.forward inside generate_batch: a segment of {b - a} tokens at "
+                             f"position {positions[a]} is neither a whole prompt nor a decode step")
+    real = bounds[-1]
+    valid = [1] * real + [0] * (seq - real)  # columns past the last segment pad static shapes
+    phase_t, sample_t, valid = (torch.tensor(x, dtype=torch.long).to(call.device) for x in (phase, sample, valid))
+    phases = tuple(sorted(set(phase[:real]))) or (0,)
+    batch = _batch(call, state, 0, 0, 0, valid, valid, packed.first_sample, len(packed.prompts), 1)
+    batch.phase, batch.sample, batch.phases, batch.packed = phase_t, sample_t, phases, True
+    return batch
+
+
+def _generate_valid(call: Call, gen: Generate, state: State, start: int, prompt: int) -> torch.Tensor:
+    """Real rows of a call inside ``generate``: generated columns always are; prompt columns where the call's
+    2-D mask (when it covers the call) or else the prompt's mask says so."""
+    batch, seq, device = call.batch, call.seq, call.device
+    if not prompt:
+        return _layout(state, batch, seq, 0, gen.factor, device).ones
+    mask = call.mask
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[1] >= start + seq:
+        return mask[:, start:start + seq].reshape(-1).to(device=device, dtype=torch.long).contiguous()
+    valid = torch.ones(batch, seq, dtype=torch.long, device=device)
+    if gen.mask is not None:
+        part = gen.mask[:, start:start + prompt].to(device=device, dtype=torch.long)
+        valid[:, :prompt] = part.repeat_interleave(gen.factor, dim=0)
+    return valid.reshape(-1)
+
+
+def _generate_image(gen: Generate, layout: _Layout, batch: int, seq: int, start: int, prompt: int,
+                    device: torch.device) -> torch.Tensor | None:
+    """Image rows of a call inside ``generate`` from the prompt's token types given to ``generate``: prompt
+    columns as those say, generated columns text (as ``generate`` extends them); ``None`` without them.
+
+    The call's own token types can hold fewer columns than the call (assisted and prompt-lookup decoding
+    send candidates that ``generate`` has not appended to them yet) or be shifted against its positions."""
+    if gen.types is None:
+        return None
+    if not prompt:
+        return layout.zeros
+    image = torch.zeros(batch, seq, dtype=torch.long, device=device)
+    part = (gen.types[:, start:start + prompt] != 0).to(device=device, dtype=torch.long)
+    image[:, :prompt] = part.repeat_interleave(gen.factor, dim=0)
+    return image.reshape(-1)
+
+
+def _alive(call: Call, gen: Generate, start: int, prompt: int) -> torch.Tensor | int:
+    """``[batch, 1]`` 0 for rows already fed an end-of-sequence token (1 when not tracked)."""
+    new = start + call.seq - max(gen.seen, start + prompt)  # fresh decode columns of this call
+    if gen.beams or not gen.eos or new != 1 or call.ids is None:
+        return 1
+    if gen.alive is None:
+        gen.alive = torch.ones(call.batch, dtype=torch.long, device=call.device)
+    fed = call.ids[:, -1]
+    if gen.eos_ids is None:
+        gen.eos_ids = torch.tensor(gen.eos, device=fed.device)
+    gen.alive = gen.alive * (~torch.isin(fed, gen.eos_ids)).to(device=call.device, dtype=torch.long)
+    return gen.alive[:, None]
+
+
+def _batch(call: Call, state: State, start: int, prompt: int, prompt_len: int, valid: torch.Tensor,
+           count: torch.Tensor, first: int, samples: int, factor: int, speculative: bool = False,
+           image: torch.Tensor | None = None) -> Batch:
+    batch, seq, device = call.batch, call.seq, call.device
+    layout = _layout(state, batch, seq, prompt, factor, device)
+    types = _last(call.types, seq)
+    if image is None and types is not None:
+        image = (types != 0).reshape(-1).long().to(device)
+    elif image is None and call.ids is not None and state.image_token_id is not None:
+        image = (call.ids == state.image_token_id).reshape(-1).long()
+    elif image is None:
+        image = layout.zeros
+    return Batch(batch, seq, valid, count.contiguous(), layout.phase, image, layout.sample, first, samples,
+                 layout.phases, start, prompt, prompt_len, factor, speculative, modality_ids=types)
+
+
+def _layout(state: State, batch: int, seq: int, prompt: int, factor: int, device: torch.device) -> _Layout:
+    """Row tensors that depend only on the call's shape, made once (decode steps repeat the same shape)."""
+    key = (batch, seq, prompt, factor, device)
+    layout = state.shapes.get(key)
+    if layout is None:
+        if len(state.shapes) > 64:
+            state.shapes.clear()
+        rows = batch * seq
+        layout = state.shapes[key] = _Layout(
+            torch.ones(rows, dtype=torch.long, device=device),
+            torch.zeros(rows, dtype=torch.long, device=device),
+            (torch.arange(seq, device=device) >= prompt).long().repeat(batch),
+            (torch.arange(batch, device=device) // factor).repeat_interleave(seq),
+            (0,) if prompt == seq else (1,) if prompt == 0 else (0, 1),
+        )
+    return layout
+
+
+class _Layout(NamedTuple):
+    """A call shape's constant row tensors (``[rows]`` long) and the phases it holds."""
+
+    ones: torch.Tensor
+    zeros: torch.Tensor
+    phase: torch.Tensor
+    sample: torch.Tensor
+    phases: tuple[int, ...]
+
+
 class Tracker:
-    """Shared forward pre-hook describing the current batch; one per model while any context is open."""
+    """Shared forward pre-hook describing the current batch (``describe``), and owner of the model's ``generate``
+    and ``generate_batch`` while any context is open; one per model."""
 
     def __init__(self, model: nn.Module, image_token_id: int | None) -> None:
-        self.image_token_id = image_token_id
         self.batch: Batch | None = None
-        self.samples = 0
         self.users = 0
         self.listeners: list[Callable[[int], None]] = []  # told how many trailing positions were rejected
         self.finished: list[Callable[[], None]] = []  # told when a generate / generate_batch call returns
-        self._gen: _Generate | None = None
-        self._packed: _Packed | None = None
-        self._shapes: dict[tuple, _Layout] = {}
-        self._model_name = type(model).__name__
+        self.state = State(type(model).__name__, image_token_id)
         self._params = _forward_params(model)
         self._generation_config = getattr(model, "generation_config", None)
         # Always eager: the batch description is Python bookkeeping (the prompt counter changes every prefill), and
@@ -189,9 +509,8 @@ class Tracker:
             for patch in self._patches:
                 _unpatch(model, patch)
         self.batch = None
-        self._gen = None
+        self.state.gen = None
 
-    # ---- generate ------------------------------------------------------------------------------------------
     def generating(self, generate: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
         """Run ``generate(*args, **kwargs)`` with the prompt facts it was given; retract unaccepted candidates.
 
@@ -200,23 +519,22 @@ class Tracker:
         prompt, are scoped for steering as such, and are never counted (they are drafts; the outer calls verify
         them), nor do their caches' crops retract the outer calls.
         """
-        outer = self._gen
+        state = self.state
+        outer = state.gen
         if outer is not None:
-            self._gen = _Generate(outer.prompts, outer.prompt_len, outer.mask, outer.eos, outer.beams, outer.types,
-                                  counted=False, first_sample=outer.first_sample)
+            state.gen = outer.nested()
             try:
                 return generate(*args, **kwargs)
             finally:
-                self._gen = outer
-        self._gen = self._prompt_facts(args, kwargs)
+                state.gen = outer
+        state.start(prompt_facts(args, kwargs, self._generation_config, state.model_name))
         try:
             return generate(*args, **kwargs)
         finally:
-            gen, self._gen = self._gen, None
-            cache = gen.cache() if gen.cache is not None else None
-            length = _cache_length(cache)
-            if isinstance(length, int) and length < gen.seen:
-                self._retract(gen.seen - length)
+            gen, state.gen = state.gen, None
+            unaccepted = gen.unaccepted()
+            if unaccepted:
+                self._retract(unaccepted)
             self.batch = None
             self._finish()
 
@@ -224,42 +542,15 @@ class Tracker:
         """Run ``generate_batch(*args, **kwargs)`` (continuous batching) knowing its prompts."""
         inputs = kwargs.get("inputs", args[0] if args else None)
         if not isinstance(inputs, (list, tuple)) or not all(isinstance(p, (list, tuple)) for p in inputs):
-            raise ValueError(f"{self._model_name}.generate_batch: moehooks needs inputs as a list of token-id lists")
-        prompts = [[int(t) for t in p] for p in inputs]
-        self._packed = _Packed(prompts, self.samples, [False] * len(prompts))
-        self.samples += len(prompts)
+            raise ValueError(f"{self.state.model_name}.generate_batch: moehooks needs inputs as a list of token-id "
+                             "lists")
+        self.state.start_packed([[int(t) for t in p] for p in inputs])
         try:
             return generate_batch(*args, **kwargs)
         finally:
-            self._packed = None
+            self.state.packed = None
             self.batch = None
             self._finish()
-
-    def _prompt_facts(self, args: tuple, kwargs: dict[str, Any]) -> _Generate:
-        """What ``generate`` was given: the prompt rows and length (learnt at the first call when ``generate``
-        builds the prompt itself from BOS, with as many rows as its first tensor argument has, else one, as
-        ``generate`` does), the prompt's 2-D mask and token types, the end-of-sequence ids, beam search."""
-        ids = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
-        if ids is None:
-            ids = kwargs.get("inputs_embeds")
-        if ids is None:
-            prompts = next((int(v.shape[0]) for v in kwargs.values() if isinstance(v, torch.Tensor) and v.dim()), 1)
-            prompt_len = -1
-        elif isinstance(ids, torch.Tensor) and ids.dim() >= 2:
-            prompts, prompt_len = int(ids.shape[0]), int(ids.shape[1])
-        else:
-            raise ValueError(f"{self._model_name}.generate: moehooks needs input_ids (or inputs_embeds) of shape "
-                             "[batch, seq] to describe the prompt")
-        mask = kwargs.get("attention_mask")
-        mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
-        types = kwargs.get("moe_mm_token_type_ids", kwargs.get("mm_token_type_ids"))
-        types = types if isinstance(types, torch.Tensor) and tuple(types.shape) == (prompts, prompt_len) else None
-        config = kwargs.get("generation_config") or self._generation_config
-        eos = kwargs.get("eos_token_id", getattr(config, "eos_token_id", None))
-        eos = [] if eos is None else [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
-        beams = int(kwargs.get("num_beams", getattr(config, "num_beams", 1)) or 1) > 1
-        first, self.samples = self.samples, self.samples + prompts
-        return _Generate(prompts, prompt_len, mask, eos, beams, types, first_sample=first)
 
     def _retract(self, positions: int) -> None:
         for listener in list(self.listeners):
@@ -269,210 +560,15 @@ class Tracker:
         for listener in list(self.finished):
             listener()
 
-    # ---- one forward call ----------------------------------------------------------------------------------
     def _pre(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        inputs = _bind(self._params, args, kwargs)
-        ids, embeds = inputs.get("input_ids"), inputs.get("inputs_embeds")
-        ref = ids if isinstance(ids, torch.Tensor) else embeds
-        if not isinstance(ref, torch.Tensor) or ref.dim() < 2:
+        call = read_call(self._params, args, kwargs)
+        if call is None:
             self.batch = None
             return
-        batch, seq, device = int(ref.shape[0]), int(ref.shape[1]), ref.device
-        cache = next((v for v in inputs.values() if callable(getattr(v, "get_seq_length", None))), None)
-        gen = self._gen
-        if self._packed is not None:
-            self.batch = self._describe_packed(self._packed, inputs, ids, seq, device)
-            return
-        length = _cache_length(cache)
-        if gen is not None:
-            self.batch = self._describe_generate(gen, inputs, ids, batch, seq, device, cache, length)
-        else:
-            self.batch = self._describe_forward(inputs, ids, batch, seq, device, cache, length)
-
-    def _describe_forward(self, inputs: dict[str, Any], ids: Any, batch: int, seq: int, device: torch.device,
-                          cache: Any, length: Any) -> Batch:
-        if isinstance(length, torch.Tensor):  # a static cache outside generate: its length lives on the device
-            length = int(length)
-        start = 0 if cache is None else int(length)
-        prompt = seq if start == 0 else 0
-        if prompt:
-            first, samples = self.samples, batch
-            self.samples += batch
-        else:
-            first, samples = max(self.samples - batch, 0), batch
-        valid = _valid_rows(inputs.get("attention_mask"), batch, seq, start, device, self._model_name)
-        return self._batch(inputs, ids, batch, seq, device, start, prompt, start + prompt, valid, valid, first,
-                           samples, 1)
-
-    def _describe_generate(self, gen: _Generate, inputs: dict[str, Any], ids: Any, batch: int, seq: int,
-                           device: torch.device, cache: Any, length: Any) -> Batch:
-        if not gen.factor:
-            if batch % gen.prompts:
-                raise ValueError(f"{self._model_name}.forward got {batch} rows inside generate() of {gen.prompts} "
-                                 "prompts; moehooks cannot tell which prompt each row belongs to")
-            gen.factor = batch // gen.prompts
-        if cache is None:
-            start = 0  # use_cache=False: every call recomputes the sequence from its first position
-        elif isinstance(length, int):
-            start = length
-            gen.cache = weakref.ref(cache)
-            if start < gen.seen:  # the cache was cropped: the previous call's trailing candidates were rejected
-                if gen.counted:
-                    self._retract(gen.seen - start)
-                gen.seen = start
-        else:
-            start = gen.seen  # a static cache: positions advance call by call
-        if gen.prompt_len < 0:  # generate built the prompt (BOS): its first call holds it whole
-            gen.prompt_len = start + seq
-        prompt = min(max(gen.prompt_len - start, 0), seq)
-        valid = self._generate_valid(gen, inputs, batch, seq, start, prompt, device)
-        alive = self._alive(gen, ids, batch, seq, start, prompt, device)
-        layout = self._layout(batch, seq, prompt, gen.factor, device)
-        if not gen.counted:
-            count = layout.zeros
-        elif start >= gen.seen and gen.factor == 1 and (prompt == seq or seq == 1):  # plain prefill or decode step
-            count = valid if isinstance(alive, int) else valid * alive.reshape(-1)
-        else:
-            cols = torch.arange(start, start + seq, device=device)
-            fresh = (cols >= gen.seen).long()  # [seq] not counted before (use_cache=False recomputes)
-            is_prompt = (cols < gen.prompt_len).long()
-            copy = (torch.arange(batch, device=device) % gen.factor == 0).long()  # [batch] a prompt's first copy
-            weight = is_prompt[None, :] * copy[:, None] + (1 - is_prompt)[None, :] * alive
-            count = valid * (fresh[None, :] * weight).reshape(-1)
-        # any generated column read with a cache may be a candidate that a later crop rejects (also a lone one)
-        speculative = gen.counted and cache is not None and seq > prompt
-        gen.seen = max(gen.seen, start + seq)
-        image = self._generate_image(gen, layout, batch, seq, start, prompt, device)
-        return self._batch(inputs, ids, batch, seq, device, start, prompt, gen.prompt_len, valid, count,
-                           gen.first_sample, gen.prompts, gen.factor, speculative, image)
-
-    def _describe_packed(self, packed: _Packed, inputs: dict[str, Any], ids: Any, seq: int,
-                         device: torch.device) -> Batch:
-        """One packed row of continuous batching: segments ``cu_seq_lens_q``, positions ``position_ids``.
-
-        The layout is read on the host (one small copy per forward call; continuous batching itself reads
-        every step's tokens back to update its requests). A segment starting at position 0 is a whole prompt,
-        matched to the first not yet started prompt with those tokens; a one-token segment at a later position
-        is a decode step. Anything else (a prompt split into chunks) raises.
-        """
-        bounds, positions = inputs.get("cu_seq_lens_q"), inputs.get("position_ids")
-        if not isinstance(bounds, torch.Tensor) or not isinstance(positions, torch.Tensor) or not isinstance(
-                ids, torch.Tensor):
-            raise ValueError(f"{self._model_name}.forward inside generate_batch got no input_ids, cu_seq_lens_q and "
-                             "position_ids; moehooks cannot tell the requests apart")
-        bounds, positions, tokens = bounds.tolist(), positions.reshape(-1).tolist(), ids.reshape(-1).tolist()
-        phase, sample = [0] * seq, [0] * seq
-        for a, b in zip(bounds, bounds[1:]):
-            if positions[a] == 0:
-                r = next((r for r, p in enumerate(packed.prompts)
-                          if not packed.started[r] and p == tokens[a:b]), None)
-                if r is None:
-                    raise ValueError(f"{self._model_name}.forward inside generate_batch: a prompt was split into "
-                                     "chunks (or is unknown); moehooks counts whole prompts only: raise the "
-                                     "continuous batching config's max_batch_tokens above the longest prompt")
-                packed.started[r] = True
-                sample[a:b] = [r] * (b - a)
-            elif b - a == 1:
-                phase[a] = 1
-            else:
-                raise ValueError(f"{self._model_name}.forward inside generate_batch: a segment of {b - a} tokens at "
-                                 f"position {positions[a]} is neither a whole prompt nor a decode step")
-        real = bounds[-1]
-        valid = [1] * real + [0] * (seq - real)  # columns past the last segment pad static shapes
-        phase_t, sample_t, valid = (torch.tensor(x, dtype=torch.long).to(device) for x in (phase, sample, valid))
-        phases = tuple(sorted(set(phase[:real]))) or (0,)
-        batch = self._batch(inputs, ids, 1, seq, device, 0, 0, 0, valid, valid, packed.first_sample,
-                            len(packed.prompts), 1)
-        batch.phase, batch.sample, batch.phases, batch.packed = phase_t, sample_t, phases, True
-        return batch
-
-    def _generate_valid(self, gen: _Generate, inputs: dict[str, Any], batch: int, seq: int, start: int,
-                        prompt: int, device: torch.device) -> torch.Tensor:
-        """Real rows of a call inside ``generate``: generated columns always are; prompt columns where the call's
-        2-D mask (when it covers the call) or else the prompt's mask says so."""
-        if not prompt:
-            return self._layout(batch, seq, 0, gen.factor, device).ones
-        mask = inputs.get("attention_mask")
-        if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[1] >= start + seq:
-            return mask[:, start:start + seq].reshape(-1).to(device=device, dtype=torch.long).contiguous()
-        valid = torch.ones(batch, seq, dtype=torch.long, device=device)
-        if gen.mask is not None:
-            part = gen.mask[:, start:start + prompt].to(device=device, dtype=torch.long)
-            valid[:, :prompt] = part.repeat_interleave(gen.factor, dim=0)
-        return valid.reshape(-1)
-
-    @staticmethod
-    def _generate_image(gen: _Generate, layout: "_Layout", batch: int, seq: int, start: int, prompt: int,
-                        device: torch.device) -> torch.Tensor | None:
-        """Image rows of a call inside ``generate`` from the prompt's token types given to ``generate``: prompt
-        columns as those say, generated columns text (as ``generate`` extends them); ``None`` without them.
-
-        The call's own token types can hold fewer columns than the call (assisted and prompt-lookup decoding
-        send candidates that ``generate`` has not appended to them yet) or be shifted against its positions."""
-        if gen.types is None:
-            return None
-        if not prompt:
-            return layout.zeros
-        image = torch.zeros(batch, seq, dtype=torch.long, device=device)
-        part = (gen.types[:, start:start + prompt] != 0).to(device=device, dtype=torch.long)
-        image[:, :prompt] = part.repeat_interleave(gen.factor, dim=0)
-        return image.reshape(-1)
-
-    @staticmethod
-    def _alive(gen: _Generate, ids: Any, batch: int, seq: int, start: int, prompt: int,
-               device: torch.device) -> torch.Tensor | int:
-        """``[batch, 1]`` 0 for rows already fed an end-of-sequence token (1 when not tracked)."""
-        new = start + seq - max(gen.seen, start + prompt)  # fresh decode columns of this call
-        if gen.beams or not gen.eos or new != 1 or not isinstance(ids, torch.Tensor):
-            return 1
-        if gen.alive is None:
-            gen.alive = torch.ones(batch, dtype=torch.long, device=device)
-        fed = ids[:, -1]
-        if gen.eos_ids is None:
-            gen.eos_ids = torch.tensor(gen.eos, device=fed.device)
-        gen.alive = gen.alive * (~torch.isin(fed, gen.eos_ids)).to(device=device, dtype=torch.long)
-        return gen.alive[:, None]
-
-    def _batch(self, inputs: dict[str, Any], ids: Any, batch: int, seq: int, device: torch.device, start: int,
-               prompt: int, prompt_len: int, valid: torch.Tensor, count: torch.Tensor, first: int, samples: int,
-               factor: int, speculative: bool = False, image: torch.Tensor | None = None) -> Batch:
-        layout = self._layout(batch, seq, prompt, factor, device)
-        types = _last(inputs.get("moe_mm_token_type_ids", inputs.get("mm_token_type_ids")), seq)
-        if image is None and types is not None:
-            image = (types != 0).reshape(-1).long().to(device)
-        elif image is None and isinstance(ids, torch.Tensor) and self.image_token_id is not None:
-            image = (ids == self.image_token_id).reshape(-1).long()
-        elif image is None:
-            image = layout.zeros
-        return Batch(batch, seq, valid, count.contiguous(), layout.phase, image, layout.sample, first, samples,
-                     layout.phases, start, prompt, prompt_len, factor, speculative, modality_ids=types)
-
-    def _layout(self, batch: int, seq: int, prompt: int, factor: int, device: torch.device) -> "_Layout":
-        """Row tensors that depend only on the call's shape, made once (decode steps repeat the same shape)."""
-        key = (batch, seq, prompt, factor, device)
-        layout = self._shapes.get(key)
-        if layout is None:
-            if len(self._shapes) > 64:
-                self._shapes.clear()
-            rows = batch * seq
-            layout = self._shapes[key] = _Layout(
-                torch.ones(rows, dtype=torch.long, device=device),
-                torch.zeros(rows, dtype=torch.long, device=device),
-                (torch.arange(seq, device=device) >= prompt).long().repeat(batch),
-                (torch.arange(batch, device=device) // factor).repeat_interleave(seq),
-                (0,) if prompt == seq else (1,) if prompt == 0 else (0, 1),
-            )
-        return layout
-
-
-class _Layout(NamedTuple):
-    """A call shape's constant row tensors (``[rows]`` long) and the phases it holds."""
-
-    ones: torch.Tensor
-    zeros: torch.Tensor
-    phase: torch.Tensor
-    sample: torch.Tensor
-    phases: tuple[int, ...]
+        batch = describe(call, self.state)
+        if self.state.retracted:
+            self._retract(self.state.retracted)
+        self.batch = batch
 
 
 def _forward_params(model: nn.Module) -> list[str]:

@@ -69,9 +69,9 @@ def build_inputs(processor: Any, items: Sequence[Item], *, as_text: bool = False
     """Encode items as one left-padded batch of single-turn chat prompts ending in the assistant turn.
 
     Image items become ``[{"type": "image"}, {"type": "text", "text": question}]`` user messages (one image entry
-    per image of the item, loaded with PIL, RGB); other items, and all items with ``as_text=True``, are text-only (``text_reference`` takes the
-    image's place). A plain tokenizer gets string contents. Whatever the processor returns is kept
-    (``mm_token_type_ids`` and ``image_grid_thw`` included).
+    per image of the item, loaded with PIL, RGB); other items, and all items with ``as_text=True``, are text-only
+    (``text_reference`` takes the image's place). A plain tokenizer gets string contents. Whatever the processor
+    returns is kept (``mm_token_type_ids`` and ``image_grid_thw`` included).
 
     Example:
         >>> batch = build_inputs(processor, items[:4])  # doctest: +SKIP

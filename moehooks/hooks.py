@@ -16,23 +16,34 @@ recomputed or copies, which are image tokens, and which prompt each row belongs 
 from __future__ import annotations
 
 import math
+import sys
+import warnings
 import weakref
 from contextlib import AbstractContextManager, ExitStack
+from types import CodeType
+from typing import Any
 
 import torch
 from torch import nn
 
 from .adapters import RoutingMap, adapt
 from .batch import Tracker
-from .wrappers import holds_compiled_code, see_through
 from .util import check_choice  # noqa: F401  re-exported: steering, recording and swap import it from here
+from .wrappers import compiled_entries, drop_compiled_since, guard_hooks, holds_compiled_code, see_through
 
 PHASES = ("prefill", "decode")
 MODALITIES = ("text", "image")
 
 
 def check_finite(name: str, value: object) -> float:
-    """``float(value)``; a non-number raises ``TypeError``, NaN/inf ``ValueError``, both naming ``name``."""
+    """``float(value)``; a non-number raises ``TypeError``, NaN/inf ``ValueError``, both naming ``name``.
+
+        >>> check_finite("beta", "2.5")
+        2.5
+        >>> check_finite("beta", float("nan"))
+        Traceback (most recent call last):
+        ValueError: beta must be a finite number, got nan
+    """
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -42,24 +53,40 @@ def check_finite(name: str, value: object) -> float:
     return number
 
 
-def drop_stale_compiled_code(model: nn.Module) -> None:
-    """Discard dynamo's compiled code when ``model`` runs compiled, after hooks were added or removed.
+def watch_compiled_code(model: nn.Module) -> dict[tuple[CodeType, Any], Any] | None:
+    """Called when a context on ``model`` has attached its hooks: make dynamo guard on module hooks
+    (``moehooks.wrappers.guard_hooks``), so that code compiled for ``model`` before fails its guards and recompiles
+    with the hooks while other models' compiled code stays; return the compiled entries present (``None`` while
+    dynamo is not loaded), those compiled from here on hold the context's hooks (``drop_compiled_since``).
 
-    Dynamo does not guard on module hooks (``torch._dynamo.config.skip_nnmodule_hook_guards``): code compiled
-    before a context opened would run without its hooks, and code compiled inside one would keep running them
-    after it closed. Compiled means a ``torch.compile``-d ``forward`` attribute, ``module.compile()`` on any
-    submodule, or the decode step ``generate`` compiles for static caches (``_compiled_call``), or any code
-    dynamo compiled (a ``torch.compile(model)`` wrapper is not visible from the model:
-    ``moehooks.wrappers.holds_compiled_code``); the next call recompiles once, with the hooks of that time.
+    The first time dynamo is told to guard on hooks, code compiled until then (without such guards) is discarded
+    when ``model`` runs compiled: a ``torch.compile``-d ``forward``, ``module.compile()`` on a submodule, the decode
+    step ``generate`` compiles for static caches (``_compiled_call``), or any code dynamo compiled (a
+    ``torch.compile(model)`` wrapper is not visible from the model).
     """
-    compiled = (
+    if "torch._dynamo" not in sys.modules:
+        return None
+    if guard_hooks() and _compiled(model):
+        torch._dynamo.reset()
+    return compiled_entries()
+
+
+def drop_stale_compiled_code(model: nn.Module) -> None:
+    """Deprecated (contexts call ``watch_compiled_code``, which keeps other models' compiled code): discards all
+    of dynamo's compiled code when ``model`` runs compiled, as contexts did before."""
+    warnings.warn("moehooks.hooks.drop_stale_compiled_code is deprecated: contexts recompile only the hooked model",
+                  DeprecationWarning, stacklevel=2)
+    if "torch._dynamo" in sys.modules and _compiled(model):
+        torch._dynamo.reset()
+
+
+def _compiled(model: nn.Module) -> bool:
+    return (
         hasattr(model.__dict__.get("forward"), "_torchdynamo_orig_callable")
         or getattr(model, "_compiled_call", None) is not None
         or any(getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
         or holds_compiled_code()
     )
-    if compiled:
-        torch._dynamo.reset()
 
 
 _TRACKERS: "weakref.WeakKeyDictionary[nn.Module, Tracker]" = weakref.WeakKeyDictionary()
@@ -94,6 +121,7 @@ class HookContext(AbstractContextManager):
         self._stack: ExitStack | None = None
         self.routing: RoutingMap | None = None
         self.tracker: Tracker | None = None
+        self._compiled: dict[tuple[CodeType, Any], Any] | None = None
 
     def __enter__(self):
         if self._stack is not None:
@@ -114,17 +142,18 @@ class HookContext(AbstractContextManager):
             self.routing = self.tracker = None
             raise
         self._stack = stack
-        drop_stale_compiled_code(model)
+        self._compiled = watch_compiled_code(model)
         return self
 
     def __exit__(self, *exc: object) -> bool:
-        stack, self._stack, model = self._stack, None, self._model
+        stack, self._stack = self._stack, None
         try:
             if stack is not None:
                 stack.close()
-                drop_stale_compiled_code(model)
+                if self._compiled is not None:
+                    drop_compiled_since(self._compiled)
         finally:
-            self.routing = self.tracker = None
+            self.routing = self.tracker = self._compiled = None
             self._model = None
             self._closed()
         return False

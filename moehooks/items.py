@@ -191,7 +191,9 @@ def item_from_row(row: Mapping[str, Any], base_dir: Path) -> Item:
 
     Example:
         >>> item_from_row({"id": 3, "question": "1+1?", "answer": 2, "level": 1}, Path("."))
-        Item(id='3', question='1+1?', answer='2', image=None, text_reference=None, choices=None, meta={'level': 1}, images=None)
+        ... # doctest: +NORMALIZE_WHITESPACE
+        Item(id='3', question='1+1?', answer='2', image=None, text_reference=None, choices=None,
+             meta={'level': 1}, images=None)
 
     Raises:
         ValueError: a required field is missing, a field has the wrong type, or the image file does not exist.
@@ -250,7 +252,7 @@ def load_items(path: str | os.PathLike[str], *, strict: bool = False) -> list[It
 
     Raises:
         moehooks.runs.MissingFileError: ``path`` does not exist (the message names the absolute path).
-        moehooks.runs.UsageError: the suffix is not one of :data:`ITEM_SUFFIXES`, the file holds no valid item
+        moehooks.util.UsageError: the suffix is not one of :data:`ITEM_SUFFIXES`, the file holds no valid item
             (empty, or every row malformed: the message shows the first problems), or ``strict`` and a row is
             malformed.
     """
@@ -292,4 +294,5 @@ def text_versions(items: Sequence[Item]) -> list[Item]:
     missing = [it.id for it in items if it.text_reference is None]
     if missing:
         raise UsageError(f"items {missing[:5]} have no text_reference: their text version is unknown")
-    return [dataclasses.replace(it, question=it.text_reference, image=None, images=None, text_reference=None) for it in items]
+    return [dataclasses.replace(it, question=it.text_reference, image=None, images=None, text_reference=None)
+            for it in items]

@@ -62,7 +62,7 @@ def local_config(source: str, *, trust_remote_code: bool = False, revision: str 
     ``config.json`` is not there; nothing is downloaded.
 
     Raises:
-        moehooks.runs.UsageError: the config is there but does not load (remote code not allowed, a field
+        moehooks.util.UsageError: the config is there but does not load (remote code not allowed, a field
             transformers refuses).
     """
     from huggingface_hub import try_to_load_from_cache

@@ -271,14 +271,14 @@ def remote_code(spec: ModelSpec, *, trust_remote_code: bool = False, revision: s
         >>> remote_code(resolve("kimi-vl"))
         Traceback (most recent call last):
         ...
-        moehooks.runs.UsageError: model 'kimi-vl' (moonshotai/Kimi-VL-A3B-Instruct) runs Python code from its hub repository: pass trust_remote_code=True (--trust-remote-code) to allow it, with revision=COMMIT (--revision) pinning the commit you reviewed
+        moehooks.util.UsageError: model 'kimi-vl' (moonshotai/Kimi-VL-A3B-Instruct) runs Python code from its hub repository: pass trust_remote_code=True (--trust-remote-code) to allow it, with revision=COMMIT (--revision) pinning the commit you reviewed
 
     A checkpoint that needs its own code (``spec.trust_remote_code``) loads only with ``trust_remote_code=True``;
     remote code from a hub repository (not a local directory) runs only at a pinned revision (``revision`` or
     the alias's own), so a later push to the repository cannot change what runs.
 
     Raises:
-        moehooks.runs.UsageError: remote code is needed but not allowed, or allowed without a pinned revision.
+        moehooks.util.UsageError: remote code is needed but not allowed, or allowed without a pinned revision.
     """
     pinned = revision or spec.revision
     local = Path(spec.source).expanduser().is_dir()
@@ -316,7 +316,7 @@ def check_load_options(dtype: Any = "auto", attn_implementation: str | None = No
         >>> check_load_options("float64x")
         Traceback (most recent call last):
         ...
-        moehooks.runs.UsageError: dtype 'float64x': allowed: auto or a torch dtype (bfloat16, float16, float32, ...)
+        moehooks.util.UsageError: dtype 'float64x': allowed: auto or a torch dtype (bfloat16, float16, float32, ...)
     """
     import torch
     from transformers import AttentionInterface
@@ -340,7 +340,7 @@ def load_config(name_or_path: str | Path | ModelSpec, *, trust_remote_code: bool
 
     Raises:
         ModelNotFoundError: as :func:`load`.
-        moehooks.runs.UsageError: remote code not allowed or not pinned (:func:`remote_code`).
+        moehooks.util.UsageError: remote code not allowed or not pinned (:func:`remote_code`).
     """
     from huggingface_hub.errors import StrictDataclassFieldValidationError
     from transformers import AutoConfig
@@ -403,7 +403,7 @@ def load(
     Raises:
         ModelNotFoundError: the model is not a local directory and not obtainable from the hub or its cache;
             the message names the directory tried, the cache directory and the offline mode.
-        moehooks.runs.UsageError: remote code needed but not allowed, or allowed without a pinned revision; a
+        moehooks.util.UsageError: remote code needed but not allowed, or allowed without a pinned revision; a
             ``dtype`` or ``attn_implementation`` that does not exist (:func:`check_load_options`).
         ProcessorUnavailableError: the processor needs a library that is missing (:func:`load_processor`).
     """

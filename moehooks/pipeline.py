@@ -73,7 +73,7 @@ def load_study(data: StudyData, limit: int | None = None) -> StudyItems:
     and the general items. Cheap and model-free: call it before loading a model to find bad files first.
 
     Raises:
-        moehooks.runs.UsageError: a file is missing, empty or has no valid item, ``limit < 1``, or a task has
+        moehooks.util.UsageError: a file is missing, empty or has no valid item, ``limit < 1``, or a task has
             no ``text_reference`` when it must stand in for the references.
     """
     if limit is not None:
@@ -365,7 +365,7 @@ def swap_items(items_path: str | Path | None, *, source: str, target: str) -> tu
     that follow the target (``answer - source + target``); model-free, so it can run before a model loads.
 
     Raises:
-        moehooks.runs.UsageError: ``source`` / ``target`` / an answer is not an integer, or no item shows
+        moehooks.util.UsageError: ``source`` / ``target`` / an answer is not an integer, or no item shows
             ``source`` (the message lists the digits present).
     """
     shift = runs.check_integer_text("target", target) - runs.check_integer_text("source", source)

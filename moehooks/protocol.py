@@ -185,7 +185,7 @@ def check_data_dirs(data_dir: str | Path | Mapping[str, str | Path] | None) -> N
         >>> check_data_dirs({"gsm8k-v": "/nonexistent/GSM8K-V"})
         Traceback (most recent call last):
         ...
-        moehooks.runs.UsageError: --data-dir gsm8k-v=/nonexistent/GSM8K-V: no such directory (/nonexistent/GSM8K-V)
+        moehooks.util.UsageError: --data-dir gsm8k-v=/nonexistent/GSM8K-V: no such directory (/nonexistent/GSM8K-V)
     """
     if data_dir is None:
         return
@@ -436,8 +436,9 @@ def survey(plan: Plan, *, strict: bool = False) -> Survey:
 def preflight(plan: Plan) -> Survey:
     """Everything checked before any model loads, in this order: the item files given (``general``,
     ``descriptions``), the pieces that are not here (:func:`check`: checkpoint, datasets; the cache alone when the
-    hub is out of reach, ``moehooks.hub.hub_offline``), then every dataset of the plan opened and validated (:func:`survey`
-    with ``strict``). Returns the survey; raises ``UsageError`` (``MissingPiecesError`` for absent pieces)."""
+    hub is out of reach, ``moehooks.hub.hub_offline``), then every dataset of the plan opened and validated
+    (:func:`survey` with ``strict``). Returns the survey; raises ``UsageError`` (``MissingPiecesError`` for absent
+    pieces)."""
     if plan.general_file is not None:
         try:
             load_items(plan.general_file)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .adapters import MoELayer
-from .adapters.base import hook_routing
+from .adapters.hooking import hook_routing
 from .batch import Batch, cells, recomputing
 from .hooks import MODALITIES, PHASES, HookContext, check_choice
 from .trace import TraceWriter
@@ -227,7 +227,8 @@ class Recorder(HookContext):
 
     def _read_samples(self, what: str, modality: str) -> torch.Tensor:
         if not self.per_sample:
-            raise RuntimeError("per-sample counts were not recorded; open the recorder with record(model, per_sample=True)")
+            raise RuntimeError("per-sample counts were not recorded; open the recorder with "
+                               "record(model, per_sample=True)")
         mods = _modalities(modality)
         self._require_tables()
         device = self._tables[0].counts.device
@@ -241,7 +242,8 @@ class Recorder(HookContext):
     def _require_tables(self) -> list[_Tables]:
         self.flush()
         if not self._tables or any(t is None for t in self._tables):
-            raise RuntimeError("nothing recorded yet: run the model (forward or generate) inside the record() block first")
+            raise RuntimeError("nothing recorded yet: run the model (forward or generate) inside the record() block "
+                               "first")
         return self._tables  # type: ignore[return-value]
 
 

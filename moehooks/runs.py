@@ -8,9 +8,10 @@
     key = runs.settings_key(settings)                         # 16 hex digits; rows of a run carry it as "run"
     runs.differences(old_settings, settings)                  # ["beta: 1.0 -> 0.5"]
 
-Every check raises :class:`UsageError` (a ``ValueError``, defined in ``moehooks.util``): the command line prints its message as one
-``error: ...`` line and exits 2; library callers catch it like any ``ValueError``. Settings are JSON values;
-:func:`settings_key` hashes their canonical JSON, so two runs share results only when every setting is equal.
+Every check raises :class:`UsageError` (a ``ValueError``, defined in ``moehooks.util``): the command line prints
+its message as one ``error: ...`` line and exits 2; library callers catch it like any ``ValueError``. Settings are
+JSON values; :func:`settings_key` hashes their canonical JSON, so two runs share results only when every setting is
+equal.
 Results files (``moehooks.evaluate.run_eval``) keep the settings of each key beside them in
 ``<results>.runs.json`` (:func:`settings_path`), which is how a rerun with other settings names what differs.
 """

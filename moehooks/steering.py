@@ -12,7 +12,7 @@
 
 Every steered MoE block's choices are rewritten by hooks registered *before* any other (a registered
 family's router output; for a block whose rule was identified by probing, its experts module's inputs,
-``moehooks.adapters.base.hook_routing``): the hook reads the router logits ``z`` ``[tokens, experts]``, boosts
+``moehooks.adapters.hooking.hook_routing``): the hook reads the router logits ``z`` ``[tokens, experts]``, boosts
 the listed experts' logits, and recomputes the top-k indices *and* the gate weights from the boosted logits
 with the block's own rule (``adapter.select``), so the MoE block runs the steered experts with the weights the
 model itself would give them. A block no known rule reproduces is recorded but not steered
@@ -52,7 +52,8 @@ import torch
 from torch import nn
 
 from .adapters import MoELayer, RouterAdapter, RoutingMap, UnsupportedModelError, adapt
-from .adapters.base import Edit, cast, hook_routing, on_device
+from .adapters.hooking import hook_routing
+from .adapters.rule import Edit, cast, on_device
 from .batch import Batch, Tracker, recomputing
 from .hooks import MODALITIES, PHASES, HookContext, check_choice, check_finite
 from .util import layer_span
@@ -219,11 +220,11 @@ def steer(model: nn.Module, experts: Mapping[int, Sequence[int]], mode: str = "s
     ``(start, end)`` tuple; every one must be a MoE layer; only layers both in ``experts`` and in ``layers``
     are steered (``None``: all). ``tokens``: ``"all"``, ``"image"`` or ``"text"`` rows; ``phase``: ``"all"``,
     ``"prefill"`` or ``"decode"`` rows (prompt or generated positions, as ``moehooks.batch`` describes them, also
-    within one call: chunked prefill, ``use_cache=False``, speculative candidates). ``compile=True`` wraps each router's boost-and-select with
-    ``torch.compile(dynamic=True)`` (routers share one graph; the first call compiles it); inductor's fused
-    softmax / std may round weights and boosted logits differently from eager in the last bit, which can
-    only change a selection between near-tied experts. Ernie-4.5-VL's text and vision routers of a layer
-    are both steered.
+    within one call: chunked prefill, ``use_cache=False``, speculative candidates). ``compile=True`` wraps each
+    router's boost-and-select with ``torch.compile(dynamic=True)`` (routers share one graph; the first call
+    compiles it); inductor's fused softmax / std may round weights and boosted logits differently from eager in
+    the last bit, which can only change a selection between near-tied experts. Ernie-4.5-VL's text and vision
+    routers of a layer are both steered.
 
     Every argument is checked here, before any hook exists: a bad value raises ``ValueError``, a wrong type
     ``TypeError``, each naming the value and what is allowed.

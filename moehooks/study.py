@@ -133,11 +133,11 @@ def steer_eval(model: nn.Module, processor: Any, items: Sequence[Item], experts:
     soft-boosts as many random experts per layer (seeded). Rows go to ``out_dir/results.jsonl`` as they
     complete, keyed by their settings (``settings`` adds to them, e.g.
     ``{"items": moehooks.runs.file_identity(path)}``; see :func:`method_settings`), so a rerun with other
-    settings starts a new result set and the summary counts only this run's rows. Launched as several processes, each evaluates its share of the items into
-    ``results.rank{r}.jsonl`` and the main process merges them into ``results.jsonl``
-    (``moehooks.distributed.sharded_eval``). ``continuous=True`` generates the methods whose prompts are all text
-    (``text``; every method on text-only items) with continuous batching (``moehooks.generation.generate_answers``),
-    the others with padded batches; the rows say which (``batching``).
+    settings starts a new result set and the summary counts only this run's rows. Launched as several processes,
+    each evaluates its share of the items into ``results.rank{r}.jsonl`` and the main process merges them into
+    ``results.jsonl`` (``moehooks.distributed.sharded_eval``). ``continuous=True`` generates the methods whose
+    prompts are all text (``text``; every method on text-only items) with continuous batching
+    (``moehooks.generation.generate_answers``), the others with padded batches; the rows say which (``batching``).
     """
     methods = check_steer_options(methods=methods, beta=beta, epsilon=epsilon, trials=trials, batch_size=batch_size,
                                   max_new_tokens=max_new_tokens)

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from .adapters import RoutingMap, adapt
-from .adapters.base import on_device
+from .adapters.rule import on_device
 from .hooks import HookContext, check_choice, check_finite
 from .util import tokenizer_of
 

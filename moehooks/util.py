@@ -42,7 +42,14 @@ class MissingFileError(UsageError, FileNotFoundError):
 
 
 def check_choice(name: str, value: str, allowed: Sequence[str]) -> str:
-    """``value`` if it is one of ``allowed``; else a :class:`UsageError` (a ``ValueError``) naming both."""
+    """``value`` if it is one of ``allowed``; else a :class:`UsageError` (a ``ValueError``) naming both.
+
+        >>> check_choice("phase", "decode", ("prefill", "decode"))
+        'decode'
+        >>> check_choice("phase", "generate", ("prefill", "decode"))
+        Traceback (most recent call last):
+        moehooks.util.UsageError: unknown phase 'generate'; allowed: prefill, decode
+    """
     if value not in allowed:
         raise UsageError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
     return value

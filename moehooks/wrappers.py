@@ -12,7 +12,7 @@ Every moehooks context and ``adapt`` hook the model ``see_through`` returns, so 
 * a PEFT model's ``generate`` (it calls the transformers model's ``generate``, which calls that model's
   ``forward``) and its forward (``LoraModel.forward`` calls the transformers model) pass the tracker;
 * a ``torch.compile(model)`` wrapper's ``generate`` (the eager model's) and its compiled forward (which calls
-  the model, hooks and all, once recompiled: ``holds_compiled_code``) pass it;
+  the model, hooks and all, once recompiled: ``guard_hooks``) pass it;
 * an nnsight object's traces, which run the module it mirrors, pass it;
 * a (Distributed)DataParallel wrapper's forward, which calls its module, passes it.
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import sys
+from types import CodeType
 from typing import Any
 
 import torch
@@ -36,7 +37,15 @@ def see_through(model: Any) -> nn.Module:
     """The module to hook for ``model``: itself, or the model under the wrappers listed in the module docstring
     (unwrapped repeatedly: a PEFT model of a compiled model, ...). Anything that is not a ``torch.nn.Module``
     at the end raises ``TypeError`` naming its type and what to pass; a prompt-learning PEFT model (prompt or
-    prefix tuning) raises ``ValueError``."""
+    prefix tuning) raises ``ValueError``.
+
+        >>> inner = nn.Linear(2, 2)
+        >>> see_through(nn.DataParallel(inner)) is inner
+        True
+        >>> see_through("Qwen/Qwen3-30B-A3B")
+        Traceback (most recent call last):
+        TypeError: moehooks needs a torch.nn.Module (a transformers model), got str; pass the model object itself
+    """
     seen: set[int] = set()
     while id(model) not in seen:
         seen.add(id(model))
@@ -96,19 +105,50 @@ def outermost(model: nn.Module, name: str) -> str:
 
 def holds_compiled_code() -> bool:
     """Dynamo holds code it compiled from outside moehooks (a ``torch.compile``-d module or function has run
-    since the last reset; moehooks' own compiled routing functions hold no module hooks).
+    since the last reset; moehooks' own compiled routing functions hold no module hooks)."""
+    return bool(compiled_entries())
 
-    Dynamo does not guard on module hooks: code compiled before hooks were added (a ``torch.compile(model)``
-    wrapper moehooks cannot see from the model) would run without them, and code compiled with them would
-    keep running them after they were removed, so moehooks drops compiled code when this is true.
-    """
+
+def compiled_entries() -> dict[tuple[CodeType, Any], Any]:
+    """Dynamo's cache entries of code outside moehooks, by ``(code, compile_id)`` (empty while dynamo is not
+    loaded): every frame dynamo looked at, compiled or skipped, and what it compiled for it."""
     frames = sys.modules.get("torch._dynamo.convert_frame")
     if frames is None:
+        return {}
+    entries = torch._C._dynamo.eval_frame._debug_get_cache_entry_list  # code -> its compiled entries
+    codes = (ref() for ref in list(frames.input_codes.seen))
+    return {(code, entry.compile_id): entry for code in codes
+            if code is not None and not code.co_filename.startswith(_PACKAGE) for entry in entries(code)}
+
+
+def guard_hooks() -> bool:
+    """Make dynamo guard on module hooks from now on (``torch._dynamo.config.skip_nnmodule_hook_guards``, on by
+    default, skips those guards: code compiled before hooks were added would run without them, and code compiled
+    with them would keep running them after they were removed). With the guards, code compiled for a model whose
+    hooks since changed fails them and that model recompiles, while other models keep their code. Returns whether
+    the setting changed (code compiled until then holds no such guards)."""
+    config = torch._dynamo.config
+    if not config.skip_nnmodule_hook_guards:
         return False
-    entries = getattr(torch._C._dynamo.eval_frame, "_debug_get_cache_entry_list", None)  # code -> compiled entries
-    codes = (ref() for ref in list(frames.input_codes.seen))  # every frame dynamo looked at, compiled or skipped
-    return any(code is not None and not code.co_filename.startswith(_PACKAGE) and (entries is None or entries(code))
-               for code in codes)
+    config.skip_nnmodule_hook_guards = False
+    return True
+
+
+def drop_compiled_since(before: dict[tuple[CodeType, Any], Any]) -> None:
+    """Invalidate the compiled entries that are not in ``before`` (compiled while hooks that are now gone were
+    there: their guards can never pass again). An invalidated entry still counts towards dynamo's recompile limit
+    of its code, so code that reaches half of it is dropped whole (every model running it recompiles once)."""
+    from torch._dynamo.guards import DeletedGuardManagerWrapper
+
+    stale = {key: entry for key, entry in compiled_entries().items() if key not in before}
+    for entry in stale.values():
+        manager = entry.guard_manager
+        if manager.extra_state is not None and manager.cache_entry is not None:
+            manager.extra_state.invalidate(manager.cache_entry, DeletedGuardManagerWrapper("moehooks: hooks removed"))
+    limit = max(torch._dynamo.config.recompile_limit // 2, 1)
+    for code in {code for code, _ in stale}:
+        if torch._C._dynamo.eval_frame._get_total_cache_entry_count(code) >= limit:
+            torch._dynamo.reset_code(code)
 
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ("bash", "sed", "tee", "mktemp", "rm", "dirname", "cat")
 FAKE_MAKE = """#!/bin/bash
 echo "make $1 PYTEST_ADDOPTS=${PYTEST_ADDOPTS:-}" >> "$CALLS"
-case "$1" in install) exit "${FAIL_INSTALL:-0}";; esac
+case "$1" in install) exit "${FAIL_INSTALL:-0}";; lint) exit "${FAIL_LINT:-0}";; esac
 echo "SKIPPED [2] tests/test_typeset.py:55: tesseract is not installed ($1)"
 echo "SKIPPED [1] tests/tiny.py:189: transformers x: an upstream bug"
 echo "7 passed, 3 skipped in 1.00s"
@@ -43,8 +43,9 @@ def test_without_root_nothing_is_installed_every_run_happens_and_skips_are_liste
     rc, out, calls = run_ci(tmp_path, uid=1000)
     assert rc == 0
     assert "latex dvipng tesseract missing and apt-get is not usable as root here" in out
-    assert [c.split(" PYTEST")[0] for c in calls] == ["make install", "make test", "make test-oldest", "make test-latest"]
-    assert all("-rs" in c for c in calls[1:])
+    assert [c.split(" PYTEST")[0] for c in calls] == ["make install", "make lint", "make test", "make test-oldest",
+                                                       "make test-latest"]
+    assert all("-rs" in c for c in calls[2:])  # the test runs list their skips
     listed = out.split("skipped, by group", 1)[1].splitlines()[1:]
     assert listed == [f"  {run}: {line}" for run in ("test", "test-oldest", "test-latest") for line in (
         f"[2] tests/test_typeset.py:55: tesseract is not installed ({run})",
@@ -63,8 +64,13 @@ def test_as_root_the_tools_are_installed_with_apt_get(tmp_path: Path) -> None:
 def test_a_failed_run_fails_ci_after_every_run_and_the_list(tmp_path: Path, failing: str) -> None:
     rc, out, calls = run_ci(tmp_path, uid=1000, FAIL_RUN=failing)
     assert rc == 1
-    assert len(calls) == 4 and out.rstrip().endswith(f"failed: make {failing}")
+    assert len(calls) == 5 and out.rstrip().endswith(f"failed: make {failing}")
     assert out.count("tesseract is not installed") == 3 * 2  # each run's own output, then its line in the list
+
+
+def test_a_failed_lint_fails_ci_after_every_run(tmp_path: Path) -> None:
+    rc, out, calls = run_ci(tmp_path, uid=1000, FAIL_LINT="1")
+    assert rc == 1 and len(calls) == 5 and out.rstrip().endswith("failed: make lint")
 
 
 def test_a_failed_set_up_stops_ci(tmp_path: Path) -> None:

@@ -72,3 +72,12 @@ def test_a_closed_context_retains_neither_model_nor_activations():
     gc.collect()
     assert model_ref() is None and logits_ref() is None
     assert rec.counts().sum() > 0  # results stay readable
+
+
+def test_the_former_compiled_code_drop_still_works_and_says_it_is_deprecated():
+    model = build("qwen3_moe")
+    compiled = torch.compile(model, backend="eager")
+    compiled(torch.ones(1, 3, dtype=torch.long))
+    with pytest.warns(DeprecationWarning, match="drop_stale_compiled_code"):
+        moehooks.hooks.drop_stale_compiled_code(model)
+    assert not moehooks.wrappers.holds_compiled_code()

@@ -15,12 +15,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "moehooks"
 
-KNOWN_CYCLES = {
-    ("moehooks.adapters.base", "moehooks.adapters.probe"):
-        "adapt() falls back to the probe for blocks no family claims, and the probe builds on base's adapters; "
-        "to be removed when the probe's fallback moves out of base",
-}
-"""Import edges (all of them in-function imports) that close a cycle today, with the reason."""
 
 
 def _modules() -> dict[str, Path]:
@@ -104,10 +98,7 @@ def test_cycle_finder_finds_a_hand_made_cycle():
 def test_no_import_cycles_not_even_hidden_in_functions():
     top, lazy = import_graph()
     assert cycles(top) == []
-    both = {name: top[name] | {t for t in lazy[name] if (name, t) not in KNOWN_CYCLES} for name in top}
-    assert cycles(both) == []
-    for source, target in KNOWN_CYCLES:
-        assert target in lazy[source], f"{source} -> {target} is gone: drop it from KNOWN_CYCLES"
+    assert cycles({name: top[name] | lazy[name] for name in top}) == []
 
 
 def test_every_module_imports_first_in_a_fresh_interpreter():

@@ -210,6 +210,56 @@ def test_hard_steering_reaches_a_model_compiled_before_the_context(fresh_dynamo,
     assert torch.equal(after, plain)  # the steering left with its context
 
 
+class Counting:
+    """A dynamo backend that counts the graphs it is given (each compilation or recompilation) and runs them."""
+
+    def __init__(self) -> None:
+        self.graphs = 0
+
+    def __call__(self, graph: torch.fx.GraphModule, inputs: list) -> object:
+        self.graphs += 1
+        return graph.forward
+
+
+def test_a_context_on_one_compiled_model_leaves_another_s_compiled_code(fresh_dynamo):
+    """Opening and closing a context recompiles the hooked model only: the other compiled model compiles nothing,
+    and the hooked one, once the context closed, runs the code it had compiled before (its guards pass again)."""
+    model, other = build("qwen3_moe"), build("qwen3_moe", seed=1)
+    counts, other_counts = Counting(), Counting()
+    compiled, other_compiled = torch.compile(model, backend=counts), torch.compile(other, backend=other_counts)
+    forced = {layer: [6, 7] for layer in range(3)}
+    with torch.no_grad():
+        plain, other_plain = compiled(IDS).logits, other_compiled(IDS).logits
+        first, other_first = counts.graphs, other_counts.graphs
+        with moehooks.steer(model, forced, mode="hard"):
+            steered = compiled(IDS).logits
+            inside = other_compiled(IDS).logits
+            eager = model(IDS).logits
+            hooked = counts.graphs
+        after, other_after = compiled(IDS).logits, other_compiled(IDS).logits
+    assert first > 0 and other_first > 0
+    assert hooked > first  # the hooked model recompiled with its hooks
+    assert torch.allclose(steered, eager, atol=1e-5) and not torch.equal(steered, plain)
+    assert other_counts.graphs == other_first  # the other model never recompiled
+    assert torch.equal(inside, other_plain) and torch.equal(other_after, other_plain)
+    assert counts.graphs == hooked and torch.equal(after, plain)  # its code from before the context, unhooked
+
+
+def test_contexts_opened_again_and_again_keep_a_compiled_model_compiled(fresh_dynamo):
+    """Code compiled inside a context is dropped when it closes: a model hooked many times over stays within
+    dynamo's recompile limit (past it dynamo would run the model uncompiled, with a warning)."""
+    model = build("qwen3_moe")
+    counts = Counting()
+    compiled = torch.compile(model, backend=counts)
+    with torch.no_grad():
+        compiled(IDS)
+        for _ in range(2 * torch._dynamo.config.recompile_limit):
+            before = counts.graphs
+            with moehooks.record(model) as rec:
+                compiled(IDS)
+            assert counts.graphs > before and rec.counts().sum() > 0  # compiled with the hooks, which ran
+
+
 def test_a_context_on_the_compiled_wrapper_records_its_generate(fresh_dynamo):
     model = build("qwen3_moe")
     compiled = torch.compile(model, backend="eager")

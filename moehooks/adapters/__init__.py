@@ -2,8 +2,10 @@
 
 from . import (cohere, deepseek, doge, ernie, gpt_oss, inkling, jamba, jetmoe, llama4, mixtral, olmoe,  # noqa: F401
                qwen, softmax_grouped)
-from .base import (MoELayer, RouterAdapter, RoutingMap, UnsupportedModelError, adapt, covered, families, register,
-                   supported_architectures)
+from .discovery import adapt
+from .maps import MoELayer, RoutingMap
+from .registry import covered, families, register, supported_architectures
+from .rule import RouterAdapter, UnsupportedModelError
 
 __all__ = [
     "MoELayer",

@@ -4,7 +4,7 @@ logits (``expert_selection_fn``), cast to the input dtype."""
 import torch
 from torch import nn
 
-from .base import register
+from .registry import register
 from .rules import TopKSoftmax
 
 

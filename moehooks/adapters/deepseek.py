@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import UnsupportedModelError, register
+from .registry import register
+from .rule import UnsupportedModelError
 from .rules import SigmoidGrouped
 
 

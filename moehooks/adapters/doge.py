@@ -28,7 +28,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .base import Edit, MoELayer, RouterAdapter, cast, module_tensor, register
+from .maps import MoELayer
+from .registry import register
+from .rule import Edit, RouterAdapter, cast, module_tensor
 
 #: the current call of each hooked block: its keys, pairwise logits and (once steered) its new choices
 _CALLS: "weakref.WeakKeyDictionary[nn.Module, dict[str, Any]]" = weakref.WeakKeyDictionary()

@@ -7,7 +7,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import module_tensor, register
+from .registry import register
+from .rule import module_tensor
 from .rules import SoftmaxTopK
 
 

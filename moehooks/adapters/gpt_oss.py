@@ -4,7 +4,7 @@ chosen and the weights are the softmax over those k logits."""
 import torch
 from torch import nn
 
-from .base import register
+from .registry import register
 from .rules import TopKSoftmax
 
 

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .base import RouterAdapter, cast, margin, register
+from .registry import register
+from .rule import RouterAdapter, cast, margin
 
 
 @register

@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from .base import register
+from .registry import register
 from .rules import SoftmaxTopK
 
 

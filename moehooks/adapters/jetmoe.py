@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import register
+from .registry import register
 from .rules import TopKSoftmax
 
 

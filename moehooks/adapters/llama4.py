@@ -1,7 +1,7 @@
 """Llama-4 router (text and multimodal): top-k on the logits, sigmoid of the chosen logits; the router
 returns dense scores ``[tokens, experts]`` (zero off the top-k) and the logits."""
 
-from .base import register
+from .registry import register
 from .rules import TopKSigmoidDense
 
 

@@ -1,6 +1,6 @@
 """Mixtral / MiniMax routers: softmax in float32 -> top-k -> renorm; weights stay float32."""
 
-from .base import register
+from .registry import register
 from .rules import SoftmaxTopK
 
 

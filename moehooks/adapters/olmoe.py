@@ -1,6 +1,6 @@
 """OLMoE-style routers (OLMoE, FlexOlmo, Mellum): softmax -> top-k -> optional renorm -> cast."""
 
-from .base import register
+from .registry import register
 from .rules import SoftmaxTopK
 
 

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ..wrappers import base_of, outermost
-from .base import RouterAdapter, UnsupportedModelError, cast, module_tensor
+from .rule import RouterAdapter, UnsupportedModelError, cast, module_tensor
 from .rules import ProbedRule, Sparsemixer, TokenTable
 
 #: tokens of each probe call: odd sizes, so that vectorised kernels also run their scalar tails (whose rounding

@@ -1,7 +1,7 @@
 """Qwen-MoE routers (Qwen2/3-MoE, Qwen3-Next, Qwen3.5-MoE, Qwen3-Omni, Qwen3-VL-MoE):
 softmax -> top-k -> renorm (``norm_topk_prob``; always for Qwen3-VL-MoE) -> cast to the logits' dtype."""
 
-from .base import register
+from .registry import register
 from .rules import SoftmaxTopK
 
 

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .base import RouterAdapter, UnsupportedModelError, cast, margin
+from .rule import RouterAdapter, UnsupportedModelError, cast, margin
 
 
 class SoftmaxTopK(RouterAdapter):
@@ -244,8 +244,9 @@ class ProbedRule(RouterAdapter):
             tokens, per_group = choice.shape[0], self.num_experts // self.n_group
             grouped = choice.view(tokens, self.n_group, per_group)
             group_idx = torch.topk(SigmoidGrouped.group_scores(grouped), k=self.topk_group, dim=-1)[1]
-            keep = torch.zeros(tokens, self.n_group, dtype=torch.bool, device=choice.device).scatter_(1, group_idx, True)
-            choice = choice.masked_fill(~keep.unsqueeze(-1).expand(-1, -1, per_group).reshape(tokens, -1), float("-inf"))
+            keep = torch.zeros(tokens, self.n_group, dtype=torch.bool, device=choice.device)
+            keep = keep.scatter_(1, group_idx, True).unsqueeze(-1).expand(-1, -1, per_group).reshape(tokens, -1)
+            choice = choice.masked_fill(~keep, float("-inf"))
         return torch.topk(choice, self.top_k, dim=-1, sorted=self.sort)[1]
 
     def finish(self, gate_topk: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ probabilities times ``routed_scaling_factor``, not renormalised)."""
 import torch
 from torch import nn
 
-from .base import register
+from .registry import register
 from .rules import SigmoidGrouped, SoftmaxGrouped
 
 

@@ -78,7 +78,8 @@ def run(out_dir: str | Path = "runs", *, stage: Stage = None, report: Report = N
     loaded = pipeline.load_study(dev)
     tuning = pipeline.tune_steering(lm, processor, loaded.tasks, loaded.references, loaded.general, taus=TAUS,
                                     betas=BETAS, layer_sets=LAYER_SETS, max_new_tokens=8,
-                                    generation_kwargs=dict(spec.generation_kwargs) or None, progress=progress("lab tune"))
+                                    generation_kwargs=dict(spec.generation_kwargs) or None,
+                                    progress=progress("lab tune"))
     pipeline.save_tuning(tuning, out / "dev" / "tune.json")
     tell("tune", "lab", tuning)
     best = tuning.best
