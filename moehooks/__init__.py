@@ -6,7 +6,15 @@
     rec.counts(modality="image", phase="prefill")   # LongTensor [moe_layers, experts]
 """
 
-from .adapters import MoELayer, RouterAdapter, RoutingMap, UnsupportedModelError, adapt, supported_architectures
+from .adapters import (
+    MoELayer,
+    RouterAdapter,
+    RoutingMap,
+    UnsupportedModelError,
+    adapt,
+    supported_architectures,
+)
+from .align import align, apply_routers
 from .recording import Recorder, record
 from .steering import steer
 from .swap import Swap, SwapSweep, concept_vector, first_answer, swap, swap_sweep
@@ -22,6 +30,8 @@ __all__ = [
     "SwapSweep",
     "UnsupportedModelError",
     "adapt",
+    "align",
+    "apply_routers",
     "concept_vector",
     "first_answer",
     "record",
