@@ -90,15 +90,20 @@ class AlignResult:
     size: int = 0
 
 
+def check_options(*, objective: str, positions: str, steps: int, lr: float, anchor: float) -> None:
+    """Refuse a bad setting with one line naming it and the allowed values (needs no model: run it first)."""
+    if objective not in OBJECTIVES:
+        raise UsageError(f"objective {objective!r}: expected one of {', '.join(OBJECTIVES)}")
+    if positions not in POSITIONS:
+        raise UsageError(f"positions {positions!r}: expected one of {', '.join(POSITIONS)}")
+    if steps < 1 or lr <= 0 or anchor < 0:
+        raise UsageError(f"steps {steps}, lr {lr}, anchor {anchor}: expected steps >= 1, lr > 0, anchor >= 0")
+
+
 def check_settings(settings: AlignSettings, allowed_layers: Sequence[int]) -> None:
-    """Refuse a bad setting with one line naming it and the allowed values (before any heavy work)."""
-    if settings.objective not in OBJECTIVES:
-        raise UsageError(f"objective {settings.objective!r}: expected one of {', '.join(OBJECTIVES)}")
-    if settings.positions not in POSITIONS:
-        raise UsageError(f"positions {settings.positions!r}: expected one of {', '.join(POSITIONS)}")
-    if settings.steps < 1 or settings.lr <= 0 or settings.anchor < 0:
-        raise UsageError(f"steps {settings.steps}, lr {settings.lr}, anchor {settings.anchor}: "
-                         "expected steps >= 1, lr > 0, anchor >= 0")
+    """:func:`check_options`, and the layers among the model's MoE layers."""
+    check_options(objective=settings.objective, positions=settings.positions, steps=settings.steps, lr=settings.lr,
+                  anchor=settings.anchor)
     if not settings.layers or set(settings.layers) - set(allowed_layers):
         raise UsageError(f"layers {settings.layers}: expected a non-empty subset of the MoE layers {list(allowed_layers)}")
 
@@ -299,7 +304,7 @@ def align(model: nn.Module, pairs: Sequence[Pair], *, layers: Sequence[int] | No
     key = _key(settings, base.fingerprint, data_digest(pairs))
     history: list[dict[str, float]] = []
     start = _resume(checkpoint, key, params, optimizer, history)
-    device = next(iter(params.values())).device
+    device = next(see_through(model).parameters()).device  # the embeddings' (first) device under a device map
     model.train()
     started = time.perf_counter()
     try:

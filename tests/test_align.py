@@ -173,3 +173,50 @@ def test_lab_pairs_train_and_load_model_applies_the_delta(tmp_path) -> None:
     assert all(torch.equal(model.state_dict()[n], t) for n, t in again.state_dict().items())
     with pytest.raises(FingerprintMismatchError):
         apply_routers(again, path)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--objective", "labels"), "objective 'labels': expected one of routing, answers"),
+    (("--positions", "all"), "positions 'all': expected one of prompt, after_image"),
+    (("--steps", "0"), "--steps"),
+])
+def test_cli_align_refuses_bad_options_before_loading(monkeypatch, tmp_path, args, message) -> None:
+    from typer.testing import CliRunner
+
+    import cli
+    from moehooks import pipeline
+
+    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    result = CliRunner().invoke(cli.app, ["align", "--out", str(tmp_path), *args])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_cli_align_writes_a_delta_that_routers_applies(tmp_path) -> None:
+    """``align`` twice with the same settings: the second run resumes from the checkpoint and writes the same
+    delta; ``analyze --routers`` with it gives the JSD table of the model with the delta applied by hand."""
+    from typer.testing import CliRunner
+
+    import cli
+    from moehooks import artefacts
+
+    run = ["align", "--out", str(tmp_path), "--steps", "2", "--save-every", "1", "--limit", "8", "--layers", "1-2"]
+    assert CliRunner().invoke(cli.app, run).exit_code == 0
+    first = artefacts.load(tmp_path / "align" / "routers.safetensors")
+    assert CliRunner().invoke(cli.app, run).exit_code == 0
+    second = artefacts.load(tmp_path / "align" / "routers.safetensors")
+    assert first.params["layers"] == [1, 2] and set(first.tensors) == set(second.tensors)
+    assert all(torch.equal(t, second.tensors[n]) for n, t in first.tensors.items())
+    analyze = ["analyze", "--out", str(tmp_path), "--limit", "6", "--routers", str(tmp_path / "align" / "routers.safetensors")]
+    result = CliRunner().invoke(cli.app, analyze)
+    assert result.exit_code == 0, result.output
+    from moehooks import pipeline
+    from moehooks.evaluate import load_items
+    from moehooks.lab import DATA_DIR
+
+    model, processor, _ = pipeline.load_model("lab")
+    apply_routers(model, tmp_path / "align" / "routers.safetensors")
+    by_hand = pipeline.analyze(model, processor, load_items(DATA_DIR / "arith_image_test.jsonl")[:6]).divergence
+    rows = (tmp_path / "analyze" / "jsd.csv").read_text().splitlines()[1:]
+    assert [float(r.split(",")[1]) for r in rows] == pytest.approx(by_hand.mean.tolist(), abs=1e-12)
+    missing = CliRunner().invoke(cli.app, ["analyze", "--out", str(tmp_path), "--routers", str(tmp_path / "none")])
+    assert missing.exit_code == 2 and "not found" in missing.output
