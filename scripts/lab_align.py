@@ -156,8 +156,12 @@ def summarise(base: dict[str, list[bool]], control: dict[str, list[bool]], runs:
             "mcnemar noisy aligned vs baseline": mcnemar(base["noisy"], row["noisy"]),
             "mcnemar control aligned vs control": mcnemar(control["image"], row["control"]),
         }
+    per_item = {f"distracted {k}": v for k, v in base.items()} | {f"control {k}": v for k, v in control.items()}
+    per_item |= {f"seed {seed} {k}": v for seed, row in runs.items() for k, v in row.items() if k != "experts"}
     return {"items": {"test": len(base["image"]), "noisy": len(base["noisy"])}, "counts": counts,
-            "experts": experts, "per_seed": per_seed}
+            "experts": experts, "per_seed": per_seed,
+            "mcnemar soft vs baseline": mcnemar(base["image"], base["soft"]),
+            "mcnemar random vs baseline": mcnemar(base["image"], base["random"]), "per_item": per_item}
 
 
 def figure(jsd: dict[str, Any], summary: dict[str, Any], path: Path) -> None:
