@@ -281,7 +281,8 @@ def align(model: nn.Module, pairs: Sequence[Pair], *, layers: Sequence[int] | No
     ``layers``: decoder layers whose routers train (default: every MoE layer). ``checkpoint``: a file written
     every ``save_every`` steps and read at the start when its settings and data match (then training resumes
     from it). ``out_dir``: where ``loss.png`` / ``loss.csv`` go. ``accelerator``: an ``accelerate.Accelerator``
-    whose ``backward`` and ``prepare`` are used when given (multi-GPU data parallel). The model is left in
+    whose ``prepare`` and ``backward`` are used when given (data parallel: at each step, process ``r`` of ``n``
+    takes the batch at position ``step * n + r`` of the seeded order; process 0 writes the checkpoint). The model is left in
     eval mode with its trained routers.
     """
     routing = adapt(model)
@@ -307,9 +308,10 @@ def align(model: nn.Module, pairs: Sequence[Pair], *, layers: Sequence[int] | No
     device = next(see_through(model).parameters()).device  # the embeddings' (first) device under a device map
     model.train()
     started = time.perf_counter()
+    ranks, rank = (accelerator.num_processes, accelerator.process_index) if accelerator is not None else (1, 0)
     try:
         for step in range(start, steps):
-            pair = pairs[_order(step, len(pairs), seed)]
+            pair = pairs[_order(step * ranks + rank, len(pairs), seed)]
             pair = Pair(*({k: v.to(device) for k, v in b.items()} if b is not None else None
                           for b in (pair.image, pair.text, pair.answered)))
             loss, parts = step_loss(model, tap, pair, params, originals, settings, routing.image_token_id)
@@ -323,7 +325,7 @@ def align(model: nn.Module, pairs: Sequence[Pair], *, layers: Sequence[int] | No
             history.append({"step": step + 1, **parts, "seconds": time.perf_counter() - started})
             if progress:
                 progress(step + 1, steps, parts)
-            if checkpoint is not None and ((step + 1) % save_every == 0 or step + 1 == steps):
+            if checkpoint is not None and rank == 0 and ((step + 1) % save_every == 0 or step + 1 == steps):
                 _save_checkpoint(checkpoint, key, step + 1, params, optimizer, history)
     finally:
         model.eval()

@@ -220,3 +220,22 @@ def test_cli_align_writes_a_delta_that_routers_applies(tmp_path) -> None:
     assert [float(r.split(",")[1]) for r in rows] == pytest.approx(by_hand.mean.tolist(), abs=1e-12)
     missing = CliRunner().invoke(cli.app, ["analyze", "--out", str(tmp_path), "--routers", str(tmp_path / "none")])
     assert missing.exit_code == 2 and "not found" in missing.output
+
+
+def test_bf16_routers_train_and_round_trip(tmp_path) -> None:
+    model = build("qwen3_moe").to(torch.bfloat16)
+    result = align(model, _text_pairs(), steps=3, lr=0.01)
+    assert {d.dtype for d in result.delta.values()} == {torch.bfloat16} and any(d.any() for d in result.delta.values())
+    fresh = apply_routers(build("qwen3_moe").to(torch.bfloat16), save_routers(tmp_path / "r.safetensors", result))
+    assert all(torch.equal(model.state_dict()[n], t) for n, t in fresh.state_dict().items())
+
+
+def test_accelerator_gives_the_plain_run(tmp_path) -> None:
+    """Through ``accelerate.Accelerator`` (one CPU process: ``prepare`` and ``backward`` are its own) the run is the
+    plain one, bit for bit."""
+    from accelerate import Accelerator
+
+    plain = align(build("mixtral"), _text_pairs(), steps=3, lr=0.01)
+    accelerated = align(build("mixtral"), _text_pairs(), steps=3, lr=0.01, accelerator=Accelerator(cpu=True))
+    assert [h["loss"] for h in plain.history] == [h["loss"] for h in accelerated.history]
+    assert all(torch.equal(plain.delta[n], d) for n, d in accelerated.delta.items())
