@@ -28,7 +28,7 @@ from moehooks.align import (
 from moehooks.artefacts import FingerprintMismatchError
 from moehooks.runs import UsageError
 
-TEXT_FAMILIES = ("qwen3_moe", "mixtral", "deepseek_v3")
+TEXT_FAMILIES = ("qwen3_moe", "mixtral", "deepseek_v3", "llama4_text")
 
 
 def _tokens(seed: int, batch: int = 2, length: int = 6) -> dict[str, torch.Tensor]:
