@@ -14,11 +14,12 @@ import pkgutil
 from types import ModuleType
 
 from .adapters import MoELayer, RouterAdapter, RoutingMap, UnsupportedModelError, adapt, supported_architectures
+from .align import align, apply_routers
 from .recording import Recorder, record
 from .steering import steer
 from .swap import Swap, SwapSweep, concept_vector, first_answer, swap, swap_sweep
+from .util import __version__ as __version__
 
-__version__ = "0.1.0"
 
 __all__ = [
     "MoELayer",
@@ -29,6 +30,8 @@ __all__ = [
     "SwapSweep",
     "UnsupportedModelError",
     "adapt",
+    "align",
+    "apply_routers",
     "concept_vector",
     "first_answer",
     "record",

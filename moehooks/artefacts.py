@@ -40,11 +40,11 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-import moehooks
 from moehooks.adapters import adapt
 from moehooks.util import (
     MissingFileError,
     UsageError,
+    __version__,
     atomic_write,
     module_tensor,
     span,
@@ -203,7 +203,7 @@ class Artefact:
     params: dict[str, Any] = field(default_factory=dict)
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     expert_sets: dict[str, dict[int, list[int]]] = field(default_factory=dict)
-    version: str = field(default_factory=lambda: moehooks.__version__)
+    version: str = field(default_factory=lambda: __version__)
 
 
 def _check_expert_set(name: str, experts: Mapping[Any, Any]) -> dict[str, list[int]]:

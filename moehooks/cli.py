@@ -49,6 +49,7 @@ DO_SAMPLE = typer.Option(None, "--do-sample/--greedy", help="sampling or greedy 
 TEMPERATURE = typer.Option(None, help="sampling temperature")
 TOP_P = typer.Option(None, help="nucleus sampling mass")
 TOP_K = typer.Option(None, help="top-k sampling")
+ROUTERS = typer.Option(None, "--routers", help="router-weight delta to apply (written by `align`: OUT/align/routers.safetensors)")
 GENERATE = typer.Option([], "--generate", help="any other generate() argument, KEY=VALUE (repeatable)")
 
 
@@ -129,10 +130,18 @@ def _check_model(model: str, trust_remote_code: bool, revision: Optional[str], l
     return config
 
 
+def _check_routers(routers: Optional[Path]) -> None:
+    """A ``--routers`` file is a readable moehooks artefact (checked against the model once it is loaded)."""
+    if routers is not None:
+        from moehooks import artefacts
+
+        artefacts.load(routers)
+
+
 def _load(model: str, device_map: Optional[str], dtype: str, attn: Optional[str], trust_remote_code: bool = False,
-          revision: Optional[str] = None, preset: Optional[str] = None):
-    """Say what will run, then load the model; launched as several processes without ``--device-map``, each
-    on its own device."""
+          revision: Optional[str] = None, preset: Optional[str] = None, routers: Optional[Path] = None):
+    """Say what will run, then load the model (with the router delta ``routers`` applied); launched as several
+    processes without ``--device-map``, each on its own device."""
     from moehooks import distributed, models, pipeline
 
     state = distributed.launched_state()
@@ -143,7 +152,8 @@ def _load(model: str, device_map: Optional[str], dtype: str, attn: Optional[str]
                   highlight=False, markup=False)
     with console.status(f"loading {model}"):
         return pipeline.load_model(model, device_map=device_map, dtype=dtype, attn_implementation=attn,
-                                   trust_remote_code=trust_remote_code, revision=revision, preset=preset)
+                                   trust_remote_code=trust_remote_code, revision=revision, preset=preset,
+                                   routers=routers)
 
 
 def _data(tasks: Optional[Path], references: Optional[Path], general: Optional[Path], model: str, lab_tasks: str):
@@ -287,6 +297,7 @@ def steer(
     attn: Optional[str] = ATTN,
     trust_remote_code: bool = TRUST,
     revision: Optional[str] = REVISION,
+    routers: Optional[Path] = ROUTERS,
 ) -> None:
     """Identify domain experts from text references, then evaluate the tasks as text, and as images baseline /
     soft / hard / random.
@@ -337,8 +348,9 @@ def steer(
     pipeline.load_study(data, limit)
     _check_model(model, trust_remote_code, revision, options["layers"], dtype=load.get("dtype", "auto"), attn=attn)
     runs.check_output_dir(out / "steer")
+    _check_routers(routers)
     lm, processor, spec = _load(model, load.get("device_map"), load.get("dtype", "auto"), attn, trust_remote_code,
-                                revision, preset)
+                                revision, preset, routers)
     _steer(lm, processor, spec, data, out / "steer", options, title=model)
 
 
@@ -499,6 +511,63 @@ def _show_reading(accuracy: float, dataset: str, count: int, *, title: str) -> N
 
 @app.command()
 @command
+def align(
+    model: str = MODEL,
+    tasks: Optional[Path] = typer.Option(None, help="training pairs: image tasks with text_reference (default: the "
+                                                    "lab's arith_image.jsonl, neither its dev nor its test split)"),
+    layers: Optional[str] = typer.Option(None, help="decoder layers whose routers train, e.g. 0-5 (default: all MoE)"),
+    objective: str = typer.Option("routing", help="routing (image routing -> the text's) or answers (RouterLens)"),
+    positions: str = typer.Option("after_image", help="image-prompt positions aligned: after_image or prompt"),
+    steps: int = typer.Option(150, help="optimizer steps (one batch of pairs each)"),
+    lr: float = typer.Option(3e-3, help="Adam learning rate"),
+    anchor: float = typer.Option(30.0, help="weight of KL(original || new) of the text prompts' routing"),
+    batch_size: int = typer.Option(16, help="pairs per step"),
+    seed: int = typer.Option(0, help="seed of the batch order"),
+    save_every: int = typer.Option(25, help="checkpoint every N steps (a rerun of the same command resumes)"),
+    limit: Optional[int] = LIMIT,
+    out: Path = OUT,
+    device_map: Optional[str] = DEVICE_MAP,
+    dtype: str = DTYPE,
+    attn: Optional[str] = ATTN,
+    trust_remote_code: bool = TRUST,
+    revision: Optional[str] = REVISION,
+) -> None:
+    """Router-only fine-tune that routes image prompts as the model routes their text versions (moehooks.align);
+    writes OUT/align/routers.safetensors (apply it with --routers), loss.png + loss.csv and a checkpoint.
+
+    Defaults: the settings chosen on the lab's dev split (README). Example: python cli.py align --steps 150
+    """
+    from moehooks import evaluate
+    from moehooks.align import align as train_routers
+    from moehooks.align import check_options, encode_pairs, save_routers
+
+    _check_counts(steps=steps, batch_size=batch_size, save_every=save_every, limit=limit)
+    check_options(objective=objective, positions=positions, steps=steps, lr=lr, anchor=anchor)
+    parsed_layers = runs.parse_layers(layers, name="--layers")
+    _check_options(model, trust_remote_code, revision, dtype=dtype, attn=attn)
+    if tasks is None and model != "lab":
+        raise runs.UsageError("--tasks is required with a model other than the lab model")
+    from moehooks.lab import DATA_DIR
+
+    path = tasks or DATA_DIR / "arith_image.jsonl"
+    items = evaluate.load_items(path)[:limit]
+    _check_model(model, trust_remote_code, revision, parsed_layers, dtype=dtype, attn=attn)
+    runs.check_output_dir(out / "align")
+    lm, processor, _ = _load(model, device_map, dtype, attn, trust_remote_code, revision)
+    pairs = encode_pairs(processor, items, batch_size=batch_size, answers=objective == "answers")
+    with progress_bar("align") as update:
+        result = train_routers(lm, pairs, layers=parsed_layers, steps=steps, lr=lr, anchor=anchor,
+                               objective=objective, positions=positions, seed=seed,
+                               checkpoint=out / "align" / "align.ckpt", save_every=save_every, out_dir=out / "align",
+                               data=path.name, progress=lambda done, total, _parts: update(done, total))
+    saved = save_routers(out / "align" / "routers.safetensors", result)
+    first, last = result.history[0], result.history[-1]
+    console.print(f"{objective} loss {first['align']:.4f} -> {last['align']:.4f}, anchor {last['anchor']:.5f}; "
+                  f"wrote {saved}, {', '.join(map(str, result.files))}", highlight=False, markup=False)
+
+
+@app.command()
+@command
 def analyze(
     model: str = MODEL,
     tasks: Optional[Path] = typer.Option(None, help="image tasks with text_reference (default: lab data, or with a "
@@ -518,6 +587,7 @@ def analyze(
     attn: Optional[str] = ATTN,
     trust_remote_code: bool = TRUST,
     revision: Optional[str] = REVISION,
+    routers: Optional[Path] = ROUTERS,
 ) -> None:
     """Gini of expert importance and image-vs-text JSD per layer, visual experts; writes PNG + CSV.
 
@@ -554,7 +624,8 @@ def analyze(
     pipeline.text_versions(items)
     _check_model(model, trust_remote_code, revision, dtype=dtype, attn=attn)
     runs.check_output_dir(out / "analyze")
-    lm, processor, _ = _load(model, device_map, dtype, attn, trust_remote_code, revision)
+    _check_routers(routers)
+    lm, processor, _ = _load(model, device_map, dtype, attn, trust_remote_code, revision, routers=routers)
     _analyze(lm, processor, items, path.name, tau, out / "analyze", title=model)
 
 

@@ -25,8 +25,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from moehooks import runs
-from moehooks.runs import UsageError
+from moehooks.runs import check_input_file
+from moehooks.util import UsageError
 
 ITEM_SUFFIXES: tuple[str, ...] = (".jsonl", ".csv", ".parquet")
 """File types :func:`load_items` reads."""
@@ -251,7 +251,7 @@ def load_items(path: str | os.PathLike[str], *, strict: bool = False) -> list[It
     (Excel's CSV export) is ignored.
 
     Raises:
-        moehooks.runs.MissingFileError: ``path`` does not exist (the message names the absolute path).
+        moehooks.MissingFileError: ``path`` does not exist (the message names the absolute path).
         moehooks.util.UsageError: the suffix is not one of :data:`ITEM_SUFFIXES`, the file holds no valid item
             (empty, or every row malformed: the message shows the first problems), or ``strict`` and a row is
             malformed.
@@ -259,7 +259,7 @@ def load_items(path: str | os.PathLike[str], *, strict: bool = False) -> list[It
     path = Path(path)
     if path.suffix.lower() not in ITEM_SUFFIXES:
         raise UsageError(f"unsupported item file {str(path)!r}: suffix must be one of {', '.join(ITEM_SUFFIXES)}")
-    runs.check_input_file(path, "item file")
+    check_input_file(path, "item file")
     items: list[Item] = []
     seen: dict[str, str] = {}
     problems: list[str] = []

@@ -98,13 +98,19 @@ def lab_study(tasks: str = "test") -> StudyData:
 
 def load_model(name: str = "lab", *, device_map: str | dict[str, Any] | None = None, dtype: str = "auto",
                attn_implementation: str | None = None, preset: str | None = None,
-               trust_remote_code: bool = False, revision: str | None = None) -> tuple[nn.Module, Any, models.ModelSpec]:
+               trust_remote_code: bool = False, revision: str | None = None,
+               routers: str | Path | None = None) -> tuple[nn.Module, Any, models.ModelSpec]:
     """``(model, processor, spec)`` for an alias, local directory or hub id (see ``moehooks.models.load``), with
     the settings of alias ``preset`` when given; remote code runs only with ``trust_remote_code=True`` at a
-    pinned ``revision``."""
+    pinned ``revision``; ``routers``: a router-weight delta saved by ``moehooks.align.save_routers``, added to the
+    routers it was trained from (``moehooks.align.apply_routers``)."""
     spec = models.resolve(name, preset)
     model, processor = models.load(spec, device_map=device_map, dtype=dtype, attn_implementation=attn_implementation,
                                    trust_remote_code=trust_remote_code, revision=revision)
+    if routers is not None:
+        from moehooks.align import apply_routers
+
+        apply_routers(model, routers)
     return model, processor, spec
 
 

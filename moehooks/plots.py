@@ -335,3 +335,22 @@ def plot_gini_curves(curves: Mapping[str, Values], path: str | os.PathLike[str],
     ax.set_ylim(0, 1)
     ax.legend()
     return _write(fig, ("layer", *values), [(i, *(values[c][r] for c in values)) for r, i in enumerate(ids)], path)
+
+
+def plot_loss_curve(rows: Sequence[tuple[int, float, float, float]], path: str | os.PathLike[str], *,
+                    note: str | None = None) -> PlotFiles:
+    """Training losses per step of a router alignment (``moehooks.align``): total, objective and anchor.
+
+    Example::
+
+        plot_loss_curve([(1, 0.31, 0.30, 0.001), (2, 0.29, 0.28, 0.002)], "runs/align/loss.png")
+
+    CSV columns: ``step, loss, objective, anchor``.
+    """
+    fig, ax = _figure("Router alignment losses", "step", "loss", note=note)
+    steps = [r[0] for r in rows]
+    for k, (label, color) in enumerate((("total", "black"), ("objective", IMAGE_COLOR), ("anchor (KL)", TEXT_COLOR)), 1):
+        ax.plot(steps, [r[k] for r in rows], color=color, label=label)
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.legend()
+    return _write(fig, ("step", "loss", "objective", "anchor"), rows, path)

@@ -24,6 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
+__version__ = "0.1.0"
+"""The package version (``moehooks.__version__``), kept here so that modules can read it without importing the
+package."""
+
 
 class UsageError(ValueError):
     """A bad argument, input file, artefact or output folder, named with what is allowed.
