@@ -463,16 +463,19 @@ class McNemar:
     p: float
 
 
-def _paired(a: Sequence[float], b: Sequence[float]) -> Tensor:
-    """``b - a`` per item as float64, after checking the two are equally long, non-empty and 0/1."""
+def _paired(a: Sequence[float], b: Sequence[float], *, binary: bool = True) -> Tensor:
+    """``b - a`` per item as float64, after checking the two are equally long, non-empty and 0/1 (with
+    ``binary=False``: in [0, 1])."""
     if len(a) != len(b):
         raise ValueError(f"a has {len(a)} items and b {len(b)}; a paired comparison needs the same items in both")
     if not len(a):
         raise ValueError("a and b are empty; a paired comparison needs at least one item")
     x = torch.tensor([float(v) for v in a], dtype=torch.float64)
     y = torch.tensor([float(v) for v in b], dtype=torch.float64)
-    if not bool(((x == 0) | (x == 1)).all() & ((y == 0) | (y == 1)).all()):
+    if binary and not bool(((x == 0) | (x == 1)).all() & ((y == 0) | (y == 1)).all()):
         raise ValueError("a and b must hold per-item correctness, 0/1 or False/True")
+    if not bool(((x >= 0) & (x <= 1)).all() & ((y >= 0) & (y <= 1)).all()):
+        raise ValueError("a and b must hold per-item correctness in [0, 1] (a mean over trials)")
     return y - x
 
 
@@ -488,18 +491,18 @@ def paired_bootstrap(
         (0.3333, True)
 
     ``a`` and ``b`` are the per-item 0/1 correctness of two methods on the same items, in the same order
-    (typically ``a`` the baseline). Each of the ``n`` resamples draws as many items as there are, with
+    (typically ``a`` the baseline), or each item's mean correctness over trials. Each of the ``n`` resamples draws as many items as there are, with
     replacement, from ``torch.Generator().manual_seed(seed)``, keeping each item's two grades together; the
     interval is the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of the resampled differences.
 
     Raises:
-        ValueError: on inputs of different lengths, empty or not 0/1, ``n < 1`` or ``level`` outside (0, 1).
+        ValueError: on inputs of different lengths, empty or outside [0, 1], ``n < 1`` or ``level`` outside (0, 1).
     """
     if n < 1:
         raise ValueError(f"n (resamples) must be >= 1, got {n}")
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
-    diff = _paired(a, b)  # [items]
+    diff = _paired(a, b, binary=False)  # [items]
     items = diff.shape[0]
     gen = torch.Generator().manual_seed(seed)
     chunk = max(1, 2**22 // items)

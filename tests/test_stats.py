@@ -314,9 +314,14 @@ def test_paired_bootstrap_interval_matches_a_direct_resampling() -> None:
 
 
 @pytest.mark.parametrize(("a", "b", "kw", "match"), [
-    ([1, 0], [1], {}, "a has 2 items and b 1"), ([], [], {}, "empty"), ([2], [1], {}, "0/1"),
+    ([1, 0], [1], {}, "a has 2 items and b 1"), ([], [], {}, "empty"), ([2], [1], {}, "in \\[0, 1\\]"),
     ([1], [0], {"n": 0}, "n \\(resamples\\)"), ([1], [0], {"level": 1.0}, "level must be in"),
 ])
 def test_paired_bootstrap_rejects_bad_input(a: list[int], b: list[int], kw: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         stats.paired_bootstrap(a, b, **kw)
+
+
+def test_mcnemar_needs_binary_grades() -> None:
+    with pytest.raises(ValueError, match="0/1"):
+        stats.mcnemar_exact([0.5], [1])
