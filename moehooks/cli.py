@@ -179,7 +179,7 @@ def _check_counts(**values: Optional[int]) -> None:
 
 def _print_summary(title: str, rows) -> None:
     table = Table(title=title)
-    for col in ("method", "accuracy %", "std %", "delta pp"):
+    for col in ("method", "accuracy %", "std %", "delta pp", "95% CI pp", "McNemar p"):
         table.add_column(col, justify="right" if col != "method" else "left")
     for row in rows:
         table.add_row(*row)

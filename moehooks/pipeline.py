@@ -357,12 +357,20 @@ def run_plan(model: nn.Module, processor: Any, plan: EvalPlan, out_path: str | P
     return EvalResult(rows=rows, summary=summary, settings=keyed, results=out)
 
 
-def format_table(summary: dict[str, MethodSummary]) -> list[tuple[str, str, str, str]]:
-    """Rows ``(method, accuracy %, std %, delta pp)`` for printing."""
+def format_table(summary: dict[str, MethodSummary]) -> list[tuple[str, str, str, str, str, str]]:
+    """Rows ``(method, accuracy %, std %, delta pp, 95% interval pp, McNemar p)`` for printing (see
+    ``moehooks.results.MethodSummary``; the last two empty for the baseline).
+
+    Example:
+        >>> format_table({"soft": MethodSummary("soft", 0.6, 0.0, 10, 1, 0.1, (0.0, 0.2), 2, 1, 1.0)})
+        [('soft', '60.0', '0.0', '+10.0', '[+0.0, +20.0]', '1')]
+    """
     rows = []
     for method, s in summary.items():
         delta = "" if s.delta is None or method == "baseline" else f"{100 * s.delta:+.1f}"
-        rows.append((method, f"{100 * s.accuracy:.1f}", f"{100 * s.std:.1f}", delta))
+        interval = "" if s.interval is None else f"[{100 * s.interval[0]:+.1f}, {100 * s.interval[1]:+.1f}]"
+        p = "" if s.p is None else f"{s.p:.2g}"
+        rows.append((method, f"{100 * s.accuracy:.1f}", f"{100 * s.std:.1f}", delta, interval, p))
     return rows
 
 
