@@ -256,7 +256,9 @@ def steer_study(model: nn.Module, processor: Any, data: StudyData, out_dir: str 
              "general": runs.file_identity(data.general), **{k: v for k, v in eval_options.items() if k != "methods"}}
     plan = study.Study(tasks=loaded.tasks, references=loaded.references, general=loaded.general, tau=tau, beta=beta,
                        layers=layers, dataset=str(data.references or data.tasks), model_id=spec.source,
-                       name=data.tasks.name, about=about, evaluation=eval_options, random_seeds=random_seeds,
+                       about=about, evaluation=eval_options, random_seeds=random_seeds,
+                       sources=(data.references.name if data.references else f"{data.tasks.name} (text versions)",
+                                data.general.name),
                        settings={"items": items, "model": runs.model_identity(model, spec.alias or spec.source)})
     return study.run(model, processor, plan, out, progress=progress)
 

@@ -755,7 +755,8 @@ def run(plan: Plan, found: Survey | None = None, *, stage: Stage = None) -> Tabl
         generation = dict(b.generation)
         chosen = study.Study(
             tasks=items, references=references, general=general, tau=b.tau, beta=b.beta, layers=b.layers,
-            dataset=b.data, model_id=plan.checkpoint, name=b.name, identify_batch_size=plan.batch_size,
+            dataset=b.data, model_id=plan.checkpoint, identify_batch_size=plan.batch_size,
+            sources=(f"{b.name} text problems", Path(plan.general_file).name if plan.general_file else GENERAL),
             settings={"benchmark": b.name, "data": b.data, "references": b.references},
             about={"benchmark": b.name, "data": b.data, "references": b.references, "tau": b.tau, "beta": b.beta,
                    "layers": b.layers},

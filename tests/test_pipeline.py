@@ -12,6 +12,7 @@ import cli
 from moehooks import evaluate, generation, grading, pipeline
 from moehooks.lab.processor import build_processor
 from test_models import tiny_vl_moe
+from test_plots import figures, texts  # noqa: F401
 
 PROBLEMS = [("2+3=", "5"), ("4+4=", "8"), ("1+6=", "7"), ("9+0=", "9"), ("3+5=", "8")]
 
@@ -40,7 +41,7 @@ def _run(*args: str) -> str:
     return result.output
 
 
-def test_render_identify_steer_end_to_end(workspace):
+def test_render_identify_steer_end_to_end(workspace, figures):
     root, model = workspace["root"], str(workspace["model"])
     _run("render", str(root / "problems.jsonl"), "--size", "64x32", "--out", str(root / "rendered"))
     tasks = evaluate.load_items(root / "rendered" / "items.jsonl")
@@ -59,6 +60,10 @@ def test_render_identify_steer_end_to_end(workspace):
     assert set(summary) >= {"text", "baseline", "soft", "hard", "random", "experts"}
     for name in ("domain_delta.png", "domain_delta.csv", "experts.safetensors"):
         assert (steer_dir / name).stat().st_size > 0
+    # the Delta comes from the tasks' text versions against the general items, on this model: its title says so
+    general = len(evaluate.load_items(root / "general.jsonl"))
+    title = next(t for fig in figures for t in texts(fig) if t.startswith("Activation-frequency gap"))
+    assert title.endswith(f"\n{model}: items.jsonl (text versions), 5 items − general.jsonl, {general} items"), title
 
 
 def test_analyze_writes_plots_and_numbers(workspace):
