@@ -176,6 +176,24 @@ class Tuning:
     best: dict[str, Any]
 
 
+def default_layer_sets(moe_layers: Sequence[int], alias: tuple[int, int] | None = None) -> list[list[int] | None]:
+    """The layer sets ``tune`` tries unless told: every MoE layer (``None``), the early, middle and late thirds of
+    ``moe_layers``, and the alias's ``(first, last)`` span; without repeats, in that order.
+
+    Example:
+        >>> default_layer_sets(range(1, 8), (1, 4))
+        [None, [1, 2, 3], [4, 5], [6, 7], [1, 2, 3, 4]]
+    """
+    layers = sorted(set(moe_layers))
+    sizes = [len(layers) // 3 + (k < len(layers) % 3) for k in range(3)]  # the earlier thirds take the remainder
+    thirds = [layers[sum(sizes[:k]):sum(sizes[:k + 1])] for k in range(3)]
+    sets: list[list[int] | None] = [None]
+    for chosen in [*thirds, layer_span(alias) if alias else []]:
+        if chosen and chosen != layers and chosen not in sets:
+            sets.append(chosen)
+    return sets
+
+
 def tune_steering(model: nn.Module, processor: Any, items: Sequence[Item], references: Sequence[Item],
                   general: Sequence[Item], *, taus: Sequence[float], betas: Sequence[float],
                   layer_sets: Sequence[Sequence[int] | None], batch_size: int = 32, max_new_tokens: int = 8,
