@@ -30,6 +30,7 @@ from torch import Tensor
 
 from moehooks.stats import Divergence, ExpertSet
 from moehooks.util import atomic_write
+from moehooks.util import span as id_span
 
 Values = Tensor | Sequence[float]
 IMAGE_COLOR, TEXT_COLOR = "#d95f02", "#1b9e77"
@@ -148,14 +149,19 @@ def plot_delta(experts: ExpertSet, path: str | os.PathLike[str], *, label: str =
     ax.yaxis.set_major_formatter(lambda row, _: str(ids[int(row)]) if 0 <= int(row) < len(ids) else "")
     rows = {layer: row for row, layer in enumerate(ids)}
     points = sorted(marked)
+    searched = experts.considered
+    within = f" in layers {id_span(searched)}" if sorted(searched) != sorted(ids) else ""
     ax.scatter(
         [e for _, e in points],
         [rows[layer] for layer, _ in points],
         s=30,
         facecolors="none",
         edgecolors="black",
-        label=f"identified (Δ > {experts.tau:g}): {len(points)}",
+        label=f"identified{within} (Δ > {experts.tau:g}): {len(points)}",
     )
+    for k, layer in enumerate(layer for layer in ids if layer not in searched):
+        ax.axhspan(rows[layer] - 0.5, rows[layer] + 0.5, facecolor="none", edgecolor="0.35", hatch="//",
+                   linewidth=0, label="layers not searched" if k == 0 else None)
     fig.legend(loc="outside lower center")
     table = [
         (layer, e, delta[row, e].item(), int((layer, e) in marked))

@@ -195,13 +195,17 @@ class ExpertSet(dict[int, list[int]]):
         delta: float64 ``[layers, experts]``, f_domain - f_general for every MoE layer.
         layer_ids: decoder-layer index of each row of ``delta``.
         tau: the threshold used.
+        considered: the layers searched (:func:`identify`'s ``layers`` and ``min_tokens``); ``layer_ids`` when
+            not given. Experts are found only there, though ``delta`` covers every layer.
     """
 
-    def __init__(self, experts: dict[int, list[int]], delta: Tensor, layer_ids: Sequence[int], tau: float) -> None:
+    def __init__(self, experts: dict[int, list[int]], delta: Tensor, layer_ids: Sequence[int], tau: float,
+                 considered: Sequence[int] | None = None) -> None:
         super().__init__(experts)
         self.delta = delta
         self.layer_ids = list(layer_ids)
         self.tau = tau
+        self.considered = list(layer_ids if considered is None else considered)
 
 
 def identify(
@@ -275,7 +279,8 @@ def identify(
     experts = {
         ids[i]: torch.nonzero(delta[i] > tau).flatten().tolist() for i in range(n_layers) if keep[i]
     }
-    return ExpertSet({k: v for k, v in experts.items() if v}, delta, ids, tau)
+    return ExpertSet({k: v for k, v in experts.items() if v}, delta, ids, tau,
+                     considered=[ids[i] for i in range(n_layers) if keep[i]])
 
 
 class SelectionOptions(TypedDict, total=False):
