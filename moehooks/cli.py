@@ -179,7 +179,7 @@ def _check_counts(**values: Optional[int]) -> None:
 
 def _print_summary(title: str, rows) -> None:
     table = Table(title=title)
-    for col in ("method", "accuracy %", "std %", "delta pp"):
+    for col in ("method", "accuracy %", "std %", "delta pp", "95% CI pp", "McNemar p"):
         table.add_column(col, justify="right" if col != "method" else "left")
     for row in rows:
         table.add_row(*row)
@@ -398,7 +398,9 @@ def tune(
     general: Optional[Path] = typer.Option(None, help="general-domain text items"),
     taus: str = typer.Option("0.05,0.1,0.2", help="comma-separated expert thresholds in [0, 1)"),
     betas: str = typer.Option("0.5,1,2", help="comma-separated soft-steering strengths >= 0"),
-    layer_sets: str = typer.Option("all", help="';'-separated layer sets, e.g. 'all;1-4'"),
+    layer_sets: Optional[str] = typer.Option(
+        None, help="';'-separated layer sets, e.g. 'all;1-4' (default: all, the early, middle and late thirds of "
+                   "the MoE layers, and the alias's layers)"),
     limit: Optional[int] = LIMIT,
     max_new_tokens: int = typer.Option(8, help="tokens generated per answer"),
     out: Path = OUT,
@@ -413,6 +415,7 @@ def tune(
     Example: python cli.py tune --layer-sets 'all;1-4'    # the lab dev split
     """
     from moehooks import pipeline
+    from moehooks.adapters import adapt
 
     grid = _tune_grid(taus, betas, layer_sets)
     _check_counts(limit=limit, max_new_tokens=max_new_tokens)
@@ -422,11 +425,14 @@ def tune(
     _check_model(model, trust_remote_code, revision, dtype=dtype, attn=attn)
     runs.check_output_dir(out / "tune")
     lm, processor, spec = _load(model, device_map, dtype, attn, trust_remote_code, revision)
+    if grid["layer_sets"] is None:
+        grid["layer_sets"] = pipeline.default_layer_sets(adapt(lm).layer_ids, spec.layers)
     _tune(lm, processor, spec, loaded, data.tasks.name, grid, max_new_tokens, out / "tune", title=model)
 
 
-def _tune_grid(taus: str, betas: str, layer_sets: str) -> dict[str, list]:
-    """The grid of ``tune``, parsed and checked with its flag names."""
+def _tune_grid(taus: str, betas: str, layer_sets: str | None) -> dict[str, list | None]:
+    """The grid of ``tune``, parsed and checked with its flag names (``layer_sets`` ``None`` without
+    ``layer_sets``: the model's defaults, ``moehooks.pipeline.default_layer_sets``)."""
     try:
         values = {"taus": [float(v) for v in taus.split(",")], "betas": [float(v) for v in betas.split(",")]}
     except ValueError:
@@ -435,8 +441,8 @@ def _tune_grid(taus: str, betas: str, layer_sets: str) -> dict[str, list]:
         runs.check_tau("--taus", tau)
     for beta in values["betas"]:
         runs.check_number("--betas", beta, minimum=0.0)
-    values["layer_sets"] = [None if v.strip() == "all" else runs.parse_layers(v, name="--layer-sets")
-                            for v in layer_sets.split(";")]
+    values["layer_sets"] = None if layer_sets is None else [
+        None if v.strip() == "all" else runs.parse_layers(v, name="--layer-sets") for v in layer_sets.split(";")]
     return values
 
 

@@ -176,6 +176,24 @@ class Tuning:
     best: dict[str, Any]
 
 
+def default_layer_sets(moe_layers: Sequence[int], alias: tuple[int, int] | None = None) -> list[list[int] | None]:
+    """The layer sets ``tune`` tries unless told: every MoE layer (``None``), the early, middle and late thirds of
+    ``moe_layers``, and the alias's ``(first, last)`` span; without repeats, in that order.
+
+    Example:
+        >>> default_layer_sets(range(1, 8), (1, 4))
+        [None, [1, 2, 3], [4, 5], [6, 7], [1, 2, 3, 4]]
+    """
+    layers = sorted(set(moe_layers))
+    sizes = [len(layers) // 3 + (k < len(layers) % 3) for k in range(3)]  # the earlier thirds take the remainder
+    thirds = [layers[sum(sizes[:k]):sum(sizes[:k + 1])] for k in range(3)]
+    sets: list[list[int] | None] = [None]
+    for chosen in [*thirds, layer_span(alias) if alias else []]:
+        if chosen and chosen != layers and chosen not in sets:
+            sets.append(chosen)
+    return sets
+
+
 def tune_steering(model: nn.Module, processor: Any, items: Sequence[Item], references: Sequence[Item],
                   general: Sequence[Item], *, taus: Sequence[float], betas: Sequence[float],
                   layer_sets: Sequence[Sequence[int] | None], batch_size: int = 32, max_new_tokens: int = 8,
@@ -256,7 +274,9 @@ def steer_study(model: nn.Module, processor: Any, data: StudyData, out_dir: str 
              "general": runs.file_identity(data.general), **{k: v for k, v in eval_options.items() if k != "methods"}}
     plan = study.Study(tasks=loaded.tasks, references=loaded.references, general=loaded.general, tau=tau, beta=beta,
                        layers=layers, dataset=str(data.references or data.tasks), model_id=spec.source,
-                       name=data.tasks.name, about=about, evaluation=eval_options, random_seeds=random_seeds,
+                       about=about, evaluation=eval_options, random_seeds=random_seeds,
+                       sources=(data.references.name if data.references else f"{data.tasks.name} (text versions)",
+                                data.general.name),
                        settings={"items": items, "model": runs.model_identity(model, spec.alias or spec.source)})
     return study.run(model, processor, plan, out, progress=progress)
 
@@ -357,12 +377,20 @@ def run_plan(model: nn.Module, processor: Any, plan: EvalPlan, out_path: str | P
     return EvalResult(rows=rows, summary=summary, settings=keyed, results=out)
 
 
-def format_table(summary: dict[str, MethodSummary]) -> list[tuple[str, str, str, str]]:
-    """Rows ``(method, accuracy %, std %, delta pp)`` for printing."""
+def format_table(summary: dict[str, MethodSummary]) -> list[tuple[str, str, str, str, str, str]]:
+    """Rows ``(method, accuracy %, std %, delta pp, 95% interval pp, McNemar p)`` for printing (see
+    ``moehooks.results.MethodSummary``; the last two empty for the baseline).
+
+    Example:
+        >>> format_table({"soft": MethodSummary("soft", 0.6, 0.0, 10, 1, 0.1, (0.0, 0.2), 2, 1, 1.0)})
+        [('soft', '60.0', '0.0', '+10.0', '[+0.0, +20.0]', '1')]
+    """
     rows = []
     for method, s in summary.items():
         delta = "" if s.delta is None or method == "baseline" else f"{100 * s.delta:+.1f}"
-        rows.append((method, f"{100 * s.accuracy:.1f}", f"{100 * s.std:.1f}", delta))
+        interval = "" if s.interval is None else f"[{100 * s.interval[0]:+.1f}, {100 * s.interval[1]:+.1f}]"
+        p = "" if s.p is None else f"{s.p:.2g}"
+        rows.append((method, f"{100 * s.accuracy:.1f}", f"{100 * s.std:.1f}", delta, interval, p))
     return rows
 
 

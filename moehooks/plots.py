@@ -30,6 +30,7 @@ from torch import Tensor
 
 from moehooks.stats import Divergence, ExpertSet
 from moehooks.util import atomic_write
+from moehooks.util import span as id_span
 
 Values = Tensor | Sequence[float]
 IMAGE_COLOR, TEXT_COLOR = "#d95f02", "#1b9e77"
@@ -148,14 +149,19 @@ def plot_delta(experts: ExpertSet, path: str | os.PathLike[str], *, label: str =
     ax.yaxis.set_major_formatter(lambda row, _: str(ids[int(row)]) if 0 <= int(row) < len(ids) else "")
     rows = {layer: row for row, layer in enumerate(ids)}
     points = sorted(marked)
+    searched = experts.considered
+    within = f" in layers {id_span(searched)}" if sorted(searched) != sorted(ids) else ""
     ax.scatter(
         [e for _, e in points],
         [rows[layer] for layer, _ in points],
         s=30,
         facecolors="none",
         edgecolors="black",
-        label=f"identified (Δ > {experts.tau:g}): {len(points)}",
+        label=f"identified{within} (Δ > {experts.tau:g}): {len(points)}",
     )
+    for k, layer in enumerate(layer for layer in ids if layer not in searched):
+        ax.axhspan(rows[layer] - 0.5, rows[layer] + 0.5, facecolor="none", edgecolor="0.35", hatch="//",
+                   linewidth=0, label="layers not searched" if k == 0 else None)
     fig.legend(loc="outside lower center")
     table = [
         (layer, e, delta[row, e].item(), int((layer, e) in marked))
@@ -242,15 +248,22 @@ def plot_accuracy_table(
     path: str | os.PathLike[str],
     *,
     benchmarks: Sequence[str] | None = None,
+    intervals: Mapping[str, Mapping[str, tuple[float, float] | None]] | None = None,
+    p_values: Mapping[str, Mapping[str, float | None]] | None = None,
+    baseline: str = "baseline",
 ) -> PlotFiles:
-    """Accuracy per method per benchmark (grouped bars, the paper's Table 1 as a figure), error bars = ``std``.
+    """Accuracy per method per benchmark (grouped bars, the paper's Table 1 as a figure), error bars = ``std``;
+    with ``intervals``, a second panel of each method's difference to ``baseline`` with its 95% interval.
 
     Example::
 
-        plot_accuracy_table({"baseline": {"math500": 0.5}, "soft": {"math500": 0.6}}, None, "runs/table1.png")
+        plot_accuracy_table({"baseline": {"math500": 0.5}, "soft": {"math500": 0.6}}, None, "runs/table1.png",
+                            intervals={"soft": {"math500": (0.02, 0.18)}}, p_values={"soft": {"math500": 0.03}})
 
-    ``accuracy[method][benchmark]`` in [0, 1]; an "average" group is added. CSV columns:
-    ``method, benchmark, accuracy, std``.
+    ``accuracy[method][benchmark]`` in [0, 1]; an "average" group is added. ``intervals[method][benchmark]`` is
+    the (low, high) of the paired difference to the baseline (``moehooks.stats.paired_bootstrap``), ``p_values``
+    its McNemar p-value (written above the bar). CSV columns: ``method, benchmark, accuracy, std, delta, ci_low,
+    ci_high, p`` (the last four empty where not given).
     """
     methods = list(accuracy)
     if not methods:
@@ -278,8 +291,31 @@ def plot_accuracy_table(
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.set_ylim(0, 1.08)
     ax.legend(ncols=len(methods), loc="upper center", fontsize=8)
-    rows = [(m, g, values[m][i], spread[m][i]) for m in methods for i, g in enumerate(groups)]
-    return _write(fig, ("method", "benchmark", "accuracy", "std"), rows, path)
+    ci = {m: [(intervals or {}).get(m, {}).get(b) for b in names] + [None] for m in methods}
+    ps = {m: [(p_values or {}).get(m, {}).get(b) for b in names] + [None] for m in methods}
+    deltas = {m: [v - b for v, b in zip(values[m], values[baseline])] for m in methods
+              if baseline in values and m != baseline}
+    if intervals and deltas:
+        grid = fig.add_gridspec(2, 1, height_ratios=(2, 1))
+        ax.set_subplotspec(grid[0])
+        fig.set_figheight(6.0)
+        lower = fig.add_subplot(grid[1], sharex=ax)
+        lower.axhline(0.0, color="black", linewidth=0.8)
+        for k, method in enumerate(deltas):
+            xs = [g + (k - (len(deltas) - 1) / 2) * (0.8 / len(deltas)) for g in range(len(names))]
+            mids, bounds = deltas[method][:len(names)], ci[method][:len(names)]
+            errs = [[d - c[0] if c else 0.0 for d, c in zip(mids, bounds)],
+                    [c[1] - d if c else 0.0 for d, c in zip(mids, bounds)]]
+            bars = lower.bar(xs, mids, 0.8 / len(deltas), yerr=errs, capsize=3,
+                             color=colours[methods.index(method) % len(colours)], label=method)
+            lower.bar_label(bars, labels=["" if p is None else f"p={p:.2g}" for p in ps[method][:len(names)]],
+                            fontsize=6, padding=8)
+        lower.set_ylabel(f"difference to {baseline}\n(95% paired bootstrap CI)")
+        lower.yaxis.set_major_formatter(PercentFormatter(1.0))
+    rows = [(m, g, values[m][i], spread[m][i], deltas[m][i] if m in deltas else "",
+             *(ci[m][i] or ("", "")), "" if ps[m][i] is None else ps[m][i])
+            for m in methods for i, g in enumerate(groups)]
+    return _write(fig, ("method", "benchmark", "accuracy", "std", "delta", "ci_low", "ci_high", "p"), rows, path)
 
 
 CURVE_COLORS = ("#1f77b4", IMAGE_COLOR, "#7570b3", TEXT_COLOR, "#e7298a")

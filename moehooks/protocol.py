@@ -624,7 +624,11 @@ def with_descriptions(items: Sequence[Item], descriptions: Mapping[str, str]) ->
 
 @dataclass
 class Table1:
-    """Accuracy per method and benchmark (the paper's Table 1), with deltas against the baseline."""
+    """Accuracy per method and benchmark (the paper's Table 1), with deltas against the baseline and, per
+    benchmark, the paired statistics of each delta (``moehooks.results.MethodSummary``: the 95% paired bootstrap
+    interval over items and the exact McNemar test, ``gained`` / ``lost`` the discordant items and ``p``).
+
+    The average's delta has no interval: its items differ between benchmarks."""
 
     methods: list[str]
     benchmarks: list[str]
@@ -632,6 +636,10 @@ class Table1:
     std: dict[str, dict[str, float]]
     trials: int
     files: list[Path] = field(default_factory=list)
+    interval: dict[str, dict[str, tuple[float, float] | None]] = field(default_factory=dict)
+    gained: dict[str, dict[str, int | None]] = field(default_factory=dict)
+    lost: dict[str, dict[str, int | None]] = field(default_factory=dict)
+    p: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
     def average(self, method: str) -> float:
         """Mean accuracy of ``method`` over the benchmarks."""
@@ -647,7 +655,8 @@ class Table1:
         return self.accuracy[method][benchmark] - self.accuracy["baseline"][benchmark]
 
     def rows(self) -> list[list[str]]:
-        """Printable rows: method, then ``acc (+delta)`` per benchmark and the average, ``± std`` when trials > 1."""
+        """Printable rows: method, then ``acc (+delta)`` per benchmark and the average, ``± std`` when trials > 1,
+        ``(+delta [low, high], p=...)`` where the delta has its paired statistics."""
         out = []
         for method in self.methods:
             row = [method]
@@ -657,16 +666,26 @@ class Table1:
                 if bench and self.trials > 1:
                     cell += f" ± {100 * self.std[method][bench]:.1f}"
                 delta = self.delta(method, bench)
-                if method != "baseline" and delta is not None:
+                interval = self.interval.get(method, {}).get(bench) if bench else None
+                if method != "baseline" and delta is not None and interval is not None:
+                    cell += (f" ({100 * delta:+.1f} [{100 * interval[0]:+.1f}, {100 * interval[1]:+.1f}],"
+                             f" p={self.p[method][bench]:.2g})")
+                elif method != "baseline" and delta is not None:
                     cell += f" ({100 * delta:+.1f})"
                 row.append(cell)
             out.append(row)
         return out
 
     def to_json(self) -> dict[str, Any]:
-        """Per method: accuracy, std, delta per benchmark, and the average with its delta."""
+        """Per method: accuracy, std, delta per benchmark with the delta's ``interval`` ([low, high]) and McNemar
+        ``gained``, ``lost``, ``p`` (``null`` for the baseline), and the average with its delta."""
+        def paired(m: str, b: str) -> dict[str, Any]:
+            interval = self.interval.get(m, {}).get(b)
+            return {"interval": list(interval) if interval else None, "gained": self.gained.get(m, {}).get(b),
+                    "lost": self.lost.get(m, {}).get(b), "p": self.p.get(m, {}).get(b)}
+
         return {m: {"benchmarks": {b: {"accuracy": self.accuracy[m][b], "std": self.std[m][b],
-                                       "delta": self.delta(m, b)} for b in self.benchmarks},
+                                       "delta": self.delta(m, b)} | paired(m, b) for b in self.benchmarks},
                     "average": self.average(m), "average_delta": self.delta(m)} | {"trials": self.trials}
                 for m in self.methods}
 
@@ -681,15 +700,19 @@ def table1(summaries: Mapping[str, Mapping[str, MethodSummary]], methods: Sequen
         ['soft', '60.0 (+10.0)', '60.0 (+10.0)']
     """
     names = list(summaries)
-    return Table1(methods=list(methods), benchmarks=names,
-                  accuracy={m: {b: summaries[b][m].accuracy for b in names} for m in methods},
-                  std={m: {b: summaries[b][m].std for b in names} for m in methods},
-                  trials=max(s.trials for per in summaries.values() for s in per.values()))
+
+    def each(name: str) -> dict[str, dict[str, Any]]:
+        return {m: {b: getattr(summaries[b][m], name) for b in names} for m in methods}
+
+    return Table1(methods=list(methods), benchmarks=names, accuracy=each("accuracy"), std=each("std"),
+                  trials=max(s.trials for per in summaries.values() for s in per.values()),
+                  interval=each("interval"), gained=each("gained"), lost=each("lost"), p=each("p"))
 
 
 def write_table1(table: Table1, out_dir: str | Path) -> list[Path]:
     """``table1.csv`` (the printed cells), ``table1.json`` (numbers) and ``accuracy.png`` (accuracy per method
-    per benchmark, with the trials' spread as error bars; its numbers in ``accuracy.csv``), written atomically."""
+    per benchmark, with the trials' spread as error bars, and each delta with its 95% interval as error bars; its
+    numbers in ``accuracy.csv``), written atomically."""
     out = Path(out_dir)
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
@@ -698,7 +721,8 @@ def write_table1(table: Table1, out_dir: str | Path) -> list[Path]:
     files = [atomic_write(out / "table1.csv", text.getvalue().encode()),
              atomic_write(out / "table1.json", (json.dumps(table.to_json(), indent=2) + "\n").encode()),
              *plots.plot_accuracy_table(table.accuracy, table.std if table.trials > 1 else None,
-                                        out / "accuracy.png", benchmarks=table.benchmarks)]
+                                        out / "accuracy.png", benchmarks=table.benchmarks,
+                                        intervals=table.interval, p_values=table.p)]
     return files
 
 
@@ -731,7 +755,8 @@ def run(plan: Plan, found: Survey | None = None, *, stage: Stage = None) -> Tabl
         generation = dict(b.generation)
         chosen = study.Study(
             tasks=items, references=references, general=general, tau=b.tau, beta=b.beta, layers=b.layers,
-            dataset=b.data, model_id=plan.checkpoint, name=b.name, identify_batch_size=plan.batch_size,
+            dataset=b.data, model_id=plan.checkpoint, identify_batch_size=plan.batch_size,
+            sources=(f"{b.name} text problems", Path(plan.general_file).name if plan.general_file else GENERAL),
             settings={"benchmark": b.name, "data": b.data, "references": b.references},
             about={"benchmark": b.name, "data": b.data, "references": b.references, "tau": b.tau, "beta": b.beta,
                    "layers": b.layers},

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from moehooks import runs
+from moehooks import runs, stats
 from moehooks.items import Item
 from moehooks.util import atomic_write
 
@@ -166,6 +166,13 @@ class MethodSummary:
         n_items: number of distinct items graded.
         trials: number of trials.
         delta: ``accuracy`` minus the baseline method's accuracy, or ``None`` without a baseline.
+        interval: 95% paired bootstrap interval of the difference to the baseline on the items both graded
+            (``moehooks.stats.paired_bootstrap``, 10,000 resamples, seed 0; with trials, each item's mean
+            correctness over the trials both graded it, so items are resampled with their trials); ``None`` for the
+            baseline itself, without a baseline or without shared items.
+        gained, lost, p: the exact McNemar test against the baseline (``moehooks.stats.mcnemar_exact``): items
+            the baseline got wrong and this method right, the reverse, and the two-sided p-value; with trials, of
+            the trial with the largest p (the most conservative). ``None`` where ``interval`` is.
     """
 
     method: str
@@ -174,12 +181,35 @@ class MethodSummary:
     n_items: int
     trials: int
     delta: float | None
+    interval: tuple[float, float] | None = None
+    gained: int | None = None
+    lost: int | None = None
+    p: float | None = None
+
+
+def _paired_with(graded: Mapping[tuple[int, str], bool], base: Mapping[tuple[int, str], bool]) -> dict[str, Any]:
+    """The :class:`MethodSummary` fields comparing ``graded`` to ``base`` (both ``{(trial, id): correct}``) on the
+    (trial, id) pairs both hold: the bootstrap interval over items and the most conservative trial's McNemar."""
+    shared = sorted(graded.keys() & base.keys())
+    if not shared:
+        return {}
+    per_item: dict[str, list[tuple[bool, bool]]] = {}
+    per_trial: dict[int, list[tuple[bool, bool]]] = {}
+    for key in shared:
+        per_item.setdefault(key[1], []).append((base[key], graded[key]))
+        per_trial.setdefault(key[0], []).append((base[key], graded[key]))
+    means = [[sum(pair[k] for pair in pairs) / len(pairs) for pairs in per_item.values()] for k in (0, 1)]
+    boot = stats.paired_bootstrap(means[0], means[1])
+    tests = [stats.mcnemar_exact([a for a, _ in pairs], [b for _, b in pairs]) for pairs in per_trial.values()]
+    test = max(tests, key=lambda t: t.p)
+    return {"interval": (boot.low, boot.high), "gained": test.gained, "lost": test.lost, "p": test.p}
 
 
 def summarize(
     results: str | os.PathLike[str] | Iterable[Mapping[str, Any]], *, baseline: str = "baseline"
 ) -> dict[str, MethodSummary]:
-    """Per-method accuracy, spread over trials, item count and difference to the baseline method.
+    """Per-method accuracy, spread over trials, item count and difference to the baseline method, with the
+    difference's paired bootstrap interval and exact McNemar test (see :class:`MethodSummary`).
 
     Example:
         >>> rows = [{"id": "a", "method": "baseline", "trial": 0, "correct": True},
@@ -211,6 +241,9 @@ def summarize(
         method: [sum(v) / len(v) for _, v in sorted(trials.items())] for method, trials in per_trial.items()
     }
     means = {method: sum(accs) / len(accs) for method, accs in accuracies.items()}
+    graded: dict[str, dict[tuple[int, str], bool]] = {}
+    for (method, trial, item_id), correct in latest.items():
+        graded.setdefault(method, {})[(trial, item_id)] = correct
     summaries = {}
     for method, accs in accuracies.items():
         mean = means[method]
@@ -222,5 +255,6 @@ def summarize(
             n_items=len(items[method]),
             trials=len(accs),
             delta=mean - means[baseline] if baseline in means else None,
+            **(_paired_with(graded[method], graded[baseline]) if baseline in graded and method != baseline else {}),
         )
     return summaries

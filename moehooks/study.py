@@ -236,7 +236,8 @@ class Study:
         layers: decoder layers the experts are identified and steered in (``None``: every MoE layer).
         dataset: what the references are, recorded with the saved experts.
         model_id: the model as recorded with the saved experts.
-        name: the tasks' name in the figure's note (e.g. the item file's name).
+        sources: names of the references and of the general items, for the Delta figure's title
+            (:func:`delta_note`).
         settings: what keys the result rows besides the evaluation options (:func:`steer_eval`'s ``settings``).
         about: the study's settings as ``summary.json`` records them (under ``settings`` / ``study``).
         notes: further top-level fields of ``summary.json``.
@@ -254,13 +255,25 @@ class Study:
     layers: Sequence[int] | None = None
     dataset: str = ""
     model_id: str = "model"
-    name: str | None = None
     settings: Mapping[str, Any] = field(default_factory=dict)
     about: Mapping[str, Any] = field(default_factory=dict)
     notes: Mapping[str, Any] = field(default_factory=dict)
     evaluation: Mapping[str, Any] = field(default_factory=dict)
     random_seeds: Sequence[int] = ()
     identify_batch_size: int = 32
+    sources: tuple[str, str] = ("references", "general")
+
+
+def delta_note(study: Study) -> str:
+    """The Delta figure's data line: the model and the two item sets the Delta was computed from.
+
+    Example:
+        >>> delta_note(Study(tasks=[], references=[None] * 3, general=[None], tau=0.1, beta=0.5, model_id="m",
+        ...                  sources=("arith_text.jsonl", "general_text.jsonl")))
+        'm: arith_text.jsonl, 3 items − general_text.jsonl, 1 item'
+    """
+    references, general = study.sources
+    return f"{study.model_id}: {note(references, len(study.references))} − {note(general, len(study.general))}"
 
 
 def run(model: nn.Module, processor: Any, study: Study, out_dir: str | Path, *,
@@ -290,7 +303,7 @@ def run(model: nn.Module, processor: Any, study: Study, out_dir: str | Path, *,
                                            max_new_tokens=options.get("max_new_tokens", 16),
                                            generation_kwargs=options.get("generation_kwargs"))
     if main:
-        result.files.append(plots.plot_delta(experts, out / "domain_delta.png", note=note(study.name, len(study.tasks)),
+        result.files.append(plots.plot_delta(experts, out / "domain_delta.png", note=delta_note(study),
                                              label="domain − general").png)
         write_json(out / "summary.json", {m: vars(s) for m, s in result.summary.items()}
                    | {"experts": result.experts, "random_draws": result.random_draws,

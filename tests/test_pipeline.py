@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import cli
 from moehooks import evaluate, generation, grading, pipeline
 from moehooks.lab.processor import build_processor
 from test_models import tiny_vl_moe
+from test_plots import figures, texts  # noqa: F401
 
 PROBLEMS = [("2+3=", "5"), ("4+4=", "8"), ("1+6=", "7"), ("9+0=", "9"), ("3+5=", "8")]
 
@@ -40,7 +44,7 @@ def _run(*args: str) -> str:
     return result.output
 
 
-def test_render_identify_steer_end_to_end(workspace):
+def test_render_identify_steer_end_to_end(workspace, figures):
     root, model = workspace["root"], str(workspace["model"])
     _run("render", str(root / "problems.jsonl"), "--size", "64x32", "--out", str(root / "rendered"))
     tasks = evaluate.load_items(root / "rendered" / "items.jsonl")
@@ -59,6 +63,10 @@ def test_render_identify_steer_end_to_end(workspace):
     assert set(summary) >= {"text", "baseline", "soft", "hard", "random", "experts"}
     for name in ("domain_delta.png", "domain_delta.csv", "experts.safetensors"):
         assert (steer_dir / name).stat().st_size > 0
+    # the Delta comes from the tasks' text versions against the general items, on this model: its title says so
+    general = len(evaluate.load_items(root / "general.jsonl"))
+    title = next(t for fig in figures for t in texts(fig) if t.startswith("Activation-frequency gap"))
+    assert title.endswith(f"\n{model}: items.jsonl (text versions), 5 items − general.jsonl, {general} items"), title
 
 
 def test_analyze_writes_plots_and_numbers(workspace):
@@ -148,6 +156,34 @@ def test_tune_picks_the_most_accurate_setting_on_dev(workspace, monkeypatch):
     assert [r["accuracy"] for r in result.rows] == pytest.approx([0.4, 0.6, 0.6])
     assert result.best["beta"] == 1.0 and result.best["layers"] is None
     assert result.best["experts"] == dict(pipeline.identify_experts(model, processor, refs, general, tau=0.0))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sets(st.integers(0, 60), min_size=1, max_size=40), st.none() | st.tuples(st.integers(0, 60), st.integers(0, 60)))
+def test_default_layer_sets_are_all_the_thirds_and_the_alias(layers: set[int], alias) -> None:
+    ordered = sorted(layers)
+    thirds = [list(map(int, part)) for part in np.array_split(ordered, 3)]  # oracle: numpy's near-equal split
+    expected = [None]
+    for chosen in [*thirds, list(range(alias[0], alias[1] + 1)) if alias else []]:
+        if chosen and chosen != ordered and chosen not in expected:
+            expected.append(chosen)
+    assert pipeline.default_layer_sets(layers, alias) == expected
+
+
+def test_tune_tries_the_default_layer_sets_of_the_model(workspace, monkeypatch):
+    from moehooks import cli as commands
+
+    grids = []
+    monkeypatch.setattr(commands, "_tune", lambda lm, processor, spec, loaded, dataset, grid, *a, **k: grids.append(grid))
+    lab = pipeline.lab_study("dev")
+    data = ("--tasks", str(lab.tasks), "--general", str(lab.general), "--limit", "2")
+    _run("tune", "--model", str(workspace["model"]), *data, "--out", str(workspace["root"] / "tuned"))
+    config = json.loads((workspace["model"] / "config.json").read_text())["text_config"]
+    assert config["decoder_sparse_step"] == 1 and not config.get("mlp_only_layers")  # every layer is MoE
+    assert config["num_hidden_layers"] == 2 and grids[0]["layer_sets"] == [None, [0], [1]]
+    _run("tune", "--model", str(workspace["model"]), *data, "--layer-sets", "all;1", "--out",
+         str(workspace["root"] / "tuned"))
+    assert grids[1]["layer_sets"] == [None, [1]]
 
 
 def test_unknown_method_is_refused(workspace):

@@ -110,6 +110,21 @@ def texts(fig) -> list[str]:
     return [t.get_text() for t in fig.findobj(lambda a: hasattr(a, "get_text") and a.get_visible()) if t.get_text()]
 
 
+def test_plot_delta_legend_counts_the_marks_and_names_the_layers_searched(tmp_path: Path, figures: list) -> None:
+    f_general = torch.full((3, 4), 0.2, dtype=torch.float64)
+    f_domain = f_general.clone()
+    f_domain[0, 1] = f_domain[1, 2] = f_domain[2, 3] = 0.6  # above tau in every layer, searched only in 2 and 4
+    found = stats.identify(f_domain, f_general, 0.2, layers=[2, 4], layer_ids=[2, 4, 6])
+    plots.plot_delta(found, tmp_path / "delta.png")
+    drawn = texts(figures[0])
+    assert "identified in layers 2, 4 (Δ > 0.2): 2" in drawn and "layers not searched" in drawn
+    circles = [c for c in figures[0].axes[0].collections if len(c.get_offsets())]
+    assert sorted(map(tuple, circles[0].get_offsets().tolist())) == [(1.0, 0.0), (2.0, 1.0)]  # (expert, row)
+    plots.plot_delta(stats.identify(f_domain, f_general, 0.2, layer_ids=[2, 4, 6]), tmp_path / "all.png")
+    drawn = texts(figures[1])
+    assert "identified (Δ > 0.2): 3" in drawn and "layers not searched" not in drawn
+
+
 def test_titles_name_the_data_and_labels_fit(tmp_path: Path, figures: list) -> None:
     found = stats.identify(torch.tensor([[0.5, 0.1]]), torch.tensor([[0.1, 0.1]]), tau=0.2)
     note = "arith_image.jsonl, 90 items"

@@ -201,6 +201,57 @@ def test_table1_deltas_average_and_spread() -> None:
                             ["soft", "70.0 ± 5.0 (+20.0)", "20.0 ± 0.0 (-10.0)", "45.0 (+5.0)"]]
 
 
+def _graded_rows(method: str, pattern: str, trial: int = 0) -> list[dict]:
+    return [{"id": f"q{i}", "method": method, "trial": trial, "correct": c == "1"} for i, c in enumerate(pattern)]
+
+
+def test_table1_paired_statistics_match_scipy_and_a_hand_count(tmp_path: Path) -> None:
+    import numpy as np
+    from scipy.stats import binomtest
+
+    # math500: soft gains q2-q7 (6) and loses q0 (1) against the baseline; hard gains q2 (1), loses q0, q1 (2)
+    base, soft, hard = "1100000000111", "0111111100111", "0010000000111"
+    # gsm8k-v, two trials: soft gains q0-q4 in both and loses q6, q7 in trial 1 only; hard equals the baseline
+    bench2 = [*_graded_rows("baseline", "00000011"), *_graded_rows("baseline", "00000011", 1),
+              *_graded_rows("soft", "11111011"), *_graded_rows("soft", "11111000", 1),
+              *_graded_rows("hard", "00000011"), *_graded_rows("hard", "00000011", 1)]
+    summaries = {"math500": evaluate.summarize([*_graded_rows("baseline", base), *_graded_rows("soft", soft),
+                                                *_graded_rows("hard", hard)]),
+                 "gsm8k-v": evaluate.summarize(bench2)}
+    table = protocol.table1(summaries, ["baseline", "soft", "hard"])
+    protocol.write_table1(table, tmp_path)
+    numbers = json.loads((tmp_path / "table1.json").read_text())
+    for method, gained, lost in (("soft", 6, 1), ("hard", 1, 2)):
+        entry = numbers[method]["benchmarks"]["math500"]
+        assert (entry["gained"], entry["lost"]) == (gained, lost)
+        assert entry["p"] == pytest.approx(binomtest(gained, gained + lost, 0.5).pvalue, rel=1e-9)
+        assert entry["delta"] == pytest.approx((gained - lost) / 13)
+        low, high = entry["interval"]
+        assert low <= entry["delta"] <= high
+        # an independent resampling (numpy, another generator) agrees on the interval up to Monte Carlo noise: one
+        # step of the grid (1/13) the resampled mean lives on
+        a = np.array([int(c) for c in base])
+        b = np.array([int(c) for c in {"soft": soft, "hard": hard}[method]])
+        boot = (b - a)[np.random.default_rng(1).integers(0, 13, (20000, 13))].mean(1)
+        assert (low, high) == pytest.approx(tuple(np.quantile(boot, [0.025, 0.975])), abs=1 / 13 + 1e-9)
+    # trials: the most conservative trial's McNemar (trial 0: 5 gained, 0 lost; trial 1: 5 gained, 2 lost)
+    two = numbers["soft"]["benchmarks"]["gsm8k-v"]
+    assert (two["gained"], two["lost"]) == (5, 2) and two["p"] == pytest.approx(binomtest(2, 7, 0.5).pvalue)
+    assert two["delta"] == pytest.approx(0.5) and two["interval"][0] <= 0.5 <= two["interval"][1]
+    assert numbers["hard"]["benchmarks"]["gsm8k-v"]["interval"] == [0.0, 0.0]
+    assert numbers["baseline"]["benchmarks"]["math500"]["p"] is None
+    cells = (tmp_path / "table1.csv").read_text().splitlines()
+    p_soft = binomtest(1, 7, 0.5).pvalue
+    soft_low, soft_high = numbers["soft"]["benchmarks"]["math500"]["interval"]
+    assert f"(+38.5 [{100 * soft_low:+.1f}, {100 * soft_high:+.1f}], p={p_soft:.2g})" in cells[2]
+    plotted = (tmp_path / "accuracy.csv").read_text().splitlines()
+    assert plotted[0] == "method,benchmark,accuracy,std,delta,ci_low,ci_high,p"
+    soft_row = next(line.split(",") for line in plotted if line.startswith("soft,math500,"))
+    assert [float(v) for v in soft_row[5:]] == pytest.approx([soft_low, soft_high, p_soft])
+    with Image.open(tmp_path / "accuracy.png") as picture:
+        assert picture.height > 600  # the second panel: differences with their intervals
+
+
 def test_analyze_dry_run_names_the_paper_analysis(offline_cache: Path, nothing_loads: None) -> None:
     code, output = _invoke("analyze", "--model", "qwen3-vl", "--dry-run")
     assert code == 0, output

@@ -251,3 +251,77 @@ def test_divergence_skips_empty_samples_and_refuses_empty_selection() -> None:
         stats.divergence(image, text, confidence=1.5)
     with pytest.raises(ValueError, match="samples, layers, experts"):
         stats.divergence(image, text[:2])
+
+
+# --- paired comparison: bootstrap interval and exact McNemar -------------------------------------------------
+
+_graded = st.lists(st.tuples(st.integers(0, 1), st.integers(0, 1)), min_size=1, max_size=60)
+
+
+def test_mcnemar_hand_count_and_scipy_binomtest() -> None:
+    from scipy.stats import binomtest
+
+    a = [1, 1, 0, 0, 0, 1, 0, 1, 0, 0]  # hand count: gained at 2, 3, 4, 6, 8, 9 (6); lost at 5 (1); agree at 0, 1, 7
+    b = [1, 1, 1, 1, 1, 0, 1, 1, 1, 1]
+    m = stats.mcnemar_exact(a, b)
+    assert (m.gained, m.lost) == (6, 1)
+    assert m.p == pytest.approx(binomtest(1, 7, 0.5).pvalue, rel=1e-12) and m.p == pytest.approx(16 / 128)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_graded)
+def test_mcnemar_matches_scipy_and_is_symmetric(pairs: list[tuple[int, int]]) -> None:
+    from scipy.stats import binomtest
+
+    a, b = [x for x, _ in pairs], [y for _, y in pairs]
+    m, swapped = stats.mcnemar_exact(a, b), stats.mcnemar_exact(b, a)
+    assert (swapped.gained, swapped.lost) == (m.lost, m.gained) and swapped.p == m.p
+    assert m.gained == sum(x == 0 and y == 1 for x, y in pairs) and m.lost == sum(x == 1 and y == 0 for x, y in pairs)
+    expected = binomtest(m.gained, m.gained + m.lost, 0.5).pvalue if m.gained + m.lost else 1.0
+    assert m.p == pytest.approx(expected, rel=1e-9)
+
+
+@settings(max_examples=30, deadline=None)
+@given(_graded, st.integers(0, 2**31))
+def test_paired_bootstrap_contains_observed_difference_and_is_seeded(pairs: list[tuple[int, int]], seed: int) -> None:
+    a, b = [x for x, _ in pairs], [y for _, y in pairs]
+    d = stats.paired_bootstrap(a, b, n=2000, seed=seed)
+    assert d.difference == pytest.approx((sum(b) - sum(a)) / len(pairs))
+    assert d.low <= d.difference <= d.high and -1 <= d.low and d.high <= 1
+    assert stats.paired_bootstrap(a, b, n=2000, seed=seed) == d
+    flipped = stats.paired_bootstrap(b, a, n=2000, seed=seed)
+    assert flipped.difference == pytest.approx(-d.difference)
+
+
+@given(st.lists(st.integers(0, 1), min_size=1, max_size=40))
+@settings(max_examples=30, deadline=None)
+def test_identical_methods_differ_by_zero_with_p_one(a: list[int]) -> None:
+    d, m = stats.paired_bootstrap(a, a, n=200), stats.mcnemar_exact(a, a)
+    assert (d.difference, d.low, d.high) == (0.0, 0.0, 0.0) and (m.gained, m.lost, m.p) == (0, 0, 1.0)
+
+
+def test_paired_bootstrap_interval_matches_a_direct_resampling() -> None:
+    a = [1, 0] * 30 + [0] * 40  # 100 items: 30 right for a, 80 for b
+    b = [1, 1] * 30 + [0, 1] * 20
+    d = stats.paired_bootstrap(a, b, n=4000, seed=3, level=0.9)
+    # oracle: numpy resampling of the item pairs (another generator), so only the interval's width agrees roughly
+    rng = np.random.default_rng(7)
+    diff = np.array(b) - np.array(a)
+    boot = diff[rng.integers(0, 100, (4000, 100))].mean(1)
+    low, high = np.quantile(boot, [0.05, 0.95])
+    assert d.difference == pytest.approx(0.5) and d.level == 0.9
+    assert d.low == pytest.approx(low, abs=0.02) and d.high == pytest.approx(high, abs=0.02)
+
+
+@pytest.mark.parametrize(("a", "b", "kw", "match"), [
+    ([1, 0], [1], {}, "a has 2 items and b 1"), ([], [], {}, "empty"), ([2], [1], {}, "in \\[0, 1\\]"),
+    ([1], [0], {"n": 0}, "n \\(resamples\\)"), ([1], [0], {"level": 1.0}, "level must be in"),
+])
+def test_paired_bootstrap_rejects_bad_input(a: list[int], b: list[int], kw: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        stats.paired_bootstrap(a, b, **kw)
+
+
+def test_mcnemar_needs_binary_grades() -> None:
+    with pytest.raises(ValueError, match="0/1"):
+        stats.mcnemar_exact([0.5], [1])
