@@ -306,11 +306,15 @@ def plot_accuracy_table(
             mids, bounds = deltas[method][:len(names)], ci[method][:len(names)]
             errs = [[d - c[0] if c else 0.0 for d, c in zip(mids, bounds)],
                     [c[1] - d if c else 0.0 for d, c in zip(mids, bounds)]]
-            bars = lower.bar(xs, mids, 0.8 / len(deltas), yerr=errs, capsize=3,
-                             color=colours[methods.index(method) % len(colours)], label=method)
-            lower.bar_label(bars, labels=["" if p is None else f"p={p:.2g}" for p in ps[method][:len(names)]],
-                            fontsize=6, padding=8)
+            lower.bar(xs, mids, 0.8 / len(deltas), yerr=errs, capsize=3,
+                      color=colours[methods.index(method) % len(colours)], label=method)
+            for x, d, c, p in zip(xs, mids, bounds, ps[method][:len(names)]):
+                if p is not None:  # above the interval's upper end, clear of the bar and the axis labels
+                    lower.annotate(f"p={p:.2g}", (x, c[1] if c else d), xytext=(0, 3), textcoords="offset points",
+                                   ha="center", va="bottom", fontsize=6)
         lower.set_ylabel(f"difference to {baseline}\n(95% paired bootstrap CI)")
+        low, high = lower.get_ylim()
+        lower.set_ylim(low, high + 0.15 * (high - low))
         lower.yaxis.set_major_formatter(PercentFormatter(1.0))
     rows = [(m, g, values[m][i], spread[m][i], deltas[m][i] if m in deltas else "",
              *(ci[m][i] or ("", "")), "" if ps[m][i] is None else ps[m][i])
