@@ -125,8 +125,9 @@ def recomputing() -> bool:
     """A router call running inside autograd's backward pass: activation (gradient) checkpointing recomputing a
     layer whose forward call was already seen, reentrant or not. Steering edits it again (the recomputed forward
     must be the one that ran); recording and calibration do not count it twice. Read on the host (the graph task
-    of the running backward, as torch's own module trackers read it), never from a tensor."""
-    return torch._C._current_graph_task_id() != -1
+    of the running backward, as torch's own module trackers read it), never from a tensor; ``False`` while dynamo
+    traces (the graph task id cannot be traced)."""
+    return not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1
 
 
 def cells(image: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:

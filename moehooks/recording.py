@@ -109,7 +109,7 @@ class Recorder(HookContext):
         tracker, pending, now = self.tracker, self._pending[i], not entry.stable
 
         def record_hook(logits: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> None:
-            if not torch.compiler.is_compiling() and recomputing():
+            if recomputing():
                 return  # gradient checkpointing recomputes a call already recorded
             batch = tracker.batch
             if batch is None:

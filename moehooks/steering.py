@@ -253,7 +253,7 @@ class SigmaCalibration(HookContext):
         branch = entry.branch
 
         def sigma_hook(logits: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> None:
-            if not torch.compiler.is_compiling() and recomputing():
+            if recomputing():
                 return  # gradient checkpointing recomputes a call already measured
             batch = tracker.batch
             if batch is None:
