@@ -28,8 +28,9 @@ from torch import nn
 
 from .adapters import RoutingMap, adapt
 from .batch import Tracker
+from .compiled import compiled_entries, drop_compiled_since, guard_hooks, holds_compiled_code
 from .util import check_choice  # noqa: F401  re-exported: steering, recording and swap import it from here
-from .wrappers import compiled_entries, drop_compiled_since, guard_hooks, holds_compiled_code, see_through
+from .wrappers import see_through
 
 PHASES = ("prefill", "decode")
 MODALITIES = ("text", "image")
@@ -55,7 +56,7 @@ def check_finite(name: str, value: object) -> float:
 
 def watch_compiled_code(model: nn.Module) -> dict[tuple[CodeType, Any], Any] | None:
     """Called when a context on ``model`` has attached its hooks: make dynamo guard on module hooks
-    (``moehooks.wrappers.guard_hooks``), so that code compiled for ``model`` before fails its guards and recompiles
+    (``moehooks.compiled.guard_hooks``), so that code compiled for ``model`` before fails its guards and recompiles
     with the hooks while other models' compiled code stays; return the compiled entries present (``None`` while
     dynamo is not loaded), those compiled from here on hold the context's hooks (``drop_compiled_since``).
 

@@ -80,4 +80,4 @@ def test_the_former_compiled_code_drop_still_works_and_says_it_is_deprecated():
     compiled(torch.ones(1, 3, dtype=torch.long))
     with pytest.warns(DeprecationWarning, match="drop_stale_compiled_code"):
         moehooks.hooks.drop_stale_compiled_code(model)
-    assert not moehooks.wrappers.holds_compiled_code()
+    assert not moehooks.compiled.holds_compiled_code()
