@@ -29,7 +29,6 @@ computes it, so a saved delta reproduces the trained model bit for bit.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -48,6 +47,7 @@ from moehooks.stats import jsd
 from moehooks.adapters import adapt
 from moehooks.adapters.maps import MoELayer
 from moehooks.adapters.probe import read_logits
+from moehooks.runs import settings_key
 from moehooks.util import UsageError, atomic_write
 from moehooks.wrappers import see_through
 
@@ -306,7 +306,7 @@ def align(model: nn.Module, pairs: Sequence[Pair], *, layers: Sequence[int] | No
     if accelerator is not None:
         model, optimizer = accelerator.prepare(model, optimizer)
     tap = Tap([e for e in routing if e.layer in set(settings.layers)])
-    key = _key(settings, base.fingerprint, data_digest(pairs))
+    key = settings_key({"settings": asdict(settings), "base": base.fingerprint, "data": data_digest(pairs)})
     history: list[dict[str, float]] = []
     start = _resume(checkpoint, key, params, optimizer, history)
     device = next(see_through(model).parameters()).device  # the embeddings' (first) device under a device map
@@ -348,10 +348,6 @@ def align(model: nn.Module, pairs: Sequence[Pair], *, layers: Sequence[int] | No
         result.files = list(plot_loss_curve(rows, Path(out_dir) / "loss.png",
                                                   note=f"{objective}, lr {lr:g}, anchor {anchor:g}, seed {seed}"))
     return result
-
-
-def _key(settings: AlignSettings, fingerprint: str, digest: str) -> str:
-    return hashlib.sha256(json.dumps([asdict(settings), fingerprint, digest]).encode()).hexdigest()
 
 
 def _resume(path: str | os.PathLike[str] | None, key: str, params: Mapping[str, nn.Parameter],
