@@ -1,10 +1,16 @@
 """Per-token routing trace streamed to disk in chunks (opt-in; the recorder's tables stay O(layers x experts)).
 
-    with moehooks.record(model, trace="runs/trace") as rec:
-        model.generate(**inputs, max_new_tokens=256)
-    trace = moehooks.trace.read_trace("runs/trace")
-    trace["layer3.indices"]      # LongTensor [tokens, k]: the experts each real token of layer 3 chose
-    trace["layer3.phase"]        # [tokens] 0 prefill / 1 decode; also .weights [tokens, k], .image [tokens]
+Example (``inputs``: two prompts, 58 real tokens, answered in two tokens each):
+    >>> import moehooks
+    >>> with moehooks.record(model, trace="runs/trace") as rec:
+    ...     out = model.generate(**inputs, max_new_tokens=4)
+    >>> trace = moehooks.trace.read_trace("runs/trace")
+    >>> trace["layer3.indices"].shape    # LongTensor [tokens, k]: the experts each real token of layer 3 chose
+    torch.Size([62, 2])
+    >>> trace["layer3.phase"].bincount()  # 0 prefill / 1 decode; also .weights [tokens, k], .image [tokens]
+    tensor([58,  4])
+    >>> int(trace["layer3.image"].sum())  # 8 image tokens per prompt
+    16
 
 Router outputs are kept on their device until ``chunk_rows`` rows have accumulated, then moved to the CPU in
 one copy, padding rows dropped, and written as one ``shard_NNNNN.safetensors`` file (atomically). Memory is
