@@ -1,5 +1,7 @@
-"""The per-forward batch description every hook reads: which router rows are real prompt tokens, which are
-generated, which are padding, recomputed or copies, and which prompt each row belongs to.
+"""The per-forward batch description every hook reads: what each router row is, and whose prompt it belongs to.
+
+Which router rows are real prompt tokens, which are generated, which are padding, recomputed or copies, and which
+prompt each row belongs to.
 
 Example (``inputs``: two left-padded prompts, 58 real tokens; beam search runs each prompt twice):
     >>> import moehooks

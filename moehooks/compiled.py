@@ -1,5 +1,6 @@
-"""Compiled code under hooks: which code dynamo compiled, guards on module hooks, and dropping what a closed context
-left behind, so that opening or closing a context recompiles only the model it hooks.
+"""Compiled code under hooks: opening or closing a context recompiles only the model it hooks.
+
+Which code dynamo compiled, guards on module hooks, and dropping what a closed context left behind.
 
     before = compiled_entries()        # dynamo's entries of code outside moehooks, when hooks are attached
     guard_hooks()                      # dynamo guards on module hooks from now on

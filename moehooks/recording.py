@@ -1,5 +1,7 @@
-"""Record which experts every token really chose: the experts modules' own inputs where the MoE block has one,
-else the routers' outputs.
+"""Record which experts every token really chose, in tables that never synchronise with the device.
+
+The choices are read from the experts modules' own inputs where the MoE block has one, else from the routers'
+outputs.
 
 Example:
     >>> import moehooks

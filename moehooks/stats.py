@@ -1,5 +1,7 @@
-"""Routing statistics: expert importance and its Gini coefficient, activation frequency,
-domain/visual expert identification, and Jensen-Shannon divergence between paired samples.
+"""Routing statistics: what a recording says about expert use, and which experts a domain or modality prefers.
+
+Expert importance and its Gini coefficient, activation frequency, domain/visual expert identification, and
+Jensen-Shannon divergence between paired samples.
 
 Example:
     >>> import moehooks

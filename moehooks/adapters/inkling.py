@@ -1,5 +1,4 @@
-"""Inkling's router (``InklingTopkRouter``): the routed experts' weights normalise together with the shared
-experts' logits.
+"""Inkling's router (``InklingTopkRouter``): routed weights normalise together with the shared experts' logits.
 
 Example (a tiny random-weight Inkling: 8 routed and 2 shared experts):
     >>> import moehooks, torch
