@@ -344,10 +344,11 @@ def align(
     """
     from moehooks import evaluate
     from moehooks.align import align as train_routers
-    from moehooks.align import check_options, encode_pairs, save_routers
+    from moehooks.align import check_options as check_align_options
+    from moehooks.align import encode_pairs, save_routers
 
     check_counts(steps=steps, batch_size=batch_size, save_every=save_every, limit=limit)
-    check_options(objective=objective, positions=positions, steps=steps, lr=lr, anchor=anchor)
+    check_align_options(objective=objective, positions=positions, steps=steps, lr=lr, anchor=anchor)
     parsed_layers = runs.parse_layers(layers, name="--layers")
     check_options(model, trust_remote_code, revision, dtype=dtype, attn=attn)
     if tasks is None and model != "lab":
