@@ -17,7 +17,7 @@ from test_models import tiny_vl_moe
 from typer.testing import CliRunner
 
 import cli
-from moehooks import benchmarks, evaluate, hub, models, protocol, runs
+from moehooks import benchmarks, evaluate, hub, models, protocol, references, runs
 from moehooks.lab.processor import build_processor
 
 
@@ -286,7 +286,7 @@ def test_analyze_sections_3_2_and_3_3_end_to_end(tmp_path: Path) -> None:
 
 
 def test_mathvision_figures_described_by_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(protocol, "DESCRIPTION_TOKENS", 3)
+    monkeypatch.setattr(references, "DESCRIPTION_TOKENS", 3)
     lm, processor = models.load(str(_tiny_checkpoint(tmp_path / "ckpt")))
     items = benchmarks.load_benchmark("mathvision", build_data_root(tmp_path / "data") / "MathVision",
                                       image_dir=tmp_path / "img")
