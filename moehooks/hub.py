@@ -6,7 +6,7 @@
     hub.missing_dataset("mathverse", data_dir=None)             # the same for a benchmark's data
 
 Nothing here downloads: directories and the Hugging Face cache are looked at, and while the hub answers it is
-asked whether what is not cached can be had (``moehooks.protocol.missing`` gathers a plan's missing pieces).
+asked whether what is not cached can be had (``moehooks.preflight.missing`` gathers a plan's missing pieces).
 """
 
 from __future__ import annotations
