@@ -17,7 +17,7 @@ from test_models import tiny_vl_moe
 from typer.testing import CliRunner
 
 import cli
-from moehooks import benchmarks, evaluate, hub, models, protocol, references, runs
+from moehooks import benchmarks, evaluate, hub, models, protocol, readers, references, runs
 from moehooks.lab.processor import build_processor
 
 
@@ -33,7 +33,7 @@ def nothing_loads(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(models, "load", refuse)
     monkeypatch.setattr(benchmarks, "load_benchmark", refuse)
-    monkeypatch.setattr(benchmarks, "_load_rows", refuse)
+    monkeypatch.setattr(readers, "_load_rows", refuse)
 
 
 def test_alias_settings_per_benchmark_and_overrides() -> None:
