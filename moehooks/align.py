@@ -57,7 +57,7 @@ from moehooks.artefacts import save as save_artefact
 from moehooks.stats import jsd
 from moehooks.adapters import adapt
 from moehooks.adapters.maps import MoELayer
-from moehooks.adapters.probe import read_logits
+from moehooks.adapters.blocks import read_logits
 from moehooks.runs import settings_key
 from moehooks.util import UsageError, atomic_write
 from moehooks.wrappers import see_through

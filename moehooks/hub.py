@@ -12,7 +12,7 @@ Example (the doctests run offline, ``HF_HUB_OFFLINE=1``):
     and pass --data-dir DIR
 
 Nothing here downloads: directories and the Hugging Face cache are looked at, and while the hub answers it is
-asked whether what is not cached can be had (``moehooks.protocol.missing`` gathers a plan's missing pieces).
+asked whether what is not cached can be had (``moehooks.preflight.missing`` gathers a plan's missing pieces).
 """
 
 from __future__ import annotations

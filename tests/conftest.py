@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
-from moehooks import render  # noqa: E402
+from moehooks import installed, render  # noqa: E402
 
 torch.set_num_threads(1)
 # CI replays the same examples every run (derandomize); local runs keep exploring new ones.
@@ -27,20 +27,23 @@ def pytest_configure(config):
                                        "(emptied before and after the test); skip where what it needs is absent")
 
 
-PROBES = (render.has_latex, render.has_usetex, render.find_handwriting_font, render._warn_synthetic_handwriting)
-"""render's cached probes of the machine (and its once-per-process warning)."""
+PROBES = (installed.has_latex, installed.has_usetex, installed.find_handwriting_font,
+          installed._warn_synthetic_handwriting)
+"""The cached probes of the machine (and the once-per-process warning) that rendering asks."""
 
 
 @pytest.fixture(autouse=True)
 def same_machine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
     """No test's outcome depends on what is installed or on what another test probed: the probes' caches are
-    emptied around every test, and outside ``installed_tools`` tests the probes answer "absent"."""
+    emptied around every test, and outside ``installed_tools`` tests the probes answer "absent" (in
+    ``moehooks.installed``, where rendering asks them, and in ``moehooks.render``, which re-exports them)."""
     for probe in PROBES:
         probe.cache_clear()
     if request.node.get_closest_marker("installed_tools") is None:
-        monkeypatch.setattr(render, "has_latex", lambda: False)
-        monkeypatch.setattr(render, "has_usetex", lambda: False)
-        monkeypatch.setattr(render, "find_handwriting_font", lambda: None)
+        for module in (installed, render):
+            monkeypatch.setattr(module, "has_latex", lambda: False)
+            monkeypatch.setattr(module, "has_usetex", lambda: False)
+            monkeypatch.setattr(module, "find_handwriting_font", lambda: None)
     yield
     for probe in PROBES:
         probe.cache_clear()

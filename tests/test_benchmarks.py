@@ -23,6 +23,7 @@ from published_data import (
 )
 
 from moehooks import benchmarks as bm
+from moehooks import inspection
 from moehooks.evaluate import grade
 
 
@@ -437,8 +438,8 @@ def test_inspect_reports_rows_items_and_images(published_root: Path) -> None:
 def test_inspect_decodes_a_stated_sample_of_many_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = build_gsm8k_v(tmp_path / "GSM8K-V")
     decoded: list[str] = []
-    monkeypatch.setattr(bm, "_decode", decoded.append)
-    monkeypatch.setattr(bm, "IMAGES_DECODED", 3)
+    monkeypatch.setattr(inspection, "_decode", decoded.append)
+    monkeypatch.setattr(inspection, "IMAGES_DECODED", 3)
     report = bm.inspect_benchmark("gsm8k-v", root)
     paths = [p for item in bm.load_benchmark("gsm8k-v", root) for p in item.images]
     assert decoded == [paths[0], paths[len(paths) // 3], paths[2 * len(paths) // 3]] and report.decoded == 3

@@ -171,7 +171,7 @@ def test_default_layer_sets_are_all_the_thirds_and_the_alias(layers: set[int], a
 
 
 def test_tune_tries_the_default_layer_sets_of_the_model(workspace, monkeypatch):
-    from moehooks import cli as commands
+    from moehooks.cli import evaluation as commands
 
     grids = []
     monkeypatch.setattr(commands, "_tune", lambda lm, processor, spec, loaded, dataset, grid, *a, **k: grids.append(grid))

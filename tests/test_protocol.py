@@ -17,7 +17,7 @@ from test_models import tiny_vl_moe
 from typer.testing import CliRunner
 
 import cli
-from moehooks import benchmarks, evaluate, hub, models, protocol, runs
+from moehooks import benchmarks, evaluate, hub, models, protocol, readers, references, runs
 from moehooks.lab.processor import build_processor
 
 
@@ -33,7 +33,7 @@ def nothing_loads(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(models, "load", refuse)
     monkeypatch.setattr(benchmarks, "load_benchmark", refuse)
-    monkeypatch.setattr(benchmarks, "_load_rows", refuse)
+    monkeypatch.setattr(readers, "_load_rows", refuse)
 
 
 def test_alias_settings_per_benchmark_and_overrides() -> None:
@@ -286,7 +286,7 @@ def test_analyze_sections_3_2_and_3_3_end_to_end(tmp_path: Path) -> None:
 
 
 def test_mathvision_figures_described_by_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(protocol, "DESCRIPTION_TOKENS", 3)
+    monkeypatch.setattr(references, "DESCRIPTION_TOKENS", 3)
     lm, processor = models.load(str(_tiny_checkpoint(tmp_path / "ckpt")))
     items = benchmarks.load_benchmark("mathvision", build_data_root(tmp_path / "data") / "MathVision",
                                       image_dir=tmp_path / "img")
@@ -522,3 +522,36 @@ def test_preflight_finds_items_the_run_could_not_prompt(tmp_path: Path) -> None:
                               descriptions=descriptions)
     with pytest.raises(runs.UsageError, match=r"d.jsonl: no description for 1 mathvision items, e.g. \['748'\]"):
         protocol.preflight(plan)
+
+
+PROTOCOL_NAMES = [
+    "BenchmarkPlan", "DESCRIBE_PROMPT", "DESCRIPTION_TOKENS", "GENERAL", "HUB_PROBE_SECONDS", "MissingPiecesError",
+    "PROMPT_TOKENS", "Plan", "REFERENCE_SOURCES", "RENDERED", "Stage", "Survey", "Table1", "check", "check_data_dirs",
+    "describe_figures", "format_plan", "hub_offline", "make_plan", "missing", "missing_checkpoint", "model_tag",
+    "offline_if_unreachable", "parse_benchmarks", "parse_data_dirs", "preflight", "renderer", "resolve_data_dir",
+    "run", "seeded_sample", "survey", "table1", "text_problems", "with_descriptions", "write_plan", "write_table1",
+]
+"""moehooks.protocol's public names before its plan, preflight, references and Table 1 moved to their own modules
+(written out by hand from protocol.py as it was)."""
+
+
+def test_protocol_keeps_every_name_it_had() -> None:
+    from moehooks import hub, planning, preflight, table1
+
+    absent = [name for name in PROTOCOL_NAMES if not hasattr(protocol, name)]
+    assert absent == []
+    assert (protocol.make_plan, protocol.survey, protocol.seeded_sample, protocol.Table1, protocol.missing_checkpoint) \
+        == (planning.make_plan, preflight.survey, references.seeded_sample, table1.Table1, hub.missing_checkpoint)
+
+
+def test_description_tokens_count_in_the_budget_where_the_model_describes(tmp_path: Path, offline_cache: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Oracle: the budget by hand, 2 MATH-Vision items x (4 methods x 1 trial x 16 tokens + 5 description tokens),
+    the description tokens only when no descriptions file is given."""
+    monkeypatch.setattr(references, "DESCRIPTION_TOKENS", 5)
+    data = build_data_root(tmp_path / "data")
+    settings = dict(data_dir=data, limit=2, generation={"max_new_tokens": 16}, cuda=False, out_dir=tmp_path / "runs")
+    described = protocol.survey(protocol.make_plan("qwen3-vl", "mathvision", **settings))
+    assert described.budget == {"mathvision": 2 * (4 * 1 * 16 + 5)}
+    given = protocol.make_plan("qwen3-vl", "mathvision", descriptions=tmp_path / "d.jsonl", **settings)
+    assert protocol.survey(given).budget == {"mathvision": 2 * 4 * 1 * 16}

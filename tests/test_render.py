@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from moehooks import installed
 from moehooks import render as rendering
 from moehooks.render import VARIANTS, MissingFontError, render, render_many, save_png
 
@@ -128,14 +129,14 @@ def test_a_partial_latex_install_falls_back_to_mathtext(monkeypatch):
     def broken(self, *args, **kwargs):
         raise RuntimeError("Missing cm-super package, required by Matplotlib")
 
-    monkeypatch.setattr(rendering.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(installed.shutil, "which", lambda name: f"/usr/bin/{name}")
     monkeypatch.setattr(matplotlib.figure.Figure, "draw", broken)
     assert rendering.has_latex() and rendering.has_usetex() is False
 
 
 @pytest.mark.installed_tools
 def test_no_latex_on_path_means_no_latex(monkeypatch):
-    monkeypatch.setattr(rendering.shutil, "which", lambda name: None if name == "dvipng" else f"/usr/bin/{name}")
+    monkeypatch.setattr(installed.shutil, "which", lambda name: None if name == "dvipng" else f"/usr/bin/{name}")
     assert rendering.has_latex() is False and rendering.has_usetex() is False
 
 
@@ -156,5 +157,5 @@ def test_an_installed_handwriting_font_is_found_and_drawn_with(monkeypatch):
         warnings.simplefilter("always")
         image = render("1+1=", "v2", strict=True)
     assert not [w for w in caught if "synthetic handwriting" in str(w.message)]
-    monkeypatch.setattr(rendering, "find_handwriting_font", lambda: None)
+    monkeypatch.setattr(installed, "find_handwriting_font", lambda: None)
     assert not np.array_equal(np.asarray(image), np.asarray(render("1+1=", "v2")))

@@ -300,8 +300,9 @@ def test_study_loads_each_model_once(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(pipeline, "save_tuning", lambda *a: steps.append(("save_tuning", a, {})))
     for name in ("analyze", "steer_study", "swap_study"):
         monkeypatch.setattr(pipeline, name, lambda *a, name=name, **k: steps.append((name, a, k)) or name)
-    for name in ("_show_reading", "_show_tuning", "_show_analysis", "_show_steer", "_show_swap"):
-        monkeypatch.setattr(cli, name, lambda *a, name=name, **k: shown.append((name, a, k)))
+    for module, name in ((cli.evaluation, "_show_reading"), (cli.evaluation, "_show_tuning"),
+                         (cli.routing, "_show_analysis"), (cli.evaluation, "_show_steer"), (cli.routing, "_show_swap")):
+        monkeypatch.setattr(module, name, lambda *a, name=name, **k: shown.append((name, a, k)))
     ok("study", "--out", tmp_path)
     assert loads == ["lab", str(CONTROL_DIR)]
     assert [name for name, *_ in steps] == ["read", "tune", "save_tuning", "analyze", "steer_study", "swap_study",

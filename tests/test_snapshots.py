@@ -20,6 +20,7 @@ from snapshots import COMMIT, PUBLISHED, snapshot
 
 from moehooks import evaluate, pipeline
 from moehooks import models as mm
+from moehooks import processors
 
 
 def _torchvision_loads() -> bool:
@@ -136,7 +137,7 @@ def test_the_torchvision_seam_decides_which_processor(offline: Path, monkeypatch
     spec = mm.resolve("qwen3-vl")
     config = mm.load_config(spec)
     published = object()
-    monkeypatch.setattr(mm, "published_processor", lambda source, config, **kwargs: published)
+    monkeypatch.setattr(processors, "published_processor", lambda source, config, **kwargs: published)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert mm.load_processor(spec, config) is published
@@ -171,7 +172,7 @@ def test_a_vision_model_never_falls_back_to_its_tokenizer(offline: Path, monkeyp
     def fails(source, config, **kwargs):
         raise error
 
-    monkeypatch.setattr(mm, "published_processor", fails)
+    monkeypatch.setattr(processors, "published_processor", fails)
     spec = mm.resolve("qwen3-vl")
     with pytest.raises(mm.ProcessorUnavailableError) as err:
         mm.load_processor(spec, mm.load_config(spec))

@@ -18,6 +18,7 @@ from moe_sweep import _shrink
 from torch import nn
 
 import moehooks
+from moehooks.adapters import identification
 from moehooks.adapters import probe as probing
 
 ROUTED, ZERO, TOP_K = 4, 4, 2
@@ -130,6 +131,6 @@ def test_the_block_use_is_identified_where_the_block_remaps_and_needed_to_steer(
         assert all(e.use == "" and not e.rule_error for e in entries)
         return
     assert all(e.use == probing.ZeroComputeExperts(ROUTED, ZERO).name for e in entries)
-    monkeypatch.setattr(probing, "block_uses", lambda block: [])
+    monkeypatch.setattr(identification, "block_uses", lambda block: [])
     monkeypatch.setattr(probing, "_PROBES", type(probing._PROBES)())
     assert all(e.rule_error and not e.use for e in moehooks.adapt(model).layers)

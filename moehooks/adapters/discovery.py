@@ -15,8 +15,10 @@ import torch
 from torch import nn
 
 from ..wrappers import base_of, outermost, see_through
+from .blocks import find_blocks, takes_token_ids
+from .identification import identify, identify_choice, identify_table, unsupported
 from .maps import MoELayer, RoutingMap
-from .probe import find_blocks, identify, identify_choice, identify_table, probe, takes_token_ids, unsupported
+from .probe import probe
 from .registry import for_router, supported_architectures
 from .rule import RouterAdapter, UnsupportedModelError
 

@@ -20,7 +20,7 @@ from typing import Any
 from torch import nn
 
 from .maps import MoELayer
-from .probe import arg_names, read_logits, replace_routing_args, routing_args
+from .blocks import arg_names, read_logits, replace_routing_args, routing_args
 from .registry import registered
 from .rule import Edit, cast
 

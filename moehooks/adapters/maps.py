@@ -45,7 +45,7 @@ class MoELayer:
     #: the probe saw the block leave its router's logits and its experts' inputs as they were, so a call's
     #: choices may be read after the block ran (the recorder adds them up in batches)
     stable: bool = False
-    #: how the block turns its router's choice into its experts' inputs (``moehooks.adapters.probe.BlockUse``),
+    #: how the block turns its router's choice into its experts' inputs (``moehooks.adapters.identification.BlockUse``),
     #: "" when the experts consume it as it is; where set, the choices are read and replaced at the router's output
     #: (ids of all the router's experts, zero-compute ones included) and the block's use applies after that
     use: str = ""

@@ -1,4 +1,4 @@
-"""Structural discovery of MoE blocks and identification of their routing rule by probing.
+"""The probe: an MoE block run once on random hidden states to find its router and what its experts consume.
 
     blocks = find_blocks(model)          # one Block per experts module that consumes (hidden, indices, weights)
     found = identify(blocks[0])          # Identified(adapter, rules tried), adapter None when no rule fits
@@ -21,86 +21,22 @@ two; hooks then read and replace the router's choice, and the block's own use ap
 from __future__ import annotations
 
 import dataclasses
-import functools
-import inspect
 import itertools
-import re
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..wrappers import base_of, outermost
-from .rule import RouterAdapter, UnsupportedModelError, cast, module_tensor
-from .rules import ProbedRule, Sparsemixer, TokenTable
+from .blocks import (Block, _under, arg_names, consumes_routing, find_blocks, read_logits,  # noqa: F401
+                     replace_routing_args, returns_choice, routing_args, takes_token_ids)
+from .identification import (BlockUse, Identified, ZeroComputeExperts, block_uses, candidates, identify,  # noqa: F401
+                       identify_choice, identify_table, same_choices, unsupported)
 
 #: tokens of each probe call: odd sizes, so that vectorised kernels also run their scalar tails (whose rounding
 #: can differ from the vector path's), and a rule must reproduce every call
 PROBE_TOKENS = (61, 13, 7, 3, 1)
-_INDEX_ARG = re.compile(r"ind|idx|selected")
-_WEIGHT_ARG = re.compile(r"weight|score|prob|gate")
-
-
-@functools.lru_cache(maxsize=None)
-def consumes_routing(cls: type) -> bool:
-    """``cls.forward`` takes ``(hidden, indices, weights)``: the shape of a v5 experts module."""
-    try:
-        names = list(inspect.signature(cls.forward).parameters)[1:]
-    except (TypeError, ValueError):
-        return False
-    return len(names) >= 3 and bool(_INDEX_ARG.search(names[1])) and bool(_WEIGHT_ARG.search(names[2]))
-
-
-@dataclass
-class Block:
-    """An MoE block found structurally; ``router`` and the probe's tensors are filled by ``probe``."""
-
-    name: str
-    module: nn.Module
-    experts: nn.Module
-    num_experts: int
-    experts_at: str  # the experts module's name inside the block (its outermost PEFT layer's, if adapted)
-    router_name: str = ""
-    router_at: str = ""  # the router's name inside the block
-    router: nn.Module | None = None
-    logits_at: int = 0  # position of the logits in the router's output tuple (-1: the output is the logits)
-    logits: torch.Tensor | None = None  # [T, E] the router's logits on the probe input
-    indices: torch.Tensor | None = None  # [T, k] what the experts consumed
-    weights: torch.Tensor | None = None  # [T, k]
-    calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)  # every probe call
-    inputs: list[torch.Tensor | None] = field(default_factory=list)  # the router's input in each probe call
-    #: the router's own ``(indices, weights)`` in each probe call, where it returns ``(logits, weights, indices)``
-    chosen: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
-    #: the router's logits and the experts' inputs were not changed in place by the rest of the block in any probe
-    #: call, so they may be read after the block ran
-    stable: bool = True
-    error: str = ""
-
-
-def find_blocks(model: nn.Module) -> list[Block]:
-    """Every module consuming routing choices, with its parent as the block, in module order (an experts module
-    adapted by PEFT: the parent of its outermost PEFT layer, which ``experts_at`` names)."""
-    blocks = []
-    for name, module in model.named_modules():
-        if "." not in name or not consumes_routing(type(module)):
-            continue
-        parent, own = outermost(model, name).rsplit(".", 1)
-        blocks.append(Block(parent, model.get_submodule(parent), module, _num_experts(module), own))
-    return blocks
-
-
-def _num_experts(experts: nn.Module) -> int:
-    for attr in ("num_experts", "num_local_experts", "n_routed_experts"):
-        value = getattr(experts, attr, None)
-        if isinstance(value, int):
-            return value
-    return next(p for p in experts.parameters() if p.dim() == 3).shape[0]
-
-
-# ---- the probe ------------------------------------------------------------------------------------------
 _PROBES: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, Block]]" = weakref.WeakKeyDictionary()
 
 
@@ -151,14 +87,6 @@ def probe(block: Block) -> Block:
     return block
 
 
-def takes_token_ids(module: nn.Module) -> bool:
-    """``module.forward`` takes ``input_ids`` (a hash-routed block or router: experts chosen by token id)."""
-    try:
-        return "input_ids" in inspect.signature(module.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def _extra_inputs(module: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Token ids for blocks whose forward also takes ``input_ids`` (hash-routed layers): ids 0..31 in turn, so
     that a token-id table gives the probe different choices (any vocabulary holds them)."""
@@ -186,11 +114,6 @@ def _run_block(block: Block, x: torch.Tensor) -> tuple[dict, list, list]:
             for h in handles:
                 h.remove()
     return seen, consumed, held
-
-
-def _under(name: str, block: Block) -> bool:
-    """``name`` (relative to the block) is the experts module or inside it."""
-    return name == block.experts_at or name.startswith(block.experts_at + ".")
 
 
 def _hidden_size(block: Block) -> int | None:
@@ -268,41 +191,6 @@ def _unchanged(output: Any, versions: tuple) -> bool:
     return _versions(output) == versions
 
 
-def routing_args(names: list[str], args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``(indices, weights)`` an experts module (forward parameters ``names``) was called with."""
-    values = [args[i] if len(args) > i else kwargs[names[i]] for i in (1, 2)]
-    return values[0], values[1]
-
-
-def replace_routing_args(names: list[str], args: tuple, kwargs: dict, indices: torch.Tensor,
-                         weights: torch.Tensor) -> tuple[tuple, dict]:
-    """``(args, kwargs)`` of an experts call with its indices and weights replaced."""
-    args, kwargs = list(args), dict(kwargs)
-    for i, value in ((1, indices), (2, weights)):
-        if len(args) > i:
-            args[i] = value
-        else:
-            kwargs[names[i]] = value
-    return tuple(args), kwargs
-
-
-@functools.lru_cache(maxsize=None)
-def arg_names(cls: type) -> list[str]:
-    """The forward parameters of an experts class after ``self``."""
-    return list(inspect.signature(cls.forward).parameters)[1:]
-
-
-def returns_choice(output: Any, tokens: int) -> bool:
-    """``output`` is a router's ``(logits [T, W], weights [T, k], indices [T, k], ...)``: the v5 routers' layout,
-    which carries the router's own choice."""
-    if not isinstance(output, (tuple, list)) or len(output) < 3:
-        return False
-    logits, weights, indices = output[:3]
-    return (all(isinstance(t, torch.Tensor) and t.dim() == 2 and t.shape[0] == tokens for t in output[:3])
-            and logits.is_floating_point() and weights.is_floating_point() and not indices.is_floating_point()
-            and weights.shape == indices.shape)
-
-
 def _find_router(block: Block, seen: dict, tokens: int) -> None:
     """The outermost submodule returning a float ``[tokens, >= experts]`` tensor: the gate (wider than the experts
     module only when it also returns its choice, ``returns_choice``: zero-compute experts the block serves itself)."""
@@ -322,199 +210,3 @@ def _find_router(block: Block, seen: dict, tokens: int) -> None:
     block.error = "no submodule returns router logits [tokens, experts]"
 
 
-def read_logits(block_logits_at: int, output: Any) -> torch.Tensor:
-    return output if block_logits_at < 0 else output[block_logits_at]
-
-
-# ---- rule identification -------------------------------------------------------------------------------
-@dataclass
-class Identified:
-    adapter: RouterAdapter | None
-    tried: tuple[str, ...]
-
-
-def identify(block: Block, hinted: type[RouterAdapter] | None) -> Identified:
-    """The adapter whose selection from the probe's logits (as the adapter reads them) reproduces what the experts
-    consumed."""
-    tried: list[str] = []
-    for adapter in candidates(block, hinted):
-        tried.append(adapter.name)
-        if all(_reproduces(adapter, adapter.read(logits, x), *consumed)
-               for (logits, *consumed), x in zip(block.calls, block.inputs)):
-            return Identified(adapter, tuple(dict.fromkeys(tried)))
-    return Identified(None, tuple(dict.fromkeys(tried)))
-
-
-class BlockUse:
-    """How a block turns its router's choice into what its experts consume (``apply``), when not as it is."""
-
-    name: str
-
-    def apply(self, indices: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(indices, weights)`` the experts receive from the router's ``(indices, weights)``."""
-        raise NotImplementedError
-
-
-class ZeroComputeExperts(BlockUse):
-    """LongCat-Flash's zero-compute experts as the block serves them from transformers 5.25: the router chooses
-    among ``routed + zero`` experts; a slot holding a zero-compute expert (id ``>= routed``) reaches the experts
-    module as the real expert ``(id - routed) * routed // zero`` with weight 0, and the block adds
-    ``hidden * (sum of the zero-compute slots' weights)`` (the identity those experts compute) to the experts'
-    output. So choosing a zero-compute expert with weight ``w`` passes the token's hidden state through scaled
-    by ``w``, as the experts module itself did up to 5.24."""
-
-    def __init__(self, routed: int, zero: int) -> None:
-        self.routed, self.zero = routed, zero
-        self.name = f"zero-compute experts {routed}-{routed + zero - 1}: identity added by the block"
-
-    def apply(self, indices: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        identity = indices >= self.routed
-        spread = (indices - self.routed) * self.routed // self.zero
-        return torch.where(identity, spread, indices), weights.masked_fill(identity, 0.0)
-
-
-def block_uses(block: Block) -> list[BlockUse]:
-    """The known uses that fit the block's shapes: zero-compute experts where the router chooses among more
-    experts than the experts module holds."""
-    width = block.logits.shape[1]
-    return [ZeroComputeExperts(block.num_experts, width - block.num_experts)] if width > block.num_experts + 1 else []
-
-
-def identify_choice(block: Block, hinted: type[RouterAdapter] | None) -> tuple[Identified, BlockUse | None]:
-    """For a block whose experts do not consume its router's choice as it is: the rule reproducing the router's
-    own choice (over the router's experts, ``logits`` columns) and the known use that turns that choice into the
-    experts' inputs bit for bit in every probe call; ``(Identified(None, ...), None)`` when either is missing."""
-    if len(block.chosen) != len(block.calls) or not block.chosen:
-        return Identified(None, ()), None
-    routed = replace(block, num_experts=block.logits.shape[1],
-                     calls=[(logits, *chosen) for (logits, *_), chosen in zip(block.calls, block.chosen)])
-    identified = identify(routed, hinted)
-    if identified.adapter is None:
-        return identified, None
-    for use in block_uses(block):
-        if all(_same(use.apply(*chosen), consumed) for chosen, (_, *consumed) in zip(block.chosen, block.calls)):
-            return identified, use
-    return Identified(None, identified.tried), None
-
-
-def _same(got: tuple[torch.Tensor, torch.Tensor], want: list[torch.Tensor]) -> bool:
-    return all(a.dtype == b.dtype and torch.equal(a, b) for a, b in zip(got, want))
-
-
-def identify_table(block: Block) -> Identified:
-    """The rule of a block whose router takes token ids and whose choice no rule makes from its logits: a token-id
-    table chooses, so only the weights are identified, by the first gate (the router's own score function tried
-    first) whose weights of the consumed experts reproduce the consumed weights bit for bit in every probe call.
-
-    A table that sends every probed token to one expert cannot tell gates that renormalise apart; the router's
-    own score function is then the one taken.
-    """
-    score_fn = _router_score_fn(base_of(block.router))
-    scores = (["router"] if score_fn is not None else []) + list(ProbedRule.SCORES)
-    top_k, tried = block.indices.shape[1], []
-    for score, gate, norm, post in itertools.product(scores, ProbedRule.GATES, (True, False),
-                                                     _scale_candidates(block, top_k)):
-        table = TokenTable(ProbedRule(top_k, block.num_experts, score=score, gate=gate, bias=None, groups=(1, 1),
-                                      norm=norm, post=post, score_fn=score_fn))
-        tried.append(table.name)
-        if all(torch.equal(cast(table.weights(logits, indices), weights.dtype), weights)
-               for logits, indices, weights in block.calls):
-            return Identified(table, tuple(tried))
-    return Identified(None, tuple(tried))
-
-
-def _reproduces(adapter: RouterAdapter, logits: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor) -> bool:
-    try:
-        got_weights, got_indices = adapter.select(logits)
-    except Exception:  # noqa: BLE001 - a candidate that cannot run on these logits does not match
-        return False
-    return same_choices(got_indices, got_weights, indices, weights)
-
-
-def same_choices(indices: torch.Tensor, weights: torch.Tensor, ref_indices: torch.Tensor,
-                 ref_weights: torch.Tensor) -> bool:
-    """Same experts with bit-identical weights per row (in any top-k order)."""
-    if indices.shape != ref_indices.shape:
-        return False
-    order, ref_order = indices.sort(dim=-1), ref_indices.sort(dim=-1)
-    if not torch.equal(order.values.to(ref_indices.dtype), ref_order.values):
-        return False
-    w = weights.gather(-1, order.indices).to(ref_weights.dtype)
-    return torch.equal(w, ref_weights.gather(-1, ref_order.indices))
-
-
-def candidates(block: Block, hinted: type[RouterAdapter] | None) -> Iterator[RouterAdapter]:
-    """The hinted family first, then every probed rule built from the router's and block's attributes (the
-    router's own, under any PEFT layer)."""
-    router = base_of(block.router)
-    if hinted is not None:
-        try:
-            yield hinted(router)
-        except Exception:  # noqa: BLE001 - the hint does not fit this router's attributes
-            pass
-    top_k, experts = block.indices.shape[1], block.num_experts
-    skip = block.logits.shape[1] == experts + 1  # a "no expert" class (ZAYA)
-    if top_k == 2 and hasattr(router, "router_jitter_noise") and not skip:
-        yield Sparsemixer(top_k, experts, float(router.router_jitter_noise))
-    biases = [None, *_bias_candidates(block, block.logits.shape[1])]
-    group_options = [(1, 1), *_groups(block, experts, top_k)]
-    scales = _scale_candidates(block, top_k)
-    score_fns = list(ProbedRule.SCORES) + (["router"] if _router_score_fn(router) is not None else [])
-    for score in score_fns:
-        for bias, groups in itertools.product(biases, group_options):
-            for gate, norm, post, sort in itertools.product(ProbedRule.GATES,
-                                                            (True, False), scales, (True, False)):
-                yield ProbedRule(top_k, experts, score=score, gate=gate, bias=bias, groups=groups, norm=norm,
-                                 post=post, sort=sort, score_fn=_router_score_fn(router), skip=skip)
-
-
-def _bias_candidates(block: Block, width: int) -> list[tuple[str, torch.Tensor]]:
-    """``[width]`` float tensors of the block outside its experts: possible correction biases."""
-    found = []
-    for name, t in itertools.chain(block.module.named_buffers(), block.module.named_parameters()):
-        if t.dim() == 1 and t.shape[0] == width and not _under(name, block) and t.is_floating_point():
-            owner, _, attr = name.rpartition(".")
-            found.append((name, module_tensor(block.module.get_submodule(owner) if owner else block.module, attr)))
-    return found
-
-
-def _attrs(block: Block, names: tuple[str, ...]) -> list:
-    values = []
-    config = getattr(block.module, "config", None)
-    for source in (base_of(block.router), block.module, config):
-        for n in names:
-            v = getattr(source, n, None)
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                values.append(v)
-    return values
-
-
-def _groups(block: Block, experts: int, top_k: int) -> list[tuple[int, int]]:
-    groups = _attrs(block, ("num_group", "n_group", "num_expert_group"))
-    limits = _attrs(block, ("topk_group",))
-    out = []
-    for g, t in itertools.product(groups, limits):
-        if int(g) > 1 and experts % int(g) == 0 and int(t) < int(g):
-            out.append((int(g), int(t)))
-    return list(dict.fromkeys(out))
-
-
-def _scale_candidates(block: Block, top_k: int) -> list[tuple[str, float]]:
-    scales = _attrs(block, ("routed_scaling_factor", "route_scale", "router_scaling_factor",
-                            "moe_routed_scaling_factor", "moe_router_scaling_factor"))
-    out = [("mul", 1.0), *(("mul", float(s)) for s in scales if float(s) != 1.0), ("div", float(top_k))]
-    return list(dict.fromkeys(out))
-
-
-def _router_score_fn(router: nn.Module):
-    for attr in ("score_fn", "scoring_function"):
-        fn = getattr(router, attr, None)
-        if isinstance(fn, nn.Module):
-            return fn
-    return None
-
-
-def unsupported(block_name: str, reason: str, tried: tuple[str, ...]) -> UnsupportedModelError:
-    """The error naming the block, why, and the rules tried (the first few, and how many in all)."""
-    shown = ", ".join(tried[:4]) + (f", ... ({len(tried)} in all)" if len(tried) > 4 else "")
-    return UnsupportedModelError(f"MoE block {block_name}: {reason}; rules tried: {shown or 'none'}")
