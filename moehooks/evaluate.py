@@ -118,8 +118,15 @@ def run_eval(
     ``seed + t`` (set before every batch, so a resumed run reproduces an uninterrupted one).
 
     Example:
-        >>> rows = run_eval(model, processor, items, "runs/mathverse.jsonl", method="baseline", trials=3,
-        ...                 progress=lambda done, total: print(f"{done}/{total}"))  # doctest: +SKIP
+        >>> rows = run_eval(model, processor, items, "runs/arith.jsonl", method="baseline", trials=3,
+        ...                 progress=lambda done, total: print(f"{done}/{total}"))
+        0/6
+        2/6
+        4/6
+        6/6
+        >>> rows = run_eval(model, processor, items, "runs/arith.jsonl", method="baseline", trials=3)  # resumed
+        >>> len(rows), sum(row["correct"] for row in rows)
+        (6, 6)
 
     Args:
         method: label of this setting in the results (``"baseline"`` is the reference of :func:`summarize`).

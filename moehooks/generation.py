@@ -83,8 +83,10 @@ def build_inputs(processor: Any, items: Sequence[Item], *, as_text: bool = False
     returns is kept (``mm_token_type_ids`` and ``image_grid_thw`` included).
 
     Example:
-        >>> batch = build_inputs(processor, items[:4])  # doctest: +SKIP
-        >>> model.generate(**batch.to(model.device), max_new_tokens=64)  # doctest: +SKIP
+        >>> batch = build_inputs(processor, items[:4])
+        >>> out = model.generate(**batch.to(model.device), max_new_tokens=64)
+        >>> processor.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        ['18', '11']
 
     Raises:
         ValueError: an image item is given to a processor without an image processor (use ``as_text=True``),
@@ -152,8 +154,10 @@ def generate_answers(
     """Generate one answer per item (greedy unless ``generation_kwargs`` says otherwise), in item order.
 
     Example:
+        >>> import moehooks
         >>> generate_answers(model, processor, items, max_new_tokens=256,
-        ...                  context=lambda: moehooks.steer(model, experts, mode="soft"))  # doctest: +SKIP
+        ...                  context=lambda: moehooks.steer(model, {2: [3]}, mode="hard"))
+        ['18', '11']
 
     Args:
         batch_size: prompts per ``model.generate`` call.

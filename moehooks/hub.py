@@ -68,7 +68,7 @@ def offline_if_unreachable() -> bool:
     request retries. Returns whether offline mode is on.
 
     Example:
-        >>> offline_if_unreachable()  # doctest: +SKIP
+        >>> offline_if_unreachable()   # the doctests run with HF_HUB_OFFLINE=1
         True
     """
     import warnings

@@ -250,7 +250,17 @@ def load_items(path: str | os.PathLike[str], *, strict: bool = False) -> list[It
     """Read items from a JSONL, CSV or Parquet file, skipping (and reporting) malformed rows.
 
     Example:
-        >>> items = load_items("data/gsm8k-v/test.jsonl")  # doctest: +SKIP
+        >>> from pathlib import Path
+        >>> _ = Path("items.jsonl").write_text('{"id": "a", "question": "1+1=", "answer": "2"}\\n{"id": "b"}\\n')
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     found = load_items("items.jsonl")
+        >>> found   # doctest: +NORMALIZE_WHITESPACE
+        [Item(id='a', question='1+1=', answer='2', image=None, text_reference=None, choices=None, meta={},
+              images=None)]
+        >>> print(caught[0].message)
+        items.jsonl: skipped 1 malformed row(s):
+          line 2: missing field 'question'
 
     Malformed rows (unparsable JSON, missing ``id``/``question``/``answer``, bad ``choices``, a missing or
     undecodable image file, duplicate ``id``) are skipped and listed with their line numbers (row numbers for

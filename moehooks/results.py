@@ -52,7 +52,8 @@ def read_results(path: str | os.PathLike[str], *, repair: bool = False) -> list[
     """Read a results JSONL file, ignoring a truncated last line and (with a warning) unreadable lines.
 
     Example:
-        >>> rows = read_results("runs/results.jsonl")  # doctest: +SKIP
+        >>> read_results("runs/results.jsonl")       # a missing file reads as no rows
+        []
 
     With ``repair=True`` the file is rewritten atomically without the ignored lines, so appends start on a
     fresh line. A missing file reads as no rows.
