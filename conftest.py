@@ -46,14 +46,14 @@ def hook_state(model: torch.nn.Module) -> list[tuple[str, int, int, int, int]]:
 
 
 @pytest.fixture(autouse=True)
-def doctest_setup(request: pytest.FixtureRequest, doctest_namespace: dict[str, Any],
-                  monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Any:
-    """For a doctest: the lab names when its examples use one, a temporary working directory, and a check that
-    the model's hooks are as before."""
+def doctest_setup(request: pytest.FixtureRequest) -> Any:
+    """For a doctest (other tests get nothing): a temporary working directory, the lab names when its examples use
+    one, and a check that the model's hooks are as before."""
     if not isinstance(request.node, DoctestItem):
         yield
         return
-    monkeypatch.chdir(tmp_path)
+    request.getfixturevalue("monkeypatch").chdir(request.getfixturevalue("tmp_path"))
+    doctest_namespace = request.getfixturevalue("doctest_namespace")
     source = "\n".join(example.source for example in request.node.dtest.examples)
     if not re.search(rf"\b({'|'.join(LAB_NAMES)})\b", source):
         yield
