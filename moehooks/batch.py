@@ -60,7 +60,10 @@ class Batch:
     ``0 .. samples - 1`` within this call; globally ``first_sample + sample``). ``phases`` lists the phases
     present; ``start`` is the position of the call's first column, ``prompt`` the number of its columns that
     are prompt positions, ``prompt_len`` the prompts' length; each prompt has ``factor`` rows (beams, returned
-    copies); ``speculative`` marks a call whose trailing decode columns may still be rejected.
+    copies); ``speculative`` marks a call whose trailing decode columns may still be rejected. ``ids`` (the
+    call's ``[batch, seq]`` token ids), ``pad_mask`` (a 2-D mask whose columns from position 0 hold the prompt's
+    padding, with as many rows as the call or as its prompts) and ``positions`` (a packed row's ``position_ids``)
+    place each row in its sequence for per-token traces (``moehooks.trace``).
     """
 
     batch: int
@@ -80,6 +83,9 @@ class Batch:
     speculative: bool = False
     packed: bool = False  # one packed row of continuous batching: columns are several requests' tokens
     modality_ids: torch.Tensor | None = None  # [batch, seq] token-type ids, for per-modality routers
+    ids: torch.Tensor | None = None
+    pad_mask: torch.Tensor | None = None
+    positions: torch.Tensor | None = None
     _cache: dict[tuple, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
@@ -97,7 +103,7 @@ class Batch:
         def make() -> torch.Tensor:
             full = cells(self.image, self.phase) if name == "cell" else getattr(self, name)
             if rows != self.rows:
-                full = self._branch_rows(full, branch, rows)
+                full = self.select_rows(full, branch, rows)
             return full.to(device)
 
         return self.memo((name, branch, rows, device), make)
@@ -109,7 +115,8 @@ class Batch:
             cached = self._cache[key] = make()
         return cached
 
-    def _branch_rows(self, full: torch.Tensor, branch: str, rows: int) -> torch.Tensor:
+    def select_rows(self, full: torch.Tensor, branch: str, rows: int) -> torch.Tensor:
+        """The ``rows`` rows of ``full`` (one per row of the call) that a router of one modality ``branch`` saw."""
         if branch and self.modality_ids is not None:
             is_vision = self.modality_ids.reshape(-1).bool()
             picked = full[is_vision if branch == "vision" else ~is_vision]
@@ -352,7 +359,7 @@ def _describe_generate(call: Call, gen: Generate, state: State) -> Batch:
     gen.seen = max(gen.seen, start + seq)
     image = _generate_image(gen, layout, batch, seq, start, prompt, device)
     return _batch(call, state, start, prompt, gen.prompt_len, valid, count, gen.first_sample, gen.prompts,
-                  gen.factor, speculative, image)
+                  gen.factor, speculative, image, gen.mask)
 
 
 def _describe_packed(call: Call, packed: Packed, state: State) -> Batch:
@@ -391,6 +398,7 @@ def _describe_packed(call: Call, packed: Packed, state: State) -> Batch:
     phases = tuple(sorted(set(phase[:real]))) or (0,)
     batch = _batch(call, state, 0, 0, 0, valid, valid, packed.first_sample, len(packed.prompts), 1)
     batch.phase, batch.sample, batch.phases, batch.packed = phase_t, sample_t, phases, True
+    batch.positions = call.positions
     return batch
 
 
@@ -443,7 +451,7 @@ def _alive(call: Call, gen: Generate, start: int, prompt: int) -> torch.Tensor |
 
 def _batch(call: Call, state: State, start: int, prompt: int, prompt_len: int, valid: torch.Tensor,
            count: torch.Tensor, first: int, samples: int, factor: int, speculative: bool = False,
-           image: torch.Tensor | None = None) -> Batch:
+           image: torch.Tensor | None = None, pad_mask: torch.Tensor | None = None) -> Batch:
     batch, seq, device = call.batch, call.seq, call.device
     layout = _layout(state, batch, seq, prompt, factor, device)
     types = _last(call.types, seq)
@@ -453,8 +461,12 @@ def _batch(call: Call, state: State, start: int, prompt: int, prompt_len: int, v
         image = (call.ids == state.image_token_id).reshape(-1).long()
     elif image is None:
         image = layout.zeros
+    mask = call.mask
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or mask.shape[1] < start + seq:
+        mask = pad_mask  # a mask that does not reach back to position 0
     return Batch(batch, seq, valid, count.contiguous(), layout.phase, image, layout.sample, first, samples,
-                 layout.phases, start, prompt, prompt_len, factor, speculative, modality_ids=types)
+                 layout.phases, start, prompt, prompt_len, factor, speculative, modality_ids=types, ids=call.ids,
+                 pad_mask=mask)
 
 
 def _layout(state: State, batch: int, seq: int, prompt: int, factor: int, device: torch.device) -> _Layout:

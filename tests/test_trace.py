@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import moehooks
-from moehooks.trace import read_trace
+from moehooks.trace import read_trace, to_frame, to_parquet
 from tiny import VOCAB, build, decode_rows
 
 
@@ -45,3 +45,144 @@ def test_trace_needs_an_empty_directory_and_read_names_the_place(tmp_path):
     assert not any(m._forward_hooks for m in model.modules())
     with pytest.raises(FileNotFoundError, match="no trace shards"):
         read_trace(tmp_path / "missing")
+
+
+# ---- rows a user can join to the text ------------------------------------------------------------------------
+
+GREEDY = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
+
+
+def _left_padded(lengths: list[int], seed: int) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+    """Prompts of ``lengths`` tokens, left-padded to the longest: (ids, mask, each prompt's own tokens)."""
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in lengths]
+    width = max(lengths)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    return ids, mask, prompts
+
+
+def _sequences(frame, layer: int) -> dict[tuple[int, int], list[tuple[int, int, str]]]:
+    """Per (sample, copy): its rows at ``layer`` as (position, token id, phase), in the frame's order."""
+    rows = frame[frame["layer"] == layer]
+    out: dict[tuple[int, int], list[tuple[int, int, str]]] = {}
+    for s, c, p, t, ph in zip(rows["sample"], rows["copy"], rows["position"], rows["token_id"], rows["phase"]):
+        out.setdefault((int(s), int(c)), []).append((int(p), int(t), ph))
+    return out
+
+
+def test_trace_rows_are_the_prompt_and_generated_tokens_numbered_as_the_recorder_numbers_samples(tmp_path):
+    """Oracle: hand alignment. Sample k's rows are its own prompt tokens (padding dropped) then every generated
+    token the model read back (all but the last), at positions 0, 1, ...; prompts are numbered in the order
+    seen across two left-padded generate calls, from 0 for a recorder opened after other prompts were seen."""
+    model = build("qwen3_moe")
+    first, mask1, prompts1 = _left_padded([3, 6], seed=5)
+    second, mask2, prompts2 = _left_padded([4, 2, 5], seed=6)
+    with moehooks.record(model):  # an outer context whose tracker has numbered two prompts already
+        model(first, attention_mask=mask1)
+        with moehooks.record(model, per_sample=True, trace=tmp_path / "t") as rec:
+            out1 = model.generate(input_ids=first, attention_mask=mask1, max_new_tokens=4, **GREEDY)
+            out2 = model.generate(input_ids=second, attention_mask=mask2, max_new_tokens=3, **GREEDY)
+    frame = to_frame(tmp_path / "t")
+    expected = {}
+    for base, out, width, prompts in ((0, out1, first.shape[1], prompts1), (2, out2, second.shape[1], prompts2)):
+        for r, prompt in enumerate(prompts):
+            generated = out[r, width:-1].tolist()  # the last token is returned, never read
+            expected[(base + r, 0)] = ([(i, t, "prefill") for i, t in enumerate(prompt)]
+                                       + [(len(prompt) + i, t, "decode") for i, t in enumerate(generated)])
+    for layer in rec.layers:
+        assert _sequences(frame, layer) == expected
+    assert set(frame["modality"]) == {"text"} and frame.attrs["layers"] == rec.layers
+    per_sample = torch.zeros(5, len(rec.layers), 8, dtype=torch.long)
+    prefill = frame[frame["phase"] == "prefill"]
+    for s, layer, experts in zip(prefill["sample"], prefill["layer"], prefill["experts"]):
+        per_sample[s, rec.layers.index(layer), experts] += 1
+    assert torch.equal(per_sample, rec.sample_counts().cpu())
+
+
+def test_trace_experts_and_weights_are_the_routers_own_top_k(tmp_path):
+    """Oracle: one plain forward of the final sequences with ``output_router_logits=True``; each token's top-2 of
+    the softmax, renormalised (Qwen3-MoE's ``norm_topk_prob``), by hand."""
+    model = build("qwen3_moe")
+    ids, mask, prompts = _left_padded([5, 3], seed=7)
+    with moehooks.record(model, trace=tmp_path / "t") as rec:
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, **GREEDY)
+    full = torch.cat([mask, torch.ones(2, out.shape[1] - ids.shape[1], dtype=torch.long)], 1)
+    with torch.no_grad():
+        logits = model(out, attention_mask=full, output_router_logits=True).router_logits
+    frame = to_frame(tmp_path / "t")
+    pads = [ids.shape[1] - len(p) for p in prompts]
+    assert len(frame) == len(rec.layers) * sum(len(p) + 3 for p in prompts)
+    for s, position, layer, experts, weights in zip(frame["sample"], frame["position"], frame["layer"],
+                                                    frame["experts"], frame["weights"]):
+        row = logits[rec.layers.index(layer)].reshape(2, out.shape[1], -1)[s, pads[s] + position]
+        top = torch.softmax(row.float(), -1).topk(2)
+        want = dict(zip(top.indices.tolist(), (top.values / top.values.sum()).tolist()))
+        assert set(experts) == set(want)
+        assert weights == pytest.approx([want[e] for e in experts], abs=1e-5)
+
+
+def test_trace_under_beams_keeps_one_sample_per_prompt_and_each_copy_s_decode_rows(tmp_path):
+    """Oracle: the shapes generate returns. Two prompts, 2 beams, 2 returned sequences: samples 0 and 1 only;
+    prompt tokens once (copy 0), each beam slot's decode rows at the positions after its prompt."""
+    model = build("qwen3_moe")
+    ids, mask, prompts = _left_padded([4, 6], seed=8)
+    new = 4
+    with moehooks.record(model, trace=tmp_path / "t") as rec:
+        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, num_beams=2,
+                       num_return_sequences=2, **GREEDY)
+    sequences = _sequences(to_frame(tmp_path / "t"), rec.layers[0])
+    assert sorted(sequences) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    for (s, copy), rows in sequences.items():
+        n = len(prompts[s])
+        prompt_rows = [(i, t, "prefill") for i, t in enumerate(prompts[s])] if copy == 0 else []
+        assert rows[:len(prompt_rows)] == prompt_rows
+        assert [(p, ph) for p, _, ph in rows[len(prompt_rows):]] == [(n + i, "decode") for i in range(new - 1)]
+
+
+def test_trace_keeps_only_the_accepted_candidates_of_prompt_lookup_decoding(tmp_path):
+    """Oracle: the sequence generate returns. Rejected candidates were read by the model but are not in the
+    trace: one row per position, the returned tokens."""
+    model = build("qwen3_moe")
+    ids = torch.tensor([[5, 6, 7, 8, 5, 6, 7, 8, 5, 6, 7]])
+    routed = []
+    handle = moehooks.adapt(model).layers[0].router.register_forward_hook(lambda m, a, o: routed.append(a[0].shape[0]))
+    try:
+        with moehooks.record(model, trace=tmp_path / "t") as rec:
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), prompt_lookup_num_tokens=3,
+                                 max_new_tokens=10, **GREEDY)
+    finally:
+        handle.remove()
+    assert sum(routed) > out.shape[1] - 1  # candidates were rejected (else this test proves nothing)
+    rows = _sequences(to_frame(tmp_path / "t"), rec.layers[0])[(0, 0)]
+    assert [(p, t) for p, t, _ in rows] == list(enumerate(out[0, :-1].tolist()))
+
+
+def _word_tokenizer():
+    """A word-level tokenizer over the tiny vocabulary: id i is the word ``w<i>``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel({f"w{i}": i for i in range(VOCAB)}, unk_token="w0"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=words, pad_token="w0")
+
+
+def test_to_frame_decodes_each_token_and_parquet_keeps_the_frame(tmp_path):
+    """Oracle: ``tokenizer.decode([id])`` of each row's id, and the ids of the text the tokenizer encoded."""
+    import pandas
+
+    model, tokenizer = build("qwen3_moe"), _word_tokenizer()
+    text = ["w5 w17 w33", "w40 w41 w42 w43 w44"]
+    batch = tokenizer(text, return_tensors="pt", padding=True, padding_side="left")
+    with moehooks.record(model, trace=tmp_path / "t"):
+        model(**batch)
+    frame = to_frame(tmp_path / "t", tokenizer)
+    assert frame["token"].tolist() == [tokenizer.decode([t]) for t in frame["token_id"]]
+    first = frame[(frame["sample"] == 1) & (frame["layer"] == frame["layer"].min())]
+    assert " ".join(first["token"]) == text[1] and set(frame["phase"]) == {"prefill"}
+    path = to_parquet(tmp_path / "t", tmp_path / "trace.parquet", tokenizer)
+    back = pandas.read_parquet(path)
+    assert back.columns.tolist() == frame.columns.tolist()
+    assert back["token"].tolist() == frame["token"].tolist()
+    assert [list(e) for e in back["experts"]] == frame["experts"].tolist()
