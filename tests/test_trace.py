@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from typer.testing import CliRunner
 
+import cli
 import moehooks
 from moehooks.trace import read_trace, to_frame, to_parquet
 from tiny import VOCAB, build, decode_rows
@@ -186,3 +190,82 @@ def test_to_frame_decodes_each_token_and_parquet_keeps_the_frame(tmp_path):
     assert back.columns.tolist() == frame.columns.tolist()
     assert back["token"].tolist() == frame["token"].tolist()
     assert [list(e) for e in back["experts"]] == frame["experts"].tolist()
+
+
+def _lab_items(tmp_path, count: int):
+    from moehooks.lab import DATA_DIR
+
+    lines = (DATA_DIR / "arith_image_test.jsonl").read_text().splitlines()[:count]
+    rows = [{**json.loads(line)} for line in lines]
+    for row in rows:
+        row["image"] = str(DATA_DIR / row["image"])
+    path = tmp_path / "items.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_cli_record_trace_writes_each_item_s_prompt_tokens_with_their_text(tmp_path):
+    """Oracle: each item's prompt as the processor encodes it alone (no padding); its image tokens are the
+    processor's image token; texts are the tokenizer's decode of each id. The items share one left-padded batch."""
+    import pandas
+
+    from moehooks import generation, items, pipeline
+
+    path = _lab_items(tmp_path, 3)
+    done = CliRunner().invoke(cli.app, ["record", str(path), "--model", "lab", "--out", str(tmp_path / "rec.safetensors"),
+                                        "--trace", str(tmp_path / "trace")])
+    assert done.exit_code == 0, done.output + repr(done.exception)
+    frame = pandas.read_parquet(tmp_path / "trace" / "trace.parquet")
+    _, processor, _ = pipeline.load_model("lab")
+    image_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    layer = frame["layer"].min()
+    for k, item in enumerate(items.load_items(path)):
+        ids = generation.build_inputs(processor, [item])["input_ids"][0].tolist()
+        rows = frame[(frame["sample"] == k) & (frame["layer"] == layer)]
+        assert rows["token_id"].tolist() == ids and rows["position"].tolist() == list(range(len(ids)))
+        assert rows["token"].tolist() == [processor.tokenizer.decode([t]) for t in ids]
+        assert rows["modality"].tolist() == ["image" if t == image_id else "text" for t in ids]
+    assert image_id in frame["token_id"].tolist()
+
+
+def test_cli_record_trace_refuses_a_folder_holding_a_trace_before_loading(tmp_path, monkeypatch):
+    from moehooks import pipeline
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(pipeline, "load_model", refuse)
+    (tmp_path / "trace").mkdir()
+    (tmp_path / "trace" / "shard_00000.safetensors").write_bytes(b"")
+    done = CliRunner().invoke(cli.app, ["record", str(_lab_items(tmp_path, 1)), "--model", "lab",
+                                        "--out", str(tmp_path / "rec.safetensors"), "--trace", str(tmp_path / "trace")])
+    assert done.exit_code == 2 and "Traceback" not in done.output
+    assert [line for line in done.output.splitlines() if line.startswith("error: ")] == [
+        f"error: --trace {tmp_path / 'trace'} already holds a trace; give an empty folder"]
+
+
+def test_token_routing_plot_draws_each_token_s_domain_mass(tmp_path):
+    """Oracle: masses summed by hand from a frame written out by hand (two layers, three tokens, experts listed in
+    layer 1 only: layer 2 is blank)."""
+    import csv
+
+    import pandas
+
+    from moehooks.plots import plot_token_routing
+
+    frame = pandas.DataFrame({
+        "sample": [0] * 6 + [1], "copy": 0, "position": [0, 0, 1, 1, 2, 2, 0], "token_id": [7, 7, 8, 8, 9, 9, 7],
+        "token": ["a", "a", " b", " b", "\n", "\n", "a"], "phase": ["prefill"] * 4 + ["decode"] * 2 + ["prefill"],
+        "modality": ["image"] * 2 + ["text"] * 5, "layer": [1, 2, 1, 2, 1, 2, 1],
+        "experts": [[3, 0], [3, 1], [0, 1], [3, 2], [1, 3], [0, 3], [3, 1]],
+        "weights": [[0.6, 0.4], [0.5, 0.5], [0.7, 0.3], [0.9, 0.1], [0.8, 0.2], [0.5, 0.5], [1.0, 0.0]]})
+    files = plot_token_routing(frame, {1: [3], 2: []}, tmp_path / "routing.png", model="tiny", data="hand")
+    assert files.png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with files.csv.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["position"], r["token"], r["layer"]) for r in rows] == [
+        ("0", "a", "1"), ("0", "a", "2"), ("1", " b", "1"), ("1", " b", "2"), ("2", "\n", "1"), ("2", "\n", "2")]
+    masses = [float(r["mass"]) for r in rows]
+    assert masses[::2] == pytest.approx([0.6, 0.0, 0.2]) and all(m != m for m in masses[1::2])
+    with pytest.raises(ValueError, match="no sample 5 copy 0; samples: 0..1"):
+        plot_token_routing(frame, {1: [3]}, tmp_path / "none.png", sample=5)
