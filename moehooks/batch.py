@@ -6,12 +6,12 @@ generated, which are padding, recomputed or copies, and which prompt each row be
     rec.tokens(phase="prefill")   # each real prompt token once, whatever the generate mode
     rec.sample_counts()           # one row per prompt (beams belong to their prompt)
 
-The description of a forward call is ``describe(call, state)``: a function of the call's facts (``Call``, read
-from its arguments by ``read_call``) and of what the run showed so far (``State``: prompts numbered, the
-``Generate`` run in progress), which it advances; tests drive it call by call without a model. The model's
-``moehooks.tracker.Tracker`` runs it in a forward pre-hook and tells the state what ``generate`` was given
-(``prompt_facts``): the prompt length, the prompt's attention mask, how many rows each prompt was expanded to
-(beams, ``num_return_sequences``) and the end-of-sequence ids.
+The description of a forward call is ``describe(call, state)`` (a ``moehooks.rows.Batch``): a function of the
+call's facts (``Call``, read from its arguments by ``read_call``) and of what the run showed so far (``State``:
+prompts numbered, the ``Generate`` run in progress), which it advances; tests drive it call by call without a
+model. The model's ``moehooks.tracker.Tracker`` runs it in a forward pre-hook and tells the state what
+``generate`` was given (``prompt_facts``): the prompt length, the prompt's attention mask, how many rows each
+prompt was expanded to (beams, ``num_return_sequences``) and the end-of-sequence ids.
 A row of a call is the token at absolute position ``start + j`` of its sequence, where ``start`` is the length
 of the KV cache passed in (whatever keyword holds it: ``past_key_values`` up to transformers 5.23, ``cache`` from
 5.24), read where it is a Python number (dynamic caches) and counted by the tracker where it lives on the device
@@ -45,101 +45,11 @@ import importlib
 import warnings
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
-
-@dataclass
-class Batch:
-    """The router rows of one forward call: ``rows = batch * seq`` tokens in row-major order.
-
-    Row tensors (LongTensors ``[rows]``, 0/1 unless said): ``valid`` (a real token, not padding: the scope of
-    steering and swaps), ``count`` (recorded: valid, not recomputed, not a copy's prompt, not past the end of
-    its sequence), ``phase`` (0 prompt, 1 generated), ``image`` and ``sample`` (the row's prompt, numbered
-    ``0 .. samples - 1`` within this call; globally ``first_sample + sample``). ``phases`` lists the phases
-    present; ``start`` is the position of the call's first column, ``prompt`` the number of its columns that
-    are prompt positions, ``prompt_len`` the prompts' length; each prompt has ``factor`` rows (beams, returned
-    copies); ``speculative`` marks a call whose trailing decode columns may still be rejected. ``ids`` (the
-    call's ``[batch, seq]`` token ids), ``pad_mask`` (a 2-D mask whose columns from position 0 hold the prompt's
-    padding, with as many rows as the call or as its prompts) and ``positions`` (a packed row's ``position_ids``)
-    place each row in its sequence for per-token traces (``moehooks.trace``).
-    """
-
-    batch: int
-    seq: int
-    valid: torch.Tensor
-    count: torch.Tensor
-    phase: torch.Tensor
-    image: torch.Tensor
-    sample: torch.Tensor
-    first_sample: int
-    samples: int
-    phases: tuple[int, ...]
-    start: int = 0
-    prompt: int = 0
-    prompt_len: int = 0
-    factor: int = 1
-    speculative: bool = False
-    packed: bool = False  # one packed row of continuous batching: columns are several requests' tokens
-    modality_ids: torch.Tensor | None = None  # [batch, seq] token-type ids, for per-modality routers
-    ids: torch.Tensor | None = None
-    pad_mask: torch.Tensor | None = None
-    positions: torch.Tensor | None = None
-    _cache: dict[tuple, torch.Tensor] = field(default_factory=dict, repr=False)
-
-    @property
-    def rows(self) -> int:
-        return self.batch * self.seq
-
-    def get(self, name: str, device: torch.device, rows: int, branch: str = "") -> torch.Tensor:
-        """A row tensor (``valid``, ``count``, ``phase``, ``image``, ``sample`` or ``cell`` = phase * 2 +
-        image) for a router that saw ``rows`` rows, on ``device`` (cached per call).
-
-        A router that sees only one modality's rows (Ernie-4.5-VL's ``text``/``vision`` gates) gets those
-        rows selected with a boolean mask; that one case synchronises with the device.
-        """
-
-        def make() -> torch.Tensor:
-            full = cells(self.image, self.phase) if name == "cell" else getattr(self, name)
-            if rows != self.rows:
-                full = self.select_rows(full, branch, rows)
-            return full.to(device)
-
-        return self.memo((name, branch, rows, device), make)
-
-    def memo(self, key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """``make()`` once per call for ``key`` (row tensors that every router of the call shares)."""
-        cached = self._cache.get(key)
-        if cached is None:
-            cached = self._cache[key] = make()
-        return cached
-
-    def select_rows(self, full: torch.Tensor, branch: str, rows: int) -> torch.Tensor:
-        """The ``rows`` rows of ``full`` (one per row of the call) that a router of one modality ``branch`` saw."""
-        if branch and self.modality_ids is not None:
-            is_vision = self.modality_ids.reshape(-1).bool()
-            picked = full[is_vision if branch == "vision" else ~is_vision]
-            if picked.shape[0] == rows:
-                return picked
-        raise RuntimeError(
-            f"a router saw {rows} rows but the forward call has {self.batch}x{self.seq} tokens; "
-            "call the model object the context was opened on"
-        )
-
-
-def recomputing() -> bool:
-    """A router call running inside autograd's backward pass: activation (gradient) checkpointing recomputing a
-    layer whose forward call was already seen, reentrant or not. Steering edits it again (the recomputed forward
-    must be the one that ran); recording and calibration do not count it twice. Read on the host (the graph task
-    of the running backward, as torch's own module trackers read it), never from a tensor; ``False`` while dynamo
-    traces (the graph task id cannot be traced)."""
-    return not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1
-
-
-def cells(image: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
-    """Each row's (phase, modality) cell ``phase * 2 + image`` from its 0/1 ``image`` and ``phase``."""
-    return image + 2 * phase
+from .rows import Batch, cells, recomputing  # noqa: F401  re-exported: moehooks.batch.Batch keeps working
 
 
 @dataclass
@@ -147,7 +57,8 @@ class Call:
     """The facts of one forward call that its description reads: ``batch x seq`` tokens on ``device``, its
     ``input_ids`` (``None`` for embeddings), attention mask (any form), token-type ids, the KV cache object passed
     in (``None`` without one) and its length (a number for dynamic caches, a device tensor for static ones), and,
-    for a packed row of continuous batching, ``cu_seq_lens_q`` and ``position_ids``.
+    for a packed row of continuous batching, ``cu_seq_lens_q``, ``position_ids`` and the paged cache's
+    ``(write_index, read_index, cu_seq_lens_k)``.
 
         >>> call = Call(batch=2, seq=3, ids=torch.tensor([[5, 6, 7], [0, 8, 9]]),
         ...             mask=torch.tensor([[1, 1, 1], [0, 1, 1]]))
@@ -165,6 +76,7 @@ class Call:
     length: int | torch.Tensor | None = None
     bounds: torch.Tensor | None = None
     positions: torch.Tensor | None = None
+    slots: tuple[Any, Any, Any] | None = None
 
 
 @dataclass
@@ -204,6 +116,7 @@ class Packed:
     prompts: list[list[int]]
     first_sample: int
     started: list[bool]  # per prompt: its prefill segment was seen
+    owners: dict[int, int] = field(default_factory=dict)  # the cache slot of a prompt's position 0 -> prompt
 
 
 @dataclass
@@ -276,7 +189,8 @@ def read_call(params: list[str], args: tuple, kwargs: dict[str, Any]) -> Call | 
     cache = next((v for v in inputs.values() if callable(getattr(v, "get_seq_length", None))), None)
     return Call(int(ref.shape[0]), int(ref.shape[1]), ref.device, ids, inputs.get("attention_mask"),
                 inputs.get("moe_mm_token_type_ids", inputs.get("mm_token_type_ids")), cache, _cache_length(cache),
-                inputs.get("cu_seq_lens_q"), inputs.get("position_ids"))
+                inputs.get("cu_seq_lens_q"), inputs.get("position_ids"),
+                tuple(inputs.get(k) for k in ("write_index", "read_index", "cu_seq_lens_k")))
 
 
 def describe(call: Call, state: State) -> Batch:
@@ -368,7 +282,8 @@ def _describe_packed(call: Call, packed: Packed, state: State) -> Batch:
     The layout is read on the host (one small copy per forward call; continuous batching itself reads
     every step's tokens back to update its requests). A segment starting at position 0 is a whole prompt,
     matched to the first not yet started prompt with those tokens; a one-token segment at a later position
-    is a decode step. Anything else (a prompt split into chunks) raises.
+    is a decode step, of the prompt whose position-0 cache slot it reads first (sample -1 where the paged
+    cache's indices do not say). Anything else (a prompt split into chunks) raises.
     """
     name, seq = state.model_name, call.seq
     if not isinstance(call.bounds, torch.Tensor) or not isinstance(call.positions, torch.Tensor) or call.ids is None:
@@ -377,7 +292,8 @@ def _describe_packed(call: Call, packed: Packed, state: State) -> Batch:
     bounds, positions = call.bounds.tolist(), call.positions.reshape(-1).tolist()
     tokens = call.ids.reshape(-1).tolist()
     phase, sample = [0] * seq, [0] * seq
-    for a, b in zip(bounds, bounds[1:]):
+    writes, reads = _segment_slots(call, bounds, positions)
+    for k, (a, b) in enumerate(zip(bounds, bounds[1:])):
         if positions[a] == 0:
             r = next((r for r, p in enumerate(packed.prompts)
                       if not packed.started[r] and p == tokens[a:b]), None)
@@ -387,8 +303,10 @@ def _describe_packed(call: Call, packed: Packed, state: State) -> Batch:
                                  "continuous batching config's max_batch_tokens above the longest prompt")
             packed.started[r] = True
             sample[a:b] = [r] * (b - a)
+            packed.owners[writes[k]] = r
         elif b - a == 1:
             phase[a] = 1
+            sample[a] = packed.owners.get(reads[k], -1)
         else:
             raise ValueError(f"{name}.forward inside generate_batch: a segment of {b - a} tokens at "
                              f"position {positions[a]} is neither a whole prompt nor a decode step")
@@ -400,6 +318,31 @@ def _describe_packed(call: Call, packed: Packed, state: State) -> Batch:
     batch.phase, batch.sample, batch.phases, batch.packed = phase_t, sample_t, phases, True
     batch.positions = call.positions
     return batch
+
+
+def _segment_slots(call: Call, bounds: list[int], positions: list[int]) -> tuple[list[int], list[int]]:
+    """Per segment of a packed row: the cache slot its first token is written to, and (decode segments) the first
+    slot it reads, its prompt's position 0; -1 where the call holds no paged-cache indices."""
+    segments = len(bounds) - 1
+    write, read, cu_k = (_first_group(x) for x in (call.slots or (None, None, None)))
+    if not all(isinstance(x, torch.Tensor) for x in (write, read, cu_k)):
+        return [-1] * segments, [-1] * segments
+    writes = write.reshape(-1)[bounds[:-1]].tolist()
+    starts, flat = cu_k.reshape(-1).tolist(), read.reshape(-1)
+    decode = [k for k in range(min(segments, len(starts) - 1)) if positions[bounds[k]] and starts[k] < flat.numel()]
+    reads = [-1] * segments
+    for k, slot in zip(decode, flat[[starts[k] for k in decode]].tolist()):
+        reads[k] = slot
+    return writes, reads
+
+
+def _first_group(index: Any) -> Any:
+    """The first layer group's tensor of a paged-cache index given as a tensor, a list or a dict of them."""
+    if isinstance(index, dict):
+        return next(iter(index.values()), None)
+    if isinstance(index, (list, tuple)):
+        return index[0] if index else None
+    return index
 
 
 def _generate_valid(call: Call, gen: Generate, state: State, start: int, prompt: int) -> torch.Tensor:

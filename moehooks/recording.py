@@ -28,7 +28,7 @@ from torch import nn
 
 from .adapters import MoELayer
 from .adapters.hooking import hook_routing
-from .batch import Batch, cells, recomputing
+from .rows import Batch, cells, recomputing
 from .hooks import MODALITIES, PHASES, HookContext, check_choice
 from .trace import TraceWriter, columns
 

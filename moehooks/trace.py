@@ -46,7 +46,7 @@ import pandas
 import torch
 from safetensors.torch import load_file, save_file
 
-from .batch import Batch
+from .rows import Batch
 
 #: the per-row columns a trace stores beside each router's ``indices`` and ``weights``
 COLUMNS = ("sample", "copy", "position", "token", "phase", "image")

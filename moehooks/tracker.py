@@ -17,7 +17,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .batch import Batch, State, describe, prompt_facts, read_call
+from .batch import State, describe, prompt_facts, read_call
+from .rows import Batch
 
 
 class Tracker:

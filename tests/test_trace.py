@@ -269,3 +269,31 @@ def test_token_routing_plot_draws_each_token_s_domain_mass(tmp_path):
     assert masses[::2] == pytest.approx([0.6, 0.0, 0.2]) and all(m != m for m in masses[1::2])
     with pytest.raises(ValueError, match="no sample 5 copy 0; samples: 0..1"):
         plot_token_routing(frame, {1: [3]}, tmp_path / "none.png", sample=5)
+
+
+def test_trace_of_continuous_batching_is_the_trace_of_padded_generate(tmp_path):
+    """Oracle: the same prompts through left-padded ``generate`` (greedy): per (sample, position, layer) the same
+    token, phase and experts, and gate weights within float tolerance, although continuous batching packs every
+    request into one row and numbers nothing by padding."""
+    from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13, 14, 15], [16]]
+    packed, padded = build("qwen3_moe"), build("qwen3_moe")
+    packed.set_attn_implementation("paged|eager")
+    config = GenerationConfig(max_new_tokens=4, do_sample=False, eos_token_id=None, pad_token_id=0)
+    with moehooks.record(packed, trace=tmp_path / "cb"):
+        packed.generate_batch(inputs=prompts, generation_config=config, warmup=False,
+                              continuous_batching_config=ContinuousBatchingConfig(num_blocks=16, max_batch_tokens=64))
+    width = max(map(len, prompts))
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    with moehooks.record(padded, trace=tmp_path / "padded"):
+        padded.generate(input_ids=ids, attention_mask=(ids != 0).long(), max_new_tokens=4, **GREEDY)
+    keys = ["sample", "position", "layer"]
+    cb = to_frame(tmp_path / "cb").sort_values(keys, ignore_index=True)
+    ref = to_frame(tmp_path / "padded").sort_values(keys, ignore_index=True)
+    assert len(ref) == 3 * sum(len(p) + 3 for p in prompts)
+    for column in ("sample", "copy", "position", "token_id", "phase", "modality", "layer", "experts"):
+        assert cb[column].tolist() == ref[column].tolist(), column
+    for got, want in zip(cb["weights"], ref["weights"]):
+        assert got == pytest.approx(want, abs=1e-5)
