@@ -17,7 +17,9 @@ id), ``phase`` (``prefill``/``decode``), ``modality`` (``image``/``text``), ``la
 as ``ExpertSet`` and ``steer`` take it), ``experts`` and ``weights`` (lists of the ``k`` chosen experts and
 their gate weights, as the MoE block applied them). Rows are sorted by sample, copy, position and layer, so
 ``frame[frame.layer == L]`` lists each sequence's tokens in order. Under beam search the beams are reordered
-at each step: a ``copy`` is a beam slot, not one hypothesis followed through the run. ``expert_mass`` sums each
+at each step: a ``copy`` is a beam slot, not one hypothesis followed through the run. Under continuous
+batching (``generate_batch``) a decode token's sample is the request whose cache it reads (-1 where the paged
+cache's indices do not say). ``expert_mass`` sums each
 row's gate weight on given experts; ``moehooks.plots.plot_token_routing`` draws it for one sequence.
 
 On disk a trace is ``shard_NNNNN.safetensors`` files of ``layer{i}.{indices,weights,sample,copy,position,token,
