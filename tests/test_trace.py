@@ -297,3 +297,28 @@ def test_trace_of_continuous_batching_is_the_trace_of_padded_generate(tmp_path):
         assert cb[column].tolist() == ref[column].tolist(), column
     for got, want in zip(cb["weights"], ref["weights"]):
         assert got == pytest.approx(want, abs=1e-5)
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl_moe", "ernie4_5_vl_moe"])
+def test_trace_of_a_left_padded_image_batch_marks_the_image_tokens(family, tmp_path):
+    """Oracle: the batch's own token types (Ernie-4.5-VL: the ``moe_mm_token_type_ids`` that send rows to its
+    vision experts, whose text and vision routers each see a subset of the rows) and hand alignment of the
+    prompt and generated tokens, each token once per layer."""
+    from tiny_vl import PAD, build_vl, vl_batch
+
+    model = build_vl(family)
+    batch = vl_batch(model, batch_size=2, left_pad=True, seed=3)
+    with moehooks.record(model, trace=tmp_path / "t") as rec:
+        out = model.generate(**batch, max_new_tokens=3, do_sample=False, pad_token_id=PAD, eos_token_id=None)
+    frame = to_frame(tmp_path / "t")
+    types = batch.get("moe_mm_token_type_ids", batch["mm_token_type_ids"])
+    width, mask = batch["input_ids"].shape[1], batch["attention_mask"].bool()
+    for layer in sorted(set(rec.layers)):
+        rows = frame[frame["layer"] == layer]
+        for s in range(2):
+            mine = rows[rows["sample"] == s]
+            prompt = batch["input_ids"][s][mask[s]].tolist()
+            assert mine["token_id"].tolist() == prompt + out[s, width:-1].tolist()
+            assert mine["position"].tolist() == list(range(len(prompt) + 2))
+            image = ["image" if t else "text" for t in types[s][mask[s]].tolist()] + ["text"] * 2
+            assert mine["modality"].tolist() == image and "image" in image
