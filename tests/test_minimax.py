@@ -2,9 +2,10 @@
 
 ``MiniMaxCache`` is a ``DynamicCache`` whose linear-attention layers keep their state beside its layers: its
 first layer never holds keys, so ``get_seq_length()`` (the first layer's length) answers 0 at every step. The
-oracle is a hand count (real prompt tokens per prompt; ``NEW - 1`` decode rows per prompt) and the model's own
-routing of the final sequences (``_oracle``); Mixtral, with the same router rule and an ordinary cache, is the
-control that the same checks pass where the cache tells its length.
+oracles are hand counts (real prompt tokens per prompt; ``NEW - 1`` decode rows per returned sequence) and the
+top-k its routers returned in the same run, split by hand: the first call is the prefill (its rows weighted by
+the prompts' mask, first copies only), every row of a later call a decode row. Mixtral, with the same router rule
+and an ordinary cache, is the control that the same checks pass where the cache tells its length.
 """
 
 from __future__ import annotations
@@ -17,27 +18,57 @@ import torch
 import moehooks
 from moehooks.batch import Call, State, describe, prompt_facts
 from test_batch import Cache
-from test_generate_modes import GREEDY, NEW, _oracle, _prompts
+from test_generate_modes import GREEDY, NEW, _prompts
 from tiny import build
 
 FAMILIES = ["minimax", "mixtral"]
 
 
+def _routed(routing, run) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
+    """``run()``'s output and, per MoE layer, the top-k indices its router returned at each forward call (read
+    in the run itself: MiniMax's decode steps of a left-padded row differ from a forward of the whole sequence
+    by ~1e-3 in the logits, enough to flip a top-k)."""
+    calls: list[list[torch.Tensor]] = [[] for _ in routing.layers]
+    handles = [e.router.register_forward_hook(lambda m, a, o, i=i: calls[i].append(o[2].detach()))
+               for i, e in enumerate(routing.layers)]
+    try:
+        return run(), calls
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _counts(indices: torch.Tensor, weight: torch.Tensor, experts: int) -> torch.Tensor:
+    return torch.zeros(experts, dtype=torch.long).index_add_(0, indices.reshape(-1),
+                                                              weight.repeat_interleave(indices.shape[-1]))
+
+
 @pytest.mark.parametrize("family", FAMILIES)
-def test_generate_counts_each_prompt_token_as_prefill_and_each_fed_token_as_decode(family):
+@pytest.mark.parametrize("copies", [1, 2])
+def test_generate_counts_each_prompt_token_as_prefill_and_each_fed_token_as_decode(family, copies):
     model = build(family)
     ids, mask = _prompts()
-    plain = model.generate(input_ids=ids, attention_mask=mask, **GREEDY)
+    settings = {**GREEDY, **(dict(do_sample=True, num_return_sequences=copies) if copies > 1 else {})}
+    torch.manual_seed(0)
+    plain = model.generate(input_ids=ids, attention_mask=mask, **settings)
+    routing = moehooks.adapt(model)
     with moehooks.record(model, per_sample=True) as rec:
-        out = model.generate(input_ids=ids, attention_mask=mask, **GREEDY)
+        torch.manual_seed(0)
+        out, calls = _routed(routing, lambda: model.generate(input_ids=ids, attention_mask=mask, **settings))
     layers = len(rec.layers)
     assert torch.equal(out, plain)
+    assert torch.equal(rec.counts(), rec.counts(phase="prefill") + rec.counts(phase="decode"))
     assert rec.sample_tokens().tolist() == [[4] * layers, [7] * layers]  # real prompt tokens of each prompt
     assert rec.tokens(phase="prefill").tolist() == [11] * layers
-    assert rec.tokens(phase="decode").tolist() == [2 * (NEW - 1)] * layers
-    prefill, decode = _oracle(model, out, mask)
-    assert torch.equal(rec.counts(phase="prefill"), prefill)
-    assert torch.equal(rec.counts(phase="decode"), decode)
+    assert rec.tokens(phase="decode").tolist() == [2 * copies * (NEW - 1)] * layers
+    first_copy = (torch.arange(2 * copies) % copies == 0).long()[:, None]
+    prompt_rows = (mask.repeat_interleave(copies, 0) * first_copy).reshape(-1)
+    for i, (entry, per_call) in enumerate(zip(routing.layers, calls)):
+        assert len(per_call) == NEW  # the prefill and NEW - 1 decode steps
+        decode = torch.cat(per_call[1:])
+        assert torch.equal(rec.counts(phase="prefill")[i], _counts(per_call[0], prompt_rows, entry.num_experts))
+        assert torch.equal(rec.counts(phase="decode")[i],
+                           _counts(decode, torch.ones(decode.shape[0], dtype=torch.long), entry.num_experts))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
