@@ -15,7 +15,8 @@ prompt was expanded to (beams, ``num_return_sequences``) and the end-of-sequence
 A row of a call is the token at absolute position ``start + j`` of its sequence, where ``start`` is the length
 of the KV cache passed in (whatever keyword holds it: ``past_key_values`` up to transformers 5.23, ``cache`` from
 5.24), read where it is a Python number (dynamic caches) and counted by the tracker where it lives on the device
-(static caches), or 0 without a cache (``use_cache=False``). Then, inside ``generate``:
+(static caches) or where the cache answers 0 after the prefill (one whose first layer holds no keys: MiniMax's
+linear-attention layers), or 0 without a cache (``use_cache=False``). Then, inside ``generate``:
 
 * positions before the prompt length are **prefill** rows, later ones **decode** rows (also within one call:
   chunked prefill, ``use_cache=False``, prompt-lookup candidates);
@@ -33,7 +34,8 @@ of the KV cache passed in (whatever keyword holds it: ``past_key_values`` up to 
   inside its own (the model as its own assistant) is described against the outer prompt and counts nothing.
 
 Outside ``generate`` a call without a cache or with an empty one is a batch of new prompts (every real token
-prefill); a call with a non-empty cache is decode (a manual decode loop). Padding is read from the mask in
+prefill); a call with a non-empty cache is decode (a manual decode loop; a cache that answers 0 has the
+positions its call's 2-D mask holds beyond the call). Padding is read from the mask in
 any form: 2-D keyword or positional, 4-D ``[batch, 1, query, key]`` (a row is real where it may attend to its
 own position), or a dict of those per layer type. A call that cannot be described raises ``ValueError``
 naming the model call.
@@ -222,6 +224,8 @@ def _describe_forward(call: Call, state: State) -> Batch:
     length = call.length
     if isinstance(length, torch.Tensor):  # a static cache outside generate: its length lives on the device
         length = int(length)
+    elif length == 0 and isinstance(call.mask, torch.Tensor) and call.mask.dim() == 2:
+        length = max(call.mask.shape[1] - call.seq, 0)  # a cache that does not count: the mask covers past + call
     start = 0 if call.cache is None else int(length)
     prompt = call.seq if start == 0 else 0
     if prompt:
@@ -242,15 +246,15 @@ def _describe_generate(call: Call, gen: Generate, state: State) -> Batch:
         gen.factor = batch // gen.prompts
     if call.cache is None:
         start = 0  # use_cache=False: every call recomputes the sequence from its first position
-    elif isinstance(call.length, int):
+    elif isinstance(call.length, int) and (call.length or not gen.seen):
         start = call.length
         gen.cache = weakref.ref(call.cache)
         if start < gen.seen:  # the cache was cropped: the previous call's trailing candidates were rejected
             if gen.counted:
                 state.retracted = gen.seen - start
             gen.seen = start
-    else:
-        start = gen.seen  # a static cache: positions advance call by call
+    else:  # a static cache, or one that does not count (0 after the prefill): positions advance call by call
+        start, gen.cache = gen.seen, None
     if gen.prompt_len < 0:  # generate built the prompt (BOS): its first call holds it whole
         gen.prompt_len = start + seq
     prompt = min(max(gen.prompt_len - start, 0), seq)
