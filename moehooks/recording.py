@@ -102,7 +102,7 @@ class Recorder(HookContext):
             stack.callback(self._trace.flush)
         self._last = [None] * len(routing.layers)
         self._pending = [[] for _ in routing.layers]
-        for listeners, listener in ((self.tracker.listeners, self._retract), (self.tracker.finished, self.flush)):
+        for listeners, listener in ((self.tracker.listeners, self._retract), (self.tracker.finished, self._finished)):
             listeners.append(listener)
             stack.callback(listeners.remove, listener)
         for i, entry in enumerate(routing.layers):
@@ -142,6 +142,11 @@ class Recorder(HookContext):
             if calls:
                 self._add(i, calls, slots)
                 calls.clear()
+
+    def _finished(self) -> None:
+        """A ``generate`` returned: its calls go into the tables and none of them can be retracted any more."""
+        self.flush()
+        self._last = [None] * len(self._last)
 
     def _add(self, i: int, calls: list[tuple], slots: dict) -> None:
         """One router's held calls into its tables: concatenated, a few operations for them all (``slots``: the
