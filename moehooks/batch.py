@@ -14,16 +14,17 @@ Example (``inputs``: two left-padded prompts, 58 real tokens; beam search runs e
     >>> rec.sample_counts().shape     # one row per prompt (beams belong to their prompt)
     torch.Size([2, 6, 8])
 
-The description of a forward call is ``describe(call, state)``: a function of the call's facts (``Call``, read
-from its arguments by ``read_call``) and of what the run showed so far (``State``: prompts numbered, the
-``Generate`` run in progress), which it advances; tests drive it call by call without a model. One ``Tracker`` per
-model (shared by the open contexts) runs it in a forward pre-hook, and owns the model's ``generate`` call while a
-context is open (an instance attribute wraps it), so the state knows the prompt length, the prompt's attention
-mask, how many rows each prompt was expanded to (beams, ``num_return_sequences``) and the end-of-sequence ids.
+The description of a forward call is ``describe(call, state)`` (a ``moehooks.rows.Batch``): a function of the
+call's facts (``Call``, read from its arguments by ``read_call``) and of what the run showed so far (``State``:
+prompts numbered, the ``Generate`` run in progress), which it advances; tests drive it call by call without a
+model. The model's ``moehooks.tracker.Tracker`` runs it in a forward pre-hook and tells the state what
+``generate`` was given (``prompt_facts``): the prompt length, the prompt's attention mask, how many rows each
+prompt was expanded to (beams, ``num_return_sequences``) and the end-of-sequence ids.
 A row of a call is the token at absolute position ``start + j`` of its sequence, where ``start`` is the length
 of the KV cache passed in (whatever keyword holds it: ``past_key_values`` up to transformers 5.23, ``cache`` from
 5.24), read where it is a Python number (dynamic caches) and counted by the tracker where it lives on the device
-(static caches), or 0 without a cache (``use_cache=False``). Then, inside ``generate``:
+(static caches) or where the cache answers 0 after the prefill (one whose first layer holds no keys: MiniMax's
+linear-attention layers), or 0 without a cache (``use_cache=False``). Then, inside ``generate``:
 
 * positions before the prompt length are **prefill** rows, later ones **decode** rows (also within one call:
   chunked prefill, ``use_cache=False``, prompt-lookup candidates);
@@ -41,7 +42,8 @@ of the KV cache passed in (whatever keyword holds it: ``past_key_values`` up to 
   inside its own (the model as its own assistant) is described against the outer prompt and counts nothing.
 
 Outside ``generate`` a call without a cache or with an empty one is a batch of new prompts (every real token
-prefill); a call with a non-empty cache is decode (a manual decode loop). Padding is read from the mask in
+prefill); a call with a non-empty cache is decode (a manual decode loop; a cache that answers 0 has the
+positions its call's 2-D mask holds beyond the call). Padding is read from the mask in
 any form: 2-D keyword or positional, 4-D ``[batch, 1, query, key]`` (a row is real where it may attend to its
 own position), or a dict of those per layer type. A call that cannot be described raises ``ValueError``
 naming the model call.
@@ -49,98 +51,15 @@ naming the model call.
 
 from __future__ import annotations
 
-import inspect
+import importlib
+import warnings
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
-from torch import nn
 
-
-@dataclass
-class Batch:
-    """The router rows of one forward call: ``rows = batch * seq`` tokens in row-major order.
-
-    Row tensors (LongTensors ``[rows]``, 0/1 unless said): ``valid`` (a real token, not padding: the scope of
-    steering and swaps), ``count`` (recorded: valid, not recomputed, not a copy's prompt, not past the end of
-    its sequence), ``phase`` (0 prompt, 1 generated), ``image`` and ``sample`` (the row's prompt, numbered
-    ``0 .. samples - 1`` within this call; globally ``first_sample + sample``). ``phases`` lists the phases
-    present; ``start`` is the position of the call's first column, ``prompt`` the number of its columns that
-    are prompt positions, ``prompt_len`` the prompts' length; each prompt has ``factor`` rows (beams, returned
-    copies); ``speculative`` marks a call whose trailing decode columns may still be rejected.
-    """
-
-    batch: int
-    seq: int
-    valid: torch.Tensor
-    count: torch.Tensor
-    phase: torch.Tensor
-    image: torch.Tensor
-    sample: torch.Tensor
-    first_sample: int
-    samples: int
-    phases: tuple[int, ...]
-    start: int = 0
-    prompt: int = 0
-    prompt_len: int = 0
-    factor: int = 1
-    speculative: bool = False
-    packed: bool = False  # one packed row of continuous batching: columns are several requests' tokens
-    modality_ids: torch.Tensor | None = None  # [batch, seq] token-type ids, for per-modality routers
-    _cache: dict[tuple, torch.Tensor] = field(default_factory=dict, repr=False)
-
-    @property
-    def rows(self) -> int:
-        return self.batch * self.seq
-
-    def get(self, name: str, device: torch.device, rows: int, branch: str = "") -> torch.Tensor:
-        """A row tensor (``valid``, ``count``, ``phase``, ``image``, ``sample`` or ``cell`` = phase * 2 +
-        image) for a router that saw ``rows`` rows, on ``device`` (cached per call).
-
-        A router that sees only one modality's rows (Ernie-4.5-VL's ``text``/``vision`` gates) gets those
-        rows selected with a boolean mask; that one case synchronises with the device.
-        """
-
-        def make() -> torch.Tensor:
-            full = cells(self.image, self.phase) if name == "cell" else getattr(self, name)
-            if rows != self.rows:
-                full = self._branch_rows(full, branch, rows)
-            return full.to(device)
-
-        return self.memo((name, branch, rows, device), make)
-
-    def memo(self, key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """``make()`` once per call for ``key`` (row tensors that every router of the call shares)."""
-        cached = self._cache.get(key)
-        if cached is None:
-            cached = self._cache[key] = make()
-        return cached
-
-    def _branch_rows(self, full: torch.Tensor, branch: str, rows: int) -> torch.Tensor:
-        if branch and self.modality_ids is not None:
-            is_vision = self.modality_ids.reshape(-1).bool()
-            picked = full[is_vision if branch == "vision" else ~is_vision]
-            if picked.shape[0] == rows:
-                return picked
-        raise RuntimeError(
-            f"a router saw {rows} rows but the forward call has {self.batch}x{self.seq} tokens; "
-            "call the model object the context was opened on"
-        )
-
-
-def recomputing() -> bool:
-    """A router call running inside autograd's backward pass: activation (gradient) checkpointing recomputing a
-    layer whose forward call was already seen, reentrant or not. Steering edits it again (the recomputed forward
-    must be the one that ran); recording and calibration do not count it twice. Read on the host (the graph task
-    of the running backward, as torch's own module trackers read it), never from a tensor; ``False`` while dynamo
-    traces (the graph task id cannot be traced)."""
-    return not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1
-
-
-def cells(image: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
-    """Each row's (phase, modality) cell ``phase * 2 + image`` from its 0/1 ``image`` and ``phase``."""
-    return image + 2 * phase
+from .rows import Batch, cells, recomputing  # noqa: F401  re-exported: moehooks.batch.Batch keeps working
 
 
 @dataclass
@@ -148,7 +67,8 @@ class Call:
     """The facts of one forward call that its description reads: ``batch x seq`` tokens on ``device``, its
     ``input_ids`` (``None`` for embeddings), attention mask (any form), token-type ids, the KV cache object passed
     in (``None`` without one) and its length (a number for dynamic caches, a device tensor for static ones), and,
-    for a packed row of continuous batching, ``cu_seq_lens_q`` and ``position_ids``.
+    for a packed row of continuous batching, ``cu_seq_lens_q``, ``position_ids`` and the paged cache's
+    ``(write_index, read_index, cu_seq_lens_k)``.
 
         >>> call = Call(batch=2, seq=3, ids=torch.tensor([[5, 6, 7], [0, 8, 9]]),
         ...             mask=torch.tensor([[1, 1, 1], [0, 1, 1]]))
@@ -166,6 +86,7 @@ class Call:
     length: int | torch.Tensor | None = None
     bounds: torch.Tensor | None = None
     positions: torch.Tensor | None = None
+    slots: tuple[Any, Any, Any] | None = None
 
 
 @dataclass
@@ -205,6 +126,7 @@ class Packed:
     prompts: list[list[int]]
     first_sample: int
     started: list[bool]  # per prompt: its prefill segment was seen
+    owners: dict[int, int] = field(default_factory=dict)  # the cache slot of a prompt's position 0 -> prompt
 
 
 @dataclass
@@ -277,7 +199,8 @@ def read_call(params: list[str], args: tuple, kwargs: dict[str, Any]) -> Call | 
     cache = next((v for v in inputs.values() if callable(getattr(v, "get_seq_length", None))), None)
     return Call(int(ref.shape[0]), int(ref.shape[1]), ref.device, ids, inputs.get("attention_mask"),
                 inputs.get("moe_mm_token_type_ids", inputs.get("mm_token_type_ids")), cache, _cache_length(cache),
-                inputs.get("cu_seq_lens_q"), inputs.get("position_ids"))
+                inputs.get("cu_seq_lens_q"), inputs.get("position_ids"),
+                tuple(inputs.get(k) for k in ("write_index", "read_index", "cu_seq_lens_k")))
 
 
 def describe(call: Call, state: State) -> Batch:
@@ -309,6 +232,8 @@ def _describe_forward(call: Call, state: State) -> Batch:
     length = call.length
     if isinstance(length, torch.Tensor):  # a static cache outside generate: its length lives on the device
         length = int(length)
+    elif length == 0 and isinstance(call.mask, torch.Tensor) and call.mask.dim() == 2:
+        length = max(call.mask.shape[1] - call.seq, 0)  # a cache that does not count: the mask covers past + call
     start = 0 if call.cache is None else int(length)
     prompt = call.seq if start == 0 else 0
     if prompt:
@@ -329,15 +254,15 @@ def _describe_generate(call: Call, gen: Generate, state: State) -> Batch:
         gen.factor = batch // gen.prompts
     if call.cache is None:
         start = 0  # use_cache=False: every call recomputes the sequence from its first position
-    elif isinstance(call.length, int):
+    elif isinstance(call.length, int) and (call.length or not gen.seen):
         start = call.length
         gen.cache = weakref.ref(call.cache)
         if start < gen.seen:  # the cache was cropped: the previous call's trailing candidates were rejected
             if gen.counted:
                 state.retracted = gen.seen - start
             gen.seen = start
-    else:
-        start = gen.seen  # a static cache: positions advance call by call
+    else:  # a static cache, or one that does not count (0 after the prefill): positions advance call by call
+        start, gen.cache = gen.seen, None
     if gen.prompt_len < 0:  # generate built the prompt (BOS): its first call holds it whole
         gen.prompt_len = start + seq
     prompt = min(max(gen.prompt_len - start, 0), seq)
@@ -360,7 +285,7 @@ def _describe_generate(call: Call, gen: Generate, state: State) -> Batch:
     gen.seen = max(gen.seen, start + seq)
     image = _generate_image(gen, layout, batch, seq, start, prompt, device)
     return _batch(call, state, start, prompt, gen.prompt_len, valid, count, gen.first_sample, gen.prompts,
-                  gen.factor, speculative, image)
+                  gen.factor, speculative, image, gen.mask)
 
 
 def _describe_packed(call: Call, packed: Packed, state: State) -> Batch:
@@ -369,7 +294,8 @@ def _describe_packed(call: Call, packed: Packed, state: State) -> Batch:
     The layout is read on the host (one small copy per forward call; continuous batching itself reads
     every step's tokens back to update its requests). A segment starting at position 0 is a whole prompt,
     matched to the first not yet started prompt with those tokens; a one-token segment at a later position
-    is a decode step. Anything else (a prompt split into chunks) raises.
+    is a decode step, of the prompt whose position-0 cache slot it reads first (sample -1 where the paged
+    cache's indices do not say). Anything else (a prompt split into chunks) raises.
     """
     name, seq = state.model_name, call.seq
     if not isinstance(call.bounds, torch.Tensor) or not isinstance(call.positions, torch.Tensor) or call.ids is None:
@@ -378,7 +304,8 @@ def _describe_packed(call: Call, packed: Packed, state: State) -> Batch:
     bounds, positions = call.bounds.tolist(), call.positions.reshape(-1).tolist()
     tokens = call.ids.reshape(-1).tolist()
     phase, sample = [0] * seq, [0] * seq
-    for a, b in zip(bounds, bounds[1:]):
+    writes, reads = _segment_slots(call, bounds, positions)
+    for k, (a, b) in enumerate(zip(bounds, bounds[1:])):
         if positions[a] == 0:
             r = next((r for r, p in enumerate(packed.prompts)
                       if not packed.started[r] and p == tokens[a:b]), None)
@@ -388,8 +315,10 @@ def _describe_packed(call: Call, packed: Packed, state: State) -> Batch:
                                  "continuous batching config's max_batch_tokens above the longest prompt")
             packed.started[r] = True
             sample[a:b] = [r] * (b - a)
+            packed.owners[writes[k]] = r
         elif b - a == 1:
             phase[a] = 1
+            sample[a] = packed.owners.get(reads[k], -1)
         else:
             raise ValueError(f"{name}.forward inside generate_batch: a segment of {b - a} tokens at "
                              f"position {positions[a]} is neither a whole prompt nor a decode step")
@@ -399,7 +328,33 @@ def _describe_packed(call: Call, packed: Packed, state: State) -> Batch:
     phases = tuple(sorted(set(phase[:real]))) or (0,)
     batch = _batch(call, state, 0, 0, 0, valid, valid, packed.first_sample, len(packed.prompts), 1)
     batch.phase, batch.sample, batch.phases, batch.packed = phase_t, sample_t, phases, True
+    batch.positions = call.positions
     return batch
+
+
+def _segment_slots(call: Call, bounds: list[int], positions: list[int]) -> tuple[list[int], list[int]]:
+    """Per segment of a packed row: the cache slot its first token is written to, and (decode segments) the first
+    slot it reads, its prompt's position 0; -1 where the call holds no paged-cache indices."""
+    segments = len(bounds) - 1
+    write, read, cu_k = (_first_group(x) for x in (call.slots or (None, None, None)))
+    if not all(isinstance(x, torch.Tensor) for x in (write, read, cu_k)):
+        return [-1] * segments, [-1] * segments
+    writes = write.reshape(-1)[bounds[:-1]].tolist()
+    starts, flat = cu_k.reshape(-1).tolist(), read.reshape(-1)
+    decode = [k for k in range(min(segments, len(starts) - 1)) if positions[bounds[k]] and starts[k] < flat.numel()]
+    reads = [-1] * segments
+    for k, slot in zip(decode, flat[[starts[k] for k in decode]].tolist()):
+        reads[k] = slot
+    return writes, reads
+
+
+def _first_group(index: Any) -> Any:
+    """The first layer group's tensor of a paged-cache index given as a tensor, a list or a dict of them."""
+    if isinstance(index, dict):
+        return next(iter(index.values()), None)
+    if isinstance(index, (list, tuple)):
+        return index[0] if index else None
+    return index
 
 
 def _generate_valid(call: Call, gen: Generate, state: State, start: int, prompt: int) -> torch.Tensor:
@@ -451,7 +406,7 @@ def _alive(call: Call, gen: Generate, start: int, prompt: int) -> torch.Tensor |
 
 def _batch(call: Call, state: State, start: int, prompt: int, prompt_len: int, valid: torch.Tensor,
            count: torch.Tensor, first: int, samples: int, factor: int, speculative: bool = False,
-           image: torch.Tensor | None = None) -> Batch:
+           image: torch.Tensor | None = None, pad_mask: torch.Tensor | None = None) -> Batch:
     batch, seq, device = call.batch, call.seq, call.device
     layout = _layout(state, batch, seq, prompt, factor, device)
     types = _last(call.types, seq)
@@ -461,8 +416,12 @@ def _batch(call: Call, state: State, start: int, prompt: int, prompt_len: int, v
         image = (call.ids == state.image_token_id).reshape(-1).long()
     elif image is None:
         image = layout.zeros
+    mask = call.mask
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or mask.shape[1] < start + seq:
+        mask = pad_mask  # a mask that does not reach back to position 0
     return Batch(batch, seq, valid, count.contiguous(), layout.phase, image, layout.sample, first, samples,
-                 layout.phases, start, prompt, prompt_len, factor, speculative, modality_ids=types)
+                 layout.phases, start, prompt, prompt_len, factor, speculative, modality_ids=types, ids=call.ids,
+                 pad_mask=mask)
 
 
 def _layout(state: State, batch: int, seq: int, prompt: int, factor: int, device: torch.device) -> _Layout:
@@ -491,104 +450,6 @@ class _Layout(NamedTuple):
     phase: torch.Tensor
     sample: torch.Tensor
     phases: tuple[int, ...]
-
-
-class Tracker:
-    """Shared forward pre-hook describing the current batch (``describe``), and owner of the model's ``generate``
-    and ``generate_batch`` while any context is open; one per model."""
-
-    def __init__(self, model: nn.Module, image_token_id: int | None) -> None:
-        self.batch: Batch | None = None
-        self.users = 0
-        self.listeners: list[Callable[[int], None]] = []  # told how many trailing positions were rejected
-        self.finished: list[Callable[[], None]] = []  # told when a generate / generate_batch call returns
-        self.state = State(type(model).__name__, image_token_id)
-        self._params = _forward_params(model)
-        self._generation_config = getattr(model, "generation_config", None)
-        # Always eager: the batch description is Python bookkeeping (the prompt counter changes every prefill), and
-        # tracing it would make dynamo guard on it and recompile every generate call.
-        self._handle = model.register_forward_pre_hook(torch.compiler.disable(self._pre), with_kwargs=True)
-        self._model = weakref.ref(model)
-        self._patches = [_patch(model, "generate", self.generating), _patch(model, "generate_batch", self.batching)]
-
-    def remove(self) -> None:
-        self._handle.remove()
-        model = self._model()
-        if model is not None:
-            for patch in self._patches:
-                _unpatch(model, patch)
-        self.batch = None
-        self.state.gen = None
-
-    def generating(self, generate: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
-        """Run ``generate(*args, **kwargs)`` with the prompt facts it was given; retract unaccepted candidates.
-
-        A ``generate`` of this model called inside its own ``generate`` (the model as its own assistant,
-        ``assistant_model=model``) is described apart: its rows take their phase and image flags from the outer
-        prompt, are scoped for steering as such, and are never counted (they are drafts; the outer calls verify
-        them), nor do their caches' crops retract the outer calls.
-        """
-        state = self.state
-        outer = state.gen
-        if outer is not None:
-            state.gen = outer.nested()
-            try:
-                return generate(*args, **kwargs)
-            finally:
-                state.gen = outer
-        state.start(prompt_facts(args, kwargs, self._generation_config, state.model_name))
-        try:
-            return generate(*args, **kwargs)
-        finally:
-            gen, state.gen = state.gen, None
-            unaccepted = gen.unaccepted()
-            if unaccepted:
-                self._retract(unaccepted)
-            self.batch = None
-            self._finish()
-
-    def batching(self, generate_batch: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
-        """Run ``generate_batch(*args, **kwargs)`` (continuous batching) knowing its prompts."""
-        inputs = kwargs.get("inputs", args[0] if args else None)
-        if not isinstance(inputs, (list, tuple)) or not all(isinstance(p, (list, tuple)) for p in inputs):
-            raise ValueError(f"{self.state.model_name}.generate_batch: moehooks needs inputs as a list of token-id "
-                             "lists")
-        self.state.start_packed([[int(t) for t in p] for p in inputs])
-        try:
-            return generate_batch(*args, **kwargs)
-        finally:
-            self.state.packed = None
-            self.batch = None
-            self._finish()
-
-    def _retract(self, positions: int) -> None:
-        for listener in list(self.listeners):
-            listener(positions)
-
-    def _finish(self) -> None:
-        for listener in list(self.finished):
-            listener()
-
-    def _pre(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        call = read_call(self._params, args, kwargs)
-        if call is None:
-            self.batch = None
-            return
-        batch = describe(call, self.state)
-        if self.state.retracted:
-            self._retract(self.state.retracted)
-        self.batch = batch
-
-
-def _forward_params(model: nn.Module) -> list[str]:
-    """The names of ``model.forward``'s positional parameters (a forward an nnsight controller replaced reports
-    the class's unbound signature: its ``self`` is dropped)."""
-    try:
-        names = [p.name for p in inspect.signature(model.forward).parameters.values()
-                 if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    except (TypeError, ValueError):
-        return []
-    return names[1:] if names[:1] == ["self"] else names
 
 
 def _bind(params: list[str], args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -635,28 +496,9 @@ def _last(types: Any, seq: int) -> torch.Tensor | None:
     return types[:, -seq:]
 
 
-def _patch(model: nn.Module, name: str, through: Callable[..., Any]) -> tuple[str, bool, Any] | None:
-    """Route ``model.<name>`` through ``through(original, args, kwargs)`` (an instance attribute, undone by
-    ``_unpatch``)."""
-    original = getattr(model, name, None)
-    if not callable(original):
-        return None
-    own = name in model.__dict__
-
-    def call(*args: Any, **kwargs: Any) -> Any:
-        return through(original, args, kwargs)
-
-    call.__doc__ = getattr(original, "__doc__", None)
-    call.__wrapped__ = original  # type: ignore[attr-defined]
-    model.__dict__[name] = call
-    return name, own, original
-
-
-def _unpatch(model: nn.Module, patch: tuple[str, bool, Any] | None) -> None:
-    if patch is None:
-        return
-    name, own, original = patch
-    if own:
-        model.__dict__[name] = original
-    else:
-        model.__dict__.pop(name, None)
+def __getattr__(name: str) -> Any:
+    """``moehooks.batch.Tracker``: deprecated alias of ``moehooks.tracker.Tracker``, where it now lives."""
+    if name == "Tracker":
+        warnings.warn("moehooks.batch.Tracker moved to moehooks.tracker.Tracker", DeprecationWarning, stacklevel=2)
+        return importlib.import_module(f"{__package__}.tracker").Tracker
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

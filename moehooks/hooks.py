@@ -33,8 +33,8 @@ import torch
 from torch import nn
 
 from .adapters import RoutingMap, adapt
-from .batch import Tracker
 from .compiled import compiled_entries, drop_compiled_since, guard_hooks, holds_compiled_code
+from .tracker import Tracker
 from .util import check_choice  # noqa: F401  re-exported: steering, recording and swap import it from here
 from .wrappers import see_through
 

@@ -449,13 +449,15 @@ def swap_study(model: nn.Module, processor: Any, items_path: str | Path | None, 
 
 def record_dataset(model: nn.Module, processor: Any, items_path: str | Path, out_path: str | Path, *,
                    as_text: bool = False, model_id: str = "model", batch_size: int = 32,
-                   progress: Progress = None) -> Path:
+                   trace: str | Path | None = None, progress: Progress = None) -> Path:
     """Record prompt routing of a dataset (image or text version) and save counts/tokens as an artefact
-    (the main process saves it when launched as several). The items and the output path are checked first."""
+    (the main process saves it when launched as several). The items and the output path are checked first.
+    With ``trace``, every prompt token's routing is traced to that folder and exported with its decoded text
+    as ``trace/trace.parquet`` (``moehooks.trace.to_frame``: sample ``k`` is the ``k``-th item)."""
     items = load_items(items_path)
     runs.check_output_file(out_path)
     rec = record_items(model, processor, text_versions(items) if as_text else items, batch_size=batch_size,
-                       progress=progress)
+                       trace=trace, progress=progress)
     tensors = {f"{what}.{modality}": getattr(rec, what)(modality=modality, phase="prefill").cpu()
                for what in ("counts", "tokens", "probs") for modality in ("all", "image", "text")}
     artefact = artefacts.Artefact(model=artefacts.describe(model, model_id=model_id), dataset=str(items_path),

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+import pandas
 import torch
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -34,6 +35,7 @@ from matplotlib.ticker import MaxNLocator, PercentFormatter
 from torch import Tensor
 
 from moehooks.stats import Divergence, ExpertSet
+from moehooks.trace import expert_mass
 from moehooks.util import atomic_write
 from moehooks.util import span as id_span
 
@@ -399,3 +401,54 @@ def plot_loss_curve(rows: Sequence[tuple[int, float, float, float]], path: str |
     ax.set_yscale("symlog", linthresh=1e-3)
     ax.legend()
     return _write(fig, ("step", "loss", "objective", "anchor"), rows, path)
+
+
+def plot_token_routing(frame: pandas.DataFrame, experts: Mapping[int, Sequence[int]], path: str | os.PathLike[str], *,
+                       sample: int = 0, copy: int = 0, model: str | None = None, data: str | None = None,
+                       label: str = "domain experts") -> PlotFiles:
+    """One sequence's routing at a glance: a tokens x layers heatmap of the gate weight each token gave to
+    ``experts`` of each layer (e.g. an ``ExpertSet`` from ``moehooks.stats.identify``), the tokens' texts on the
+    axis (image tokens in the image colour), the first generated token marked.
+
+    Example::
+
+        frame = moehooks.trace.to_frame("runs/trace", processor)
+        plot_token_routing(frame, experts, "runs/routing.png", sample=0, model="lab", data="arith_image_test #0")
+
+    ``frame`` is a ``moehooks.trace.to_frame`` frame; ``model`` defaults to the trace's model class. Layers
+    without listed experts are left blank. CSV columns: ``position, token, modality, phase, layer, mass``.
+
+    Raises:
+        ValueError: the frame holds no rows of ``sample`` / ``copy``.
+    """
+    rows = frame[(frame["sample"] == sample) & (frame["copy"] == copy)]
+    if rows.empty:
+        raise ValueError(f"the trace holds no sample {sample} copy {copy}; samples: 0..{int(frame['sample'].max())}")
+    rows = rows.assign(mass=expert_mass(rows, experts))
+    listed = {int(layer) for layer, chosen in experts.items() if len(chosen)}
+    rows.loc[~rows["layer"].isin(listed), "mass"] = float("nan")
+    grid = rows.pivot(index="layer", columns="position", values="mass")
+    tokens = rows.drop_duplicates("position").set_index("position").loc[grid.columns]
+    texts = tokens["token"] if "token" in tokens else tokens["token_id"].astype(str)
+    labels = [repr(str(t))[1:-1] or "␣" for t in texts]
+    name = model or frame.attrs.get("model", "model")
+    size = sum(len(chosen) for chosen in experts.values())
+    fig, ax = _figure(f"Gate weight on {label} per token — {name}", "token", "decoder layer",
+                      width=max(6.0, 0.24 * len(labels) + 2.5), height=max(3.5, 0.4 * len(grid.index) + 2.5),
+                      note=f"{data + ', ' if data else ''}sample {sample}\n{size} {label} in layers "
+                           f"{id_span(sorted(listed))} (blank: a layer without any); image tokens in orange")
+    mesh = ax.imshow(grid.to_numpy(dtype=float), cmap="viridis", vmin=0, vmax=1, aspect="auto",
+                     interpolation="nearest", origin="lower")
+    fig.colorbar(mesh, ax=ax, label=f"gate weight on {label}")
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+    for tick, modality in zip(ax.get_xticklabels(), tokens["modality"]):
+        tick.set_color(IMAGE_COLOR if modality == "image" else "black")
+    ax.set_yticks(range(len(grid.index)), [str(layer) for layer in grid.index])
+    decode = [k for k, phase in enumerate(tokens["phase"]) if phase == "decode"]
+    if decode:
+        ax.axvline(decode[0] - 0.5, color="red", linewidth=2, linestyle="--", label="first generated token")
+        fig.legend(loc="outside lower center", fontsize=8)
+    table = [(int(p), text, m, ph, int(layer), mass)
+             for p, text, m, ph, layer, mass in zip(rows["position"], (texts.loc[p] for p in rows["position"]),
+                                                    rows["modality"], rows["phase"], rows["layer"], rows["mass"])]
+    return _write(fig, ("position", "token", "modality", "phase", "layer", "mass"), table, path)

@@ -41,9 +41,9 @@ from torch import nn
 
 from .adapters import MoELayer
 from .adapters.hooking import hook_routing
-from .batch import Batch, cells, recomputing
+from .rows import Batch, cells, recomputing
 from .hooks import MODALITIES, PHASES, HookContext, check_choice
-from .trace import TraceWriter
+from .trace import TraceWriter, columns
 
 _CELLS = len(PHASES) * len(MODALITIES)
 #: held router calls are added to the tables once they hold this many logits elements, a call counting
@@ -87,6 +87,7 @@ class Recorder(HookContext):
         self.per_sample = per_sample
         self._trace_options = (trace, trace_chunk)
         self._trace: TraceWriter | None = None
+        self._first_sample = 0  # the tracker's prompt count when the trace opened: the trace's sample 0
         self.layers: list[int] = []
         self.num_experts = 0
         self.top_k: list[int] = []  # per router
@@ -108,11 +109,13 @@ class Recorder(HookContext):
         self._samples = [[] for _ in routing.layers]
         directory, chunk = self._trace_options
         if directory is not None:
-            self._trace = TraceWriter(directory, [f"layer{i}" for i in range(len(routing.layers))], chunk)
+            meta = {"model": self.tracker.state.model_name, "layers": list(routing.layer_ids)}
+            self._trace = TraceWriter(directory, [f"layer{i}" for i in range(len(routing.layers))], chunk, meta)
+            self._first_sample = self.tracker.state.samples
             stack.callback(self._trace.flush)
         self._last = [None] * len(routing.layers)
         self._pending = [[] for _ in routing.layers]
-        for listeners, listener in ((self.tracker.listeners, self._retract), (self.tracker.finished, self.flush)):
+        for listeners, listener in ((self.tracker.listeners, self._retract), (self.tracker.finished, self._finished)):
             listeners.append(listener)
             stack.callback(listeners.remove, listener)
         for i, entry in enumerate(routing.layers):
@@ -132,7 +135,7 @@ class Recorder(HookContext):
             if self._trace is not None:
                 rows, device, branch = indices.shape[0], indices.device, entry.branch
                 self._trace.add(f"layer{i}", indices, weights, batch.get("count", device, rows, branch),
-                                batch.get("image", device, rows, branch), batch.get("phase", device, rows, branch))
+                                columns(batch, device, rows, branch, self._first_sample))
             if now or torch.compiler.is_compiling():  # compiled code adds inside its graph, with no Python state
                 self._add(i, [call], {})
                 return
@@ -152,6 +155,11 @@ class Recorder(HookContext):
             if calls:
                 self._add(i, calls, slots)
                 calls.clear()
+
+    def _finished(self) -> None:
+        """A ``generate`` returned: its calls go into the tables and none of them can be retracted any more."""
+        self.flush()
+        self._last = [None] * len(self._last)
 
     def _add(self, i: int, calls: list[tuple], slots: dict) -> None:
         """One router's held calls into its tables: concatenated, a few operations for them all (``slots``: the
@@ -339,7 +347,8 @@ def record(model: nn.Module, *, per_sample: bool = False, trace: str | os.PathLi
     prompt tokens count once, while every beam's (every returned copy's) decode rows count.
 
     ``per_sample=True`` also keeps ``[samples, layers, experts]`` counts over prompt tokens, one row per prompt
-    (not per beam), numbered in the order the prompts were seen. ``trace="dir"`` also streams every real token's chosen
-    experts and gate weights to ``dir`` in shards of ``trace_chunk`` rows (``moehooks.trace.read_trace``).
+    (not per beam), numbered in the order the prompts were seen. ``trace="dir"`` also streams every counted token's
+    chosen experts and gate weights, with its sample (numbered as ``sample_counts`` numbers them), position, token id,
+    phase and modality, to ``dir`` in shards of ``trace_chunk`` rows (``moehooks.trace.to_frame`` reads it).
     """
     return Recorder(model, per_sample=per_sample, trace=trace, trace_chunk=trace_chunk)

@@ -60,8 +60,9 @@ from torch import nn
 from .adapters import MoELayer, RouterAdapter, RoutingMap, UnsupportedModelError, adapt
 from .adapters.hooking import hook_routing
 from .adapters.rule import Edit, cast, on_device
-from .batch import Batch, Tracker, recomputing
+from .rows import Batch, recomputing
 from .hooks import MODALITIES, PHASES, HookContext, check_choice, check_finite
+from .tracker import Tracker
 from .util import layer_span
 
 MODES = ("soft", "hard", "random")

@@ -23,6 +23,7 @@ main process writes the files (``moehooks.distributed``).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -33,6 +34,7 @@ import torch
 from torch import nn
 
 from . import artefacts, distributed, generation, grading, plots, runs, stats
+from . import trace as traces
 from .adapters import adapt
 from .items import Item, text_versions
 from .recording import Recorder, record
@@ -52,21 +54,28 @@ def _device(model: nn.Module) -> torch.device:
 
 
 def record_items(model: nn.Module, processor: Any, items: Sequence[Item], *, batch_size: int = 32,
-                 per_sample: bool = False, progress: Progress = None) -> Recorder:
-    """Routing of the items' prompts (one forward per batch, no generation), as a closed ``Recorder``.
+                 per_sample: bool = False, trace: str | os.PathLike[str] | None = None,
+                 progress: Progress = None) -> Recorder:
+    """Routing of the items' prompts (one forward per batch, no generation), as a closed ``Recorder``; with
+    ``trace``, every prompt token's routing is also traced to that folder and exported with its decoded text as
+    ``trace/trace.parquet`` (``moehooks.trace.to_frame``; sample ``k`` is the ``k``-th item).
 
     Launched as several processes, each records its share of the items and every process gets the tables
-    summed over all of them (``moehooks.distributed``).
+    summed over all of them (``moehooks.distributed``); each traces its share to ``trace/rank<N>``.
     """
     state = distributed.launched_state()
     share = distributed.shard_items(items, state)
     batches = [share[i:i + batch_size] for i in range(0, len(share), batch_size)]
-    with torch.no_grad(), record(model, per_sample=per_sample) as rec:
+    if trace is not None and state is not None and state.num_processes > 1:
+        trace = Path(trace) / f"rank{state.process_index}"
+    with torch.no_grad(), record(model, per_sample=per_sample, trace=trace) as rec:
         for done, batch in enumerate(batches, 1):
             inputs = generation.build_inputs(processor, batch).to(_device(model))
             model(**inputs)
             if progress:
                 progress(done, len(batches))
+    if trace is not None:
+        traces.to_parquet(trace, Path(trace) / "trace.parquet", processor)
     return distributed.reduce_recorder_tables(rec, state)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
@@ -130,6 +131,20 @@ def test_hooked_generate_adds_no_host_sync(family: str, name: str) -> None:
     with CONTEXTS[name](model):  # opened outside the counter: argument checks may read values
         hooked = count_syncs(lambda: _generate(model))
     assert hooked == unhooked
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "deepseek_v3"])
+def test_traced_generate_adds_no_host_sync_within_a_chunk(family: str, tmp_path: Path) -> None:
+    """A trace keeps its rows and their columns (sample, position, token...) on the device until a chunk is full:
+    a run shorter than a chunk reads nothing back; the rows are on disk once the context closes."""
+    from moehooks.trace import read_trace
+
+    model = build(family)
+    unhooked = count_syncs(lambda: _generate(model))
+    with moehooks.record(model, trace=tmp_path / "t", trace_chunk=1 << 16):
+        hooked = count_syncs(lambda: _generate(model))
+    assert hooked == unhooked
+    assert read_trace(tmp_path / "t")["layer0.position"].numel() == 18 + 3 * 5  # real prompt tokens + read tokens
 
 
 def test_the_counter_sees_a_syncing_hook() -> None:

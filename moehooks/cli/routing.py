@@ -182,6 +182,8 @@ def record_cmd(
     model: str = MODEL,
     as_text: bool = typer.Option(False, help="record the text version (text_reference) instead of the image"),
     out: Path = typer.Option(Path("runs/record.safetensors"), "--out", "-o", help="artefact path"),
+    trace: Optional[Path] = typer.Option(None, "--trace", help="also trace every prompt token's experts and "
+                                         "weights to this empty folder, with DIR/trace.parquet (decoded tokens)"),
     device_map: Optional[str] = DEVICE_MAP,
     dtype: str = DTYPE,
     attn: Optional[str] = ATTN,
@@ -191,6 +193,7 @@ def record_cmd(
     """Record which experts the prompt tokens chose; saves counts/tokens/probs per modality as an artefact.
 
     Example: python cli.py record mathverse_vision.jsonl --model qwen3-vl --out runs/mv_image.safetensors
+    --trace runs/mv_trace
     """
     from moehooks import evaluate, pipeline
 
@@ -199,11 +202,15 @@ def record_cmd(
     if as_text:
         pipeline.text_versions(loaded)
     runs.check_output_file(out)
+    if trace is not None and any(runs.check_output_dir(trace).glob("shard_*.safetensors")):
+        raise runs.UsageError(f"--trace {trace} already holds a trace; give an empty folder")
     lm, processor, spec = load_model(model, device_map, dtype, attn, trust_remote_code, revision)
     with progress_bar("record") as update:
         path = pipeline.record_dataset(lm, processor, items, out, as_text=as_text, model_id=spec.source,
-                                       progress=update)
+                                       trace=trace, progress=update)
     console.print(f"saved {path}", highlight=False, markup=False)
+    if trace is not None:
+        console.print(f"trace {trace} (table: {trace / 'trace.parquet'})", highlight=False, markup=False)
 
 
 @app.command()
