@@ -1,9 +1,16 @@
 """moehooks: read and steer the routers of Mixture-of-Experts models in Hugging Face transformers.
 
-    routing = moehooks.adapt(model)                 # where the routers are, and their exact rule
-    with moehooks.record(model) as rec:             # which experts every token really chose
-        model.generate(**inputs)
-    rec.counts(modality="image", phase="prefill")   # LongTensor [moe_layers, experts]
+Example (``model``: the embedded lab model, a tiny Qwen3-VL-MoE; ``inputs``: two image prompts):
+    >>> import moehooks
+    >>> routing = moehooks.adapt(model)                 # where the routers are, and their exact rule
+    >>> routing.family, routing.layer_ids
+    ('qwen3_vl_moe', [0, 1, 2, 3, 4, 5])
+    >>> with moehooks.record(model) as rec:             # which experts every token really chose
+    ...     out = model.generate(**inputs, max_new_tokens=4)
+    >>> rec.counts(modality="image", phase="prefill").shape   # LongTensor [moe_layers, experts]
+    torch.Size([6, 8])
+    >>> rec.tokens(modality="image", phase="prefill")         # 8 image tokens per prompt, in every layer
+    tensor([16, 16, 16, 16, 16, 16])
 
 Every module of the package is an attribute of it, imported on first use (``moehooks.artefacts.load(...)`` after
 ``import moehooks``); the README's module list says which module holds what.

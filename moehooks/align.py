@@ -1,12 +1,23 @@
 """Router alignment: a router-only fine-tune that routes each image prompt as the model routes its text version.
 
-Example::
-
-    pairs = encode_pairs(processor, items, batch_size=16)          # image + text version of each item
-    result = align(model, pairs, layers=[1, 2, 3, 4], steps=150, lr=3e-3, anchor=3.0, seed=0,
-                   checkpoint="runs/align.ckpt", out_dir="runs/align")
-    save_routers("runs/routers.safetensors", result)               # the router-weight delta
-    model = apply_routers(base_model, "runs/routers.safetensors")  # or load_model(..., routers=PATH)
+Example (2 steps on a copy of the lab model; ``scripts/lab_organism.py`` ran such a fine-tune for real):
+    >>> import copy, torch
+    >>> from moehooks.items import load_items
+    >>> from moehooks.lab import DATA_DIR
+    >>> tuned = copy.deepcopy(model)
+    >>> pairs = encode_pairs(processor, load_items(DATA_DIR / "arith_image.jsonl")[:8], batch_size=4)
+    >>> result = align(tuned, pairs, layers=[1, 2], steps=2, lr=3e-3, anchor=3.0, seed=0,
+    ...                checkpoint="runs/align.ckpt", out_dir="runs/align")
+    >>> [row["step"] for row in result.history], sorted(result.delta)
+    ([1, 2], ['model.language_model.layers.1.mlp.gate.weight', 'model.language_model.layers.2.mlp.gate.weight'])
+    >>> save_routers("runs/routers.safetensors", result)               # the router-weight delta
+    PosixPath('runs/routers.safetensors')
+    >>> again = apply_routers(copy.deepcopy(model), "runs/routers.safetensors")  # or load_model(..., routers=PATH)
+    >>> all(torch.equal(a, b) for a, b in zip(again.parameters(), tuned.parameters()))   # the trained model exactly
+    True
+    >>> changed = [name for (name, a), b in zip(model.named_parameters(), tuned.parameters()) if not torch.equal(a, b)]
+    >>> changed == sorted(result.delta)                                # only the chosen routers moved
+    True
 
 Every weight but the chosen layers' router parameters is frozen. Each step takes one batch of pairs:
     - the routing distribution of a prompt in a layer is the mean, over its positions (``positions``), of the

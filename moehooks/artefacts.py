@@ -1,18 +1,29 @@
 """Save and load routing statistics and expert sets as ``safetensors`` files with JSON metadata.
 
-Example::
-
-    experts = visual_experts(image_rec, text_rec, tau=0.05)
-    art = Artefact(
-        model=describe(model),
-        dataset="mathverse-mini",
-        dataset_size=500,
-        params={"tau": 0.05, "modality": "image", "phase": "prefill"},
-        tensors={"counts.image": image_rec.counts(modality="image"), "delta.visual": experts.delta},
-        expert_sets={"visual": experts},
-    )
-    save("runs/visual.safetensors", art)
-    art = load("runs/visual.safetensors", model)   # refuses a model with other router weights
+Example (``items``: two image problems; their text versions are the same problems as text):
+    >>> import moehooks
+    >>> from moehooks.generation import build_inputs
+    >>> from moehooks.stats import visual_experts
+    >>> with moehooks.record(model) as image_rec:
+    ...     logits = model(**inputs).logits
+    >>> with moehooks.record(model) as text_rec:
+    ...     logits = model(**build_inputs(processor, items, as_text=True)).logits
+    >>> experts = visual_experts(image_rec, text_rec, tau=0.05)
+    >>> art = Artefact(
+    ...     model=describe(model),
+    ...     dataset="arith_image.jsonl",
+    ...     dataset_size=2,
+    ...     params={"tau": 0.05, "modality": "image", "phase": "prefill"},
+    ...     tensors={"counts.image": image_rec.counts(modality="image"), "delta.visual": experts.delta},
+    ...     expert_sets={"visual": experts},
+    ... )
+    >>> save("runs/visual.safetensors", art)
+    PosixPath('runs/visual.safetensors')
+    >>> loaded = load("runs/visual.safetensors", model)   # refuses a model with other router weights
+    >>> loaded.expert_sets["visual"] == experts, loaded.model.num_experts
+    (True, [8, 8, 8, 8, 8, 8])
+    >>> torch.equal(loaded.tensors["counts.image"], image_rec.counts(modality="image"))
+    True
 
 File format: a safetensors file whose tensors are ``Artefact.tensors`` (stored on CPU) and
 whose metadata holds ``{"format": "pt", "moehooks": <JSON>, "moehooks_sha256": <hex>}``; the JSON object

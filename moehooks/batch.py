@@ -1,10 +1,18 @@
-"""The per-forward batch description every hook reads: which router rows are real prompt tokens, which are
-generated, which are padding, recomputed or copies, and which prompt each row belongs to.
+"""The per-forward batch description every hook reads: what each router row is, and whose prompt it belongs to.
 
-    with moehooks.record(model, per_sample=True) as rec:
-        model.generate(**inputs, max_new_tokens=32, num_beams=2)
-    rec.tokens(phase="prefill")   # each real prompt token once, whatever the generate mode
-    rec.sample_counts()           # one row per prompt (beams belong to their prompt)
+Which router rows are real prompt tokens, which are generated, which are padding, recomputed or copies, and which
+prompt each row belongs to.
+
+Example (``inputs``: two left-padded prompts, 58 real tokens; beam search runs each prompt twice):
+    >>> import moehooks
+    >>> with moehooks.record(model, per_sample=True) as rec:
+    ...     out = model.generate(**inputs, max_new_tokens=4, num_beams=2)
+    >>> rec.tokens(phase="prefill")   # each real prompt token once, whatever the generate mode
+    tensor([58, 58, 58, 58, 58, 58])
+    >>> int(inputs["attention_mask"].sum())
+    58
+    >>> rec.sample_counts().shape     # one row per prompt (beams belong to their prompt)
+    torch.Size([2, 6, 8])
 
 The description of a forward call is ``describe(call, state)`` (a ``moehooks.rows.Batch``): a function of the
 call's facts (``Call``, read from its arguments by ``read_call``) and of what the run showed so far (``State``:

@@ -1,10 +1,22 @@
 r"""The paper's benchmarks as lists of :class:`moehooks.items.Item`, from the hub or from a local copy.
 
-Example:
+    items = load_benchmark("gpqa-physics", limit=50)     # from the Hugging Face cache or hub (gated: log in first)
+
+Example (a local copy holding one published MATH-500 row, ``test/algebra/2584.json``):
+    >>> import json
+    >>> from pathlib import Path
     >>> from moehooks.benchmarks import load_benchmark, render_images
-    >>> items = load_benchmark("gpqa-physics", limit=50)  # doctest: +SKIP
-    >>> math = load_benchmark("math500", data_dir="data/MATH-500")  # doctest: +SKIP
-    >>> math_v1 = render_images(math, "runs/math500-images", variant="v1")  # doctest: +SKIP
+    >>> row = {"problem": "If $f(x) = \\frac{3x-2}{x-2}$, what is the value of $f(-2) +f(-1)+f(0)$? Express your "
+    ...        "answer as a common fraction.", "solution": "...", "answer": "\\frac{14}{3}", "subject": "Algebra",
+    ...        "level": 3, "unique_id": "test/algebra/2584.json"}
+    >>> Path("data/MATH-500").mkdir(parents=True)
+    >>> _ = Path("data/MATH-500/test.jsonl").write_text(json.dumps(row) + "\n")
+    >>> math = load_benchmark("math500", data_dir="data/MATH-500")
+    >>> math[0].id, math[0].answer, math[0].image
+    ('test/algebra/2584.json', '\\frac{14}{3}', None)
+    >>> math_v1 = render_images(math, "runs/math500-images", variant="v1")   # the problem, rendered
+    >>> math_v1[0].image
+    'runs/math500-images/test_algebra_2584.json-v1.png'
 
 A local copy is what ``huggingface-cli download <hub id> --repo-type dataset --local-dir DIR`` writes (or any
 directory holding the same files); pass ``data_dir=DIR``. Files looked for, relative to ``DIR`` (any depth):

@@ -1,10 +1,25 @@
-"""Compiled code under hooks: which code dynamo compiled, guards on module hooks, and dropping what a closed context
-left behind, so that opening or closing a context recompiles only the model it hooks.
+"""Compiled code under hooks: opening or closing a context recompiles only the model it hooks.
+
+Which code dynamo compiled, guards on module hooks, and dropping what a closed context left behind.
 
     before = compiled_entries()        # dynamo's entries of code outside moehooks, when hooks are attached
     guard_hooks()                      # dynamo guards on module hooks from now on
     ...                                # code compiled inside the context holds its hooks
     drop_compiled_since(before)        # after the hooks are removed: those entries can never run again
+
+Example (without ``guard_hooks``, a setting of the whole process):
+    >>> import torch
+    >>> before = compiled_entries()
+    >>> double = torch.compile(lambda x: 2 * x, backend="eager")
+    >>> double(torch.ones(2))
+    tensor([2., 2.])
+    >>> [code.co_name for code, _ in set(compiled_entries()) - set(before)]   # what dynamo compiled since
+    ['<lambda>']
+    >>> drop_compiled_since(before)    # that entry can never run again ...
+    >>> double(torch.ones(2))          # ... so the next call compiles the code anew
+    tensor([2., 2.])
+    >>> [code.co_name for code, _ in set(compiled_entries()) - set(before)]
+    ['<lambda>', '<lambda>']
 """
 
 from __future__ import annotations

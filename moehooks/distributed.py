@@ -2,13 +2,22 @@
 
     accelerate launch --num_processes 4 cli.py eval items.jsonl --model qwen3-vl --out runs/eval.jsonl
 
-    from moehooks import distributed
-    state = distributed.launched_state()                      # None in a single process
-    rows = distributed.sharded_eval(model, processor, items, "runs/results.jsonl", state=state)
-    with moehooks.record(model) as rec:
-        model(**inputs_of_this_process)                       # e.g. of distributed.shard_items(items, state)
-    distributed.reduce_recorder_tables(rec, state)            # every process now holds the summed tables
-    distributed.finish()                                      # before the program exits
+Example (one process, where every step is the identity or the single-process call):
+    >>> import moehooks
+    >>> from moehooks import distributed
+    >>> from moehooks.generation import build_inputs
+    >>> state = distributed.launched_state()                  # None in a single process
+    >>> print(state)
+    None
+    >>> rows = distributed.sharded_eval(model, processor, items, "runs/results.jsonl", state=state)
+    >>> [(row["id"], row["prediction"], row["correct"]) for row in rows]
+    [('arith_v1_00', '18', True), ('arith_v1_01', '11', True)]
+    >>> mine = distributed.shard_items(items, state)          # this process's share: here all of them
+    >>> with moehooks.record(model) as rec:
+    ...     logits = model(**build_inputs(processor, mine)).logits
+    >>> distributed.reduce_recorder_tables(rec, state) is rec  # every process now holds the summed tables
+    True
+    >>> distributed.finish()                                  # before the program exits
 
 Items are split into contiguous shards in process order (``shard_items``); process ``r`` appends its rows to
 its own resumable ``results.rank{r}.jsonl`` and the main process merges the rank files into the results file a

@@ -1,14 +1,17 @@
 """One evaluation run: generate, grade and append result rows for a method, resumably (and the old names).
 
-Example:
+Example (the first 4 of the lab's test tasks, steered towards the lab's domain experts, as its study finds them):
     >>> import moehooks
     >>> from moehooks.evaluate import load_items, run_eval, summarize
-    >>> items = load_items("data/mathverse.jsonl")  # doctest: +SKIP
-    >>> run_eval(model, processor, items, "runs/results.jsonl", trials=3)  # doctest: +SKIP
-    >>> run_eval(model, processor, items, "runs/results.jsonl", method="steer", trials=3,
-    ...          context=lambda: moehooks.steer(model, experts, mode="soft"))  # doctest: +SKIP
-    >>> summarize("runs/results.jsonl")["steer"].delta  # doctest: +SKIP
-    0.042
+    >>> from moehooks.lab import DATA_DIR
+    >>> tasks = load_items(DATA_DIR / "arith_image_test.jsonl")[:4]
+    >>> experts = {1: [4, 6], 2: [1, 2], 3: [0, 3, 7], 4: [3, 6]}
+    >>> rows = run_eval(model, processor, tasks, "runs/results.jsonl", trials=1)
+    >>> rows = run_eval(model, processor, tasks, "runs/results.jsonl", method="steer", trials=1,
+    ...                 context=lambda: moehooks.steer(model, experts, mode="soft", beta=2.0))
+    >>> summary = summarize("runs/results.jsonl")
+    >>> summary["baseline"].accuracy, summary["steer"].accuracy, summary["steer"].delta
+    (0.75, 1.0, 0.25)
 
 :func:`run_eval` ties the rooms of an evaluation together: items (``moehooks.items``: the :class:`Item` schema and
 item files), prompting and generation (``moehooks.generation``), grading (``moehooks.grading``) and results files
@@ -115,8 +118,15 @@ def run_eval(
     ``seed + t`` (set before every batch, so a resumed run reproduces an uninterrupted one).
 
     Example:
-        >>> rows = run_eval(model, processor, items, "runs/mathverse.jsonl", method="baseline", trials=3,
-        ...                 progress=lambda done, total: print(f"{done}/{total}"))  # doctest: +SKIP
+        >>> rows = run_eval(model, processor, items, "runs/arith.jsonl", method="baseline", trials=3,
+        ...                 progress=lambda done, total: print(f"{done}/{total}"))
+        0/6
+        2/6
+        4/6
+        6/6
+        >>> rows = run_eval(model, processor, items, "runs/arith.jsonl", method="baseline", trials=3)  # resumed
+        >>> len(rows), sum(row["correct"] for row in rows)
+        (6, 6)
 
     Args:
         method: label of this setting in the results (``"baseline"`` is the reference of :func:`summarize`).

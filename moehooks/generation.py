@@ -1,9 +1,18 @@
 """Prompting and generation: items as chat prompts, answers generated in padded or continuous batches.
 
-Example:
+Example (``items``: two image problems, ``9+9=`` and ``5+6=``):
     >>> from moehooks.generation import build_inputs, generate_answers
-    >>> model.generate(**build_inputs(processor, items[:4]).to(model.device), max_new_tokens=64)  # doctest: +SKIP
-    >>> generate_answers(model, processor, items, trial_seed=1, continuous=True)  # doctest: +SKIP
+    >>> from moehooks.items import text_versions
+    >>> batch = build_inputs(processor, items).to(model.device)
+    >>> batch["input_ids"].shape, int(batch["mm_token_type_ids"].sum())   # left-padded; 8 image tokens each
+    (torch.Size([2, 29]), 16)
+    >>> out = model.generate(**batch, max_new_tokens=8)
+    >>> processor.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    ['18', '11']
+    >>> generate_answers(model, processor, items, trial_seed=1)
+    ['18', '11']
+    >>> generate_answers(model, processor, text_versions(items), trial_seed=1, continuous=True)   # text prompts only
+    ['18', '11']
 
 :func:`generate_answers` seeds torch's global RNG with its ``trial_seed`` and, with ``continuous=True``, switches an
 eager model to paged attention for the call (and back).
@@ -74,8 +83,10 @@ def build_inputs(processor: Any, items: Sequence[Item], *, as_text: bool = False
     returns is kept (``mm_token_type_ids`` and ``image_grid_thw`` included).
 
     Example:
-        >>> batch = build_inputs(processor, items[:4])  # doctest: +SKIP
-        >>> model.generate(**batch.to(model.device), max_new_tokens=64)  # doctest: +SKIP
+        >>> batch = build_inputs(processor, items[:4])
+        >>> out = model.generate(**batch.to(model.device), max_new_tokens=64)
+        >>> processor.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        ['18', '11']
 
     Raises:
         ValueError: an image item is given to a processor without an image processor (use ``as_text=True``),
@@ -143,8 +154,10 @@ def generate_answers(
     """Generate one answer per item (greedy unless ``generation_kwargs`` says otherwise), in item order.
 
     Example:
+        >>> import moehooks
         >>> generate_answers(model, processor, items, max_new_tokens=256,
-        ...                  context=lambda: moehooks.steer(model, experts, mode="soft"))  # doctest: +SKIP
+        ...                  context=lambda: moehooks.steer(model, {2: [3]}, mode="hard"))
+        ['18', '11']
 
     Args:
         batch_size: prompts per ``model.generate`` call.

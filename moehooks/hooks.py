@@ -1,8 +1,14 @@
 """Hook lifetime: every moehooks context attaches its hooks on entry and leaves the model as it was on exit.
 
-    with moehooks.record(model) as rec, moehooks.steer(model, {12: [3, 7]}):
-        model.generate(**inputs)
-    # here the model has exactly the hooks it had before the `with`
+Example:
+    >>> import moehooks
+    >>> gate = model.model.language_model.layers[2].mlp.gate
+    >>> with moehooks.record(model) as rec, moehooks.steer(model, {2: [3, 7]}):
+    ...     len(gate._forward_hooks) > 0                # hooked while the contexts are open
+    ...     out = model.generate(**inputs, max_new_tokens=4)
+    True
+    >>> len(gate._forward_hooks)                        # the model has exactly the hooks it had before the `with`
+    0
 
 Every moehooks context derives from ``HookContext``: hooks are attached in ``__enter__`` onto an
 ``ExitStack`` and removed in ``__exit__`` (also when the body raises); contexts nest; nothing is attached at

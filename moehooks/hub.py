@@ -1,9 +1,15 @@
 """The Hugging Face hub seen from here: whether it answers, offline mode, and why a checkpoint or dataset is missing.
 
-    from moehooks import hub
-    hub.offline_if_unreachable()                     # no answer from the hub: the cache only, with a warning
-    hub.missing_checkpoint("Qwen/Qwen3-VL-30B-A3B-Instruct")   # None, or one line: why, and how to get it
-    hub.missing_dataset("mathverse", data_dir=None)             # the same for a benchmark's data
+Example (the doctests run offline, ``HF_HUB_OFFLINE=1``):
+    >>> from moehooks import hub, models
+    >>> hub.offline_if_unreachable()                 # no answer from the hub: the cache only, with a warning
+    True
+    >>> hub.missing_checkpoint(str(models.LAB_MODEL_DIR)) is None   # None, or one line: why, and how to get it
+    True
+    >>> print(hub.missing_dataset("mathverse", data_dir="data"))   # doctest: +ELLIPSIS, +NORMALIZE_WHITESPACE
+    dataset AI4Math/MathVerse, split testmini + testmini_text_only (for mathverse): data directory .../data does
+    not exist; get it with `huggingface-cli download AI4Math/MathVerse --repo-type dataset --local-dir DIR/MathVerse`
+    and pass --data-dir DIR
 
 Nothing here downloads: directories and the Hugging Face cache are looked at, and while the hub answers it is
 asked whether what is not cached can be had (``moehooks.preflight.missing`` gathers a plan's missing pieces).
@@ -62,7 +68,7 @@ def offline_if_unreachable() -> bool:
     request retries. Returns whether offline mode is on.
 
     Example:
-        >>> offline_if_unreachable()  # doctest: +SKIP
+        >>> offline_if_unreachable()   # the doctests run with HF_HUB_OFFLINE=1
         True
     """
     import warnings

@@ -1,9 +1,16 @@
 """Evaluation items: the :class:`Item` schema and reading item files (JSONL, CSV, Parquet), malformed rows reported.
 
-Example:
-    >>> from moehooks.items import load_items
-    >>> items = load_items("data/mathverse.jsonl")  # doctest: +SKIP
-    >>> items[0].question, items[0].image_paths()  # doctest: +SKIP
+Example (the lab's image problems; paths in the file are relative to it):
+    >>> from pathlib import Path
+    >>> from moehooks.items import load_items, text_versions
+    >>> from moehooks.lab import DATA_DIR
+    >>> tasks = load_items(DATA_DIR / "arith_image.jsonl")
+    >>> len(tasks), tasks[0].question, tasks[0].answer
+    (90, 'Solve the problem in the image.', '18')
+    >>> Path(tasks[0].image_paths()[0]).relative_to(DATA_DIR)
+    PosixPath('images/arith_v1_00.png')
+    >>> text_versions(tasks)[0].question     # the same problem as text (its ``text_reference``)
+    '9+9='
 
 Item files (:func:`load_items`) are JSONL, CSV or Parquet with the fields ``id``, ``question``, ``answer``
 and optionally ``image`` (a path relative to the file), ``images`` (a list of such paths, for items showing
@@ -243,7 +250,17 @@ def load_items(path: str | os.PathLike[str], *, strict: bool = False) -> list[It
     """Read items from a JSONL, CSV or Parquet file, skipping (and reporting) malformed rows.
 
     Example:
-        >>> items = load_items("data/gsm8k-v/test.jsonl")  # doctest: +SKIP
+        >>> from pathlib import Path
+        >>> _ = Path("items.jsonl").write_text('{"id": "a", "question": "1+1=", "answer": "2"}\\n{"id": "b"}\\n')
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     found = load_items("items.jsonl")
+        >>> found   # doctest: +NORMALIZE_WHITESPACE
+        [Item(id='a', question='1+1=', answer='2', image=None, text_reference=None, choices=None, meta={},
+              images=None)]
+        >>> print(caught[0].message)
+        items.jsonl: skipped 1 malformed row(s):
+          line 2: missing field 'question'
 
     Malformed rows (unparsable JSON, missing ``id``/``question``/``answer``, bad ``choices``, a missing or
     undecodable image file, duplicate ``id``) are skipped and listed with their line numbers (row numbers for

@@ -1,9 +1,19 @@
 """GPU memory a run needs, from the model's config alone (no weights read): weights and KV cache.
 
-    from moehooks import memory
     config = memory.local_config("Qwen/Qwen3-VL-30B-A3B-Instruct")     # None when not in the cache
     estimate = memory.estimate(config, "bfloat16", batch_size=8, tokens=2048 + 8192)
     print(estimate.describe())     # weights 57.2 GiB (30.5 B parameters x 2 bytes); KV cache 3.8 GiB at ...
+
+Example (the same on the lab model's directory):
+    >>> from moehooks import memory
+    >>> from moehooks.lab import MODEL_DIR
+    >>> config = memory.local_config(str(MODEL_DIR))
+    >>> estimate = memory.estimate(config, "bfloat16", batch_size=8, tokens=2048)
+    >>> print(estimate.describe())  # doctest: +NORMALIZE_WHITESPACE
+    weights 0.01 GiB (3.0 M parameters x 2 bytes, bfloat16); KV cache 0.02 GiB (6 layers x 2 KV heads x 32 head dim x
+    2 x 2 bytes x batch 8 x 2,048 tokens); total 0.03 GiB
+    >>> memory.parameter_count(config) == sum(p.numel() for p in model.parameters())   # oracle: the loaded model
+    True
 
 Weights: the parameters of the model built on the ``meta`` device from its config (``AutoModelForImageTextToText``
 for configs with a vision config, else ``AutoModelForCausalLM``, as :func:`moehooks.models.load` chooses), each

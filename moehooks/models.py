@@ -5,7 +5,9 @@ Example:
     >>> spec = resolve("qwen3-vl")
     >>> spec.source, spec.layers, spec.tau, spec.beta
     ('Qwen/Qwen3-VL-30B-A3B-Instruct', (6, 42), 0.3, 0.5)
-    >>> model, processor = load("qwen3-vl", device_map="auto")  # doctest: +SKIP
+    >>> model, processor = load("lab")   # the embedded lab model; load("qwen3-vl", device_map="auto"): 60 GB
+    >>> type(model).__name__, model.config.text_config.num_experts
+    ('Qwen3VLMoeForConditionalGeneration', 8)
 """
 
 from __future__ import annotations

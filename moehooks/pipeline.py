@@ -1,9 +1,20 @@
 """The study's commands as library calls on item files: load, analyse routing, tune, probe reading, steer, swap.
 
-    from moehooks import pipeline
-    model, processor, spec = pipeline.load_model("lab")
-    result = pipeline.steer_study(model, processor, pipeline.lab_study(), out_dir="runs/lab", spec=spec)
-    print(pipeline.format_table(result.summary))
+Example (the first 4 of the lab's 300 test tasks; without ``limit`` all of them):
+    >>> from moehooks import pipeline
+    >>> model, processor, spec = pipeline.load_model("lab")
+    >>> result = pipeline.steer_study(model, processor, pipeline.lab_study(), out_dir="runs/lab", spec=spec, limit=4)
+    >>> for row in pipeline.format_table(result.summary):   # method, accuracy %, std, delta pp, 95% interval, p
+    ...     print(*(cell for cell in row if cell))
+    text 100.0 0.0 +25.0 [+0.0, +75.0] 1
+    baseline 75.0 0.0
+    soft 100.0 0.0 +25.0 [+0.0, +75.0] 1
+    hard 100.0 0.0 +25.0 [+0.0, +75.0] 1
+    random 75.0 0.0 +0.0 [+0.0, +0.0] 1
+    >>> result.experts["soft"]      # the domain experts of the alias's layers 1-4 (tau 0.1)
+    {1: [4, 6], 2: [1, 2], 3: [0, 3, 7], 4: [3, 6]}
+    >>> sorted(path.name for path in Path("runs/lab").iterdir())
+    ['domain_delta.csv', 'domain_delta.png', 'experts.safetensors', 'results.jsonl', 'results.runs.json', 'summary.json']
 
 Every command of ``cli.py`` is one function here (``study``: ``moehooks.lab.study.run``; ``steer --benchmark``:
 ``moehooks.protocol.run``); the CLI only parses options, draws progress bars and prints tables. Steering is measured

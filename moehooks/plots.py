@@ -1,9 +1,14 @@
 """Figures of routing statistics; each writes a PNG and, beside it, the plotted numbers as CSV.
 
-Example::
-
-    files = plot_gini(layer_gini(image_rec), layer_gini(text_rec), "runs/gini.png", layer_ids=image_rec.layers)
-    files.png, files.csv   # runs/gini.png, runs/gini.csv
+Example (``layer_gini(image_rec)`` and ``layer_gini(text_rec)`` of two recordings give such values):
+    >>> files = plot_gini([0.40, 0.44, float("nan")], [0.30, 0.35, 0.31], "runs/gini.png", layer_ids=[0, 1, 2])
+    >>> files.png, files.csv
+    (PosixPath('runs/gini.png'), PosixPath('runs/gini.csv'))
+    >>> print(files.csv.read_text().strip())
+    layer,gini_image,gini_text
+    0,0.4,0.3
+    1,0.44,0.35
+    2,nan,0.31
 
 Figures are drawn on matplotlib's Agg canvas without pyplot, so no global backend or
 figure state is touched. NaN values (undefined layers) are left as gaps in the figure and

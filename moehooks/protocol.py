@@ -7,6 +7,24 @@
     found = protocol.preflight(plan)           # the same, strict: item files, missing pieces, every dataset valid
     table = protocol.run(plan, found)          # Table 1: methods x benchmarks, deltas vs baseline
 
+Example (the plan alone: no data, no model; surveying and running it needs the benchmarks and a GPU):
+    >>> from moehooks import protocol
+    >>> plan = protocol.make_plan("qwen3-vl", ["math500"], cuda=False)
+    >>> print(protocol.format_plan(plan))   # doctest: +NORMALIZE_WHITESPACE
+    checkpoint: Qwen/Qwen3-VL-30B-A3B-Instruct (alias qwen3-vl)
+    loading: dtype=auto
+    general data: tatsu-lab/alpaca, split train, 20 seeded samples (seed 0)
+    methods: baseline, soft, hard, random; trials 1; batch size 8
+    outputs: runs/qwen3-vl/plan.json, runs/qwen3-vl/table1.csv, runs/qwen3-vl/table1.json, runs/qwen3-vl/accuracy.png
+    math500:
+      data: HuggingFaceH4/MATH-500, split test (Hugging Face cache / hub)
+      items: all, shown as rendered v2
+      text references: the problem text (field `problem`), 20 seeded samples
+      layers 6-42, tau 0.3, beta 0.5
+      generation: do_sample=False, max_new_tokens=8192
+      outputs: runs/qwen3-vl/math500/results.jsonl, runs/qwen3-vl/math500/experts.safetensors,
+               runs/qwen3-vl/math500/summary.json
+
 Per benchmark: text references (20 seeded samples) and general-domain text (20 seeded Alpaca samples) pick the
 domain experts (``f_domain - f_general > tau``), then the benchmark's image items are answered without steering
 and with soft / hard / random steering. MATH-500 and GPQA are text benchmarks: their problems are rendered (v2

@@ -1,11 +1,24 @@
-"""Record which experts every token really chose: the experts modules' own inputs where the MoE block has one,
-else the routers' outputs.
+"""Record which experts every token really chose, in tables that never synchronise with the device.
 
-    with moehooks.record(model, per_sample=True) as rec:
-        model.generate(**inputs, max_new_tokens=32)
-    rec.counts(modality="image", phase="prefill")   # LongTensor [moe_layers, experts]
-    rec.tokens(modality="image", phase="prefill")   # LongTensor [moe_layers]
-    rec.sample_counts(modality="text")              # LongTensor [samples, moe_layers, experts]
+The choices are read from the experts modules' own inputs where the MoE block has one, else from the routers'
+outputs.
+
+Example:
+    >>> import moehooks
+    >>> with moehooks.record(model, per_sample=True) as rec:
+    ...     out = model.generate(**inputs, max_new_tokens=4)
+    >>> processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    ['18', '11']
+    >>> rec.counts(modality="image", phase="prefill")[0]   # LongTensor [moe_layers, experts]: layer 0
+    tensor([ 0,  3,  1, 12,  2, 10,  4,  0])
+    >>> rec.tokens(modality="image", phase="prefill")      # LongTensor [moe_layers]
+    tensor([16, 16, 16, 16, 16, 16])
+    >>> rec.tokens(phase="decode")      # tokens fed back: "1", "8" and "1", "1" (those after the end count 0)
+    tensor([4, 4, 4, 4, 4, 4])
+    >>> rec.sample_counts(modality="text").shape           # LongTensor [samples, moe_layers, experts]
+    torch.Size([2, 6, 8])
+    >>> int(rec.counts(modality="image", phase="prefill")[0].sum())          # 16 image tokens x top-2
+    32
 
 Each router keeps on its own device a small table per (phase, modality) cell — counts, summed gate weights,
 summed routing probabilities and token totals — filled with ``index_add_`` by slot (rows that weigh 0 go to a

@@ -1,10 +1,16 @@
 """Results files: resumable JSONL rows keyed by the settings that made them, read back and summarised per method.
 
-Example:
-    >>> from moehooks.results import read_results, summarize
-    >>> rows = read_results("runs/results.jsonl")  # doctest: +SKIP
-    >>> summarize(rows)["steer"].delta  # doctest: +SKIP
-    0.042
+Example (rows written by hand in the format below; ``moehooks.evaluate``'s example writes them by running):
+    >>> from pathlib import Path
+    >>> from moehooks.results import append_rows, read_results, summarize
+    >>> def row(id, method, prediction):
+    ...     return {"id": id, "method": method, "trial": 0, "prediction": prediction, "answer": "7",
+    ...             "extracted": prediction, "correct": prediction == "7", "run": "5a1f0c3e9b2d4e6f"}
+    >>> append_rows(Path("results.jsonl"), [row("a", "baseline", "7"), row("b", "baseline", "1"),
+    ...                                     row("a", "steer", "7"), row("b", "steer", "7")])
+    >>> rows = read_results("results.jsonl")
+    >>> summarize(rows)["steer"].accuracy, summarize(rows)["steer"].delta
+    (1.0, 0.5)
 
 A results file (written by ``moehooks.evaluate.run_eval``) holds one JSON object per (method, trial, item) with
 the keys ``id``, ``method``, ``trial``, ``prediction``, ``answer``, ``extracted`` (the final answer read from the
@@ -46,7 +52,8 @@ def read_results(path: str | os.PathLike[str], *, repair: bool = False) -> list[
     """Read a results JSONL file, ignoring a truncated last line and (with a warning) unreadable lines.
 
     Example:
-        >>> rows = read_results("runs/results.jsonl")  # doctest: +SKIP
+        >>> read_results("runs/results.jsonl")       # a missing file reads as no rows
+        []
 
     With ``repair=True`` the file is rewritten atomically without the ignored lines, so appends start on a
     fresh line. A missing file reads as no rows.

@@ -1,6 +1,8 @@
-"""The rows a router hook reads for one forward call: which of the ``batch * seq`` router rows are real tokens,
-counted, prompt or generated, image or text, and whose prompt they are (``Batch``, made by
-``moehooks.batch.describe``), plus the host-side check that a call is a gradient-checkpointing recomputation.
+"""The rows a router hook reads for one forward call (``Batch``): what each router row is, and whose prompt.
+
+Which of the ``batch * seq`` router rows are real tokens, counted, prompt or generated, image or text, and whose
+prompt they are (``Batch``, made by ``moehooks.batch.describe``), plus the host-side check that a call is a
+gradient-checkpointing recomputation.
 
     >>> rows = Batch(batch=1, seq=2, valid=torch.ones(2, dtype=torch.long), count=torch.ones(2, dtype=torch.long),
     ...              phase=torch.tensor([0, 1]), image=torch.tensor([1, 0]), sample=torch.zeros(2, dtype=torch.long),

@@ -1,12 +1,24 @@
 """Results keyed by the settings that made them: identities of inputs and models, run keys, settings files.
 
-    from moehooks import runs
-    runs.parse_layers("6-42", name="--layers")                # [6, 7, ..., 42]
-    runs.check_tau("--tau", 0.3)                              # 0.3; -1 or nan raise UsageError
-    runs.check_output_dir("runs/steer")                       # created and proven writable before any model loads
-    settings = {"model": runs.model_identity(model), "items": runs.file_identity("items.jsonl"), "beta": 0.5}
-    key = runs.settings_key(settings)                         # 16 hex digits; rows of a run carry it as "run"
-    runs.differences(old_settings, settings)                  # ["beta: 1.0 -> 0.5"]
+Example:
+    >>> from moehooks import runs
+    >>> runs.parse_layers("6-9", name="--layers")
+    [6, 7, 8, 9]
+    >>> runs.check_tau("--tau", 0.3)
+    0.3
+    >>> runs.check_tau("--tau", -1.0)
+    Traceback (most recent call last):
+    moehooks.util.UsageError: --tau -1.0: must be a finite number >= 0 and < 1
+    >>> runs.check_output_dir("runs/steer")                 # created and proven writable before any model loads
+    PosixPath('runs/steer')
+    >>> from pathlib import Path
+    >>> _ = Path("items.jsonl").write_text('{"id": "a", "question": "1+1=", "answer": "2"}')
+    >>> old_settings = {"items": runs.file_identity("items.jsonl"), "beta": 1.0}
+    >>> settings = {**old_settings, "beta": 0.5}
+    >>> len(runs.settings_key(settings))                    # 16 hex digits; rows of a run carry it as "run"
+    16
+    >>> runs.differences(old_settings, settings)
+    ['beta: 1.0 -> 0.5']
 
 Every check raises :class:`UsageError` (a ``ValueError``, defined in ``moehooks.util``): the command line prints
 its message as one ``error: ...`` line and exits 2; library callers catch it like any ``ValueError``. Settings are

@@ -1,12 +1,21 @@
-"""Routing statistics: expert importance and its Gini coefficient, activation frequency,
-domain/visual expert identification, and Jensen-Shannon divergence between paired samples.
+"""Routing statistics: what a recording says about expert use, and which experts a domain or modality prefers.
 
-Example::
+Expert importance and its Gini coefficient, activation frequency, domain/visual expert identification, and
+Jensen-Shannon divergence between paired samples.
 
-    with moehooks.record(model, per_sample=True) as rec:
-        model.generate(**inputs)
-    g = gini(importance(rec.probs(), rec.tokens()))          # [moe_layers]
-    f = frequency(rec.counts(modality="image"), rec.tokens(modality="image"))
+Example:
+    >>> import moehooks
+    >>> with moehooks.record(model, per_sample=True) as rec:
+    ...     out = model.generate(**inputs, max_new_tokens=4)
+    >>> g = gini(importance(rec.probs(), rec.tokens()))          # [moe_layers], 0 = every expert equally used
+    >>> g.shape, bool(((g > 0) & (g < 1)).all())
+    (torch.Size([6]), True)
+    >>> f = frequency(rec.counts(modality="image"), rec.tokens(modality="image"))
+    >>> f[0]                 # layer 0: the share of image tokens that chose each expert (12 of 16 chose expert 3)
+    tensor([0.0000, 0.1875, 0.0625, 0.7500, 0.1250, 0.6250, 0.2500, 0.0000],
+           dtype=torch.float64)
+    >>> f.sum(-1)            # top-2: each token chose two experts
+    tensor([2., 2., 2., 2., 2., 2.], dtype=torch.float64)
 
 Conventions shared by every function here:
 

@@ -1,14 +1,20 @@
 """Steer the routers of a Mixture-of-Experts model towards chosen experts.
 
-    with moehooks.steer(model, {12: [3, 7], 13: [5]}, mode="soft", beta=0.5):
-        model.generate(**inputs)
-    with moehooks.steer(model, {12: [3]}, mode="hard", tokens="image", phase="prefill"):
-        model(**inputs)
-    with moehooks.steer(model, {12: [3, 7]}, mode="random", seed=0) as ctx:
-        model.generate(**inputs)
-    ctx.experts                                     # {12: [1, 6]}: the experts actually drawn
-    with moehooks.record(model) as rec, moehooks.steer(model, {12: [3]}, mode="hard"):
-        model(**inputs)                             # rec sees the steered choices
+Example (the lab model: 6 MoE layers of 8 experts, top-2):
+    >>> import moehooks
+    >>> with moehooks.steer(model, {2: [3, 7], 3: [5]}, mode="soft", beta=0.5):
+    ...     out = model.generate(**inputs, max_new_tokens=4)
+    >>> with moehooks.steer(model, {2: [3]}, mode="hard", tokens="image", phase="prefill"):
+    ...     logits = model(**inputs).logits
+    >>> with moehooks.steer(model, {2: [3, 7]}, mode="random", seed=0) as ctx:
+    ...     out = model.generate(**inputs, max_new_tokens=4)
+    >>> ctx.experts                                     # the experts actually drawn
+    {2: [0, 4]}
+    >>> with moehooks.record(model) as rec, moehooks.steer(model, {2: [3]}, mode="hard"):
+    ...     logits = model(**inputs).logits             # rec sees the steered choices
+    >>> counts = rec.counts()[2]                        # layer 2: every token now chooses expert 3
+    >>> int(counts[3]) == int(rec.tokens()[2]) == 58
+    True
 
 Every steered MoE block's choices are rewritten by hooks registered *before* any other (a registered
 family's router output; for a block whose rule was identified by probing, its experts module's inputs,

@@ -1,9 +1,17 @@
 """Steering measured, as one runner: domain experts identified on text, saved, every method evaluated, summarised.
 
-    from moehooks import study
-    result = study.run(model, processor, study.Study(tasks=tasks, references=refs, general=general, tau=0.1,
-                                                     beta=0.5, dataset="refs.jsonl"), "runs/steer")
-    result.summary["soft"].delta, result.experts["soft"]
+Example (``items``: two image problems; the first 8 of the lab's text problems and general-domain texts):
+    >>> from moehooks import study
+    >>> from moehooks.items import load_items
+    >>> from moehooks.lab import DATA_DIR
+    >>> refs = load_items(DATA_DIR / "arith_text.jsonl")[:8]
+    >>> general = load_items(DATA_DIR / "general_text.jsonl")[:8]
+    >>> result = study.run(model, processor, study.Study(tasks=items, references=refs, general=general, tau=0.1,
+    ...                                                  beta=0.5, dataset="arith_text.jsonl"), "runs/steer")
+    >>> result.summary["soft"].accuracy, result.summary["soft"].delta    # both already right without steering
+    (1.0, 0.0)
+    >>> result.experts["soft"]
+    {0: [0, 5], 1: [4, 6], 2: [1, 2], 3: [0, 3], 4: [3, 6]}
 
 :func:`run` is the workflow both studies share: the lab study (``moehooks.pipeline.steer_study``, ``cli.py steer``
 and ``make run``) and the paper's protocol on its benchmarks (``moehooks.protocol.run``, once per benchmark). Its

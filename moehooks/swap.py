@@ -1,14 +1,27 @@
 """Swap one concept for another in the residual stream at the input of a decoder layer.
 
-    s = moehooks.concept_vector(model, processor, "3", layer=2)     # [hidden]
-    t = moehooks.concept_vector(model, processor, "5", layer=2)     # [hidden]
-    with moehooks.swap(model, 2, s, t, alpha=1.0, positions="image"):
-        model.generate(**inputs, max_new_tokens=4)                  # image tokens now carry "5" instead of "3"
-
-    sweep = moehooks.swap_sweep(model, processor, items, range(4), source_text="3", target_text="5",
-                                alpha=1.0, expected="7", build_inputs=moehooks.generation.build_inputs)
-    sweep.success            # [layers] fraction of items answering "7" with the swap at that layer
-    sweep.baseline_success   # the same fraction without any swap
+Example (the lab's images of ``3`` followed by ``+2=``; the lab model resists the swap, see its FACTS.md):
+    >>> import moehooks
+    >>> from moehooks import generation, pipeline
+    >>> threes, expected = pipeline.swap_items(None, source="3", target="5")   # 3 items, "7" expected after a swap
+    >>> s = moehooks.concept_vector(model, processor, "3", layer=1)     # [hidden]
+    >>> t = moehooks.concept_vector(model, processor, "5", layer=1)     # [hidden]
+    >>> s.shape
+    torch.Size([128])
+    >>> batch = generation.build_inputs(processor, threes)
+    >>> def answers(out):
+    ...     return processor.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    >>> answers(model.generate(**batch, max_new_tokens=4))
+    ['5', '5', '5']
+    >>> with moehooks.swap(model, 1, s, t, alpha=1.0, positions="image"):
+    ...     answers(model.generate(**batch, max_new_tokens=4))       # image tokens carry "5" instead of "3"
+    ['9=', '9=', '9=']
+    >>> sweep = moehooks.swap_sweep(model, processor, threes, range(3), source_text="3", target_text="5",
+    ...                             alpha=1.0, expected=expected, build_inputs=generation.build_inputs)
+    >>> sweep.success            # [layers] fraction of items answering "7" with the swap at that layer
+    [0.0, 0.0, 0.0]
+    >>> sweep.baseline_success   # the same fraction without any swap
+    0.0
 
 At the input of decoder layer ``layer`` (a forward pre-hook on ``adapt(model).decoder_layers[layer]``) every
 chosen position gets ``h <- h - alpha * s + alpha * t``, computed as ``h + alpha * (t - s) * w`` with 0/1

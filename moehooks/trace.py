@@ -1,12 +1,23 @@
-"""Per-token routing traces a user can join to the text: every real token's experts and gate weights per layer,
-with its sample, position and token id, streamed to disk in chunks (opt-in; the recorder's tables stay
-O(layers x experts)).
+"""Per-token routing traces a user can join to the text, streamed to disk in chunks (opt-in).
 
-    with moehooks.record(model, trace="runs/trace") as rec:
-        out = model.generate(**inputs, max_new_tokens=256)
-    frame = moehooks.trace.to_frame("runs/trace", tokenizer)    # one row per token x MoE layer
-    frame[(frame["sample"] == 0) & (frame["layer"] == 3)]       # sample 0's tokens in order, with their experts
-    moehooks.trace.to_parquet("runs/trace", "runs/trace.parquet", tokenizer)
+Every real token's experts and gate weights per layer, with its sample, position and token id (the recorder's
+tables stay O(layers x experts)).
+
+Example (``inputs``: two image prompts, 58 real tokens; the first is answered "18"):
+    >>> import moehooks
+    >>> with moehooks.record(model, trace="runs/trace") as rec:
+    ...     out = model.generate(**inputs, max_new_tokens=4)
+    >>> frame = moehooks.trace.to_frame("runs/trace", processor.tokenizer)    # one row per token x MoE layer
+    >>> len(frame) == 6 * (58 + 4)            # 6 MoE layers x (prompt tokens + the 4 tokens fed back)
+    True
+    >>> mine = frame[(frame["sample"] == 0) & (frame["layer"] == 3)]   # sample 0's tokens in order, with experts
+    >>> columns = ["position", "token", "phase", "modality", "experts"]
+    >>> print(mine[columns].tail(2).to_string(index=False))   # doctest: +NORMALIZE_WHITESPACE
+    position token  phase modality experts
+          29     1 decode     text  [0, 5]
+          30     8 decode     text  [2, 6]
+    >>> moehooks.trace.to_parquet("runs/trace", "runs/trace.parquet", processor.tokenizer)
+    PosixPath('runs/trace.parquet')
 
 A row of the frame is one token at one MoE layer: ``sample`` (the prompt, numbered in the order the recorder saw
 prompts, as ``Recorder.sample_counts`` numbers them; beams and returned copies share their prompt's sample),

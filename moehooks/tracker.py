@@ -1,6 +1,15 @@
-"""The per-model owner of the batch description: a forward pre-hook that describes each call
-(``moehooks.batch.describe``) and wrappers of the model's ``generate`` / ``generate_batch`` that tell the
-description what each run was given and retract the candidates it rejected.
+"""The per-model owner of the batch description: a forward pre-hook and wrappers of the model's ``generate``.
+
+The pre-hook describes each call (``moehooks.batch.describe``); the wrappers of the model's ``generate`` /
+``generate_batch`` tell the description what each run was given and retract the candidates it rejected.
+
+Example:
+    >>> import moehooks
+    >>> with moehooks.record(model):
+    ...     "generate" in vars(model)      # while a context is open, model.generate routes through the tracker
+    True
+    >>> "generate" in vars(model)          # and is the class's own again after it
+    False
 
 One ``Tracker`` per model (shared, reference-counted by the open contexts, see ``moehooks.hooks``) holds the
 ``State`` of the model's calls; while it lives, ``model.generate`` and ``model.generate_batch`` are instance

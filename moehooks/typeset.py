@@ -1,5 +1,6 @@
-r"""Page layout of benchmark problems written in LaTeX (MATH-500, GPQA): paragraphs wrapped to a page width,
-display math, math environments and Asymptote code, for :func:`moehooks.render.render`.
+r"""Page layout of benchmark problems written in LaTeX (MATH-500, GPQA), for :func:`moehooks.render.render`.
+
+Paragraphs wrapped to a page width, display math, math environments and Asymptote code.
 
     >>> from moehooks.typeset import blocks, to_mathtext
     >>> [kind for kind, _ in blocks(r"Let $x \le 3$. \[x^2 \le 9\] [asy]draw((0,0)--(1,1));[/asy]")]

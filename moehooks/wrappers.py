@@ -1,11 +1,21 @@
 """See through the wrappers users put around a model and around its modules.
 
     model = see_through(peft_model)            # the transformers model under a PeftModel / LoraModel
-    model = see_through(torch.compile(model))  # the module an OptimizedModule compiled
-    model = see_through(nnsight_model)         # the module an nnsight Envoy (NNsight, LanguageModel) mirrors
-    model = see_through(nn.DataParallel(model))  # the module (DistributedDataParallel too)
     outermost(model, "model.layers.0.mlp.experts.base_layer")  # -> "model.layers.0.mlp.experts"
     base_of(peft_lora_router)                  # the router module a PEFT layer wraps
+
+Example (PEFT is a dev extra, so its lines above stay prose; ``tests/test_wrappers.py`` runs them):
+    >>> import copy, torch
+    >>> from nnsight import NNsight
+    >>> mine = copy.deepcopy(model)         # wrapping marks the module (nnsight patches its forward): a copy
+    >>> see_through(torch.compile(mine)) is mine         # the module an OptimizedModule compiled
+    True
+    >>> see_through(NNsight(mine)) is mine               # the module an nnsight Envoy (NNsight, LanguageModel) mirrors
+    True
+    >>> see_through(torch.nn.DataParallel(mine)) is mine   # the module (DistributedDataParallel too)
+    True
+    >>> outermost(model, "model.language_model.layers.0.mlp.gate")   # no wrapper around it: the name itself
+    'model.language_model.layers.0.mlp.gate'
 
 Every moehooks context and ``adapt`` hook the model ``see_through`` returns, so that:
 

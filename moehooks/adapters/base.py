@@ -1,7 +1,13 @@
-"""Router adapters, as one import: the rule base class (``rule``), the map types (``maps``), the registry
-(``registry``), discovery (``discovery``: ``adapt``) and the hooks on a block (``hooking``), each in its own module.
+"""The router adapters' old single import, kept for compatibility: every name now lives in its own module.
 
-    from moehooks.adapters.base import RouterAdapter, register, adapt   # still works; prefer the modules above
+The rule base class (``rule``), the map types (``maps``), the registry (``registry``), discovery (``discovery``:
+``adapt``) and the hooks on a block (``hooking``) each have their own module.
+
+Example:
+    >>> from moehooks.adapters.base import RouterAdapter, register, adapt   # still works; prefer the modules above
+    >>> from moehooks.adapters import discovery, registry, rule
+    >>> adapt is discovery.adapt and register is registry.register and RouterAdapter is rule.RouterAdapter
+    True
 """
 
 from .discovery import Unidentified, adapt

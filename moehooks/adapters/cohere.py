@@ -1,5 +1,7 @@
-"""Cohere2-MoE router: top-k on the logits, then softmax (or sigmoid + optional renorm) over the chosen
-logits (``expert_selection_fn``), cast to the input dtype."""
+"""Cohere2-MoE routers: top-k on the logits, then a softmax or sigmoid over the chosen ones.
+
+The weights are the softmax (or sigmoid + optional renorm) of the chosen logits (``expert_selection_fn``), cast to
+the input dtype."""
 
 import torch
 from torch import nn

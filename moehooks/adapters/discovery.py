@@ -1,7 +1,10 @@
 """Discovery: the routing map of a model (``adapt``), its MoE blocks found by structure and their rules by probing.
 
-    routing = moehooks.adapt(model)
-    print(routing.family, routing.layer_ids)
+Example:
+    >>> import moehooks
+    >>> routing = moehooks.adapt(model)
+    >>> print(routing.family, routing.layer_ids)
+    qwen3_vl_moe [0, 1, 2, 3, 4, 5]
 """
 
 from __future__ import annotations

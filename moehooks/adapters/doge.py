@@ -1,8 +1,20 @@
 """Doge's product-key MoE (``DogeCDMoE``): the block itself is the router entry.
 
-    routing = moehooks.adapt(doge_model)          # one entry per DogeCDMoE block (entry.router is the block)
-    with moehooks.steer(doge_model, {0: [5]}, mode="hard"):
-        doge_model(ids)
+Example (a tiny random-weight Doge: 16 experts = 4 x 4 keys, top-2):
+    >>> import moehooks, torch
+    >>> from transformers import DogeConfig, DogeForCausalLM
+    >>> _ = torch.manual_seed(0)
+    >>> doge_model = DogeForCausalLM(DogeConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+    ...     num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, is_moe=True, num_experts=16,
+    ...     num_experts_per_tok=2)).eval()
+    >>> routing = moehooks.adapt(doge_model)    # one entry per DogeCDMoE block (entry.router is the block)
+    >>> [type(entry.router).__name__ for entry in routing.layers], routing.layers[0].num_experts
+    (['DogeCDMoE', 'DogeCDMoE'], 16)
+    >>> ids = torch.arange(3, 9).unsqueeze(0)
+    >>> with moehooks.record(doge_model) as rec, moehooks.steer(doge_model, {0: [5]}, mode="hard"):
+    ...     logits = doge_model(ids).logits
+    >>> int(rec.counts()[0, 5])                 # every one of the 6 tokens now uses expert 5 in layer 0
+    6
 
 ``router_gate`` scores ``num_keys`` keys on each of two axes (``sx``, ``sy``); expert ``a * num_keys + b`` scores
 ``sx[a] + sy[b]``. The block takes the top-k of those pairwise sums, softmaxes them (renormalised with

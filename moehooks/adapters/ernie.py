@@ -1,6 +1,8 @@
-"""Ernie-4.5 MoE routers (text model and the VL model's per-modality ``text_moe`` / ``vision_moe`` gates):
-float32 softmax; experts chosen on probabilities + ``moe_statics.e_score_correction_bias``; weights are the
-unbiased probabilities renormalised with ``clamp(sum, min=moe_norm_min)``, cast to the input dtype."""
+"""Ernie-4.5 MoE routers: softmax, experts chosen with a correction bias, weights renormalised with a floor.
+
+Text model and the VL model's per-modality ``text_moe`` / ``vision_moe`` gates: float32 softmax; experts chosen on
+probabilities + ``moe_statics.e_score_correction_bias``; weights are the unbiased probabilities renormalised with
+``clamp(sum, min=moe_norm_min)``, cast to the input dtype."""
 
 from __future__ import annotations
 

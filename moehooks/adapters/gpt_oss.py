@@ -1,5 +1,6 @@
-"""Top-k-then-softmax routers (GPT-OSS with a router bias, Granite-MoE, Aria): the k largest logits are
-chosen and the weights are the softmax over those k logits."""
+"""Top-k-then-softmax routers: GPT-OSS (with a router bias), Granite-MoE, Aria.
+
+The k largest logits are chosen and the weights are the softmax over those k logits."""
 
 import torch
 from torch import nn

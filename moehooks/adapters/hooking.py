@@ -1,7 +1,15 @@
 """Where a router's choices are read and replaced: ``hook_routing`` attaches an edit to one MoE block.
 
-    with ExitStack() as stack:
-        hook_routing(stack, routing.layers[0], lambda logits, weights, indices: None)  # reads, changes nothing
+Example:
+    >>> from contextlib import ExitStack
+    >>> import moehooks
+    >>> routing = moehooks.adapt(model)
+    >>> seen = []
+    >>> with ExitStack() as stack:
+    ...     hook_routing(stack, routing.layers[0], lambda logits, weights, indices: seen.append(indices.shape))
+    ...     logits = model(**inputs).logits               # reads, changes nothing
+    >>> seen                                              # [tokens, top_k] of the one call
+    [torch.Size([58, 2])]
 """
 
 from __future__ import annotations

@@ -1,8 +1,15 @@
-"""Inkling's router (``InklingTopkRouter``): the routed experts' weights normalise together with the shared
-experts' logits.
+"""Inkling's router (``InklingTopkRouter``): routed weights normalise together with the shared experts' logits.
 
-    routing = moehooks.adapt(inkling_model)
-    entry.adapter.logit_width          # routed + shared experts: the rule's logits carry the shared columns
+Example (a tiny random-weight Inkling: 8 routed and 2 shared experts):
+    >>> import moehooks, torch
+    >>> from transformers import InklingForCausalLM, InklingTextConfig
+    >>> _ = torch.manual_seed(0)
+    >>> inkling_model = InklingForCausalLM(InklingTextConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+    ...     moe_intermediate_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+    ...     n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=2)).eval()
+    >>> entry = moehooks.adapt(inkling_model).layers[0]
+    >>> entry.num_experts, entry.adapter.logit_width   # routed + shared: the rule's logits carry the shared columns
+    (8, 10)
 
 Sigmoid scores plus ``e_score_correction_bias`` choose the routed experts (top-k, unsorted); the chosen logits
 and the shared experts' logits go through ``logsigmoid`` and are normalised together (a softmax of the

@@ -1,7 +1,9 @@
-"""JetMoE routers (``JetMoeTopKGating``, in the MLP and in the mixture-of-attention heads): top-k on the float32
-logits, softmax over the k chosen logits cast to the input dtype. The router returns a dispatch plan
-(``index_sorted_experts, batch_index, batch_gates, expert_size, logits``) rather than weights and indices;
-``unpack`` reads the choices back from the logits by the rule and ``pack`` rebuilds the plan as the gate does.
+"""JetMoE routers (``JetMoeTopKGating``): top-k then softmax, returned as a dispatch plan.
+
+The gates of the MLP and of the mixture-of-attention heads take the top-k of the float32 logits, softmax over the k
+chosen logits cast to the input dtype. The router returns a dispatch plan (``index_sorted_experts, batch_index,
+batch_gates, expert_size, logits``) rather than weights and indices; ``unpack`` reads the choices back from the
+logits by the rule and ``pack`` rebuilds the plan as the gate does.
 """
 
 from __future__ import annotations

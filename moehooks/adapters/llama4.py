@@ -1,5 +1,6 @@
-"""Llama-4 router (text and multimodal): top-k on the logits, sigmoid of the chosen logits; the router
-returns dense scores ``[tokens, experts]`` (zero off the top-k) and the logits."""
+"""Llama-4 routers (text and multimodal): top-k on the logits, sigmoid of the chosen logits.
+
+The router returns dense scores ``[tokens, experts]`` (zero off the top-k) and the logits."""
 
 from .registry import register
 from .rules import TopKSigmoidDense

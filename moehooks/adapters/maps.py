@@ -1,8 +1,12 @@
 """The routing map of a model: its routers (``MoELayer``) in decoder-layer order (``RoutingMap``).
 
-    routing = moehooks.adapt(model)
-    for entry in routing.layers:
-        print(entry.layer, entry.num_experts, entry.top_k, entry.adapter.name)
+Example:
+    >>> import moehooks
+    >>> routing = moehooks.adapt(model)
+    >>> for entry in routing.layers[:2]:
+    ...     print(entry.layer, entry.num_experts, entry.top_k, entry.adapter.name)
+    0 8 2 qwen3_vl_moe
+    1 8 2 qwen3_vl_moe
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""Qwen-MoE routers (Qwen2/3-MoE, Qwen3-Next, Qwen3.5-MoE, Qwen3-Omni, Qwen3-VL-MoE):
-softmax -> top-k -> renorm (``norm_topk_prob``; always for Qwen3-VL-MoE) -> cast to the logits' dtype."""
+"""Qwen-MoE routers: softmax -> top-k -> optional renorm -> cast.
+
+Qwen2/3-MoE, Qwen3-Next, Qwen3.5-MoE, Qwen3-Omni, Qwen3-VL-MoE: softmax -> top-k -> renorm (``norm_topk_prob``;
+always for Qwen3-VL-MoE) -> cast to the logits' dtype."""
 
 from .registry import register
 from .rules import SoftmaxTopK

@@ -3,6 +3,16 @@
     @register
     class MyRule(SoftmaxTopK):
         name, model_types, router_classes = "my-rule", ("my_moe",), ("MyMoeRouter",)
+
+Example (a family claiming a model type another family holds is refused, and nothing is registered):
+    >>> from moehooks.adapters.rules import SoftmaxTopK
+    >>> class MyRule(SoftmaxTopK):
+    ...     name, model_types, router_classes = "my-rule", ("qwen3_moe",), ("MyMoeRouter",)
+    >>> register(MyRule)
+    Traceback (most recent call last):
+    ValueError: family 'my-rule' claims ['qwen3_moe'], already registered by another family
+    >>> covered()["qwen3_moe"]
+    ('qwen_moe', 'ok')
 """
 
 from __future__ import annotations

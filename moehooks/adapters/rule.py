@@ -1,6 +1,14 @@
 """The routing rule base class (``RouterAdapter``) and the tensor helpers rules share.
 
-    weights, indices = routing.layers[0].adapter.select(logits)   # as the model picks its experts
+Example (the lab model's rule: softmax, top-2, renormalised):
+    >>> import moehooks, torch
+    >>> adapter = moehooks.adapt(model).layers[0].adapter
+    >>> logits = torch.tensor([[0.0, 2.0, 1.0, 0.0, 0.0, 3.0, 0.0, 0.0]])
+    >>> weights, indices = adapter.select(logits)     # as the model picks its experts
+    >>> indices, weights                              # e^3 / (e^3 + e^2) = 0.7311
+    (tensor([[5, 1]]), tensor([[0.7311, 0.2689]]))
+    >>> adapter.select(logits, force=torch.eye(8)[[7]])[1]   # expert 7 forced in, the best other one kept
+    tensor([[7, 5]])
 
 An adapter owns one family's routing rule as pure tensor functions:
 

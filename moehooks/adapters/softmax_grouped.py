@@ -1,4 +1,6 @@
-"""Softmax group-limited routers: Mistral-4 (group = sum of its top two, renorm, scaling) and DeepSeek-V2
+"""Softmax group-limited routers: Mistral-4 and DeepSeek-V2.
+
+Mistral-4 (group = sum of its top two, renorm, scaling) and DeepSeek-V2
 (``topk_method`` "greedy" or "group_limited_greedy" with group = its best expert; weights are the top-k
 probabilities times ``routed_scaling_factor``, not renormalised)."""
 

@@ -4,6 +4,9 @@
     result = study.run("runs", report=lambda step, model, outcome: print(step, model, outcome))
     result.steering.summary["soft"].delta, result.control_steering.summary["soft"].delta
 
+(Minutes on a CPU, so not run as a doctest: its ``steer`` step on the first four test tasks is the example of
+``moehooks.pipeline``.)
+
 Steps, in order, each reported as it ends (``report(step, model, outcome)``; ``model`` is ``"lab"`` or
 ``"control"``): ``load`` (the :class:`moehooks.models.ModelSpec`), ``read`` (the reading probe on the test split),
 ``tune`` (tau, beta and layers chosen on the dev split, ``dev/tune.json``), ``analyze`` (image vs text routing of
