@@ -261,7 +261,7 @@ def plot_accuracy_table(
                             intervals={"soft": {"math500": (0.02, 0.18)}}, p_values={"soft": {"math500": 0.03}})
 
     ``accuracy[method][benchmark]`` in [0, 1]; an "average" group is added. ``intervals[method][benchmark]`` is
-    the (low, high) of the paired difference to the baseline (``moehooks.stats.paired_bootstrap``), ``p_values``
+    the (low, high) of the paired difference to the baseline (``moehooks.significance.paired_bootstrap``), ``p_values``
     its McNemar p-value (written above the bar). CSV columns: ``method, benchmark, accuracy, std, delta, ci_low,
     ci_high, p`` (the last four empty where not given).
     """

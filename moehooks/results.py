@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from moehooks import runs, stats
+from moehooks import runs, significance
 from moehooks.items import Item
 from moehooks.util import atomic_write
 
@@ -167,10 +167,10 @@ class MethodSummary:
         trials: number of trials.
         delta: ``accuracy`` minus the baseline method's accuracy, or ``None`` without a baseline.
         interval: 95% paired bootstrap interval of the difference to the baseline on the items both graded
-            (``moehooks.stats.paired_bootstrap``, 10,000 resamples, seed 0; with trials, each item's mean
+            (``moehooks.significance.paired_bootstrap``, 10,000 resamples, seed 0; with trials, each item's mean
             correctness over the trials both graded it, so items are resampled with their trials); ``None`` for the
             baseline itself, without a baseline or without shared items.
-        gained, lost, p: the exact McNemar test against the baseline (``moehooks.stats.mcnemar_exact``): items
+        gained, lost, p: the exact McNemar test against the baseline (``moehooks.significance.mcnemar_exact``): items
             the baseline got wrong and this method right, the reverse, and the two-sided p-value; with trials, of
             the trial with the largest p (the most conservative). ``None`` where ``interval`` is.
     """
@@ -199,8 +199,8 @@ def _paired_with(graded: Mapping[tuple[int, str], bool], base: Mapping[tuple[int
         per_item.setdefault(key[1], []).append((base[key], graded[key]))
         per_trial.setdefault(key[0], []).append((base[key], graded[key]))
     means = [[sum(pair[k] for pair in pairs) / len(pairs) for pairs in per_item.values()] for k in (0, 1)]
-    boot = stats.paired_bootstrap(means[0], means[1])
-    tests = [stats.mcnemar_exact([a for a, _ in pairs], [b for _, b in pairs]) for pairs in per_trial.values()]
+    boot = significance.paired_bootstrap(means[0], means[1])
+    tests = [significance.mcnemar_exact([a for a, _ in pairs], [b for _, b in pairs]) for pairs in per_trial.values()]
     test = max(tests, key=lambda t: t.p)
     return {"interval": (boot.low, boot.high), "gained": test.gained, "lost": test.lost, "p": test.p}
 
