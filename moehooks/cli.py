@@ -594,6 +594,9 @@ def analyze(
     trust_remote_code: bool = TRUST,
     revision: Optional[str] = REVISION,
     routers: Optional[Path] = ROUTERS,
+    answers: bool = typer.Option(True, "--answers/--no-answers", help="also answer both versions: accuracy per "
+                                 "rendering variant beside middle-layer JSD, and their per-sample correlation"),
+    max_new_tokens: Optional[int] = MAX_NEW_TOKENS,
 ) -> None:
     """Gini of expert importance and image-vs-text JSD per layer, visual experts; writes PNG + CSV.
 
@@ -623,7 +626,7 @@ def analyze(
     tau = 0.1 if tau is None else tau
     dtype = dtype or "auto"
     runs.check_tau("--tau", tau)
-    _check_counts(limit=limit)
+    _check_counts(limit=limit, max_new_tokens=max_new_tokens)
     _check_options(model, trust_remote_code, revision, dtype=dtype, attn=attn)
     path = _data(tasks, None, Path("-"), model, lab_tasks).tasks
     items = evaluate.load_items(path)[:limit]
@@ -631,16 +634,14 @@ def analyze(
     _check_model(model, trust_remote_code, revision, dtype=dtype, attn=attn)
     runs.check_output_dir(out / "analyze")
     _check_routers(routers)
-    lm, processor, _ = _load(model, device_map, dtype, attn, trust_remote_code, revision, routers=routers)
-    _analyze(lm, processor, items, path.name, tau, out / "analyze", title=model)
-
-
-def _analyze(lm, processor, items, dataset: str, tau: float, out: Path, *, title: str) -> None:
-    from moehooks import pipeline
-
+    lm, processor, spec = _load(model, device_map, dtype, attn, trust_remote_code, revision, routers=routers)
+    generation = spec.settings()["generation"]
+    tokens = generation.pop("max_new_tokens") if max_new_tokens is None else max_new_tokens
     with progress_bar("analyze") as update:
-        result = pipeline.analyze(lm, processor, items, tau=tau, out_dir=out, dataset=dataset, progress=update)
-    _show_analysis(result, dataset, len(items), title=title)
+        result = pipeline.analyze(lm, processor, items, tau=tau, out_dir=out / "analyze", dataset=path.name,
+                                  progress=update, model_name=model, max_new_tokens=tokens if answers else None,
+                                  generation_kwargs=generation)
+    _show_analysis(result, path.name, len(items), title=model)
 
 
 def _show_analysis(result, dataset: str, count: int, *, title: str) -> None:
@@ -653,7 +654,28 @@ def _show_analysis(result, dataset: str, count: int, *, title: str) -> None:
                                                                  d.low[i], d.high[i])))
     console.print(table)
     console.print("visual experts:", json.dumps(dict(result.visual)))
+    if result.versions is not None:
+        _show_versions(result.versions, f"{title}: accuracy per version, {dataset}")
     console.print("plots:", ", ".join(map(str, result.files)), highlight=False, markup=False)
+
+
+def _show_versions(found, title: str) -> None:
+    from moehooks.variants import describe
+
+    middle = found.middle_layers
+    table = Table(title=f"{title} (middle layers {middle[0]}-{middle[-1]})" if middle else title)
+    for col in ("version", "n", "accuracy %", "95% CI", "JSD middle", "95% CI ", "r(JSD, correct)", "vs text"):
+        table.add_column(col, justify="right")
+    for row in found.rows:
+        jsd = row["jsd_middle"] == row["jsd_middle"]  # NaN for the text version
+        table.add_row(row["version"], str(row["n"]), f"{100 * row['accuracy']:.1f}",
+                      f"{100 * row['accuracy_low']:.1f}-{100 * row['accuracy_high']:.1f}",
+                      *((f"{row['jsd_middle']:.3f}", f"{row['jsd_low']:.3f}-{row['jsd_high']:.3f}",
+                         f"{row['r']:+.2f} [{row['r_low']:+.2f}, {row['r_high']:+.2f}]",
+                         f"{row['gained_vs_text']}/{row['lost_vs_text']}, p {row['p_vs_text']:.2g}") if jsd
+                        else ("", "", "", "")))
+    console.print(table)
+    console.print(describe(found), highlight=False, markup=False)
 
 
 @app.command()

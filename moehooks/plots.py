@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -352,6 +353,49 @@ def plot_jsd_variants(results: Mapping[str, Divergence], path: str | os.PathLike
     ax.set_ylim(bottom=0)
     ax.legend()
     return _write(fig, ("layer", "variant", f"jsd_{unit}", "ci_low", "ci_high", "n_pairs"), table, path)
+
+
+def plot_variants(rows: Sequence[Mapping[str, object]], path: str | os.PathLike[str], *, model: str,
+                  unit: str = "bits", note: str | None = None) -> PlotFiles:
+    """Accuracy per version (text, v1, v2, v3...) beside each variant's middle-layer image-vs-text JSD, with
+    their intervals as error bars (the paper's Section 3.3 table as a figure; ``moehooks.variants``).
+
+    Example::
+
+        plot_variants(compare_versions(...).rows, "runs/variants.png", model="lab", note="arith_image_test.jsonl")
+
+    ``rows`` hold ``version``, ``n``, ``accuracy``, ``accuracy_low``, ``accuracy_high``, ``jsd_middle``,
+    ``jsd_low``, ``jsd_high`` (NaN for the text version); the CSV has every column of ``rows``.
+
+    Raises:
+        ValueError: if ``rows`` is empty.
+    """
+    if not rows:
+        raise ValueError("rows is empty; expected one row per version")
+    fig = Figure(figsize=(9.0, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    fig.suptitle(f"{model}: accuracy and middle-layer routing divergence per version" + (f"\n{note}" if note else ""),
+                 fontsize=10)
+    left, right = fig.subplots(1, 2)
+    names = [str(r["version"]) for r in rows]
+    colours = {name: TEXT_COLOR if k == 0 else CURVE_COLORS[(k - 1) % len(CURVE_COLORS)] for k, name in enumerate(names)}
+    panels = (("accuracy", "accuracy", lambda v: f"{100 * v:.1f}%"),
+              ("jsd", f"middle-layer JSD to the text version ({unit})", lambda v: f"{v:.3f}"))
+    for ax, (key, label, text) in zip((left, right), panels):
+        column = "accuracy" if key == "accuracy" else "jsd_middle"
+        shown = [r for r in rows if not math.isnan(float(r[column]))]  # type: ignore[arg-type]
+        mid, low, high = ([float(r[c]) for r in shown] for c in (column, f"{key}_low", f"{key}_high"))  # type: ignore[arg-type]
+        bars = ax.bar([str(r["version"]) for r in shown], mid, capsize=4,
+                      yerr=[[m - lo for m, lo in zip(mid, low)], [hi - m for m, hi in zip(mid, high)]],
+                      color=[colours[str(r["version"])] for r in shown])
+        ax.bar_label(bars, labels=[text(v) for v in mid], label_type="center", fontsize=8, color="white")
+        ax.set_ylabel(label)
+        ax.set_xlabel(f"version (n = {', '.join(str(r['n']) for r in shown)}; error bars: bootstrap CI)", fontsize=8)
+    left.yaxis.set_major_formatter(PercentFormatter(1.0))
+    left.set_ylim(0, 1.05)
+    right.set_ylim(bottom=0)
+    header = list(rows[0])
+    return _write(fig, header, [[r[k] for k in header] for r in rows], path)
 
 
 def plot_gini_curves(curves: Mapping[str, Values], path: str | os.PathLike[str], *,

@@ -8,7 +8,9 @@ Example:
 
 A results file (written by ``moehooks.evaluate.run_eval``) holds one JSON object per (method, trial, item) with
 the keys ``id``, ``method``, ``trial``, ``prediction``, ``answer``, ``extracted`` (the final answer read from the
-prediction), ``correct`` and ``run`` (the key of the settings that produced the row, :func:`eval_settings`).
+prediction), ``correct``, ``run`` (the key of the settings that produced the row, :func:`eval_settings`) and,
+where known, ``variant``: ``"text"`` for a prompt without an image, else the image's rendering variant
+(``moehooks.items.rendering_variant``: ``v1``, ``v2``, ``v3``), so accuracy per variant can be read off.
 Rows are appended and fsync'd batch by batch (:func:`append_rows`); a rerun with the same settings skips the
 rows already there, a rerun with other settings starts a new result set in the same file (the old rows are
 kept, not counted, and an :class:`OtherSettingsWarning` names what differs, :func:`warn_other_settings`). The

@@ -62,6 +62,48 @@ def _resamples(items: int, n: int, seed: int) -> list[Tensor]:
     return [torch.randint(0, items, (min(chunk, n - start), items), generator=gen) for start in range(0, n, chunk)]
 
 
+def _bounds(boot: Tensor, level: float) -> tuple[float, float]:
+    """The ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of the resampled statistics, NaNs left out."""
+    alpha = (1 - level) / 2
+    low, high = torch.nanquantile(boot, torch.tensor([alpha, 1 - alpha], dtype=torch.float64)).tolist()
+    return low, high
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean over ``n`` samples with its percentile bootstrap interval."""
+
+    value: float
+    low: float
+    high: float
+    level: float
+    n: int
+    resamples: int
+    seed: int
+
+
+def bootstrap_mean(values: Sequence[float], *, n: int = 10_000, seed: int = 0, level: float = 0.95) -> Estimate:
+    """Mean of ``values`` with its percentile bootstrap interval over samples (NaN values left out).
+
+    Example:
+        >>> e = bootstrap_mean([1, 0, 1, 1, float("nan")], seed=0)
+        >>> e.value, e.n, 0 <= e.low <= e.value <= e.high <= 1
+        (0.75, 4, True)
+
+    Resampling as in :func:`paired_bootstrap`; every field but ``n`` is NaN when no value is left.
+
+    Raises:
+        ValueError: ``n < 1`` or ``level`` outside (0, 1).
+    """
+    _check_resampling(n, level)
+    x = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    x = x[~torch.isnan(x)]
+    if not x.numel():
+        return Estimate(math.nan, math.nan, math.nan, level, 0, n, seed)
+    boot = torch.cat([x[picks].mean(1) for picks in _resamples(x.shape[0], n, seed)])  # [n]
+    return Estimate(float(x.mean()), *_bounds(boot, level), level, x.shape[0], n, seed)
+
+
 def _paired(a: Sequence[float], b: Sequence[float], *, binary: bool = True) -> Tensor:
     """``b - a`` per item as float64, after checking the two are equally long, non-empty and 0/1 (with
     ``binary=False``: in [0, 1])."""
@@ -102,9 +144,7 @@ def paired_bootstrap(
     diff = _paired(a, b, binary=False)  # [items]
     items = diff.shape[0]
     boot = torch.cat([diff[picks].mean(1) for picks in _resamples(items, n, seed)])  # [n]
-    alpha = (1 - level) / 2
-    low, high = torch.quantile(boot, torch.tensor([alpha, 1 - alpha], dtype=torch.float64)).tolist()
-    return PairedDifference(float(diff.mean()), low, high, level, items, n, seed)
+    return PairedDifference(float(diff.mean()), *_bounds(boot, level), level, items, n, seed)
 
 
 def mcnemar_exact(a: Sequence[float], b: Sequence[float]) -> McNemar:
@@ -183,6 +223,4 @@ def correlation(x: Sequence[float], y: Sequence[float], *, n: int = 10_000, seed
         return Correlation(math.nan, math.nan, math.nan, level, pairs, n, seed)
     r = float(_pearson(xs, ys))
     boot = torch.cat([_pearson(xs[picks], ys[picks]) for picks in _resamples(pairs, n, seed)])  # [n]
-    alpha = (1 - level) / 2
-    low, high = torch.nanquantile(boot, torch.tensor([alpha, 1 - alpha], dtype=torch.float64)).tolist()
-    return Correlation(r, low, high, level, pairs, n, seed)
+    return Correlation(r, *_bounds(boot, level), level, pairs, n, seed)

@@ -180,11 +180,18 @@ def steer_eval(model: nn.Module, processor: Any, items: Sequence[Item], experts:
                        settings=keyed)
 
 
-def accuracy(model: nn.Module, processor: Any, items: Sequence[Item], context: Callable[[], Any] | None,
-              **options: Any) -> float:
-    """Share of ``items`` answered correctly (``grading.grade``), generating inside ``context`` when given."""
+def graded(model: nn.Module, processor: Any, items: Sequence[Item], context: Callable[[], Any] | None = None,
+           **options: Any) -> list[bool]:
+    """Whether each of ``items`` is answered correctly (``grading.grade``), generating inside ``context`` when
+    given; ``options`` are those of ``moehooks.generation.generate_answers``."""
     answers = generation.generate_answers(model, processor, items, context=context, **options)
-    return sum(grading.grade(a, it.answer, it.choices) for a, it in zip(answers, items)) / len(items)
+    return [grading.grade(a, it.answer, it.choices) for a, it in zip(answers, items)]
+
+
+def accuracy(model: nn.Module, processor: Any, items: Sequence[Item], context: Callable[[], Any] | None,
+             **options: Any) -> float:
+    """Share of ``items`` answered correctly (:func:`graded`)."""
+    return sum(graded(model, processor, items, context, **options)) / len(items)
 
 
 def random_draws(model: nn.Module, processor: Any, items: Sequence[Item], experts: dict[int, list[int]], *,

@@ -74,6 +74,19 @@ def layer_span(pair: tuple[int, int] | Sequence[int]) -> list[int]:
     return list(range(first, last + 1))
 
 
+def thirds(layers: Sequence[int]) -> list[list[int]]:
+    """The early, middle and late thirds of ``layers`` (sorted, repeats dropped); the earlier thirds take the
+    remainder, so the middle third is the layers the paper calls middle.
+
+    Example:
+        >>> thirds(range(1, 8))
+        [[1, 2, 3], [4, 5], [6, 7]]
+    """
+    ordered = sorted(set(layers))
+    sizes = [len(ordered) // 3 + (k < len(ordered) % 3) for k in range(3)]
+    return [ordered[sum(sizes[:k]):sum(sizes[:k + 1])] for k in range(3)]
+
+
 def atomic_write(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
 

@@ -79,3 +79,14 @@ def test_correlation_drops_nan_pairs_and_is_nan_when_undefined() -> None:
 def test_correlation_rejects_bad_input(x: list[float], y: list[int], kw: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         significance.correlation(x, y, **kw)
+
+
+def test_bootstrap_mean_matches_numpy_and_drops_nan() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.uniform(0, 1, 120)
+    e = significance.bootstrap_mean([*x.tolist(), float("nan")], n=4000, seed=1)
+    picks = np.random.default_rng(3).integers(0, 120, (4000, 120))  # oracle: numpy resampling, another generator
+    low, high = np.quantile(x[picks].mean(1), [0.025, 0.975])
+    assert e.value == pytest.approx(x.mean(), abs=1e-12) and e.n == 120
+    assert e.low == pytest.approx(low, abs=0.01) and e.high == pytest.approx(high, abs=0.01)
+    assert significance.bootstrap_mean([float("nan")]).n == 0 and math.isnan(significance.bootstrap_mean([]).value)
