@@ -12,7 +12,7 @@ Example:
     >>> [(row["version"], row["accuracy"], round(row["jsd_middle"], 3)) for row in found.rows]
     [('text', 1.0, nan), ('v1', 0.5, 0.35), ('v2', 0.5, 0.35)]
     >>> round(found.correlation.r, 3), found.correlation.n
-    (-0.958, 4)
+    (-0.97, 4)
 
 The paper's Section 3.3 claim is that the renderings a model answers worse are those whose routing departs
 further from the text version's in the middle layers. :func:`compare_versions` puts the two side by side: for the
