@@ -608,11 +608,12 @@ def analyze(
     from moehooks import distributed, evaluate, models, pipeline, protocol
 
     if tasks is None and models.resolve(model, preset).benchmarks:
-        _check_counts(n_samples=n_samples)
+        _check_counts(n_samples=n_samples, max_new_tokens=max_new_tokens)
         plan = protocol.make_analysis_plan(
             model, preset=preset, data_dir=protocol.parse_data_dirs(data_dir), n_samples=n_samples,
             tau_visual=protocol.VISUAL_TAU if tau is None else runs.check_tau("--tau", tau), device_map=device_map,
-            dtype=dtype, attn=attn, load=dict(trust_remote_code=trust_remote_code, revision=revision), out_dir=out)
+            dtype=dtype, attn=attn, load=dict(trust_remote_code=trust_remote_code, revision=revision), out_dir=out,
+            generation={"max_new_tokens": max_new_tokens} if max_new_tokens else None, answers=answers)
         typer.echo(protocol.format_analysis_plan(plan))
         if dry_run:
             return
@@ -621,6 +622,8 @@ def analyze(
         if distributed.is_main(distributed.launched_state()):
             console.print("domain experts:", json.dumps(dict(result.domain)))
             console.print("visual experts:", json.dumps(dict(result.visual)))
+            if result.versions is not None:
+                _show_versions(result.versions, f"{model}: accuracy per version, MATH-500")
             console.print("plots:", ", ".join(map(str, result.files)), highlight=False, markup=False)
         return
     tau = 0.1 if tau is None else tau
@@ -660,10 +663,10 @@ def _show_analysis(result, dataset: str, count: int, *, title: str) -> None:
 
 
 def _show_versions(found, title: str) -> None:
+    from moehooks.util import span
     from moehooks.variants import describe
 
-    middle = found.middle_layers
-    table = Table(title=f"{title} (middle layers {middle[0]}-{middle[-1]})" if middle else title)
+    table = Table(title=f"{title} (middle layers {span(found.middle_layers)})")
     for col in ("version", "n", "accuracy %", "95% CI", "JSD middle", "95% CI ", "r(JSD, correct)", "vs text"):
         table.add_column(col, justify="right")
     for row in found.rows:

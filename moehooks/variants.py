@@ -30,7 +30,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,9 +39,11 @@ import torch
 from torch import Tensor
 
 from moehooks import plots
-from moehooks.items import Item, rendering_variant
+from moehooks.items import Item, rendering_variant, text_versions
 from moehooks.significance import Correlation, bootstrap_mean, correlation, mcnemar_exact
-from moehooks.util import atomic_write, thirds
+from moehooks.stats import Divergence
+from moehooks.study import graded
+from moehooks.util import atomic_write, span, thirds
 
 TEXT = "text"
 """The version label of the problems prompted as text."""
@@ -137,6 +139,43 @@ _VARIANT_COLUMNS = ("jsd_middle", "jsd_low", "jsd_high", "r", "r_low", "r_high",
                     "lost_vs_text", "p_vs_text")
 
 
+def answer_versions(model: Any, processor: Any, rendered: Mapping[str, Sequence[Item]],
+                    divergence: Mapping[str, Divergence], layer_ids: Sequence[int], *,
+                    progress: Callable[[int, int], None] | None = None, **options: Any) -> VersionComparison:
+    """Answer the text version (``moehooks.items.text_versions``) and each rendering of the same problems, and
+    compare them (:func:`compare_versions`).
+
+    Example::
+
+        found = answer_versions(model, processor, {"v1": v1_items, "v2": v2_items}, {"v1": d1, "v2": d2},
+                                rec.layers, batch_size=8, max_new_tokens=512)
+
+    ``rendered[variant]`` are the image items of one variant, the same problems in the same order for every
+    variant; ``divergence[variant]`` their image-vs-text ``moehooks.stats.Divergence`` (one row per item).
+    ``options`` go to ``moehooks.study.graded`` (batch size, ``max_new_tokens``, ``generation_kwargs``);
+    ``progress(done, total)`` counts the versions answered.
+    """
+    first = next(iter(rendered.values()))
+    differ = [variant for variant, items in rendered.items() if [it.id for it in items] != [it.id for it in first]]
+    if differ:
+        raise ValueError(f"variants {differ} show other problems (or another order) than {next(iter(rendered))}")
+    total = len(rendered) + 1
+    text = graded(model, processor, text_versions(first), **options)
+    ids, versions, text_correct, correct, per_sample = [], [], [], [], []
+    for done, (variant, items) in enumerate(rendered.items(), 2):
+        if progress:
+            progress(done - 1, total)
+        ids += [it.id for it in items]
+        versions += [variant] * len(items)
+        text_correct += text
+        correct += graded(model, processor, items, **options)
+        per_sample.append(divergence[variant].per_sample)
+    if progress:
+        progress(total, total)
+    unit = next(iter(divergence.values())).unit
+    return compare_versions(ids, versions, text_correct, correct, torch.cat(per_sample), layer_ids, unit=unit)
+
+
 def describe(result: VersionComparison) -> str:
     """The pooled correlation as one line, e.g. ``"r(middle-layer JSD, correct) = -0.31 [-0.42, -0.20], n = 300
     image samples"``."""
@@ -150,7 +189,7 @@ def write_versions(result: VersionComparison, out_dir: str | Path, *, model: str
     pooled correlation) and ``variant_samples.csv`` (one row per image sample) into ``out_dir``; the figure's
     title names ``model`` and ``data``."""
     out = Path(out_dir)
-    layers = f"{result.middle_layers[0]}-{result.middle_layers[-1]}" if result.middle_layers else "none"
+    layers = span(result.middle_layers) or "none"
     figure = plots.plot_variants(result.rows, out / "variants.png", model=model, unit=result.unit,
                                  note=f"{data}; middle third of the MoE layers: {layers}\n{describe(result)}")
     text = io.StringIO()
