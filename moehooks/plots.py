@@ -252,6 +252,7 @@ def plot_accuracy_table(
     intervals: Mapping[str, Mapping[str, tuple[float, float] | None]] | None = None,
     p_values: Mapping[str, Mapping[str, float | None]] | None = None,
     baseline: str = "baseline",
+    note: str | None = None,
 ) -> PlotFiles:
     """Accuracy per method per benchmark (grouped bars, the paper's Table 1 as a figure), error bars = ``std``;
     with ``intervals``, a second panel of each method's difference to ``baseline`` with its 95% interval.
@@ -263,7 +264,8 @@ def plot_accuracy_table(
 
     ``accuracy[method][benchmark]`` in [0, 1]; an "average" group is added. ``intervals[method][benchmark]`` is
     the (low, high) of the paired difference to the baseline (``moehooks.significance.paired_bootstrap``), ``p_values``
-    its McNemar p-value (written above the bar). CSV columns: ``method, benchmark, accuracy, std, delta, ci_low,
+    its McNemar p-value (written above the bar); ``note`` (the model and the data) is the title's second line.
+    CSV columns: ``method, benchmark, accuracy, std, delta, ci_low,
     ci_high, p`` (the last four empty where not given).
     """
     methods = list(accuracy)
@@ -279,15 +281,19 @@ def plot_accuracy_table(
     for m in methods:
         values[m].append(sum(values[m]) / len(names))
         spread[m].append(0.0)
-    fig, ax = _figure("Accuracy per benchmark and method", "benchmark", "accuracy",
-                      width=max(7.0, 1.2 * len(groups) + 2))
+    fig, ax = _figure("Accuracy per benchmark and method", "benchmark",
+                      "accuracy (error bars: std over trials)" if std else "accuracy",
+                      width=max(7.0, 1.2 * len(groups) + 2), note=note)
     width = 0.8 / len(methods)
     colours = ["#7f7f7f", TEXT_COLOR, "#7570b3", IMAGE_COLOR, "#e7298a", "#66a61e"]
     for k, method in enumerate(methods):
         xs = [g + (k - (len(methods) - 1) / 2) * width for g in range(len(groups))]
         bars = ax.bar(xs, values[method], width, yerr=spread[method] if std else None, capsize=3,
                       color=colours[k % len(colours)], label=method)
-        ax.bar_label(bars, labels=[f"{100 * v:.0f}" for v in values[method]], fontsize=7)
+        tall = [v >= 0.1 for v in values[method]]  # labels inside tall bars, clear of the error bars above them
+        ax.bar_label(bars, labels=[f"{100 * v:.0f}" if t else "" for v, t in zip(values[method], tall)],
+                     label_type="center", fontsize=7, color="white")
+        ax.bar_label(bars, labels=["" if t else f"{100 * v:.0f}" for v, t in zip(values[method], tall)], fontsize=7)
     ax.set_xticks(range(len(groups)), groups)
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.set_ylim(0, 1.08)
@@ -310,9 +316,9 @@ def plot_accuracy_table(
             lower.bar(xs, mids, 0.8 / len(deltas), yerr=errs, capsize=3,
                       color=colours[methods.index(method) % len(colours)], label=method)
             for x, d, c, p in zip(xs, mids, bounds, ps[method][:len(names)]):
-                if p is not None:  # above the interval's upper end, clear of the bar and the axis labels
-                    lower.annotate(f"p={p:.2g}", (x, c[1] if c else d), xytext=(0, 3), textcoords="offset points",
-                                   ha="center", va="bottom", fontsize=6)
+                if p is not None:  # above the interval (and the zero line), clear of the bar and the axis labels
+                    lower.annotate(f"p={p:.2g}", (x, max(c[1] if c else d, 0.0)), xytext=(0, 3),
+                                   textcoords="offset points", ha="center", va="bottom", fontsize=6)
         lower.set_ylabel(f"difference to {baseline}\n(95% paired bootstrap CI)")
         low, high = lower.get_ylim()
         lower.set_ylim(low, high + 0.15 * (high - low))
