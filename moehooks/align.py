@@ -48,7 +48,7 @@ from moehooks.adapters import adapt
 from moehooks.adapters.maps import MoELayer
 from moehooks.adapters.probe import read_logits
 from moehooks.runs import settings_key
-from moehooks.util import UsageError, atomic_write
+from moehooks.util import UsageError, atomic_write, model_label
 from moehooks.wrappers import see_through
 
 OBJECTIVES = ("routing", "answers")
@@ -345,10 +345,9 @@ def align(model: nn.Module, pairs: Sequence[Pair], *, layers: Sequence[int] | No
         from moehooks.plots import plot_loss_curve
 
         rows = [(h["step"], h["loss"], h["align"], h["anchor"]) for h in history]
-        model_name = "/".join(Path(base.model_id).parts[-2:]) or "model"  # a hub id, or a folder's last two parts
         result.files = list(plot_loss_curve(rows, Path(out_dir) / "loss.png",
-                                            note=f"{model_name} · {data or 'pairs'}: {objective}, lr {lr:g}, "
-                                                 f"anchor {anchor:g}, seed {seed}"))
+                                            note=f"{model_label(base.model_id)} · {data or 'pairs'}: {objective}, "
+                                                 f"lr {lr:g}, anchor {anchor:g}, seed {seed}"))
     return result
 
 

@@ -30,7 +30,7 @@ from .items import Item, text_versions
 from .recording import Recorder, record
 from .results import MethodSummary, eval_settings, items_digest, summarize
 from .steering import steer
-from .util import atomic_write
+from .util import atomic_write, model_label
 
 Progress = Callable[[int, int], None] | None
 METHODS = ("text", "baseline", "soft", "hard", "random")
@@ -272,7 +272,8 @@ class Study:
 
 
 def delta_note(study: Study) -> str:
-    """The Delta figure's data line: the model and the two item sets the Delta was computed from.
+    """The Delta figure's data line: the model (``moehooks.util.model_label``) and the two item sets the Delta was
+    computed from.
 
     Example:
         >>> delta_note(Study(tasks=[], references=[None] * 3, general=[None], tau=0.1, beta=0.5, model_id="m",
@@ -280,7 +281,8 @@ def delta_note(study: Study) -> str:
         'm: arith_text.jsonl, 3 items − general_text.jsonl, 1 item'
     """
     references, general = study.sources
-    return f"{study.model_id}: {note(references, len(study.references))} − {note(general, len(study.general))}"
+    return (f"{model_label(study.model_id)}: {note(references, len(study.references))} − "
+            f"{note(general, len(study.general))}")
 
 
 def run(model: nn.Module, processor: Any, study: Study, out_dir: str | Path, *,

@@ -74,6 +74,16 @@ def layer_span(pair: tuple[int, int] | Sequence[int]) -> list[int]:
     return list(range(first, last + 1))
 
 
+def model_label(source: str) -> str:
+    """A model's name for a figure title: a hub id as it is, a local folder by its last two parts.
+
+    Example:
+        >>> model_label("/work/moehooks/lab/control"), model_label("Qwen/Qwen3-VL-30B-A3B-Instruct")
+        ('lab/control', 'Qwen/Qwen3-VL-30B-A3B-Instruct')
+    """
+    return "/".join(Path(source).parts[-2:]) or "model"
+
+
 def thirds(layers: Sequence[int]) -> list[list[int]]:
     """The early, middle and late thirds of ``layers`` (sorted, repeats dropped); the earlier thirds take the
     remainder, so the middle third is the layers the paper calls middle.

@@ -69,7 +69,8 @@ def test_render_identify_steer_end_to_end(workspace, figures):
     # the Delta comes from the tasks' text versions against the general items, on this model: its title says so
     general = len(evaluate.load_items(root / "general.jsonl"))
     title = next(t for fig in figures for t in texts(fig) if t.startswith("Activation-frequency gap"))
-    assert title.endswith(f"\n{model}: items.jsonl (text versions), 5 items − general.jsonl, {general} items"), title
+    label = "/".join(Path(model).parts[-2:])  # the checkpoint folder's last two parts
+    assert title.endswith(f"\n{label}: items.jsonl (text versions), 5 items − general.jsonl, {general} items"), title
 
 
 def test_analyze_writes_plots_and_numbers(workspace):
