@@ -650,11 +650,13 @@ def analyze(
 def _show_analysis(result, dataset: str, count: int, *, title: str) -> None:
     d = result.divergence
     table = Table(title=f"{title}: image vs text routing ({d.unit}), {dataset}, {count} items")
-    for col in ("layer", "gini image", "gini text", "JSD", "CI low", "CI high"):
+    per_layer = result.versions.per_layer if result.versions is not None else {}
+    for col in ("layer", "gini image", "gini text", "JSD", "CI low", "CI high", *(["r(JSD, correct)"] * bool(per_layer))):
         table.add_column(col, justify="right")
     for i, layer in enumerate(result.layer_ids):
         table.add_row(str(layer), *(f"{float(v):.3f}" for v in (result.gini_image[i], result.gini_text[i], d.mean[i],
-                                                                 d.low[i], d.high[i])))
+                                                                 d.low[i], d.high[i])),
+                      *([f"{per_layer[layer].r:+.2f}"] if per_layer else []))
     console.print(table)
     console.print("visual experts:", json.dumps(dict(result.visual)))
     if result.versions is not None:

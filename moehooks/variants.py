@@ -20,8 +20,9 @@ text version and each rendering variant, accuracy with a bootstrap interval; for
 samples of the per-sample image-vs-text JSD averaged over the middle third of the MoE layers
 (:func:`middle_layers`), with a bootstrap interval, the exact McNemar test against the text version of the same
 problems, and the point-biserial correlation of per-sample middle-layer JSD with correctness; the same
-correlation over every image sample is ``correlation``. :func:`write_versions` writes ``variants.csv`` /
-``variants.png`` (``moehooks.plots.plot_variants``), ``variants.json`` and ``variant_samples.csv``.
+correlation over every image sample is ``correlation``, and with each layer's JSD alone ``per_layer``.
+:func:`write_versions` writes ``variants.csv`` / ``variants.png`` (``moehooks.plots.plot_variants``),
+``variants.json`` and ``variant_samples.csv``.
 """
 
 from __future__ import annotations
@@ -64,12 +65,14 @@ def version_of(item: Item, default: str = "image") -> str:
 class VersionComparison:
     """Per version (text first, then the variants in order of first appearance) one row of ``rows``; every image
     sample in ``samples``; ``correlation`` of per-sample middle-layer JSD with correctness over all image
-    samples. ``unit`` is the JSD's; intervals are seeded percentile bootstraps at ``level``."""
+    samples, and ``per_layer`` the same with each MoE layer's JSD alone. ``unit`` is the JSD's; intervals are seeded
+    percentile bootstraps at ``level``."""
 
     middle_layers: list[int]
     rows: list[dict[str, Any]]
     samples: list[dict[str, Any]]
     correlation: Correlation
+    per_layer: dict[int, Correlation]
     unit: str
     level: float
     resamples: int
@@ -84,7 +87,9 @@ class VersionComparison:
         return {"middle_layers": self.middle_layers, "unit": self.unit, "level": self.level,
                 "resamples": self.resamples, "seed": self.seed,
                 "rows": [{k: clean(v) for k, v in row.items()} for row in self.rows],
-                "correlation": {k: clean(v) for k, v in asdict(self.correlation).items()}}
+                "correlation": {k: clean(v) for k, v in asdict(self.correlation).items()},
+                "per_layer": {str(layer): {k: clean(v) for k, v in asdict(c).items()}
+                              for layer, c in self.per_layer.items()}}
 
 
 def compare_versions(ids: Sequence[str], versions: Sequence[str], text_correct: Sequence[bool],
@@ -130,8 +135,10 @@ def compare_versions(ids: Sequence[str], versions: Sequence[str], text_correct: 
                      "lost_vs_text": test.lost, "p_vs_text": test.p})
     samples = [{"id": ids[k], "version": versions[k], "text_correct": bool(text_correct[k]),
                 "correct": bool(correct[k]), "jsd_middle": jsd[k]} for k in range(count)]
+    grades = [float(c) for c in correct]
+    per_layer = {layer: correlation(per_sample_jsd[:, k].tolist(), grades, **boot) for k, layer in enumerate(layer_ids)}
     return VersionComparison(middle_layers=middle, rows=rows, samples=samples,
-                             correlation=correlation(jsd, [float(c) for c in correct], **boot), unit=unit,
+                             correlation=correlation(jsd, grades, **boot), per_layer=per_layer, unit=unit,
                              level=level, resamples=resamples, seed=seed)
 
 

@@ -70,6 +70,9 @@ def test_compare_versions_matches_scipy_and_a_hand_count() -> None:
     pooled = pointbiserialr(np.array(correct, dtype=float), middle).statistic
     assert found.correlation.r == pytest.approx(pooled, abs=1e-12) and found.correlation.n == 90
     assert found.correlation.r < 0  # the fixture fails samples with a higher middle-layer JSD more often
+    for k, layer in enumerate(LAYERS):  # each layer's JSD alone: scipy again
+        expected = pointbiserialr(np.array(correct, dtype=float), jsd[:, k].numpy()).statistic
+        assert found.per_layer[layer].r == pytest.approx(expected, abs=1e-12)
     assert [s["jsd_middle"] for s in found.samples] == pytest.approx(middle.tolist(), abs=1e-12)
 
 
@@ -119,5 +122,6 @@ def test_write_versions_files_and_a_figure_that_names_model_and_data(tmp_path: P
     about = json.loads(files[2].read_text())
     assert about["model"] == "lab model (distracted)" and about["rows"][0]["jsd_middle"] is None
     assert about["correlation"]["r"] == pytest.approx(found.correlation.r) and about["middle_layers"] == [2, 3]
+    assert about["per_layer"]["3"]["r"] == pytest.approx(found.per_layer[3].r)
     with files[3].open(newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 60
