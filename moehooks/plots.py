@@ -333,8 +333,10 @@ CURVE_COLORS = ("#1f77b4", IMAGE_COLOR, "#7570b3", TEXT_COLOR, "#e7298a")
 
 
 def plot_jsd_variants(results: Mapping[str, Divergence], path: str | os.PathLike[str], *,
-                      layer_ids: Sequence[int] | None = None, note: str | None = None) -> PlotFiles:
-    """JSD per layer between the image and the text version, one curve (with its CI band) per image variant.
+                      layer_ids: Sequence[int] | None = None, note: str | None = None,
+                      by: str = "rendering") -> PlotFiles:
+    """JSD per layer between the image and the text version, one curve (with its CI band) per image variant (or
+    per whatever ``results`` is keyed by, named by ``by`` in the title: ``"model"`` for one curve per model).
 
     Example::
 
@@ -345,7 +347,7 @@ def plot_jsd_variants(results: Mapping[str, Divergence], path: str | os.PathLike
     if not results:
         raise ValueError("results is empty; expected {variant: Divergence}")
     unit = next(iter(results.values())).unit
-    fig, ax = _figure("Image vs text routing divergence per layer, by rendering", "decoder layer",
+    fig, ax = _figure(f"Image vs text routing divergence per layer, by {by}", "decoder layer",
                       f"Jensen–Shannon divergence ({unit})", note=note)
     table = []
     for k, (variant, result) in enumerate(results.items()):
@@ -391,10 +393,10 @@ def plot_variants(rows: Sequence[Mapping[str, object]], path: str | os.PathLike[
         column = "accuracy" if key == "accuracy" else "jsd_middle"
         shown = [r for r in rows if not math.isnan(float(r[column]))]  # type: ignore[arg-type]
         mid, low, high = ([float(r[c]) for r in shown] for c in (column, f"{key}_low", f"{key}_high"))  # type: ignore[arg-type]
-        bars = ax.bar([str(r["version"]) for r in shown], mid, capsize=4,
-                      yerr=[[m - lo for m, lo in zip(mid, low)], [hi - m for m, hi in zip(mid, high)]],
-                      color=[colours[str(r["version"])] for r in shown])
-        ax.bar_label(bars, labels=[text(v) for v in mid], label_type="center", fontsize=8, color="white")
+        ax.bar(range(len(shown)), mid, capsize=4,
+               yerr=[[m - lo for m, lo in zip(mid, low)], [hi - m for m, hi in zip(mid, high)]],
+               color=[colours[str(r["version"])] for r in shown])
+        ax.set_xticks(range(len(shown)), [f"{r['version']}\n{text(v)}" for r, v in zip(shown, mid)])  # clear of bars
         ax.set_ylabel(label)
         ax.set_xlabel(f"version (n = {', '.join(str(r['n']) for r in shown)}; error bars: bootstrap CI)", fontsize=8)
     left.yaxis.set_major_formatter(PercentFormatter(1.0))

@@ -187,6 +187,9 @@ def describe(result: VersionComparison) -> str:
     """The pooled correlation as one line, e.g. ``"r(middle-layer JSD, correct) = -0.31 [-0.42, -0.20], n = 300
     image samples"``."""
     c = result.correlation
+    if math.isnan(c.r):
+        return (f"r(middle-layer JSD, correct) undefined: fewer than 3 samples or all graded alike, n = {c.n} image "
+                "samples")
     return (f"r(middle-layer JSD, correct) = {c.r:+.2f} [{c.low:+.2f}, {c.high:+.2f}], n = {c.n} image samples"
             f" ({result.level:.0%} bootstrap CI)")
 

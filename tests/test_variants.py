@@ -109,8 +109,10 @@ def test_write_versions_files_and_a_figure_that_names_model_and_data(tmp_path: P
     assert "arith_image_test.jsonl" in title and "middle third of the MoE layers: 2-3" in title
     assert f"n = {found.correlation.n} image samples" in title
     left, right = figures[0].axes
-    assert [t.get_text() for t in left.get_xticklabels()] == ["text", "v1", "v2", "v3"]
-    assert [t.get_text() for t in right.get_xticklabels()] == ["v1", "v2", "v3"]  # text has no JSD to itself
+    rows = found.rows  # each tick names its version and the bar's value
+    assert [t.get_text() for t in left.get_xticklabels()] == [f"{r['version']}\n{100 * r['accuracy']:.1f}%" for r in rows]
+    assert [t.get_text() for t in right.get_xticklabels()] == [f"{r['version']}\n{r['jsd_middle']:.3f}"
+                                                               for r in rows[1:]]  # text has no JSD to itself
     assert [p.get_height() for p in left.patches] == pytest.approx([r["accuracy"] for r in found.rows])
     assert [p.get_height() for p in right.patches] == pytest.approx([r["jsd_middle"] for r in found.rows[1:]])
     height, width = imread(files[0]).shape[:2]  # the saved PNG holds every drawn text
