@@ -17,21 +17,29 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-@dataclass(frozen=True)
-class PairedDifference:
-    """Accuracy of ``b`` minus accuracy of ``a`` on the same items, with a percentile bootstrap interval."""
+@dataclass(frozen=True, kw_only=True)
+class Interval:
+    """A percentile bootstrap interval ``[low, high]`` at ``level`` over ``n`` items or samples, reproduced by
+    ``resamples`` draws from ``torch.Generator().manual_seed(seed)``."""
 
-    difference: float
     low: float
     high: float
     level: float
     n: int
     resamples: int
     seed: int
+
+
+@dataclass(frozen=True)
+class PairedDifference(Interval):
+    """Accuracy of ``b`` minus accuracy of ``a`` on the same items, with a percentile bootstrap interval."""
+
+    difference: float
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,11 @@ def _resamples(items: int, n: int, seed: int) -> list[Tensor]:
     return [torch.randint(0, items, (min(chunk, n - start), items), generator=gen) for start in range(0, n, chunk)]
 
 
+def _about(low: float, high: float, level: float, n: int, resamples: int, seed: int) -> dict[str, Any]:
+    """The :class:`Interval` fields as keywords."""
+    return dict(low=low, high=high, level=level, n=n, resamples=resamples, seed=seed)
+
+
 def _bounds(boot: Tensor, level: float) -> tuple[float, float]:
     """The ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of the resampled statistics, NaNs left out."""
     alpha = (1 - level) / 2
@@ -70,16 +83,10 @@ def _bounds(boot: Tensor, level: float) -> tuple[float, float]:
 
 
 @dataclass(frozen=True)
-class Estimate:
+class Estimate(Interval):
     """A mean over ``n`` samples with its percentile bootstrap interval."""
 
     value: float
-    low: float
-    high: float
-    level: float
-    n: int
-    resamples: int
-    seed: int
 
 
 def bootstrap_mean(values: Sequence[float], *, n: int = 10_000, seed: int = 0, level: float = 0.95) -> Estimate:
@@ -99,9 +106,9 @@ def bootstrap_mean(values: Sequence[float], *, n: int = 10_000, seed: int = 0, l
     x = torch.tensor([float(v) for v in values], dtype=torch.float64)
     x = x[~torch.isnan(x)]
     if not x.numel():
-        return Estimate(math.nan, math.nan, math.nan, level, 0, n, seed)
+        return Estimate(math.nan, **_about(math.nan, math.nan, level, 0, n, seed))
     boot = torch.cat([x[picks].mean(1) for picks in _resamples(x.shape[0], n, seed)])  # [n]
-    return Estimate(float(x.mean()), *_bounds(boot, level), level, x.shape[0], n, seed)
+    return Estimate(float(x.mean()), **_about(*_bounds(boot, level), level, x.shape[0], n, seed))
 
 
 def _paired(a: Sequence[float], b: Sequence[float], *, binary: bool = True) -> Tensor:
@@ -144,7 +151,7 @@ def paired_bootstrap(
     diff = _paired(a, b, binary=False)  # [items]
     items = diff.shape[0]
     boot = torch.cat([diff[picks].mean(1) for picks in _resamples(items, n, seed)])  # [n]
-    return PairedDifference(float(diff.mean()), *_bounds(boot, level), level, items, n, seed)
+    return PairedDifference(float(diff.mean()), **_about(*_bounds(boot, level), level, items, n, seed))
 
 
 def mcnemar_exact(a: Sequence[float], b: Sequence[float]) -> McNemar:
@@ -170,17 +177,11 @@ def mcnemar_exact(a: Sequence[float], b: Sequence[float]) -> McNemar:
 
 
 @dataclass(frozen=True)
-class Correlation:
+class Correlation(Interval):
     """Pearson correlation of paired values (point-biserial when one side is 0/1) with a percentile bootstrap
     interval over the pairs; ``n`` pairs were used (pairs with a NaN are left out)."""
 
     r: float
-    low: float
-    high: float
-    level: float
-    n: int
-    resamples: int
-    seed: int
 
 
 def _pearson(x: Tensor, y: Tensor) -> Tensor:
@@ -220,7 +221,7 @@ def correlation(x: Sequence[float], y: Sequence[float], *, n: int = 10_000, seed
     xs, ys = xs[keep], ys[keep]
     pairs = xs.shape[0]
     if pairs < 3:
-        return Correlation(math.nan, math.nan, math.nan, level, pairs, n, seed)
+        return Correlation(math.nan, **_about(math.nan, math.nan, level, pairs, n, seed))
     r = float(_pearson(xs, ys))
     boot = torch.cat([_pearson(xs[picks], ys[picks]) for picks in _resamples(pairs, n, seed)])  # [n]
-    return Correlation(r, *_bounds(boot, level), level, pairs, n, seed)
+    return Correlation(r, **_about(*_bounds(boot, level), level, pairs, n, seed))
