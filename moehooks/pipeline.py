@@ -144,16 +144,23 @@ class Analysis:
 
 def analyze(model: nn.Module, processor: Any, items: Sequence[Item], *, tau: float = 0.1,
             out_dir: str | Path | None = None, batch_size: int = 32, dataset: str | None = None,
-            progress: Progress = None, model_name: str = "model", max_new_tokens: int | None = 8,
+            progress: Progress = None, model_name: str = "model", max_new_tokens: int | None = None,
             generation_kwargs: dict[str, Any] | None = None) -> Analysis:
     """Record the image and the text version of each item and compare their routing (paper Eqs. 2-4); the
     figures' titles name ``model_name``, ``dataset`` and the item count.
 
-    With ``max_new_tokens`` (``None``: routing only) both versions are also answered (greedy unless
-    ``generation_kwargs`` say otherwise) and graded: accuracy of the text version and of each rendering variant
-    (``moehooks.variants.version_of``) beside its middle-layer JSD, and the correlation of per-sample JSD with
-    correctness (``moehooks.variants.compare_versions``; ``variants.png`` / ``.csv`` / ``.json``,
-    ``variant_samples.csv``)."""
+    With ``max_new_tokens`` (the alias's, e.g. 8 for the lab; ``None``: routing only) both versions are also
+    answered (greedy unless ``generation_kwargs`` say otherwise) and graded: accuracy of the text version and of
+    each rendering variant (``moehooks.variants.version_of``) beside its middle-layer JSD, and the correlation of
+    per-sample JSD with correctness (``moehooks.variants.compare_versions``; ``variants.png`` / ``.csv`` /
+    ``.json``, ``variant_samples.csv``).
+
+    Example::
+
+        result = analyze(model, processor, items, out_dir="runs/analyze", dataset="arith_image_test.jsonl",
+                         model_name="lab", max_new_tokens=8)
+        result.versions.rows           # text, v1, v2, v3: accuracy, middle-layer JSD, r(JSD, correct)
+    """
     runs.check_tau("tau", tau)
     text_items = text_versions(items)
     image = record_items(model, processor, items, batch_size=batch_size, per_sample=True, progress=progress)
