@@ -59,7 +59,7 @@ from moehooks.adapters import adapt
 from moehooks.adapters.maps import MoELayer
 from moehooks.adapters.blocks import read_logits
 from moehooks.runs import settings_key
-from moehooks.util import UsageError, atomic_write
+from moehooks.util import UsageError, atomic_write, model_label
 from moehooks.wrappers import see_through
 
 OBJECTIVES = ("routing", "answers")
@@ -357,7 +357,8 @@ def align(model: nn.Module, pairs: Sequence[Pair], *, layers: Sequence[int] | No
 
         rows = [(h["step"], h["loss"], h["align"], h["anchor"]) for h in history]
         result.files = list(plot_loss_curve(rows, Path(out_dir) / "loss.png",
-                                                  note=f"{objective}, lr {lr:g}, anchor {anchor:g}, seed {seed}"))
+                                            note=f"{model_label(base.model_id)} · {data or 'pairs'}: {objective}, "
+                                                 f"lr {lr:g}, anchor {anchor:g}, seed {seed}"))
     return result
 
 

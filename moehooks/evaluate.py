@@ -50,6 +50,7 @@ from moehooks.items import (
     item_from_row,
     load_items,
     read_rows,
+    rendering_variant,
 )
 from moehooks.results import (
     MethodSummary,
@@ -200,6 +201,9 @@ def run_eval(
                         "correct": correct,
                         "run": key,
                     }
+                    variant = "text" if as_text or item.image is None else rendering_variant(item)
+                    if variant is not None:
+                        row["variant"] = variant
                     rows.append(row)
                     done[(method, trial, item.id)] = row
                 append_rows(path, rows)

@@ -306,6 +306,19 @@ def load_items(path: str | os.PathLike[str], *, strict: bool = False) -> list[It
     return items
 
 
+def rendering_variant(item: Item) -> str | None:
+    """The rendering variant an image item shows: ``meta["render_variant"]`` (set by
+    ``moehooks.benchmarks.render_images``), else ``meta["variant"]`` (a ``variant`` field of the item file, as the
+    lab's data and ``render`` write it), else ``None``.
+
+    Example:
+        >>> rendering_variant(Item(id="1", question="q", answer="a", image="x.png", meta={"variant": "v2"}))
+        'v2'
+    """
+    found = item.meta.get("render_variant", item.meta.get("variant"))
+    return None if found is None else str(found)
+
+
 def text_versions(items: Sequence[Item]) -> list[Item]:
     """The same problems as text prompts: ``text_reference`` alone as the question, no image."""
     missing = [it.id for it in items if it.text_reference is None]

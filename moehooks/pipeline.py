@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import artefacts, distributed, generation, models, plots, runs, stats, study
+from . import artefacts, distributed, generation, models, plots, runs, stats, study, variants
 from .adapters import adapt
 from .items import Item, load_items, text_versions
 from .results import MethodSummary, eval_settings, summarize
@@ -47,6 +47,7 @@ from .study import (  # noqa: F401  the study's steps, re-exported: pipeline.ste
     accuracy,
     check_layers,
     check_steer_options,
+    graded,
     identify_experts,
     method_settings,
     note,
@@ -57,7 +58,7 @@ from .study import (  # noqa: F401  the study's steps, re-exported: pipeline.ste
     write_json,
 )
 from .swap import swap_sweep
-from .util import atomic_write, check_choice, layer_span
+from .util import atomic_write, check_choice, layer_span, thirds
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,8 @@ def read_versions(items: Sequence[Item], question: str = LAB_READ_QUESTION) -> l
 
 @dataclass
 class Analysis:
-    """Image-vs-text routing of the same problems: Gini of expert importance and per-sample JSD, per layer."""
+    """Image-vs-text routing of the same problems: Gini of expert importance and per-sample JSD, per layer; with
+    graded answers, accuracy per version beside middle-layer JSD (``versions``, ``moehooks.variants``)."""
 
     layer_ids: list[int]
     gini_image: torch.Tensor  # [layers] over image-version prompt tokens
@@ -148,17 +150,32 @@ class Analysis:
     divergence: stats.Divergence
     visual: stats.ExpertSet
     files: list[Path] = field(default_factory=list)
+    versions: variants.VersionComparison | None = None
 
 
 def analyze(model: nn.Module, processor: Any, items: Sequence[Item], *, tau: float = 0.1,
             out_dir: str | Path | None = None, batch_size: int = 32, dataset: str | None = None,
-            progress: Progress = None) -> Analysis:
+            progress: Progress = None, model_name: str = "model", max_new_tokens: int | None = None,
+            generation_kwargs: dict[str, Any] | None = None) -> Analysis:
     """Record the image and the text version of each item and compare their routing (paper Eqs. 2-4); the
-    figures' titles name ``dataset`` and the item count."""
+    figures' titles name ``model_name``, ``dataset`` and the item count.
+
+    With ``max_new_tokens`` (the alias's, e.g. 8 for the lab; ``None``: routing only) both versions are also
+    answered (greedy unless ``generation_kwargs`` say otherwise) and graded: accuracy of the text version and of
+    each rendering variant (``moehooks.variants.version_of``) beside its middle-layer JSD, and the correlation of
+    per-sample JSD with correctness (``moehooks.variants.compare_versions``; ``variants.png`` / ``.csv`` /
+    ``.json``, ``variant_samples.csv``).
+
+    Example::
+
+        result = analyze(model, processor, items, out_dir="runs/analyze", dataset="arith_image_test.jsonl",
+                         model_name="lab", max_new_tokens=8)
+        result.versions.rows           # text, v1, v2, v3: accuracy, middle-layer JSD, r(JSD, correct)
+    """
     runs.check_tau("tau", tau)
-    text = text_versions(items)
+    text_items = text_versions(items)
     image = record_items(model, processor, items, batch_size=batch_size, per_sample=True, progress=progress)
-    text = record_items(model, processor, text, batch_size=batch_size, per_sample=True, progress=progress)
+    text = record_items(model, processor, text_items, batch_size=batch_size, per_sample=True, progress=progress)
     result = Analysis(
         layer_ids=image.layers,
         gini_image=stats.layer_gini(image, phase="prefill"),
@@ -166,15 +183,24 @@ def analyze(model: nn.Module, processor: Any, items: Sequence[Item], *, tau: flo
         divergence=stats.divergence(image.sample_counts(), text.sample_counts()),
         visual=stats.visual_experts(image, text, tau, phase="prefill"),
     )
+    if max_new_tokens is not None:
+        options = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, generation_kwargs=generation_kwargs)
+        result.versions = variants.compare_versions(
+            [it.id for it in items], [variants.version_of(it) for it in items],
+            graded(model, processor, text_items, **options), graded(model, processor, items, **options),
+            result.divergence.per_sample, result.layer_ids, unit=result.divergence.unit)
     if out_dir is not None and distributed.is_main(distributed.launched_state()):
         out = Path(out_dir)
-        data_line = note(dataset, len(items))
+        data_line = f"{model_name} · {note(dataset, len(items))}, image vs text versions"
         result.files = [
             plots.plot_gini(result.gini_image, result.gini_text, out / "gini.png", layer_ids=result.layer_ids,
                             note=data_line).png,
             plots.plot_jsd(result.divergence, out / "jsd.png", layer_ids=result.layer_ids, note=data_line).png,
             plots.plot_delta(result.visual, out / "visual_delta.png", label="image − text", note=data_line).png,
         ]
+        if result.versions is not None:
+            result.files.append(variants.write_versions(result.versions, out, model=model_name,
+                                                        data=note(dataset, len(items)))[0])
     return result
 
 
@@ -196,10 +222,8 @@ def default_layer_sets(moe_layers: Sequence[int], alias: tuple[int, int] | None 
         [None, [1, 2, 3], [4, 5], [6, 7], [1, 2, 3, 4]]
     """
     layers = sorted(set(moe_layers))
-    sizes = [len(layers) // 3 + (k < len(layers) % 3) for k in range(3)]  # the earlier thirds take the remainder
-    thirds = [layers[sum(sizes[:k]):sum(sizes[:k + 1])] for k in range(3)]
     sets: list[list[int] | None] = [None]
-    for chosen in [*thirds, layer_span(alias) if alias else []]:
+    for chosen in [*thirds(layers), layer_span(alias) if alias else []]:
         if chosen and chosen != layers and chosen not in sets:
             sets.append(chosen)
     return sets
@@ -424,11 +448,12 @@ def swap_items(items_path: str | Path | None, *, source: str, target: str) -> tu
 
 def swap_study(model: nn.Module, processor: Any, items_path: str | Path | None, *, source: str, target: str,
                alpha: float, layers: Sequence[int] | None = None, out_dir: str | Path | None = None,
-               batch_size: int = 32, progress: Progress = None):
+               batch_size: int = 32, progress: Progress = None, model_name: str = "model"):
     """The paper's Fig. 2 on digit items: swap the ``source`` digit's concept for ``target``'s at image positions.
 
     Items showing ``source`` (field ``digit``, or all items when absent) succeed when the answer follows the
-    target: ``answer - source + target``. Returns ``moehooks.swap.SwapSweep``; plots success per layer.
+    target: ``answer - source + target``. Returns ``moehooks.swap.SwapSweep``; plots success per layer (titled
+    with ``model_name`` and the items).
     """
     runs.check_number("alpha", alpha)
     path = items_path or lab_study().swap
@@ -443,7 +468,7 @@ def swap_study(model: nn.Module, processor: Any, items_path: str | Path | None, 
     if out_dir is not None:
         plots.plot_swap(dict(zip(sweep.layers, sweep.success)), Path(out_dir) / "swap_success.png",
                         baseline=sweep.baseline_success, source=source, target=target, alpha=alpha,
-                        note=note(Path(path).name, len(chosen)))
+                        note=f"{model_name} · {note(Path(path).name, len(chosen))}")
     return sweep
 
 
@@ -482,6 +507,7 @@ def render_dataset(items_path: str | Path, out_dir: str | Path, variant: str = "
     rendered = render_images(items, out, variant, size=size)
     rows = [{"id": it.id, "question": "Solve the problem in the image.", "answer": it.answer,
              "image": str(Path(it.image).resolve().relative_to(out.resolve())), "text_reference": it.text_reference,
+             "variant": variant,
              **({"choices": it.choices} if it.choices else {})} for it in rendered]
     body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     return atomic_write(out / "items.jsonl", body.encode())

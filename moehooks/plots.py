@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -258,6 +259,7 @@ def plot_accuracy_table(
     intervals: Mapping[str, Mapping[str, tuple[float, float] | None]] | None = None,
     p_values: Mapping[str, Mapping[str, float | None]] | None = None,
     baseline: str = "baseline",
+    note: str | None = None,
 ) -> PlotFiles:
     """Accuracy per method per benchmark (grouped bars, the paper's Table 1 as a figure), error bars = ``std``;
     with ``intervals``, a second panel of each method's difference to ``baseline`` with its 95% interval.
@@ -268,8 +270,9 @@ def plot_accuracy_table(
                             intervals={"soft": {"math500": (0.02, 0.18)}}, p_values={"soft": {"math500": 0.03}})
 
     ``accuracy[method][benchmark]`` in [0, 1]; an "average" group is added. ``intervals[method][benchmark]`` is
-    the (low, high) of the paired difference to the baseline (``moehooks.stats.paired_bootstrap``), ``p_values``
-    its McNemar p-value (written above the bar). CSV columns: ``method, benchmark, accuracy, std, delta, ci_low,
+    the (low, high) of the paired difference to the baseline (``moehooks.significance.paired_bootstrap``), ``p_values``
+    its McNemar p-value (written above the bar); ``note`` (the model and the data) is the title's second line.
+    CSV columns: ``method, benchmark, accuracy, std, delta, ci_low,
     ci_high, p`` (the last four empty where not given).
     """
     methods = list(accuracy)
@@ -285,15 +288,19 @@ def plot_accuracy_table(
     for m in methods:
         values[m].append(sum(values[m]) / len(names))
         spread[m].append(0.0)
-    fig, ax = _figure("Accuracy per benchmark and method", "benchmark", "accuracy",
-                      width=max(7.0, 1.2 * len(groups) + 2))
+    fig, ax = _figure("Accuracy per benchmark and method", "benchmark",
+                      "accuracy (error bars: std over trials)" if std else "accuracy",
+                      width=max(7.0, 1.2 * len(groups) + 2), note=note)
     width = 0.8 / len(methods)
     colours = ["#7f7f7f", TEXT_COLOR, "#7570b3", IMAGE_COLOR, "#e7298a", "#66a61e"]
     for k, method in enumerate(methods):
         xs = [g + (k - (len(methods) - 1) / 2) * width for g in range(len(groups))]
         bars = ax.bar(xs, values[method], width, yerr=spread[method] if std else None, capsize=3,
                       color=colours[k % len(colours)], label=method)
-        ax.bar_label(bars, labels=[f"{100 * v:.0f}" for v in values[method]], fontsize=7)
+        tall = [v >= 0.1 for v in values[method]]  # labels inside tall bars, clear of the error bars above them
+        ax.bar_label(bars, labels=[f"{100 * v:.0f}" if t else "" for v, t in zip(values[method], tall)],
+                     label_type="center", fontsize=7, color="white")
+        ax.bar_label(bars, labels=["" if t else f"{100 * v:.0f}" for v, t in zip(values[method], tall)], fontsize=7)
     ax.set_xticks(range(len(groups)), groups)
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.set_ylim(0, 1.08)
@@ -316,9 +323,9 @@ def plot_accuracy_table(
             lower.bar(xs, mids, 0.8 / len(deltas), yerr=errs, capsize=3,
                       color=colours[methods.index(method) % len(colours)], label=method)
             for x, d, c, p in zip(xs, mids, bounds, ps[method][:len(names)]):
-                if p is not None:  # above the interval's upper end, clear of the bar and the axis labels
-                    lower.annotate(f"p={p:.2g}", (x, c[1] if c else d), xytext=(0, 3), textcoords="offset points",
-                                   ha="center", va="bottom", fontsize=6)
+                if p is not None:  # above the interval (and the zero line), clear of the bar and the axis labels
+                    lower.annotate(f"p={p:.2g}", (x, max(c[1] if c else d, 0.0)), xytext=(0, 3),
+                                   textcoords="offset points", ha="center", va="bottom", fontsize=6)
         lower.set_ylabel(f"difference to {baseline}\n(95% paired bootstrap CI)")
         low, high = lower.get_ylim()
         lower.set_ylim(low, high + 0.15 * (high - low))
@@ -333,8 +340,10 @@ CURVE_COLORS = ("#1f77b4", IMAGE_COLOR, "#7570b3", TEXT_COLOR, "#e7298a")
 
 
 def plot_jsd_variants(results: Mapping[str, Divergence], path: str | os.PathLike[str], *,
-                      layer_ids: Sequence[int] | None = None, note: str | None = None) -> PlotFiles:
-    """JSD per layer between the image and the text version, one curve (with its CI band) per image variant.
+                      layer_ids: Sequence[int] | None = None, note: str | None = None,
+                      by: str = "rendering") -> PlotFiles:
+    """JSD per layer between the image and the text version, one curve (with its CI band) per image variant (or
+    per whatever ``results`` is keyed by, named by ``by`` in the title: ``"model"`` for one curve per model).
 
     Example::
 
@@ -345,7 +354,7 @@ def plot_jsd_variants(results: Mapping[str, Divergence], path: str | os.PathLike
     if not results:
         raise ValueError("results is empty; expected {variant: Divergence}")
     unit = next(iter(results.values())).unit
-    fig, ax = _figure("Image vs text routing divergence per layer, by rendering", "decoder layer",
+    fig, ax = _figure(f"Image vs text routing divergence per layer, by {by}", "decoder layer",
                       f"Jensen–Shannon divergence ({unit})", note=note)
     table = []
     for k, (variant, result) in enumerate(results.items()):
@@ -359,6 +368,49 @@ def plot_jsd_variants(results: Mapping[str, Divergence], path: str | os.PathLike
     ax.set_ylim(bottom=0)
     ax.legend()
     return _write(fig, ("layer", "variant", f"jsd_{unit}", "ci_low", "ci_high", "n_pairs"), table, path)
+
+
+def plot_variants(rows: Sequence[Mapping[str, object]], path: str | os.PathLike[str], *, model: str,
+                  unit: str = "bits", note: str | None = None) -> PlotFiles:
+    """Accuracy per version (text, v1, v2, v3...) beside each variant's middle-layer image-vs-text JSD, with
+    their intervals as error bars (the paper's Section 3.3 table as a figure; ``moehooks.variants``).
+
+    Example::
+
+        plot_variants(compare_versions(...).rows, "runs/variants.png", model="lab", note="arith_image_test.jsonl")
+
+    ``rows`` hold ``version``, ``n``, ``accuracy``, ``accuracy_low``, ``accuracy_high``, ``jsd_middle``,
+    ``jsd_low``, ``jsd_high`` (NaN for the text version); the CSV has every column of ``rows``.
+
+    Raises:
+        ValueError: if ``rows`` is empty.
+    """
+    if not rows:
+        raise ValueError("rows is empty; expected one row per version")
+    fig = Figure(figsize=(9.0, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    fig.suptitle(f"{model}: accuracy and middle-layer routing divergence per version" + (f"\n{note}" if note else ""),
+                 fontsize=10)
+    left, right = fig.subplots(1, 2)
+    names = [str(r["version"]) for r in rows]
+    colours = {name: TEXT_COLOR if k == 0 else CURVE_COLORS[(k - 1) % len(CURVE_COLORS)] for k, name in enumerate(names)}
+    panels = (("accuracy", "accuracy", lambda v: f"{100 * v:.1f}%"),
+              ("jsd", f"middle-layer JSD to the text version ({unit})", lambda v: f"{v:.3f}"))
+    for ax, (key, label, text) in zip((left, right), panels):
+        column = "accuracy" if key == "accuracy" else "jsd_middle"
+        shown = [r for r in rows if not math.isnan(float(r[column]))]  # type: ignore[arg-type]
+        mid, low, high = ([float(r[c]) for r in shown] for c in (column, f"{key}_low", f"{key}_high"))  # type: ignore[arg-type]
+        ax.bar(range(len(shown)), mid, capsize=4,
+               yerr=[[m - lo for m, lo in zip(mid, low)], [hi - m for m, hi in zip(mid, high)]],
+               color=[colours[str(r["version"])] for r in shown])
+        ax.set_xticks(range(len(shown)), [f"{r['version']}\n{text(v)}" for r, v in zip(shown, mid)])  # clear of bars
+        ax.set_ylabel(label)
+        ax.set_xlabel(f"version (n = {', '.join(str(r['n']) for r in shown)}; error bars: bootstrap CI)", fontsize=8)
+    left.yaxis.set_major_formatter(PercentFormatter(1.0))
+    left.set_ylim(0, 1.05)
+    right.set_ylim(bottom=0)
+    header = list(rows[0])
+    return _write(fig, header, [[r[k] for k in header] for r in rows], path)
 
 
 def plot_gini_curves(curves: Mapping[str, Values], path: str | os.PathLike[str], *,

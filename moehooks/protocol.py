@@ -56,6 +56,7 @@ from . import (
     plots,
     stats,
     study,
+    variants,
 )
 from .hub import (  # noqa: F401  re-exported: protocol's names before moehooks.hub held them
     HUB_PROBE_SECONDS,
@@ -147,7 +148,7 @@ def run(plan: Plan, found: Survey | None = None, *, stage: Stage = None) -> Tabl
         summaries[b.name] = result.summary
     table = table1(summaries, plan.methods)
     if main:
-        table.files = write_table1(table, out)
+        table.files = write_table1(table, out, model=plan.alias or plan.checkpoint)
     return table
 
 
@@ -181,6 +182,7 @@ class AnalysisPlan:
     alpaca_variant: str
     batch_size: int
     out_dir: str
+    generation: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The plan as JSON-ready data (``analysis_plan.json``)."""
@@ -192,8 +194,10 @@ def make_analysis_plan(model: str, *, preset: str | None = None,
                        seed: int = 0, tau: float | None = None, tau_visual: float = VISUAL_TAU, batch_size: int = 8,
                        device_map: str | None = None, dtype: str | None = None, attn: str | None = None,
                        load: Mapping[str, Any] | None = None, out_dir: str | Path = "runs",
-                       cuda: bool | None = None) -> AnalysisPlan:
-    """Resolve the analysis of Sections 3.2-3.3 without loading anything (see :func:`run_analysis`).
+                       cuda: bool | None = None, generation: Mapping[str, Any] | None = None,
+                       answers: bool = True) -> AnalysisPlan:
+    """Resolve the analysis of Sections 3.2-3.3 without loading anything (see :func:`run_analysis`); with
+    ``answers``, MATH-500's versions are answered with the alias's MATH-500 ``generation`` (entries here override).
 
     Example:
         >>> make_analysis_plan("qwen3-vl", cuda=False).tau_visual
@@ -205,13 +209,14 @@ def make_analysis_plan(model: str, *, preset: str | None = None,
         if count < 1:
             raise UsageError(f"{label} must be >= 1, got {count}")
     base = make_plan(model, list(models.PAPER_BENCHMARKS[:1]), preset=preset, device_map=device_map, dtype=dtype,
-                     attn=attn, load=load, out_dir=out_dir, cuda=cuda)
+                     attn=attn, load=load, out_dir=out_dir, cuda=cuda, generation=generation)
     folders = {name: resolve_data_dir(name, data_dir) for name in ANALYSIS_DATA}
     return AnalysisPlan(checkpoint=spec.source, alias=spec.alias, load=base.load,
                         data={n: str(f) if f else None for n, f in folders.items()}, n_samples=n_samples, seed=seed,
                         tau_domain=spec.tau if tau is None else tau, tau_visual=tau_visual,
                         variants=["v1", "v2", "v3"], alpaca_variant="v1", batch_size=batch_size,
-                        out_dir=str(Path(base.out_dir) / "analyze"))
+                        out_dir=str(Path(base.out_dir) / "analyze"),
+                        generation=base.benchmarks[0].generation if answers else None)
 
 
 def format_analysis_plan(plan: AnalysisPlan) -> str:
@@ -225,8 +230,10 @@ def format_analysis_plan(plan: AnalysisPlan) -> str:
         f"domain experts (3.2): {data['gsm8k']} vs {data['alpaca']}, tau {plan.tau_domain}",
         f"visual experts (3.3): Alpaca rendered {plan.alpaca_variant} vs its text, tau {plan.tau_visual}",
         f"JSD and Gini per layer: {data['math500']}, rendered {' / '.join(plan.variants)} vs its text",
+        "accuracy per version beside middle-layer JSD: " + (
+            ", ".join(f"{k}={v}" for k, v in plan.generation.items()) if plan.generation is not None else "not run"),
         f"outputs: {plan.out_dir}/domain_delta.png, visual_delta.png, jsd_variants.png, gini_variants.png, "
-        "analysis.json",
+        "variants.png, analysis.json",
     ])
 
 
@@ -241,6 +248,7 @@ class AnalysisResult:
     gini: dict[str, Any]
     not_typeset: list[str]
     files: list[Path] = field(default_factory=list)
+    versions: variants.VersionComparison | None = None
 
 
 def run_analysis(plan: AnalysisPlan, *, stage: Stage = None) -> AnalysisResult:
@@ -279,19 +287,31 @@ def run_analysis(plan: AnalysisPlan, *, stage: Stage = None) -> AnalysisResult:
         gini[variant] = stats.layer_gini(image, phase="prefill")
     result = AnalysisResult(layer_ids=text.layers, domain=domain, visual=visual, divergence=divergence, gini=gini,
                             not_typeset=sorted(set(skipped)))
+    if plan.generation is not None:
+        options = dict(plan.generation)
+        result.versions = variants.answer_versions(
+            model, processor, {v: [it for it in items if it.id in kept] for v, items in rendered.items()}, divergence,
+            result.layer_ids, batch_size=plan.batch_size, max_new_tokens=options.pop("max_new_tokens", 512),
+            generation_kwargs=options, progress=(lambda d, t: stage("math500 answers", d, t)) if stage else None)
     if distributed.is_main(distributed.launched_state()):
-        note = f"{plan.alias or Path(plan.checkpoint).name}, {plan.n_samples} samples per dataset"
+        name = plan.alias or Path(plan.checkpoint).name
+        note = f"{name}, {plan.n_samples} samples per dataset"
+        math_data = f"MATH-500, {len(kept)} problems (seed {plan.seed})"
+        math_note = f"{name} · {math_data}"
         result.files = [
             plots.plot_delta(domain, out / "domain_delta.png", label="GSM8K − Alpaca", note=note).png,
             plots.plot_delta(visual, out / "visual_delta.png", label="rendered − text Alpaca", note=note).png,
             plots.plot_jsd_variants(divergence, out / "jsd_variants.png", layer_ids=result.layer_ids,
-                                    note=f"MATH-500, {len(kept)} problems").png,
-            plots.plot_gini_curves(gini, out / "gini_variants.png", layer_ids=result.layer_ids,
-                                   note=f"MATH-500, {len(kept)} problems").png,
+                                    note=math_note).png,
+            plots.plot_gini_curves(gini, out / "gini_variants.png", layer_ids=result.layer_ids, note=math_note).png,
         ]
+        if result.versions is not None:
+            result.files.append(variants.write_versions(result.versions, out, model=name,
+                                                        data=math_data)[0])
         study.write_json(out / "analysis.json", {
             "plan": plan.to_json(), "layers": result.layer_ids, "domain_experts": dict(domain),
             "visual_experts": dict(visual), "not_typeset": result.not_typeset,
             "jsd": {v: d.mean.tolist() for v, d in divergence.items()},
-            "gini": {v: g.tolist() for v, g in gini.items()}})
+            "gini": {v: g.tolist() for v, g in gini.items()},
+            "versions": result.versions.to_json() if result.versions is not None else None})
     return result

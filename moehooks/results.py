@@ -14,7 +14,9 @@ Example (rows written by hand in the format below; ``moehooks.evaluate``'s examp
 
 A results file (written by ``moehooks.evaluate.run_eval``) holds one JSON object per (method, trial, item) with
 the keys ``id``, ``method``, ``trial``, ``prediction``, ``answer``, ``extracted`` (the final answer read from the
-prediction), ``correct`` and ``run`` (the key of the settings that produced the row, :func:`eval_settings`).
+prediction), ``correct``, ``run`` (the key of the settings that produced the row, :func:`eval_settings`) and,
+where known, ``variant``: ``"text"`` for a prompt without an image, else the image's rendering variant
+(``moehooks.items.rendering_variant``: ``v1``, ``v2``, ``v3``), so accuracy per variant can be read off.
 Rows are appended and fsync'd batch by batch (:func:`append_rows`); a rerun with the same settings skips the
 rows already there, a rerun with other settings starts a new result set in the same file (the old rows are
 kept, not counted, and an :class:`OtherSettingsWarning` names what differs, :func:`warn_other_settings`). The
@@ -32,7 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from moehooks import runs, stats
+from moehooks import runs, significance
 from moehooks.items import Item
 from moehooks.util import atomic_write
 
@@ -174,10 +176,10 @@ class MethodSummary:
         trials: number of trials.
         delta: ``accuracy`` minus the baseline method's accuracy, or ``None`` without a baseline.
         interval: 95% paired bootstrap interval of the difference to the baseline on the items both graded
-            (``moehooks.stats.paired_bootstrap``, 10,000 resamples, seed 0; with trials, each item's mean
+            (``moehooks.significance.paired_bootstrap``, 10,000 resamples, seed 0; with trials, each item's mean
             correctness over the trials both graded it, so items are resampled with their trials); ``None`` for the
             baseline itself, without a baseline or without shared items.
-        gained, lost, p: the exact McNemar test against the baseline (``moehooks.stats.mcnemar_exact``): items
+        gained, lost, p: the exact McNemar test against the baseline (``moehooks.significance.mcnemar_exact``): items
             the baseline got wrong and this method right, the reverse, and the two-sided p-value; with trials, of
             the trial with the largest p (the most conservative). ``None`` where ``interval`` is.
     """
@@ -206,8 +208,8 @@ def _paired_with(graded: Mapping[tuple[int, str], bool], base: Mapping[tuple[int
         per_item.setdefault(key[1], []).append((base[key], graded[key]))
         per_trial.setdefault(key[0], []).append((base[key], graded[key]))
     means = [[sum(pair[k] for pair in pairs) / len(pairs) for pairs in per_item.values()] for k in (0, 1)]
-    boot = stats.paired_bootstrap(means[0], means[1])
-    tests = [stats.mcnemar_exact([a for a, _ in pairs], [b for _, b in pairs]) for pairs in per_trial.values()]
+    boot = significance.paired_bootstrap(means[0], means[1])
+    tests = [significance.mcnemar_exact([a for a, _ in pairs], [b for _, b in pairs]) for pairs in per_trial.values()]
     test = max(tests, key=lambda t: t.p)
     return {"interval": (boot.low, boot.high), "gained": test.gained, "lost": test.lost, "p": test.p}
 

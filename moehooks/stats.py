@@ -38,6 +38,14 @@ import torch
 from torch import Tensor
 from typing_extensions import Unpack
 
+from moehooks.significance import (  # noqa: F401  the paired tests moved there; re-exported for old imports
+    McNemar,
+    PairedDifference,
+    _paired,
+    mcnemar_exact,
+    paired_bootstrap,
+)
+
 Unit = Literal["bits", "nats"]
 UNITS: tuple[str, ...] = ("bits", "nats")
 
@@ -447,103 +455,3 @@ def divergence(
     bounds = bounds.masked_fill((n < 2).unsqueeze(0), math.nan)
     return Divergence(per_sample, mean, bounds[0], bounds[1], n, unit, confidence, resamples, seed)
 
-
-# ---------------------------------------------------------------------------------------------------------
-# Paired comparison of two methods graded on the same items
-
-
-@dataclass(frozen=True)
-class PairedDifference:
-    """Accuracy of ``b`` minus accuracy of ``a`` on the same items, with a percentile bootstrap interval."""
-
-    difference: float
-    low: float
-    high: float
-    level: float
-    n: int
-    resamples: int
-    seed: int
-
-
-@dataclass(frozen=True)
-class McNemar:
-    """Discordant pairs of two methods on the same items and the exact two-sided McNemar p-value.
-
-    ``gained``: items ``a`` got wrong and ``b`` right; ``lost``: items ``a`` got right and ``b`` wrong.
-    """
-
-    gained: int
-    lost: int
-    p: float
-
-
-def _paired(a: Sequence[float], b: Sequence[float], *, binary: bool = True) -> Tensor:
-    """``b - a`` per item as float64, after checking the two are equally long, non-empty and 0/1 (with
-    ``binary=False``: in [0, 1])."""
-    if len(a) != len(b):
-        raise ValueError(f"a has {len(a)} items and b {len(b)}; a paired comparison needs the same items in both")
-    if not len(a):
-        raise ValueError("a and b are empty; a paired comparison needs at least one item")
-    x = torch.tensor([float(v) for v in a], dtype=torch.float64)
-    y = torch.tensor([float(v) for v in b], dtype=torch.float64)
-    if binary and not bool(((x == 0) | (x == 1)).all() & ((y == 0) | (y == 1)).all()):
-        raise ValueError("a and b must hold per-item correctness, 0/1 or False/True")
-    if not bool(((x >= 0) & (x <= 1)).all() & ((y >= 0) & (y <= 1)).all()):
-        raise ValueError("a and b must hold per-item correctness in [0, 1] (a mean over trials)")
-    return y - x
-
-
-def paired_bootstrap(
-    a: Sequence[float], b: Sequence[float], *, n: int = 10_000, seed: int = 0, level: float = 0.95
-) -> PairedDifference:
-    """Mean of ``b - a`` over items with its percentile bootstrap interval (items resampled in pairs).
-
-    Example:
-        >>> base, steer = [1, 0, 0, 1, 0, 1], [1, 1, 1, 1, 0, 1]
-        >>> d = paired_bootstrap(base, steer, seed=0)
-        >>> round(d.difference, 4), d.low <= d.difference <= d.high
-        (0.3333, True)
-
-    ``a`` and ``b`` are the per-item 0/1 correctness of two methods on the same items, in the same order
-    (typically ``a`` the baseline), or each item's mean correctness over trials. Each of the ``n`` resamples draws as many items as there are, with
-    replacement, from ``torch.Generator().manual_seed(seed)``, keeping each item's two grades together; the
-    interval is the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of the resampled differences.
-
-    Raises:
-        ValueError: on inputs of different lengths, empty or outside [0, 1], ``n < 1`` or ``level`` outside (0, 1).
-    """
-    if n < 1:
-        raise ValueError(f"n (resamples) must be >= 1, got {n}")
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    diff = _paired(a, b, binary=False)  # [items]
-    items = diff.shape[0]
-    gen = torch.Generator().manual_seed(seed)
-    chunk = max(1, 2**22 // items)
-    boot = torch.cat([diff[torch.randint(0, items, (min(chunk, n - start), items), generator=gen)].mean(1)
-                      for start in range(0, n, chunk)])  # [n]
-    alpha = (1 - level) / 2
-    low, high = torch.quantile(boot, torch.tensor([alpha, 1 - alpha], dtype=torch.float64)).tolist()
-    return PairedDifference(float(diff.mean()), low, high, level, items, n, seed)
-
-
-def mcnemar_exact(a: Sequence[float], b: Sequence[float]) -> McNemar:
-    """Exact McNemar test of two methods graded on the same items: a two-sided binomial test (p = 1/2) on the
-    discordant pairs.
-
-    Example:
-        >>> m = mcnemar_exact([1, 0, 0, 0, 0, 0, 1], [1, 1, 1, 1, 1, 1, 0])
-        >>> m.gained, m.lost, round(m.p, 4)
-        (5, 1, 0.2188)
-
-    ``a`` and ``b`` as in :func:`paired_bootstrap`. With ``k = min(gained, lost)`` of ``m = gained + lost``
-    discordant pairs, ``p = min(1, 2 * P(Binomial(m, 1/2) <= k))``, and 1 without discordant pairs.
-
-    Raises:
-        ValueError: on inputs of different lengths, empty or not 0/1.
-    """
-    diff = _paired(a, b)
-    gained, lost = int((diff > 0).sum()), int((diff < 0).sum())
-    m, k = gained + lost, min(gained, lost)
-    tail = sum(math.comb(m, i) for i in range(k + 1))
-    return McNemar(gained, lost, min(1.0, 2 * tail / 2**m))

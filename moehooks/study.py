@@ -40,7 +40,7 @@ from .items import Item, text_versions
 from .recording import Recorder, record
 from .results import MethodSummary, eval_settings, items_digest, summarize
 from .steering import steer
-from .util import atomic_write
+from .util import atomic_write, model_label
 
 Progress = Callable[[int, int], None] | None
 METHODS = ("text", "baseline", "soft", "hard", "random")
@@ -197,11 +197,18 @@ def steer_eval(model: nn.Module, processor: Any, items: Sequence[Item], experts:
                        settings=keyed)
 
 
-def accuracy(model: nn.Module, processor: Any, items: Sequence[Item], context: Callable[[], Any] | None,
-              **options: Any) -> float:
-    """Share of ``items`` answered correctly (``grading.grade``), generating inside ``context`` when given."""
+def graded(model: nn.Module, processor: Any, items: Sequence[Item], context: Callable[[], Any] | None = None,
+           **options: Any) -> list[bool]:
+    """Whether each of ``items`` is answered correctly (``grading.grade``), generating inside ``context`` when
+    given; ``options`` are those of ``moehooks.generation.generate_answers``."""
     answers = generation.generate_answers(model, processor, items, context=context, **options)
-    return sum(grading.grade(a, it.answer, it.choices) for a, it in zip(answers, items)) / len(items)
+    return [grading.grade(a, it.answer, it.choices) for a, it in zip(answers, items)]
+
+
+def accuracy(model: nn.Module, processor: Any, items: Sequence[Item], context: Callable[[], Any] | None,
+             **options: Any) -> float:
+    """Share of ``items`` answered correctly (:func:`graded`)."""
+    return sum(graded(model, processor, items, context, **options)) / len(items)
 
 
 def random_draws(model: nn.Module, processor: Any, items: Sequence[Item], experts: dict[int, list[int]], *,
@@ -282,7 +289,8 @@ class Study:
 
 
 def delta_note(study: Study) -> str:
-    """The Delta figure's data line: the model and the two item sets the Delta was computed from.
+    """The Delta figure's data line: the model (``moehooks.util.model_label``) and the two item sets the Delta was
+    computed from.
 
     Example:
         >>> delta_note(Study(tasks=[], references=[None] * 3, general=[None], tau=0.1, beta=0.5, model_id="m",
@@ -290,7 +298,8 @@ def delta_note(study: Study) -> str:
         'm: arith_text.jsonl, 3 items − general_text.jsonl, 1 item'
     """
     references, general = study.sources
-    return f"{study.model_id}: {note(references, len(study.references))} − {note(general, len(study.general))}"
+    return (f"{model_label(study.model_id)}: {note(references, len(study.references))} − "
+            f"{note(general, len(study.general))}")
 
 
 def run(model: nn.Module, processor: Any, study: Study, out_dir: str | Path, *,

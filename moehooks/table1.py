@@ -111,10 +111,10 @@ def table1(summaries: Mapping[str, Mapping[str, MethodSummary]], methods: Sequen
                   interval=each("interval"), gained=each("gained"), lost=each("lost"), p=each("p"))
 
 
-def write_table1(table: Table1, out_dir: str | Path) -> list[Path]:
+def write_table1(table: Table1, out_dir: str | Path, *, model: str = "model") -> list[Path]:
     """``table1.csv`` (the printed cells), ``table1.json`` (numbers) and ``accuracy.png`` (accuracy per method
     per benchmark, with the trials' spread as error bars, and each delta with its 95% interval as error bars; its
-    numbers in ``accuracy.csv``), written atomically."""
+    numbers in ``accuracy.csv``; titled with ``model``), written atomically."""
     out = Path(out_dir)
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
@@ -124,5 +124,6 @@ def write_table1(table: Table1, out_dir: str | Path) -> list[Path]:
              atomic_write(out / "table1.json", (json.dumps(table.to_json(), indent=2) + "\n").encode()),
              *plots.plot_accuracy_table(table.accuracy, table.std if table.trials > 1 else None,
                                         out / "accuracy.png", benchmarks=table.benchmarks,
-                                        intervals=table.interval, p_values=table.p)]
+                                        intervals=table.interval, p_values=table.p,
+                                        note=f"{model} · {', '.join(table.benchmarks)}, {table.trials} trial(s)")]
     return files

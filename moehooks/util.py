@@ -74,6 +74,29 @@ def layer_span(pair: tuple[int, int] | Sequence[int]) -> list[int]:
     return list(range(first, last + 1))
 
 
+def model_label(source: str) -> str:
+    """A model's name for a figure title: a hub id as it is, a local folder by its last two parts.
+
+    Example:
+        >>> model_label("/work/moehooks/lab/control"), model_label("Qwen/Qwen3-VL-30B-A3B-Instruct")
+        ('lab/control', 'Qwen/Qwen3-VL-30B-A3B-Instruct')
+    """
+    return "/".join(Path(source).parts[-2:]) or "model"
+
+
+def thirds(layers: Sequence[int]) -> list[list[int]]:
+    """The early, middle and late thirds of ``layers`` (sorted, repeats dropped); the earlier thirds take the
+    remainder, so the middle third is the layers the paper calls middle.
+
+    Example:
+        >>> thirds(range(1, 8))
+        [[1, 2, 3], [4, 5], [6, 7]]
+    """
+    ordered = sorted(set(layers))
+    sizes = [len(ordered) // 3 + (k < len(ordered) % 3) for k in range(3)]
+    return [ordered[sum(sizes[:k]):sum(sizes[:k + 1])] for k in range(3)]
+
+
 def atomic_write(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
 

@@ -166,7 +166,8 @@ def summarise(base: dict[str, list[bool]], control: dict[str, list[bool]], runs:
 
 def figure(jsd: dict[str, Any], summary: dict[str, Any], path: Path) -> None:
     """JSD per layer (distracted, aligned, control) beside the test accuracy of each method (seed means)."""
-    plots.plot_jsd_variants(jsd, path.with_name("jsd_before_after.png"), note="lab test split, 300 pairs")
+    plots.plot_jsd_variants(jsd, path.with_name("jsd_before_after.png"),
+                            note="lab models · arith_image_test.jsonl, 300 image-text pairs", by="model")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -27,6 +27,7 @@ from moehooks.align import (
 )
 from moehooks.artefacts import FingerprintMismatchError
 from moehooks.runs import UsageError
+from test_plots import figures, texts  # noqa: F401
 
 TEXT_FAMILIES = ("qwen3_moe", "mixtral", "deepseek_v3", "llama4_text")
 
@@ -128,7 +129,7 @@ def test_resume_continues_bit_identically(tmp_path) -> None:
     assert all(torch.equal(reference.delta[n], d) for n, d in resumed.delta.items())
 
 
-def test_answers_objective_and_loss_curve(tmp_path) -> None:
+def test_answers_objective_and_loss_curve(tmp_path, figures) -> None:  # noqa: F811
     model = build("qwen3_moe")
     pairs = []
     for pair in _text_pairs():
@@ -136,8 +137,10 @@ def test_answers_objective_and_loss_curve(tmp_path) -> None:
         labels = torch.full_like(answered["input_ids"], -100)
         labels[:, -2:] = answered["input_ids"][:, -2:]
         pairs.append(Pair(pair.image, pair.text, {**answered, "labels": labels}))
-    result = align(model, pairs, steps=3, lr=0.05, objective="answers", out_dir=tmp_path)
+    result = align(model, pairs, steps=3, lr=0.05, objective="answers", out_dir=tmp_path, data="pairs.jsonl")
     assert [p.name for p in result.files] == ["loss.png", "loss.csv"]
+    # the title names the model and the data the losses were computed on
+    assert "Router alignment losses\nmodel · pairs.jsonl: answers, lr 0.05, anchor 3, seed 0" in texts(figures[0])
     assert (tmp_path / "loss.csv").read_text().count("\n") == 4
 
 

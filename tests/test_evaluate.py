@@ -222,7 +222,8 @@ def test_run_eval_resumes_after_a_kill(text_model, tokenizer, counted, tmp_path:
     full = ev.run_eval(text_model, tokenizer, items, full_path, batch_size=2, max_new_tokens=4)
     assert len(counted.calls) == 3
     assert [row["id"] for row in full] == [item.id for item in items]
-    assert set(full[0]) == {"id", "method", "trial", "prediction", "answer", "extracted", "correct", "run"}
+    assert set(full[0]) == {"id", "method", "trial", "prediction", "answer", "extracted", "correct", "run", "variant"}
+    assert {row["variant"] for row in full} == {"text"}  # prompts without an image
 
     lines = full_path.read_text().splitlines(keepends=True)
     partial = tmp_path / "partial.jsonl"

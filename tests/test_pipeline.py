@@ -59,6 +59,9 @@ def test_render_identify_steer_end_to_end(workspace, figures):
     steer_dir = root / "runs" / "steer"
     rows = evaluate.read_results(steer_dir / "results.jsonl")
     assert {r["method"] for r in rows} == {"text", "baseline", "soft", "hard", "random"} and len(rows) == 25
+    # each row names the version it prompted: the rendered items are v1, the text method's prompts are text
+    assert {(r["method"], r["variant"]) for r in rows} == {("text", "text"), *((m, "v1") for m in
+                                                                               ("baseline", "soft", "hard", "random"))}
     summary = json.loads((steer_dir / "summary.json").read_text())
     assert set(summary) >= {"text", "baseline", "soft", "hard", "random", "experts"}
     for name in ("domain_delta.png", "domain_delta.csv", "experts.safetensors"):
@@ -66,17 +69,27 @@ def test_render_identify_steer_end_to_end(workspace, figures):
     # the Delta comes from the tasks' text versions against the general items, on this model: its title says so
     general = len(evaluate.load_items(root / "general.jsonl"))
     title = next(t for fig in figures for t in texts(fig) if t.startswith("Activation-frequency gap"))
-    assert title.endswith(f"\n{model}: items.jsonl (text versions), 5 items − general.jsonl, {general} items"), title
+    label = "/".join(Path(model).parts[-2:])  # the checkpoint folder's last two parts
+    assert title.endswith(f"\n{label}: items.jsonl (text versions), 5 items − general.jsonl, {general} items"), title
 
 
 def test_analyze_writes_plots_and_numbers(workspace):
     root, model = workspace["root"], str(workspace["model"])
     _run("render", str(root / "problems.jsonl"), "--size", "64x32", "--out", str(root / "rendered"))
-    out = _run("analyze", "--model", model, "--tasks", str(root / "rendered" / "items.jsonl"), "--out", str(root / "a"))
-    assert "gini image" in out
-    for name in ("gini", "jsd", "visual_delta"):
+    out = _run("analyze", "--model", model, "--tasks", str(root / "rendered" / "items.jsonl"), "--out", str(root / "a"),
+               "--max-new-tokens", "2")
+    assert "gini image" in out and "accuracy per version" in out and "r(middle-layer JSD, correct)" in out
+    for name in ("gini", "jsd", "visual_delta", "variants"):
         assert (root / "a" / "analyze" / f"{name}.png").stat().st_size > 0
         assert len((root / "a" / "analyze" / f"{name}.csv").read_text().splitlines()) > 1
+    # `render` wrote the variant into the items, so the analysis reads accuracy per variant off them
+    about = json.loads((root / "a" / "analyze" / "variants.json").read_text())
+    assert [(r["version"], r["n"]) for r in about["rows"]] == [("text", 5), ("v1", 5)] and about["model"] == model
+    assert about["data"] == "items.jsonl, 5 items"
+    # answers as the model gives them: the v1 row's accuracy is the share of the per-sample grades
+    with (root / "a" / "analyze" / "variant_samples.csv").open() as fh:
+        grades = [row.split(",")[3] == "True" for row in fh.read().splitlines()[1:]]
+    assert about["rows"][1]["accuracy"] == sum(grades) / 5
 
 
 def test_text_versions_need_a_reference():

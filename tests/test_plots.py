@@ -151,3 +151,10 @@ def test_swap_plot_shows_the_no_swap_baseline_and_its_settings(tmp_path: Path, f
     assert "no swap: 10%" in drawn
     assert [line.get_ydata()[0] for line in figures[0].axes[0].get_lines()] == [0.1]
     assert files.csv.read_text().splitlines()[-1] == "none,0.1"
+
+
+def test_accuracy_table_title_names_the_model_and_the_data(tmp_path: Path, figures: list) -> None:
+    plots.plot_accuracy_table({"baseline": {"math500": 0.5}, "soft": {"math500": 0.6}}, None, tmp_path / "acc.png",
+                              intervals={"soft": {"math500": (0.02, 0.18)}}, p_values={"soft": {"math500": 0.03}},
+                              note="qwen3-vl · math500, 1 trial(s)")
+    assert "Accuracy per benchmark and method\nqwen3-vl · math500, 1 trial(s)" in texts(figures[0])

@@ -258,7 +258,8 @@ def test_analyze_dry_run_names_the_paper_analysis(offline_cache: Path, nothing_l
     for text in ("domain experts (3.2): openai/gsm8k (main), split test", "vs tatsu-lab/alpaca, split train",
                  "tau 0.3", "visual experts (3.3): Alpaca rendered v1 vs its text, tau 0.2",
                  "HuggingFaceH4/MATH-500, split test (Hugging Face cache / hub), rendered v1 / v2 / v3",
-                 "jsd_variants.png"):
+                 "jsd_variants.png", "accuracy per version beside middle-layer JSD: do_sample=False, "
+                 "max_new_tokens=8192", "variants.png"):
         assert text in output, text
     code, output = _invoke("analyze", "--model", "qwen3-vl")
     assert code == 2 and "4 missing" in output and "openai/gsm8k" in output and "Traceback" not in output
@@ -271,10 +272,18 @@ def test_analyze_sections_3_2_and_3_3_end_to_end(tmp_path: Path) -> None:
                   [{"question": f"Tom has {k} apples and buys 3 more. How many now?", "answer": f"#### {k + 3}"}
                    for k in range(4)])
     code, output = _invoke("analyze", "--model", str(model), "--preset", "qwen3-vl", "--data-dir", str(data),
-                           "--n-samples", "3", "--tau", "0.05", "--out", str(tmp_path / "runs"))
+                           "--n-samples", "3", "--tau", "0.05", "--max-new-tokens", "2", "--out", str(tmp_path / "runs"))
     assert code == 0, output
     out = tmp_path / "runs" / "qwen3-vl" / "analyze"
     report = json.loads((out / "analysis.json").read_text())
+    # Section 3.3's table: text and each rendering answered, beside the middle-layer JSD (2 MoE layers: middle [1])
+    versions = report["versions"]
+    assert [(r["version"], r["n"]) for r in versions["rows"]] == [("text", 2), ("v1", 2), ("v2", 2), ("v3", 2)]
+    assert versions["middle_layers"] == [report["layers"][1]] and versions["correlation"]["n"] <= 6
+    by_variant = {v: json.loads((out / "variants.json").read_text())["rows"][k + 1]["jsd_middle"]
+                  for k, v in enumerate(("v1", "v2", "v3"))}
+    assert by_variant == pytest.approx({v: report["jsd"][v][1] for v in by_variant})  # one middle layer: its mean
+    assert "r(middle-layer JSD, correct)" in output and (out / "variants.png").is_file()
     assert set(report["jsd"]) == {"v1", "v2", "v3"} and set(report["gini"]) == {"text", "v1", "v2", "v3"}
     assert all(len(v) == 2 for v in report["jsd"].values())
     rows = (out / "jsd_variants.csv").read_text().splitlines()

@@ -10,9 +10,9 @@ import typer
 from rich.table import Table
 
 from moehooks import runs
-from moehooks.cli.common import (ATTN, DEVICE_MAP, DTYPE, LAB_TASKS, LIMIT, MODEL, MODEL_DTYPE, OUT, PRESET, REVISION,
-                                 ROUTERS, TRUST, app, check_counts, check_model, check_options, check_routers, command,
-                                 console, load_model, progress_bar, stage_bars, study_data)
+from moehooks.cli.common import (ATTN, DEVICE_MAP, DTYPE, LAB_TASKS, LIMIT, MAX_NEW_TOKENS, MODEL, MODEL_DTYPE, OUT,
+                                 PRESET, REVISION, ROUTERS, TRUST, app, check_counts, check_model, check_options,
+                                 check_routers, command, console, load_model, progress_bar, stage_bars, study_data)
 
 
 @app.command()
@@ -37,6 +37,9 @@ def analyze(
     trust_remote_code: bool = TRUST,
     revision: Optional[str] = REVISION,
     routers: Optional[Path] = ROUTERS,
+    answers: bool = typer.Option(True, "--answers/--no-answers", help="also answer both versions: accuracy per "
+                                 "rendering variant beside middle-layer JSD, and their per-sample correlation"),
+    max_new_tokens: Optional[int] = MAX_NEW_TOKENS,
 ) -> None:
     """Gini of expert importance and image-vs-text JSD per layer, visual experts; writes PNG + CSV.
 
@@ -48,11 +51,12 @@ def analyze(
     from moehooks import distributed, evaluate, models, pipeline, protocol
 
     if tasks is None and models.resolve(model, preset).benchmarks:
-        check_counts(n_samples=n_samples)
+        check_counts(n_samples=n_samples, max_new_tokens=max_new_tokens)
         plan = protocol.make_analysis_plan(
             model, preset=preset, data_dir=protocol.parse_data_dirs(data_dir), n_samples=n_samples,
             tau_visual=protocol.VISUAL_TAU if tau is None else runs.check_tau("--tau", tau), device_map=device_map,
-            dtype=dtype, attn=attn, load=dict(trust_remote_code=trust_remote_code, revision=revision), out_dir=out)
+            dtype=dtype, attn=attn, load=dict(trust_remote_code=trust_remote_code, revision=revision), out_dir=out,
+            generation={"max_new_tokens": max_new_tokens} if max_new_tokens else None, answers=answers)
         typer.echo(protocol.format_analysis_plan(plan))
         if dry_run:
             return
@@ -61,12 +65,14 @@ def analyze(
         if distributed.is_main(distributed.launched_state()):
             console.print("domain experts:", json.dumps(dict(result.domain)))
             console.print("visual experts:", json.dumps(dict(result.visual)))
+            if result.versions is not None:
+                _show_versions(result.versions, f"{model}: accuracy per version, MATH-500")
             console.print("plots:", ", ".join(map(str, result.files)), highlight=False, markup=False)
         return
     tau = 0.1 if tau is None else tau
     dtype = dtype or "auto"
     runs.check_tau("--tau", tau)
-    check_counts(limit=limit)
+    check_counts(limit=limit, max_new_tokens=max_new_tokens)
     check_options(model, trust_remote_code, revision, dtype=dtype, attn=attn)
     path = study_data(tasks, None, Path("-"), model, lab_tasks).tasks
     items = evaluate.load_items(path)[:limit]
@@ -74,29 +80,51 @@ def analyze(
     check_model(model, trust_remote_code, revision, dtype=dtype, attn=attn)
     runs.check_output_dir(out / "analyze")
     check_routers(routers)
-    lm, processor, _ = load_model(model, device_map, dtype, attn, trust_remote_code, revision, routers=routers)
-    _analyze(lm, processor, items, path.name, tau, out / "analyze", title=model)
-
-
-def _analyze(lm, processor, items, dataset: str, tau: float, out: Path, *, title: str) -> None:
-    from moehooks import pipeline
-
+    lm, processor, spec = load_model(model, device_map, dtype, attn, trust_remote_code, revision, routers=routers)
+    generation = spec.settings()["generation"]
+    tokens = generation.pop("max_new_tokens") if max_new_tokens is None else max_new_tokens
     with progress_bar("analyze") as update:
-        result = pipeline.analyze(lm, processor, items, tau=tau, out_dir=out, dataset=dataset, progress=update)
-    _show_analysis(result, dataset, len(items), title=title)
+        result = pipeline.analyze(lm, processor, items, tau=tau, out_dir=out / "analyze", dataset=path.name,
+                                  progress=update, model_name=model, max_new_tokens=tokens if answers else None,
+                                  generation_kwargs=generation)
+    _show_analysis(result, path.name, len(items), title=model)
 
 
 def _show_analysis(result, dataset: str, count: int, *, title: str) -> None:
     d = result.divergence
     table = Table(title=f"{title}: image vs text routing ({d.unit}), {dataset}, {count} items")
-    for col in ("layer", "gini image", "gini text", "JSD", "CI low", "CI high"):
+    per_layer = result.versions.per_layer if result.versions is not None else {}
+    columns = ("layer", "gini image", "gini text", "JSD", "CI low", "CI high", *(["r(JSD, correct)"] * bool(per_layer)))
+    for col in columns:
         table.add_column(col, justify="right")
     for i, layer in enumerate(result.layer_ids):
         table.add_row(str(layer), *(f"{float(v):.3f}" for v in (result.gini_image[i], result.gini_text[i], d.mean[i],
-                                                                 d.low[i], d.high[i])))
+                                                                 d.low[i], d.high[i])),
+                      *([f"{per_layer[layer].r:+.2f}"] if per_layer else []))
     console.print(table)
     console.print("visual experts:", json.dumps(dict(result.visual)))
+    if result.versions is not None:
+        _show_versions(result.versions, f"{title}: accuracy per version, {dataset}")
     console.print("plots:", ", ".join(map(str, result.files)), highlight=False, markup=False)
+
+
+def _show_versions(found, title: str) -> None:
+    from moehooks.util import span
+    from moehooks.variants import describe
+
+    table = Table(title=f"{title} (middle layers {span(found.middle_layers)})")
+    for col in ("version", "n", "accuracy %", "95% CI", "JSD middle", "95% CI ", "r(JSD, correct)", "vs text"):
+        table.add_column(col, justify="right")
+    for row in found.rows:
+        jsd = row["jsd_middle"] == row["jsd_middle"]  # NaN for the text version
+        table.add_row(row["version"], str(row["n"]), f"{100 * row['accuracy']:.1f}",
+                      f"{100 * row['accuracy_low']:.1f}-{100 * row['accuracy_high']:.1f}",
+                      *((f"{row['jsd_middle']:.3f}", f"{row['jsd_low']:.3f}-{row['jsd_high']:.3f}",
+                         f"{row['r']:+.2f} [{row['r_low']:+.2f}, {row['r_high']:+.2f}]",
+                         f"{row['gained_vs_text']}/{row['lost_vs_text']}, p {row['p_vs_text']:.2g}") if jsd
+                        else ("", "", "", "")))
+    console.print(table)
+    console.print(describe(found), highlight=False, markup=False)
 
 
 @app.command()

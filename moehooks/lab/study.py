@@ -41,6 +41,8 @@ ANALYSIS_TAU = 0.1
 """Threshold of the visual experts in the routing analysis."""
 RANDOM_SEEDS = range(5)
 """Random-expert draws measured beside the ``random`` row on the lab model."""
+TITLES = {"lab": "lab model (distracted)", "control": "lab control (undistracted)"}
+"""How the figures' titles name the two models, so their figures cannot be taken for each other."""
 
 
 @dataclass
@@ -91,7 +93,9 @@ def run(out_dir: str | Path = "runs", *, stage: Stage = None, report: Report = N
 
     def analyze(model: Any, folder: Path, name: str) -> pipeline.Analysis:
         return tell("analyze", name, pipeline.analyze(model, processor, items, tau=ANALYSIS_TAU, out_dir=folder,
-                                                      dataset=test.tasks.name, progress=progress(f"{name} analyze")))
+                                                      dataset=test.tasks.name, progress=progress(f"{name} analyze"),
+                                                      model_name=TITLES[name], max_new_tokens=8,
+                                                      generation_kwargs=dict(spec.generation_kwargs) or None))
 
     def steer(model: Any, model_spec: Any, folder: Path, name: str, seeds: Any) -> SteerResult:
         return tell("steer", name, pipeline.steer_study(model, processor, test, folder, spec=model_spec,
@@ -101,7 +105,8 @@ def run(out_dir: str | Path = "runs", *, stage: Stage = None, report: Report = N
     analysis = analyze(lm, out / "test" / "analyze", "lab")
     steering = steer(lm, spec, out / "test" / "steer", "lab", RANDOM_SEEDS)
     sweep = tell("swap", "lab", pipeline.swap_study(lm, processor, None, source="3", target="5", alpha=1.0,
-                                                    out_dir=out / "swap", progress=progress("lab swap sweep")))
+                                                    out_dir=out / "swap", progress=progress("lab swap sweep"),
+                                                    model_name=TITLES["lab"]))
     control, processor, control_spec = pipeline.load_model(str(CONTROL_DIR), device_map=device_map)
     tell("load", "control", control_spec)
     return LabStudy(reading=reading, tuning=tuning, analysis=analysis, steering=steering, swap=sweep,
