@@ -1,13 +1,11 @@
 """What a plan finds before any model loads: its data, renderer, memory, budget, missing pieces; the printed plan.
 
     >>> from moehooks.planning import make_plan
-    >>> print("\\n".join(format_plan(make_plan("qwen3-vl", "math500", cuda=False)).splitlines()[5:-1]))
-    math500:
-      data: HuggingFaceH4/MATH-500, split test (Hugging Face cache / hub)
-      items: all, shown as rendered v2
-      text references: the problem text (field `problem`), 20 seeded samples
-      layers 6-42, tau 0.3, beta 0.5
-      generation: do_sample=False, max_new_tokens=8192
+    >>> text = format_plan(make_plan("qwen3-vl", "math500", cuda=False))
+    >>> text.splitlines()[0]
+    'checkpoint: Qwen/Qwen3-VL-30B-A3B-Instruct (alias qwen3-vl)'
+    >>> [line.strip() for line in text.splitlines() if "rendered" in line]
+    ['items: all, shown as rendered v2']
 
 :func:`survey` reads and counts what the plan will use (nothing is downloaded, no model built); :func:`preflight`
 is the same, strict, after the item files given and the missing pieces (:func:`check`); ``steer --dry-run`` prints
