@@ -112,17 +112,18 @@ def _show_versions(found, title: str) -> None:
     from moehooks.util import span
     from moehooks.variants import describe
 
-    table = Table(title=f"{title} (middle layers {span(found.middle_layers)})")
-    for col in ("version", "n", "accuracy %", "95% CI", "JSD middle", "95% CI ", "r(JSD, correct)", "vs text"):
-        table.add_column(col, justify="right")
+    table = Table(title=f"{title} (middle layers {span(found.middle_layers)}; [95% CI])")
+    for col in ("version", "n", "accuracy %", "JSD middle", "r(JSD, correct)", "vs text: +/-, p"):
+        table.add_column(col, justify="right", no_wrap=True)
     for row in found.rows:
-        jsd = row["jsd_middle"] == row["jsd_middle"]  # NaN for the text version
-        table.add_row(row["version"], str(row["n"]), f"{100 * row['accuracy']:.1f}",
-                      f"{100 * row['accuracy_low']:.1f}-{100 * row['accuracy_high']:.1f}",
-                      *((f"{row['jsd_middle']:.3f}", f"{row['jsd_low']:.3f}-{row['jsd_high']:.3f}",
-                         f"{row['r']:+.2f} [{row['r_low']:+.2f}, {row['r_high']:+.2f}]",
-                         f"{row['gained_vs_text']}/{row['lost_vs_text']}, p {row['p_vs_text']:.2g}") if jsd
-                        else ("", "", "", "")))
+        accuracy = f"{100 * row['accuracy']:.1f} [{100 * row['accuracy_low']:.1f}, {100 * row['accuracy_high']:.1f}]"
+        if row["jsd_middle"] != row["jsd_middle"]:  # NaN: the text version has no image-vs-text divergence
+            table.add_row(row["version"], str(row["n"]), accuracy, "", "", "")
+            continue
+        table.add_row(row["version"], str(row["n"]), accuracy,
+                      f"{row['jsd_middle']:.3f} [{row['jsd_low']:.3f}, {row['jsd_high']:.3f}]",
+                      f"{row['r']:+.2f} [{row['r_low']:+.2f}, {row['r_high']:+.2f}]",
+                      f"{row['gained_vs_text']}/{row['lost_vs_text']}, {row['p_vs_text']:.1g}")
     console.print(table)
     console.print(describe(found), highlight=False, markup=False)
 
